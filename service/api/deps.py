@@ -1,0 +1,52 @@
+"""Dependencies injected into handlers: the tenant behind the bearer key, and the services."""
+
+from __future__ import annotations
+
+import time
+
+from litestar import Request
+from litestar.datastructures import State
+
+from service.errors import Unauthorized
+from service.jobs.files import FileService
+from service.jobs.service import JobService
+from service.jobs.store import Store
+
+_KEY_CACHE_S = 30.0
+
+
+async def provide_tenant(request: Request, state: State) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("missing Authorization: Bearer <key> header", param="Authorization",
+                           code="missing_api_key")
+    key = key.strip()
+    # A small in-process cache keeps the key lookup off the hot path of every request.
+    cache: dict[str, tuple[str, float]] = state.key_cache
+    hit = cache.get(key)
+    now = time.monotonic()
+    if hit and hit[1] > now:
+        tenant = hit[0]
+    else:
+        found = await state.store.tenant_for_key(key)
+        if found is None:
+            raise Unauthorized("the API key is not valid", param="Authorization")
+        tenant = found
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[key] = (tenant, now + _KEY_CACHE_S)
+    request.scope["state"]["tenant"] = tenant
+    return tenant
+
+
+def provide_store(state: State) -> Store:
+    return state.store
+
+
+def provide_jobs(state: State) -> JobService:
+    return state.jobs
+
+
+def provide_files(state: State) -> FileService:
+    return state.files

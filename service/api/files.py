@@ -1,0 +1,116 @@
+"""/files: streamed multipart upload of JSONL into the artifact bucket, get, list."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from typing import Annotated
+
+from litestar import Controller, Request, get, post
+from litestar.params import Parameter
+from litestar.response import Response
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from service.errors import InvalidRequest, PayloadTooLarge
+from service.jobs import schema as s
+from service.jobs.files import FileService
+from service.jobs.store import MAX_PAGE, Store
+from service.settings import Settings
+
+Limit = Annotated[int, Parameter(ge=1, le=MAX_PAGE)]
+IdempotencyKey = Annotated[str | None, Parameter(header="Idempotency-Key", max_length=255)]
+SPOOL_BYTES = 8 << 20
+
+
+class _Upload:
+    """Receives multipart callbacks; keeps the one `file` part in a spooled temp file."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.filename: str | None = None
+        self.parts = 0
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[str, bytes] = {}
+        self._in_file = False
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, a, b: self._header_field.extend(d[a:b]),
+            "on_header_value": lambda d, a, b: self._header_value.extend(d[a:b]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_done,
+            "on_part_data": self._data,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+        self._in_file = False
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._header_field).decode("latin-1").lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_done(self) -> None:
+        _, opts = parse_options_header(self._headers.get("content-disposition", b""))
+        if opts.get(b"name") == b"file":
+            if self.filename is not None:
+                raise InvalidRequest("send exactly one 'file' part", param="file")
+            self.filename = (opts.get(b"filename") or b"upload.jsonl").decode("utf-8", "replace")
+            self._in_file = True
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if not self._in_file:
+            return
+        self.size += end - start
+        if self.size > self.limit:
+            raise PayloadTooLarge(f"the file is larger than the {self.limit}-byte limit", param="file")
+        chunk = data[start:end]
+        self.sha.update(chunk)
+        self.out.write(chunk)
+
+
+class FilesController(Controller):
+    path = "/files"
+    tags = ["files"]
+
+    # The handler enforces the settings' size limit itself while it streams.
+    @post("/", request_max_body_size=None)
+    async def upload(self, request: Request, tenant: str, files: FileService, settings: Settings,
+                     idempotency_key: IdempotencyKey = None) -> Response[s.File]:
+        ctype, opts = parse_options_header(request.headers.get("content-type", ""))
+        if ctype != b"multipart/form-data" or b"boundary" not in opts:
+            raise InvalidRequest("upload the file as multipart/form-data with a 'file' part",
+                                 param="file")
+        limit = settings.max_upload_bytes
+        announced = request.headers.get("content-length", "")
+        if announced.isdigit() and int(announced) > limit + (1 << 20):
+            raise PayloadTooLarge(f"the file is larger than the {limit}-byte limit", param="file")
+        upload = _Upload(limit)
+        with upload.out:
+            parser = MultipartParser(opts[b"boundary"], upload.callbacks())
+            async for chunk in request.stream():
+                parser.write(chunk)
+            parser.finalize()
+            if upload.filename is None:
+                raise InvalidRequest("the form has no 'file' part", param="file")
+            if upload.size == 0:
+                raise InvalidRequest("the file is empty", param="file")
+            upload.out.seek(0)
+            file, created = await files.save(tenant, upload.filename, upload.out, upload.size,
+                                             upload.sha.hexdigest(), idempotency_key)
+        return Response(file, status_code=201, headers={"Idempotent-Replayed": str(not created).lower()})
+
+    @get("/")
+    async def list_files(self, tenant: str, store: Store, after: str | None = None,
+                         limit: Limit = 20) -> s.Page:
+        return await store.list_files(tenant, after, limit)
+
+    @get("/{file_id:str}")
+    async def get_file(self, file_id: str, tenant: str, store: Store) -> s.File:
+        return await store.get_file(tenant, file_id)

@@ -1,0 +1,77 @@
+"""/jobs: create, list, get, cancel, events (JSON pages or a live event stream), checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.params import Parameter
+from litestar.response import Response, ServerSentEvent
+
+from service.jobs import schema as s
+from service.jobs.service import JobService
+from service.jobs.store import MAX_PAGE, Store, request_hash
+
+Limit = Annotated[int, Parameter(ge=1, le=MAX_PAGE)]
+IdempotencyKey = Annotated[str | None, Parameter(header="Idempotency-Key", max_length=255)]
+SSE_POLL_S = 0.5
+
+
+class JobsController(Controller):
+    path = "/jobs"
+    tags = ["jobs"]
+
+    @post("/")
+    async def create_job(self, request: Request, data: s.JobCreate, tenant: str, jobs: JobService,
+                         idempotency_key: IdempotencyKey = None) -> Response[s.Job]:
+        body = await request.body()
+        job, created = await jobs.create(tenant, data, request_hash(body), idempotency_key)
+        return Response(job, status_code=201, headers={"Idempotent-Replayed": str(not created).lower()})
+
+    @get("/")
+    async def list_jobs(self, tenant: str, store: Store, after: str | None = None,
+                        limit: Limit = 20, status: s.Status | None = None) -> s.Page:
+        return await store.list_jobs(tenant, after, limit, status)
+
+    @get("/{job_id:str}")
+    async def get_job(self, job_id: str, tenant: str, store: Store) -> s.Job:
+        return await store.get_job(tenant, job_id)
+
+    @post("/{job_id:str}/cancel", status_code=200)
+    async def cancel_job(self, job_id: str, tenant: str, store: Store) -> s.Job:
+        return await store.cancel_job(tenant, job_id)
+
+    @get("/{job_id:str}/checkpoints")
+    async def list_checkpoints(self, job_id: str, tenant: str, store: Store) -> s.Page:
+        items = await store.list_checkpoints(tenant, job_id)
+        return s.Page(data=items, has_more=False, last_id=items[-1].id if items else None)
+
+    @get("/{job_id:str}/events")
+    async def list_events(self, request: Request, job_id: str, tenant: str, store: Store,
+                          after: str | None = None, limit: Limit = 100) -> Response[Any]:
+        page = await store.list_events(tenant, job_id, after, limit)
+        if "text/event-stream" not in request.headers.get("accept", ""):
+            return Response(page)
+        return ServerSentEvent(_follow(store, tenant, job_id, page))
+
+
+async def _follow(store: Store, tenant: str, job_id: str, page: s.Page) -> AsyncIterator[str]:
+    """Yield events as they are written, until the job has ended and every event is out."""
+    cursor = None
+    while True:
+        for event in page.data:
+            yield msgspec.json.encode(event).decode()
+        cursor = page.last_id or cursor
+        if not page.data and not page.has_more:
+            # The final status and its event are written in one transaction, so once the job
+            # has ended, one more read returns everything that is left.
+            if (await store.get_job(tenant, job_id)).status in s.TERMINAL:
+                page = await store.list_events(tenant, job_id, cursor, MAX_PAGE)
+                if not page.data:
+                    return
+                continue
+            await asyncio.sleep(SSE_POLL_S)
+        page = await store.list_events(tenant, job_id, cursor, MAX_PAGE)

@@ -1,0 +1,153 @@
+"""The Litestar app factory: controllers, dependencies, error mapping, request ids, lifespan."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import structlog
+from litestar import Litestar, MediaType, Request, Response
+from litestar.datastructures import MutableScopeHeaders
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__
+from service.api.deps import provide_files, provide_jobs, provide_store, provide_tenant
+from service.api.files import FilesController
+from service.api.health import HealthController
+from service.api.jobs import JobsController
+from service.api.models import ModelsController
+from service.errors import ServiceError
+from service.jobs.database import Database, migrate
+from service.jobs.files import FileService
+from service.jobs.service import JobService
+from service.jobs.store import Store
+from service.logs import configure_logging
+from service.metrics import Metrics
+from service.settings import Settings, load_settings
+from service.storage import make_store
+
+log = structlog.get_logger()
+_PARAM = re.compile(r"`\$\.([A-Za-z0-9_.\[\]]+)`")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _error(status: int, code: str, message: str, param: str | None = None,
+           headers: dict[str, str] | None = None) -> Response:
+    body = {"error": {"code": code, "message": message, "param": param}}
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def _service_error(_: Request, exc: ServiceError) -> Response:
+    return _error(exc.status_code, exc.code, exc.message, exc.param)
+
+
+def _validation_error(_: Request, exc: ValidationException) -> Response:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    detail = extra[0] if extra and isinstance(extra[0], dict) else {}
+    message = str(detail.get("message") or exc.detail)
+    param = detail.get("key") or None
+    if found := _PARAM.search(message):
+        param = found.group(1)
+    elif "unknown field" in message and (name := re.search(r"`([^`]+)`", message)):
+        param = name.group(1)
+    return _error(400, "invalid_request", message, param)
+
+
+def _http_error(_: Request, exc: HTTPException) -> Response:
+    codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+             413: "request_too_large", 415: "unsupported_media_type"}
+    code = codes.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "server_error")
+    return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+def _unexpected(request: Request, exc: Exception) -> Response:
+    request_id = request.scope.get("state", {}).get("request_id")
+    log.error("unhandled error", exc_info=exc, path=request.url.path)
+    return _error(500, "server_error", f"internal error; quote request id {request_id}")
+
+
+def request_context(app: ASGIApp) -> ASGIApp:
+    """Give every request an id (or take the caller's), echo it, log it, time it."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableScopeHeaders.from_message(message)["X-Request-ID"] = request_id
+            await send(message)
+
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("path_template") or "unmatched"
+            scope["app"].state.metrics.latency.labels(scope["method"], route, str(status)).observe(
+                time.perf_counter() - started)
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    return middleware
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or load_settings()
+    configure_logging(settings.log_json, settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(migrate, settings.database_url)
+        db = Database(settings.database_url)
+        objects = make_store(settings)
+        if not settings.uses_s3:
+            objects.ensure_bucket(settings.artifact_bucket)
+        store = Store(db)
+        jobs = JobService(settings, store, objects)
+        app.state.update(settings=settings, store=store, objects=objects, jobs=jobs,
+                         files=FileService(settings, store, objects),
+                         metrics=Metrics(), key_cache={})
+        await jobs.resume_pending()
+        log.info("api started", version=__version__, database=db.engine.url.get_backend_name(),
+                 object_store=type(objects).__name__)
+        try:
+            yield
+        finally:
+            await jobs.drain()
+            await db.close()
+
+    return Litestar(
+        route_handlers=[JobsController, FilesController, ModelsController, HealthController],
+        dependencies={
+            "tenant": Provide(provide_tenant),
+            "store": Provide(provide_store, sync_to_thread=False),
+            "jobs": Provide(provide_jobs, sync_to_thread=False),
+            "files": Provide(provide_files, sync_to_thread=False),
+            "settings": Provide(lambda: settings, sync_to_thread=False),
+        },
+        exception_handlers={
+            ServiceError: _service_error,
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        middleware=[request_context],
+        lifespan=[lifespan],
+        request_max_body_size=1 << 20,
+        openapi_config=OpenAPIConfig(title="tunedock", version=__version__, path="/openapi"),
+        debug=False,
+    )

@@ -1,0 +1,43 @@
+"""Domain exceptions. Each carries the HTTP status and error code it maps to (see app.py)."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code:
+            self.code = code
+
+
+class InvalidRequest(ServiceError):
+    pass
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    code = "conflict"
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "file_too_large"

@@ -1,0 +1,165 @@
+"""Every wire type of the jobs and files resources, and the spec handed to the training child."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+
+class Status(StrEnum):
+    validating_files = "validating_files"
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL = frozenset({Status.succeeded, Status.failed, Status.cancelled})
+
+Suffix = Annotated[str, Meta(max_length=40, pattern=r"^[a-z0-9-]*$")]
+LoraModule = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.]{1,64}$")]
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class Hyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    n_epochs: Annotated[int, Meta(ge=1, le=50)] = 3
+    learning_rate: Annotated[float, Meta(gt=0, le=1)] = 2e-4
+    batch_size: Annotated[int, Meta(ge=1, le=1024)] = 8
+    micro_batch_size: Annotated[int, Meta(ge=1, le=1024)] | None = None
+    max_seq_length: Annotated[int, Meta(ge=16, le=131072)] = 2048
+    lora_r: Annotated[int, Meta(ge=1, le=256)] = 16
+    lora_alpha: Annotated[int, Meta(ge=1, le=1024)] = 16
+    lora_dropout: Annotated[float, Meta(ge=0, lt=1)] = 0.0
+    target_modules: Annotated[tuple[LoraModule, ...], Meta(min_length=1, max_length=32)] = ALL_LINEAR
+    load_in_4bit: bool = True
+    warmup_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.03
+    weight_decay: Annotated[float, Meta(ge=0, le=1)] = 0.01
+    seed: Annotated[int, Meta(ge=0, le=2**31 - 1)] = 3407
+    train_on_inputs: bool = False
+    early_stopping_patience: Annotated[int, Meta(ge=1, le=50)] | None = None
+
+
+Metadata = Annotated[
+    dict[Annotated[str, Meta(min_length=1, max_length=64)], Annotated[str, Meta(max_length=512)]],
+    Meta(max_length=16),
+]
+
+
+class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    base_model: Annotated[str, Meta(min_length=1, max_length=128)]
+    training_file: Annotated[str, Meta(min_length=1, max_length=1024)]
+    validation_file: Annotated[str, Meta(min_length=1, max_length=1024)] | None = None
+    suffix: Suffix | None = None
+    hyperparameters: Hyperparameters = Hyperparameters()
+    metadata: Metadata = {}
+    deploy: bool = True
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class DatasetSummary(msgspec.Struct, kw_only=True):
+    format: str
+    n_examples: int
+    n_train: int
+    n_validation: int
+    validation_source: Literal["file", "split", "none"]
+    tokens: int
+    tokens_estimated: bool
+    warnings: list[str] = []
+
+
+class Progress(msgspec.Struct, kw_only=True):
+    epoch: float = 0.0
+    step: int = 0
+    total_steps: int | None = None
+    loss: float | None = None
+
+
+class MemoryPlan(msgspec.Struct, kw_only=True):
+    device: str
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    estimated_peak_bytes: int
+    available_bytes: int | None
+    breakdown: dict[str, int] = {}
+
+
+class Deployment(msgspec.Struct, kw_only=True):
+    status: Literal["pending", "loading", "loaded", "failed", "unloaded"]
+    loaded_at: int | None = None
+    error: str | None = None
+
+
+class Job(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    status: Status
+    base_model: str
+    training_file: str
+    validation_file: str | None
+    suffix: str | None
+    hyperparameters: Hyperparameters
+    metadata: dict[str, str]
+    deploy: bool
+    created_at: int
+    started_at: int | None
+    finished_at: int | None
+    fine_tuned_model: str | None
+    error: ErrorInfo | None
+    attempt: int
+    trained_tokens: int | None
+    estimated_finish: int | None
+    progress: Progress | None
+    dataset: DatasetSummary | None
+    plan: MemoryPlan | None
+    deployment: Deployment | None
+
+
+class Event(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warning", "error"]
+    type: str
+    message: str
+    data: dict[str, Any] | None = None
+
+
+class Checkpoint(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    job_id: str
+    epoch: int
+    step: int
+    uri: str
+    metrics: dict[str, float]
+    created_at: int
+
+
+class File(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    filename: str
+    uri: str
+    created_at: int
+
+
+class Page(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[Any]
+    has_more: bool
+    last_id: str | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorInfo

@@ -1,0 +1,156 @@
+"""What the jobs API does: check and store a job, then validate its files in the background."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import anyio
+import msgspec
+import structlog
+
+from service.datasets.validate import Report, TokenCounter, split_sizes, validate_jsonl
+from service.errors import InvalidRequest, InvalidTransition, NotFound
+from service.ids import new_id
+from service.jobs import schema as s
+from service.jobs.db import JobRow
+from service.jobs.store import Store
+from service.settings import Settings
+from service.storage import ObjectStore, parse_s3_uri
+
+log = structlog.get_logger()
+
+
+@dataclass
+class JobService:
+    settings: Settings
+    store: Store
+    objects: ObjectStore
+    _tasks: set[asyncio.Task] = field(default_factory=set)
+
+    async def locate(self, tenant: str, ref: str, param: str) -> tuple[str, str]:
+        """(bucket, key) of a training/validation file given as a file- id or an s3:// URI."""
+        if ref.startswith("file-"):
+            try:
+                row = await self.store.file_row(tenant, ref)
+            except NotFound:
+                raise NotFound(f"no file {ref!r}", param=param) from None
+            return row.bucket, row.key
+        return parse_s3_uri(ref, self.settings.allowed_buckets, param)
+
+    async def _check_readable(self, tenant: str, ref: str, param: str) -> None:
+        bucket, key = await self.locate(tenant, ref, param)
+        size = await anyio.to_thread.run_sync(self.objects.size, bucket, key)
+        if size is None:
+            raise InvalidRequest(f"{ref} does not exist or cannot be read", param=param,
+                                 code="file_not_found")
+
+    async def create(self, tenant: str, req: s.JobCreate, req_hash: str,
+                     idempotency_key: str | None) -> tuple[s.Job, bool]:
+        if self.settings.base_model(req.base_model) is None:
+            known = ", ".join(m.alias for m in self.settings.base_models) or "none configured"
+            raise InvalidRequest(f"base_model {req.base_model!r} is not in the registry ({known})",
+                                 param="base_model", code="model_not_found")
+        if (req.deploy and self.settings.serving_url
+                and req.base_model not in self.settings.served_models):
+            raise InvalidRequest(
+                f"no serving instance serves {req.base_model!r}; set deploy: false to train anyway",
+                param="deploy", code="model_not_served")
+        await self._check_readable(tenant, req.training_file, "training_file")
+        if req.validation_file:
+            await self._check_readable(tenant, req.validation_file, "validation_file")
+        row = JobRow(
+            id=new_id("ftjob"), tenant=tenant, status=s.Status.validating_files.value,
+            base_model=req.base_model, training_file=req.training_file,
+            validation_file=req.validation_file, suffix=req.suffix,
+            hyperparameters=msgspec.to_builtins(req.hyperparameters),
+            metadata_=dict(req.metadata), deploy=req.deploy, attempt=0,
+        )
+        job, created = await self.store.create_job(row, idempotency_key, req_hash)
+        if created:
+            self.validate_in_background(job.id)
+        return job, created
+
+    # -- background validation ------------------------------------------------------------
+    def validate_in_background(self, job_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.validate(job_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resume_pending(self) -> None:
+        """Validation runs in the API process; after a restart, pick up what was left."""
+        for job_id in await self.store.jobs_in_status(s.Status.validating_files):
+            self.validate_in_background(job_id)
+
+    async def drain(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _validate_object(self, bucket: str, key: str, fmt: str | None, base: str) -> Report:
+        entry = self.settings.base_model(base)
+        counter = TokenCounter(entry.local_path if entry else None)
+        chunks = self.objects.iter_bytes(bucket, key)
+        return validate_jsonl(chunks, counter, self.settings.max_line_bytes, fmt)
+
+    async def validate(self, job_id: str) -> None:
+        bound = log.bind(job_id=job_id)
+        job = await self.store.get_job(None, job_id)
+        if job.status is not s.Status.validating_files:
+            return
+        tenant = await self._tenant(job_id)
+        try:
+            bucket, key = await self.locate(tenant, job.training_file, "training_file")
+            train = await anyio.to_thread.run_sync(self._validate_object, bucket, key, None,
+                                                   job.base_model)
+            val = None
+            if train.ok and job.validation_file:
+                vb, vk = await self.locate(tenant, job.validation_file, "validation_file")
+                val = await anyio.to_thread.run_sync(self._validate_object, vb, vk, train.format,
+                                                     job.base_model)
+        except Exception as exc:  # noqa: BLE001 - the job records the failure, the API stays up
+            bound.exception("validation crashed")
+            await self._fail(job_id, "file_unreadable", f"could not read the data: {exc}", None, {})
+            return
+        for name, report in (("training_file", train), ("validation_file", val)):
+            if report is not None and not report.ok:
+                first = report.errors[0].line if report.errors else None
+                await self._fail(job_id, "invalid_training_file",
+                                 f"{name}: {report.failure_message()}", first,
+                                 {"file": name, "n_errors": report.n_errors,
+                                  "errors": msgspec.to_builtins(report.errors)}, param=name)
+                return
+        n_train, n_val, source = split_sizes(train.n_examples, val.n_examples if val else None)
+        summary = s.DatasetSummary(
+            format=train.format or "", n_examples=train.n_examples, n_train=n_train,
+            n_validation=n_val, validation_source=source,
+            tokens=train.tokens, tokens_estimated=train.tokens_estimated,
+            warnings=train.warnings,
+        )
+        data = msgspec.to_builtins(summary)
+        for warning in train.warnings:
+            await self.store.add_event(job_id, "warning", warning, "warning")
+        try:
+            await self.store.set_status(
+                job_id, s.Status.queued,
+                f"files validated: {n_train} training and {n_val} validation examples, "
+                f"{train.tokens} tokens{' (estimated)' if train.tokens_estimated else ''}",
+                data=data, dataset=data,
+            )
+        except (InvalidTransition, NotFound):  # cancelled while validating: nothing to do
+            bound.info("job changed during validation")
+            return
+        bound.info("files validated", examples=train.n_examples, tokens=train.tokens)
+
+    async def _tenant(self, job_id: str) -> str:
+        async with self.store.db.read() as ses:
+            return (await self.store.job_row(ses, None, job_id)).tenant
+
+    async def _fail(self, job_id: str, code: str, message: str, line: int | None,
+                    data: dict, param: str | None = None) -> None:
+        error = msgspec.to_builtins(s.ErrorInfo(code=code, message=message, param=param, line=line))
+        try:
+            await self.store.set_status(job_id, s.Status.failed, message, level="error",
+                                        data={"error": error, **data}, error=error)
+        except (InvalidTransition, NotFound):  # cancelled meanwhile
+            log.info("job changed during validation", job_id=job_id)

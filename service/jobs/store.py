@@ -1,0 +1,418 @@
+"""The job store: jobs, events, checkpoints, files and idempotency keys, with the runner's half
+(claim with a lease, heartbeat, release, requeue of expired leases). The only writer of job status."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.errors import Conflict, InvalidRequest, InvalidTransition, NotFound
+from service.ids import hash_key, new_api_key, new_id
+from service.jobs import schema as s
+from service.jobs.database import Database, as_utc, unix
+from service.jobs.db import ApiKey, CheckpointRow, EventRow, FileRow, IdempotencyRow, JobRow, utcnow
+from service.jobs.states import check_transition
+
+MAX_PAGE = 100
+
+
+def request_hash(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def job_from_row(row: JobRow) -> s.Job:
+    """The one place a job row becomes the wire type."""
+    conv = msgspec.convert
+    return s.Job(
+        id=row.id,
+        status=s.Status(row.status),
+        base_model=row.base_model,
+        training_file=row.training_file,
+        validation_file=row.validation_file,
+        suffix=row.suffix,
+        hyperparameters=conv(row.hyperparameters, s.Hyperparameters),
+        metadata=dict(row.metadata_ or {}),
+        deploy=row.deploy,
+        created_at=unix(row.created_at),
+        started_at=unix(row.started_at),
+        finished_at=unix(row.finished_at),
+        fine_tuned_model=row.fine_tuned_model,
+        error=conv(row.error, s.ErrorInfo) if row.error else None,
+        attempt=row.attempt,
+        trained_tokens=row.trained_tokens,
+        estimated_finish=unix(row.estimated_finish),
+        progress=conv(row.progress, s.Progress) if row.progress else None,
+        dataset=conv(row.dataset, s.DatasetSummary) if row.dataset else None,
+        plan=conv(row.plan, s.MemoryPlan) if row.plan else None,
+        deployment=conv(row.deployment, s.Deployment) if row.deployment else None,
+    )
+
+
+def event_from_row(row: EventRow) -> s.Event:
+    return s.Event(
+        id=f"ftevent-{row.seq}",
+        created_at=unix(row.created_at),
+        level=row.level,
+        type=row.type,
+        message=row.message,
+        data=row.data,
+    )
+
+
+def checkpoint_from_row(row: CheckpointRow) -> s.Checkpoint:
+    return s.Checkpoint(
+        id=row.id,
+        job_id=row.job_id,
+        epoch=row.epoch,
+        step=row.step,
+        uri=row.uri,
+        metrics=dict(row.metrics),
+        created_at=unix(row.created_at),
+    )
+
+
+def file_from_row(row: FileRow) -> s.File:
+    return s.File(
+        id=row.id,
+        bytes=row.bytes,
+        filename=row.filename,
+        uri=f"s3://{row.bucket}/{row.key}",
+        created_at=unix(row.created_at),
+    )
+
+
+def _event(job_id: str, type_: str, message: str, level: str = "info", data: Any = None) -> EventRow:
+    return EventRow(job_id=job_id, type=type_, message=message, level=level, data=data)
+
+
+async def transition(
+    session: AsyncSession,
+    job: JobRow,
+    to: s.Status,
+    *,
+    message: str,
+    data: dict[str, Any] | None = None,
+    level: str = "info",
+    expect_owner: str | None = None,
+    **fields: Any,
+) -> None:
+    """Move `job` to `to` if the state table allows it and nobody moved it first; write the event.
+
+    The UPDATE is conditional on the status we read (and on the lease owner when given), so a
+    racing cancel, claim or finish can never be overwritten; the loser gets InvalidTransition.
+    """
+    current = s.Status(job.status)
+    check_transition(current, to)
+    now = utcnow()
+    values: dict[str, Any] = {"status": to.value, **fields}
+    if to is s.Status.running and job.started_at is None:
+        values["started_at"] = now
+    if to in s.TERMINAL:
+        values["finished_at"] = now
+    if to is not s.Status.running:
+        values.update(lease_owner=None, lease_expires_at=None)
+    cond = [JobRow.id == job.id, JobRow.status == current.value]
+    if expect_owner is not None:
+        cond.append(JobRow.lease_owner == expect_owner)
+    result = await session.execute(update(JobRow).where(*cond).values(**values))
+    if result.rowcount != 1:
+        raise InvalidTransition(f"job {job.id} changed while moving to {to.value}", param="status")
+    for key, value in values.items():
+        setattr(job, key, value)
+    session.add(_event(job.id, "status", message, level, {"status": to.value, **(data or {})}))
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- API keys -------------------------------------------------------------------------
+    async def create_api_key(self, tenant: str) -> str:
+        key = new_api_key()
+        async with self.db.write() as ses:
+            ses.add(ApiKey(id=new_id("key"), tenant=tenant, key_hash=hash_key(key)))
+        return key
+
+    async def tenant_for_key(self, key: str) -> str | None:
+        async with self.db.read() as ses:
+            row = await ses.scalar(
+                select(ApiKey.tenant).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+            )
+        return row
+
+    # -- idempotency ----------------------------------------------------------------------
+    @staticmethod
+    async def _idempotent(
+        ses: AsyncSession, tenant: str, endpoint: str, key: str | None, req_hash: str
+    ) -> str | None:
+        """The id of the resource an earlier request with this key made, or None."""
+        if key is None:
+            return None
+        row = await ses.get(IdempotencyRow, (tenant, endpoint, key))
+        if row is None:
+            return None
+        if row.request_hash != req_hash:
+            raise Conflict(
+                "this Idempotency-Key was already used with a different request body",
+                param="Idempotency-Key",
+                code="idempotency_key_reused",
+            )
+        return row.resource_id
+
+    # -- files ----------------------------------------------------------------------------
+    async def find_idempotent_file(self, tenant: str, key: str | None, req_hash: str) -> s.File | None:
+        async with self.db.read() as ses:
+            found = await self._idempotent(ses, tenant, "files", key, req_hash)
+        return await self.get_file(tenant, found) if found else None
+
+    async def insert_file(
+        self, row: FileRow, idempotency_key: str | None, req_hash: str
+    ) -> tuple[s.File, bool]:
+        """Insert the file row; (file, created). With a known key: the first file, created=False."""
+        try:
+            async with self.db.write() as ses:
+                found = await self._idempotent(ses, row.tenant, "files", idempotency_key, req_hash)
+                if found is None:
+                    ses.add(row)
+                    if idempotency_key:
+                        ses.add(IdempotencyRow(tenant=row.tenant, endpoint="files", key=idempotency_key,
+                                               request_hash=req_hash, resource_id=row.id))
+        except IntegrityError:
+            found = await self.find_idempotent_file(row.tenant, idempotency_key, req_hash)
+            if found is None:
+                raise
+            return found, False
+        if found is not None:
+            return await self.get_file(row.tenant, found), False
+        return file_from_row(row), True
+
+    async def get_file(self, tenant: str, file_id: str) -> s.File:
+        return file_from_row(await self.file_row(tenant, file_id))
+
+    async def file_row(self, tenant: str, file_id: str) -> FileRow:
+        async with self.db.read() as ses:
+            row = await ses.get(FileRow, file_id)
+        if row is None or row.tenant != tenant:
+            raise NotFound(f"no file {file_id!r}", param="file_id")
+        return row
+
+    async def list_files(self, tenant: str, after: str | None, limit: int) -> s.Page:
+        async with self.db.read() as ses:
+            q = select(FileRow).where(FileRow.tenant == tenant)
+            if after:
+                anchor = await ses.get(FileRow, after)
+                if anchor is None or anchor.tenant != tenant:
+                    raise NotFound(f"no file {after!r}", param="after")
+                q = q.where((FileRow.created_at, FileRow.id) < (anchor.created_at, anchor.id))
+            rows = (await ses.scalars(q.order_by(FileRow.created_at.desc(), FileRow.id.desc())
+                                      .limit(limit + 1))).all()
+        return _page([file_from_row(r) for r in rows], limit)
+
+    # -- jobs -----------------------------------------------------------------------------
+    async def create_job(
+        self, row: JobRow, idempotency_key: str | None, req_hash: str
+    ) -> tuple[s.Job, bool]:
+        """Insert a validating_files job and its first event; idempotent like insert_file."""
+        try:
+            async with self.db.write() as ses:
+                found = await self._idempotent(ses, row.tenant, "jobs", idempotency_key, req_hash)
+                if found is None:
+                    ses.add(row)
+                    await ses.flush()
+                    ses.add(_event(row.id, "status", "job created; validating files",
+                                   data={"status": row.status}))
+                    if idempotency_key:
+                        ses.add(IdempotencyRow(tenant=row.tenant, endpoint="jobs", key=idempotency_key,
+                                               request_hash=req_hash, resource_id=row.id))
+        except IntegrityError:
+            async with self.db.read() as ses:
+                found = await self._idempotent(ses, row.tenant, "jobs", idempotency_key, req_hash)
+            if found is None:
+                raise
+        if found is not None:
+            return await self.get_job(row.tenant, found), False
+        return job_from_row(row), True
+
+    async def job_row(self, ses: AsyncSession, tenant: str | None, job_id: str) -> JobRow:
+        row = await ses.get(JobRow, job_id)
+        if row is None or (tenant is not None and row.tenant != tenant):
+            raise NotFound(f"no job {job_id!r}", param="job_id")
+        return row
+
+    async def get_job(self, tenant: str | None, job_id: str) -> s.Job:
+        async with self.db.read() as ses:
+            return job_from_row(await self.job_row(ses, tenant, job_id))
+
+    async def list_jobs(
+        self, tenant: str, after: str | None, limit: int, status: s.Status | None = None
+    ) -> s.Page:
+        async with self.db.read() as ses:
+            q = select(JobRow).where(JobRow.tenant == tenant)
+            if status is not None:
+                q = q.where(JobRow.status == status.value)
+            if after:
+                anchor = await self.job_row(ses, tenant, after)
+                q = q.where((JobRow.created_at, JobRow.id) < (anchor.created_at, anchor.id))
+            rows = (await ses.scalars(q.order_by(JobRow.created_at.desc(), JobRow.id.desc())
+                                      .limit(limit + 1))).all()
+        return _page([job_from_row(r) for r in rows], limit)
+
+    async def jobs_in_status(self, status: s.Status) -> list[str]:
+        async with self.db.read() as ses:
+            return list((await ses.scalars(select(JobRow.id).where(JobRow.status == status.value))).all())
+
+    async def count_by_status(self) -> dict[str, int]:
+        async with self.db.read() as ses:
+            rows = await ses.execute(select(JobRow.status, func.count()).group_by(JobRow.status))
+            return {st: n for st, n in rows.all()}
+
+    async def cancel_job(self, tenant: str, job_id: str) -> s.Job:
+        async with self.db.write() as ses:
+            row = await self.job_row(ses, tenant, job_id)
+            if row.status != s.Status.cancelled.value:
+                await transition(ses, row, s.Status.cancelled, message="job cancelled by the user")
+            return job_from_row(row)
+
+    async def set_status(
+        self, job_id: str, to: s.Status, message: str, *, level: str = "info",
+        data: dict[str, Any] | None = None, expect_owner: str | None = None, **fields: Any,
+    ) -> s.Job:
+        """Transition one job by id in its own transaction (validation, runner)."""
+        async with self.db.write() as ses:
+            row = await self.job_row(ses, None, job_id)
+            await transition(ses, row, to, message=message, level=level, data=data,
+                             expect_owner=expect_owner, **fields)
+            return job_from_row(row)
+
+    async def update_job(self, job_id: str, **fields: Any) -> None:
+        """Fields that are not the status (progress, plan, deployment)."""
+        assert "status" not in fields, "status changes go through transition()"
+        async with self.db.write() as ses:
+            await ses.execute(update(JobRow).where(JobRow.id == job_id).values(**fields))
+
+    # -- events and checkpoints -----------------------------------------------------------
+    async def add_event(self, job_id: str, type_: str, message: str, level: str = "info",
+                        data: dict[str, Any] | None = None) -> None:
+        async with self.db.write() as ses:
+            ses.add(_event(job_id, type_, message, level, data))
+
+    async def list_events(self, tenant: str | None, job_id: str, after: str | None, limit: int) -> s.Page:
+        after_seq = _event_seq(after)
+        async with self.db.read() as ses:
+            await self.job_row(ses, tenant, job_id)
+            q = select(EventRow).where(EventRow.job_id == job_id, EventRow.seq > after_seq)
+            rows = (await ses.scalars(q.order_by(EventRow.seq).limit(limit + 1))).all()
+        return _page([event_from_row(r) for r in rows], limit)
+
+    async def record_checkpoint(self, job_id: str, epoch: int, step: int, uri: str,
+                                metrics: dict[str, float]) -> s.Checkpoint | None:
+        """Record a checkpoint whose files are already uploaded; None when that epoch exists."""
+        row = CheckpointRow(id=new_id("ftckpt"), job_id=job_id, epoch=epoch, step=step, uri=uri,
+                            metrics=metrics)
+        try:
+            async with self.db.write() as ses:
+                ses.add(row)
+                await ses.flush()
+                ses.add(_event(job_id, "checkpoint", f"checkpoint saved at epoch {epoch}",
+                               data={"checkpoint_id": row.id, "epoch": epoch, "step": step,
+                                     "uri": uri, "metrics": metrics}))
+        except IntegrityError:
+            return None
+        return checkpoint_from_row(row)
+
+    async def list_checkpoints(self, tenant: str | None, job_id: str) -> list[s.Checkpoint]:
+        async with self.db.read() as ses:
+            await self.job_row(ses, tenant, job_id)
+            rows = (await ses.scalars(select(CheckpointRow).where(CheckpointRow.job_id == job_id)
+                                      .order_by(CheckpointRow.epoch))).all()
+        return [checkpoint_from_row(r) for r in rows]
+
+    # -- the runner's half ----------------------------------------------------------------
+    async def claim(self, runner_id: str, lease_s: float) -> s.Job | None:
+        """Take the oldest queued job with a lease. Postgres skips rows other claimers hold."""
+        async with self.db.write() as ses:
+            q = (select(JobRow).where(JobRow.status == s.Status.queued.value)
+                 .order_by(JobRow.created_at, JobRow.id).limit(1)
+                 .with_for_update(skip_locked=True))
+            row = await ses.scalar(q)
+            if row is None:
+                return None
+            attempt = row.attempt + 1
+            await transition(
+                ses, row, s.Status.running, message=f"runner {runner_id} started attempt {attempt}",
+                data={"runner": runner_id, "attempt": attempt}, lease_owner=runner_id,
+                lease_expires_at=utcnow() + timedelta(seconds=lease_s), attempt=attempt,
+            )
+            return job_from_row(row)
+
+    async def heartbeat(self, job_id: str, runner_id: str, lease_s: float, **fields: Any) -> bool:
+        """Extend the lease; False when the job is no longer ours (cancelled, lease lost)."""
+        async with self.db.write() as ses:
+            result = await ses.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.lease_owner == runner_id,
+                       JobRow.status == s.Status.running.value)
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s), **fields)
+            )
+            return result.rowcount == 1
+
+    async def release(self, job_id: str, runner_id: str, message: str) -> None:
+        """Hand a running job back to the queue (graceful runner stop); it resumes elsewhere."""
+        try:
+            await self.set_status(job_id, s.Status.queued, message, expect_owner=runner_id)
+        except (InvalidTransition, NotFound):
+            pass
+
+    async def requeue_expired(self, max_attempts: int) -> list[str]:
+        """Jobs whose lease ran out go back to queued, or fail once their attempts are used up."""
+        now = utcnow()
+        moved = []
+        async with self.db.write() as ses:
+            q = (select(JobRow).where(JobRow.status == s.Status.running.value,
+                                      JobRow.lease_expires_at < now)
+                 .with_for_update(skip_locked=True))
+            for row in (await ses.scalars(q)).all():
+                owner = row.lease_owner
+                if row.attempt >= max_attempts:
+                    last = (row.error or {}).get("message", "the runner stopped heartbeating")
+                    await transition(
+                        ses, row, s.Status.failed, level="error",
+                        message=f"attempt {row.attempt} of {max_attempts} lost its lease; giving up",
+                        error={"code": "max_attempts_exceeded",
+                               "message": f"{row.attempt} attempts failed; last: {last}"},
+                    )
+                else:
+                    await transition(
+                        ses, row, s.Status.queued, level="warning",
+                        message=f"runner {owner} lost its lease; the job will resume from its "
+                                "latest checkpoint", data={"attempt": row.attempt},
+                    )
+                moved.append(row.id)
+        return moved
+
+    async def lease_expiry(self, job_id: str) -> datetime | None:
+        async with self.db.read() as ses:
+            return as_utc(await ses.scalar(select(JobRow.lease_expires_at).where(JobRow.id == job_id)))
+
+
+def _event_seq(after: str | None) -> int:
+    if not after:
+        return 0
+    try:
+        return int(after.removeprefix("ftevent-"))
+    except ValueError:
+        raise InvalidRequest(f"after={after!r} is not an event id", param="after") from None
+
+
+def _page(items: list[Any], limit: int) -> s.Page:
+    has_more = len(items) > limit
+    items = items[:limit]
+    last = getattr(items[-1], "id", None) if items else None
+    return s.Page(data=items, has_more=has_more, last_id=last)
+

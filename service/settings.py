@@ -1,0 +1,99 @@
+"""Service settings: one struct, read once from TUNEDOCK_* environment variables at start-up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+
+class BaseModelEntry(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    source: str  # a local folder (air-gapped) or a hub id
+
+    @property
+    def local_path(self) -> Path | None:
+        p = Path(self.source)
+        return p if p.is_dir() else None
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    database_url: str = "sqlite+aiosqlite:///.data/tunedock.db"
+    data_dir: str = ".data"
+    # Object store: S3 when an endpoint or bucket credentials are given, else a local folder.
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_path_style: bool = True
+    artifact_bucket: str = "tunedock"
+    # Buckets that training_file / validation_file may name besides the artifact bucket.
+    readable_buckets: tuple[str, ...] = ()
+    max_upload_bytes: int = 1 << 30
+    max_line_bytes: int = 4 << 20
+    base_models: tuple[BaseModelEntry, ...] = ()
+    # Base aliases some vLLM instance serves; empty means "serving not configured".
+    served_models: tuple[str, ...] = ()
+    serving_url: str | None = None
+    serving_api_key: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_json: bool = True
+    log_level: str = "info"
+    # Runner
+    runner_gpus: str | None = None
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 5.0
+    max_attempts: int = 3
+    poll_seconds: float = 1.0
+    cancel_grace_seconds: float = 5.0
+    max_oom_retries: int = 2
+
+    @property
+    def uses_s3(self) -> bool:
+        return bool(self.s3_endpoint_url or self.s3_access_key_id)
+
+    @property
+    def allowed_buckets(self) -> frozenset[str]:
+        return frozenset((self.artifact_bucket, *self.readable_buckets))
+
+    def base_model(self, alias: str) -> BaseModelEntry | None:
+        return next((m for m in self.base_models if m.alias == alias), None)
+
+
+def _parse_base_models(raw: str) -> tuple[BaseModelEntry, ...]:
+    """`alias=source,alias2=source2` (a source is a folder or a hub id)."""
+    entries = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        alias, sep, source = part.partition("=")
+        if not sep or not alias or not source:
+            raise ValueError(f"TUNEDOCK_BASE_MODELS entry {part!r} is not alias=source")
+        entries.append(BaseModelEntry(alias=alias.strip(), source=source.strip()))
+    return tuple(entries)
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(filter(None, (p.strip() for p in raw.split(","))))
+
+
+_CONVERTERS = {
+    "base_models": _parse_base_models,
+    "readable_buckets": _csv,
+    "served_models": _csv,
+}
+
+
+def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from TUNEDOCK_<FIELD> variables; keyword overrides win (used by tests)."""
+    env = dict(os.environ if env is None else env)
+    raw: dict[str, object] = {}
+    for field in msgspec.structs.fields(Settings):
+        value = env.get(f"TUNEDOCK_{field.name.upper()}")
+        if value is None:
+            continue
+        conv = _CONVERTERS.get(field.name)
+        raw[field.name] = conv(value) if conv else value
+    raw.update(overrides)
+    # strict=False turns "8080" into 8080 and "false" into False.
+    return msgspec.convert(raw, Settings, strict=False)

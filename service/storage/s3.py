@@ -1,0 +1,73 @@
+"""S3-compatible object store over boto3. Reads stream; large uploads go multipart (s3transfer)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+
+class S3Store:
+    def __init__(self, *, endpoint_url: str | None, region: str, access_key_id: str | None,
+                 secret_access_key: str | None, path_style: bool) -> None:
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            config=Config(
+                s3={"addressing_style": "path" if path_style else "auto"},
+                retries={"max_attempts": 5, "mode": "standard"},
+                max_pool_connections=32,
+            ),
+        )
+
+    def size(self, bucket: str, key: str) -> int | None:
+        try:
+            return self.client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound", "403"):
+                return None
+            raise
+
+    def iter_bytes(self, bucket: str, key: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+        body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+        try:
+            yield from body.iter_chunks(chunk)
+        finally:
+            body.close()
+
+    def put_fileobj(self, bucket: str, key: str, fileobj: BinaryIO) -> None:
+        self.client.upload_fileobj(fileobj, bucket, key)
+
+    def put_file(self, bucket: str, key: str, path: Path) -> None:
+        self.client.upload_file(str(path), bucket, key)
+
+    def download(self, bucket: str, key: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        self.client.download_file(bucket, key, str(tmp))
+        tmp.replace(path)
+
+    def list_keys(self, bucket: str, prefix: str) -> list[str]:
+        keys: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return keys
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.client.delete_object(Bucket=bucket, Key=key)
+
+    def ping(self, bucket: str) -> None:
+        self.client.head_bucket(Bucket=bucket)
+
+    def ensure_bucket(self, bucket: str) -> None:
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=bucket)

@@ -1,0 +1,148 @@
+"""Shared fixtures: a real S3-compatible server (moto's server mode) and a real Postgres on
+loopback, both started once per session; a real app on SQLite per test."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.settings import BaseModelEntry, Settings
+
+ARTIFACTS, DATASETS, FOREIGN = "tunedock", "datasets", "someone-else"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    for bucket in (ARTIFACTS, DATASETS, FOREIGN):
+        client.create_bucket(Bucket=bucket)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(s3_endpoint: str):  # noqa: ANN201
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                        aws_access_key_id="test", aws_secret_access_key="test")
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway Postgres cluster on loopback (Debian's postgresql; .ci/run installs it)."""
+    if url := os.environ.get("TUNEDOCK_TEST_POSTGRES_URL"):
+        yield url
+        return
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.fail("Postgres is not installed: apt-get install postgresql (see .ci/run)")
+    root = Path(tempfile.mkdtemp(prefix="tunedock-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                    "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200",
+                    "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with just a tokenizer.json-free config: the estimate path of token counting."""
+    path = tmp_path_factory.mktemp("tiny-base")
+    (path / "config.json").write_text("{}")
+    return path
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, s3_endpoint: str, tiny_model_dir: Path):  # noqa: ANN201
+    def make(**overrides: object) -> Settings:
+        values: dict = dict(
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/tunedock.db",
+            data_dir=str(tmp_path / "data"),
+            s3_endpoint_url=s3_endpoint,
+            s3_access_key_id="test",
+            s3_secret_access_key="test",
+            artifact_bucket=ARTIFACTS,
+            readable_buckets=(DATASETS,),
+            base_models=(BaseModelEntry(alias="tiny", source=str(tiny_model_dir)),),
+            log_json=False,
+            log_level="warning",
+        )
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+class Api:
+    """A test client with a key per tenant."""
+
+    def __init__(self, client: AsyncTestClient, keys: dict[str, str]) -> None:
+        self.client = client
+        self.keys = keys
+
+    def auth(self, tenant: str = "acme") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[tenant]}"}
+
+    async def wait_status(self, job_id: str, statuses: set[str], timeout: float = 30,
+                          tenant: str = "acme") -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = (await self.client.get(f"/jobs/{job_id}", headers=self.auth(tenant))).json()
+            if job["status"] in statuses:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job stayed {job['status']}: {job}")
+            import asyncio
+
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def api(make_settings) -> AsyncIterator[Api]:  # noqa: ANN001
+    app = create_app(make_settings())
+    async with AsyncTestClient(app) as client:
+        store = app.state.store
+        keys = {t: await store.create_api_key(t) for t in ("acme", "globex")}
+        yield Api(client, keys)

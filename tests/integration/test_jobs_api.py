@@ -1,0 +1,151 @@
+"""The jobs API against a real app, real SQLite and a real S3 server on loopback."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import DATASETS, FOREIGN, Api
+from tests.support.data import chat_rows, jsonl
+
+
+@pytest.fixture
+def dataset(s3) -> str:  # noqa: ANN001
+    s3.put_object(Bucket=DATASETS, Key="good/chat.jsonl", Body=jsonl(chat_rows(60)))
+    return f"s3://{DATASETS}/good/chat.jsonl"
+
+
+def job_body(training_file: str, **extra: object) -> dict:
+    return {"base_model": "tiny", "training_file": training_file, **extra}
+
+
+async def test_create_job_resolves_defaults_and_validates_to_queued(api: Api, dataset: str) -> None:
+    r = await api.client.post("/jobs", json=job_body(dataset, suffix="sky-v1"), headers=api.auth())
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["id"].startswith("ftjob-")
+    assert job["status"] == "validating_files"
+    hp = job["hyperparameters"]
+    assert hp["n_epochs"] == 3 and hp["learning_rate"] == 2e-4 and hp["lora_r"] == 16
+    assert hp["target_modules"][0] == "q_proj" and hp["load_in_4bit"] is True
+    assert r.headers["x-request-id"]
+    done = await api.wait_status(job["id"], {"queued", "failed"})
+    assert done["status"] == "queued", done
+    ds = done["dataset"]
+    assert ds["format"] == "chat" and ds["n_examples"] == 60
+    assert (ds["n_train"], ds["n_validation"], ds["validation_source"]) == (54, 6, "split")
+    assert ds["tokens"] > 0 and ds["tokens_estimated"] is True
+    events = (await api.client.get(f"/jobs/{job['id']}/events", headers=api.auth())).json()
+    assert [e["data"]["status"] for e in events["data"]] == ["validating_files", "queued"]
+
+
+async def test_uploaded_file_id_trains_and_lists(api: Api) -> None:
+    files = {"file": ("chat.jsonl", jsonl(chat_rows(12)), "application/jsonl")}
+    up = await api.client.post("/files", files=files, headers=api.auth())
+    assert up.status_code == 201, up.text
+    f = up.json()
+    assert f["id"].startswith("file-") and f["bytes"] == len(jsonl(chat_rows(12)))
+    assert (await api.client.get(f"/files/{f['id']}", headers=api.auth())).json() == f
+    assert [x["id"] for x in (await api.client.get("/files", headers=api.auth())).json()["data"]] == [f["id"]]
+    job = (await api.client.post("/jobs", json=job_body(f["id"]), headers=api.auth())).json()
+    done = await api.wait_status(job["id"], {"queued", "failed"})
+    assert done["status"] == "queued"
+    assert done["dataset"]["validation_source"] == "none"
+    events = (await api.client.get(f"/jobs/{job['id']}/events", headers=api.auth())).json()["data"]
+    assert any(e["level"] == "warning" and "12 examples" in e["message"] for e in events)
+
+
+async def test_list_paginates_with_cursor_and_filters_status(api: Api, dataset: str) -> None:
+    ids = []
+    for _ in range(5):
+        ids.append((await api.client.post("/jobs", json=job_body(dataset), headers=api.auth())).json()["id"])
+    for job_id in ids:
+        await api.wait_status(job_id, {"queued"})
+    await api.client.post(f"/jobs/{ids[0]}/cancel", headers=api.auth())
+    seen, after = [], None
+    while True:
+        params = {"limit": 2, **({"after": after} if after else {})}
+        page = (await api.client.get("/jobs", params=params, headers=api.auth())).json()
+        seen += [j["id"] for j in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["last_id"]
+    assert seen == list(reversed(ids))
+    queued = (await api.client.get("/jobs", params={"status": "queued"}, headers=api.auth())).json()
+    assert {j["id"] for j in queued["data"]} == set(ids[1:])
+
+
+async def test_cancel_is_idempotent_and_keeps_history(api: Api, dataset: str) -> None:
+    job = (await api.client.post("/jobs", json=job_body(dataset), headers=api.auth())).json()
+    await api.wait_status(job["id"], {"queued"})
+    for _ in range(2):
+        r = await api.client.post(f"/jobs/{job['id']}/cancel", headers=api.auth())
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    events = (await api.client.get(f"/jobs/{job['id']}/events", headers=api.auth())).json()["data"]
+    assert [e["data"]["status"] for e in events] == ["validating_files", "queued", "cancelled"]
+
+
+async def test_event_stream_follows_until_the_job_ends(api: Api, dataset: str) -> None:
+    job = (await api.client.post("/jobs", json=job_body(dataset), headers=api.auth())).json()
+    await api.wait_status(job["id"], {"queued"})
+    await api.client.post(f"/jobs/{job['id']}/cancel", headers=api.auth())
+    headers = {**api.auth(), "Accept": "text/event-stream"}
+    r = await api.client.get(f"/jobs/{job['id']}/events", headers=headers)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.text.count("data: ") == 3 and '"cancelled"' in r.text
+
+
+async def test_idempotency_key_returns_first_job_and_rejects_other_body(api: Api, dataset: str) -> None:
+    headers = {**api.auth(), "Idempotency-Key": "k-1"}
+    first = await api.client.post("/jobs", json=job_body(dataset), headers=headers)
+    again = await api.client.post("/jobs", json=job_body(dataset), headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    other = await api.client.post("/jobs", json=job_body(dataset, suffix="x"), headers=headers)
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+    listed = (await api.client.get("/jobs", headers=api.auth())).json()["data"]
+    assert len(listed) == 1
+
+
+async def test_file_upload_idempotency(api: Api) -> None:
+    headers = {**api.auth(), "Idempotency-Key": "f-1"}
+    body = jsonl(chat_rows(10))
+    a = await api.client.post("/files", files={"file": ("a.jsonl", body)}, headers=headers)
+    b = await api.client.post("/files", files={"file": ("a.jsonl", body)}, headers=headers)
+    assert a.json()["id"] == b.json()["id"]
+    c = await api.client.post("/files", files={"file": ("a.jsonl", body + b"\n")}, headers=headers)
+    assert c.status_code == 409
+    assert len((await api.client.get("/files", headers=api.auth())).json()["data"]) == 1
+
+
+async def test_tenants_see_only_their_own(api: Api, dataset: str) -> None:
+    job = (await api.client.post("/jobs", json=job_body(dataset), headers=api.auth())).json()
+    f = (await api.client.post("/files", files={"file": ("a.jsonl", jsonl(chat_rows(10)))},
+                               headers=api.auth())).json()
+    other = api.auth("globex")
+    for path in (f"/jobs/{job['id']}", f"/jobs/{job['id']}/events", f"/jobs/{job['id']}/checkpoints",
+                 f"/files/{f['id']}"):
+        r = await api.client.get(path, headers=other)
+        assert r.status_code == 404, path
+        assert r.json()["error"]["code"] == "not_found"
+    assert (await api.client.post(f"/jobs/{job['id']}/cancel", headers=other)).status_code == 404
+    assert (await api.client.get("/jobs", headers=other)).json()["data"] == []
+    r = await api.client.post("/jobs", json=job_body(f["id"]), headers=other)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "training_file"
+
+
+async def test_health_ready_metrics_and_openapi(api: Api) -> None:
+    assert (await api.client.get("/healthz")).json() == {"status": "ok"}
+    assert (await api.client.get("/readyz")).json() == {"status": "ready"}
+    assert (await api.client.get("/metrics")).status_code == 401
+    m = await api.client.get("/metrics", headers=api.auth())
+    assert 'tunedock_jobs{status="queued"}' in m.text
+    assert "tunedock_request_duration_seconds_bucket" in m.text
+    assert (await api.client.get("/openapi/openapi.json")).status_code in (200, 401)
+    models = (await api.client.get("/models", headers=api.auth())).json()
+    assert [m["id"] for m in models["data"]] == ["tiny"]
+
+
+async def test_request_id_is_echoed(api: Api) -> None:
+    r = await api.client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"

@@ -107,7 +107,7 @@ async def transition(
     The UPDATE is conditional on the status we read (and on the lease owner when given), so a
     racing cancel, claim or finish can never be overwritten; the loser gets InvalidTransition.
     """
-    current = s.Status(job.status)
+    current, to = s.Status(job.status), s.Status(to)
     check_transition(current, to)
     now = utcnow()
     values: dict[str, Any] = {"status": to.value, **fields}

@@ -1,0 +1,173 @@
+"""Bad input: each gets a clear 4xx {error: {code, message, param}}, and nothing is stored."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import DATASETS, FOREIGN, Api
+from tests.support.data import chat_rows, jsonl
+
+
+@pytest.fixture
+def dataset(s3) -> str:  # noqa: ANN001
+    s3.put_object(Bucket=DATASETS, Key="ok.jsonl", Body=jsonl(chat_rows(20)))
+    s3.put_object(Bucket=FOREIGN, Key="ok.jsonl", Body=jsonl(chat_rows(20)))
+    return f"s3://{DATASETS}/ok.jsonl"
+
+
+async def assert_nothing_stored(api: Api) -> None:
+    assert (await api.client.get("/jobs", headers=api.auth())).json()["data"] == []
+    assert (await api.client.get("/files", headers=api.auth())).json()["data"] == []
+
+
+def err(r, status: int) -> dict:  # noqa: ANN001
+    assert r.status_code == status, r.text
+    body = r.json()["error"]
+    assert body["code"] and body["message"] and "Traceback" not in r.text
+    return body
+
+
+@pytest.mark.parametrize(
+    ("patch", "param"),
+    [
+        ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+        ({"hyperparameters": {"n_epochs": 1000}}, "hyperparameters.n_epochs"),
+        ({"hyperparameters": {"learning_rate": -1e-4}}, "hyperparameters.learning_rate"),
+        ({"hyperparameters": {"lora_r": 0}}, "hyperparameters.lora_r"),
+        ({"hyperparameters": {"lora_r": 4096}}, "hyperparameters.lora_r"),
+        ({"hyperparameters": {"n_epochs": "three"}}, "hyperparameters.n_epochs"),
+        ({"suffix": "has spaces"}, "suffix"),
+        ({"suffix": "a" * 200}, "suffix"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        ({"deploy": "yes"}, "deploy"),
+        ({"surprise": 1}, "surprise"),
+        ({"hyperparameters": {"lr": 0.1}}, "lr"),
+    ],
+)
+async def test_invalid_body_is_400_naming_the_field(api: Api, dataset: str, patch: dict, param: str) -> None:
+    body = {"base_model": "tiny", "training_file": dataset, **patch}
+    e = err(await api.client.post("/jobs", json=body, headers=api.auth()), 400)
+    assert param in (e["param"] or "") + e["message"], e
+    await assert_nothing_stored(api)
+
+
+async def test_malformed_json_is_400(api: Api) -> None:
+    headers = {**api.auth(), "Content-Type": "application/json"}
+    err(await api.client.post("/jobs", content=b'{"base_model": ', headers=headers), 400)
+    await assert_nothing_stored(api)
+
+
+@pytest.mark.parametrize(
+    ("training_file", "param", "status"),
+    [
+        (f"s3://{DATASETS}/missing.jsonl", "training_file", 400),
+        (f"s3://{FOREIGN}/ok.jsonl", "training_file", 400),
+        ("http://example.com/data.jsonl", "training_file", 400),
+        ("https://example.com/data.jsonl", "training_file", 400),
+        ("file:///etc/passwd", "training_file", 400),
+        (f"s3://{DATASETS}/../{FOREIGN}/ok.jsonl", "training_file", 400),
+        (f"s3://{DATASETS}/a/./b.jsonl", "training_file", 400),
+        ("file-doesnotexist", "training_file", 404),
+    ],
+)
+async def test_unreadable_training_files_are_refused(api: Api, dataset: str, training_file: str,
+                                                     param: str, status: int) -> None:
+    body = {"base_model": "tiny", "training_file": training_file}
+    e = err(await api.client.post("/jobs", json=body, headers=api.auth()), status)
+    assert e["param"] == param
+    await assert_nothing_stored(api)
+
+
+async def test_unknown_base_model_is_400(api: Api, dataset: str) -> None:
+    body = {"base_model": "gpt-17", "training_file": dataset}
+    e = err(await api.client.post("/jobs", json=body, headers=api.auth()), 400)
+    assert e["param"] == "base_model" and e["code"] == "model_not_found"
+    await assert_nothing_stored(api)
+
+
+async def test_missing_and_wrong_keys_are_401(api: Api, dataset: str) -> None:
+    body = {"base_model": "tiny", "training_file": dataset}
+    assert err(await api.client.post("/jobs", json=body), 401)["code"] == "missing_api_key"
+    wrong = {"Authorization": "Bearer td-not-a-key"}
+    assert err(await api.client.post("/jobs", json=body, headers=wrong), 401)["code"] == "invalid_api_key"
+    assert err(await api.client.get("/jobs", headers={"Authorization": "Basic abc"}), 401)
+    await assert_nothing_stored(api)
+
+
+async def test_cancel_of_a_finished_job_is_409(api: Api, dataset: str) -> None:
+    job = (await api.client.post("/jobs", json={"base_model": "tiny", "training_file": dataset},
+                                 headers=api.auth())).json()
+    await api.wait_status(job["id"], {"queued"})
+    store = api.client.app.state.store
+    await store.claim("r1", 60)
+    await store.set_status(job["id"], "succeeded", "done", expect_owner="r1")
+    e = err(await api.client.post(f"/jobs/{job['id']}/cancel", headers=api.auth()), 409)
+    assert e["code"] == "invalid_transition"
+    assert (await api.client.get(f"/jobs/{job['id']}", headers=api.auth())).json()["status"] == "succeeded"
+
+
+async def test_upload_over_the_limit_is_413_and_streamed(make_settings) -> None:  # noqa: ANN001
+    """A chunked upload over a real socket is refused while it streams, not after buffering."""
+    import asyncio
+
+    from tests.support.live import live_app
+
+    async with live_app(make_settings(max_upload_bytes=64 * 1024)) as (base, keys):
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /files HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Authorization: Bearer " + keys["acme"].encode() + b"\r\n"
+            b"Content-Type: multipart/form-data; boundary=B\r\n\r\n")
+
+        def chunk(data: bytes) -> bytes:
+            return b"%x\r\n" % len(data) + data + b"\r\n"
+
+        writer.write(chunk(b'--B\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'))
+        sent = 0
+        response = b""
+        for sent in range(1, 1001):  # up to 16 MB; the limit is 64 KiB
+            writer.write(chunk(b'{"text": "' + b"x" * 16000 + b'"}\n'))
+            await writer.drain()
+            try:
+                response = await asyncio.wait_for(reader.read(4096), 0.02)
+            except TimeoutError:
+                continue
+            if response:
+                break
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 413"), response[:200]
+        assert b"file_too_large" in response
+        assert sent < 100
+        import httpx
+
+        async with httpx.AsyncClient(base_url=base) as client:
+            headers = {"Authorization": f"Bearer {keys['acme']}"}
+            assert (await client.get("/files", headers=headers)).json()["data"] == []
+        # A Content-Length over the limit is refused before any of the body is read.
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /files HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n"
+                     b"Authorization: Bearer " + keys["acme"].encode() + b"\r\n"
+                     b"Content-Type: multipart/form-data; boundary=B\r\n\r\n")
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.read(4096), 5)).startswith(b"HTTP/1.1 413")
+        writer.close()
+
+
+async def test_upload_without_a_file_part_is_400(api: Api) -> None:
+    err(await api.client.post("/files", data={"other": "x"}, files={"nope": ("a", b"1")},
+                              headers=api.auth()), 400)
+    err(await api.client.post("/files", content=b"{}", headers={**api.auth(),
+                              "Content-Type": "application/json"}), 400)
+    await assert_nothing_stored(api)
+
+
+async def test_unknown_route_and_method_use_the_error_shape(api: Api) -> None:
+    assert err(await api.client.get("/nope", headers=api.auth()), 404)
+    assert err(await api.client.delete("/jobs", headers=api.auth()), 405)
+
+
+async def test_bad_query_parameters_are_400(api: Api) -> None:
+    assert err(await api.client.get("/jobs", params={"limit": 1000}, headers=api.auth()), 400)
+    assert err(await api.client.get("/jobs", params={"status": "bogus"}, headers=api.auth()), 400)
+    assert err(await api.client.get("/jobs", params={"after": "ftjob-nope"}, headers=api.auth()), 404)

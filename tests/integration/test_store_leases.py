@@ -1,0 +1,104 @@
+"""The runner's half of the store on SQLite and on a real Postgres: claims, leases, requeue."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from service.errors import InvalidTransition
+from service.ids import new_id
+from service.jobs.database import Database, migrate
+from service.jobs.db import JobRow, utcnow
+from service.jobs.schema import Status
+from service.jobs.store import Store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request, tmp_path):  # noqa: ANN001, ANN201
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/leases.db"
+    else:
+        base = request.getfixturevalue("postgres_url")
+        db_name = f"t_{new_id('x').split('-')[1]}"
+        admin = Database(base)
+        async with admin.engine.connect() as conn:
+            await (await conn.execution_options(isolation_level="AUTOCOMMIT")).exec_driver_sql(
+                f"CREATE DATABASE {db_name}")
+        await admin.close()
+        url = base.rsplit("/", 1)[0] + f"/{db_name}"
+    await asyncio.to_thread(migrate, url)
+    db = Database(url)
+    yield Store(db)
+    await db.close()
+
+
+async def add_queued(store: Store, n: int) -> list[str]:
+    ids = []
+    async with store.db.write() as ses:
+        for i in range(n):
+            row = JobRow(id=new_id("ftjob"), tenant="t", status=Status.queued.value, base_model="tiny",
+                         training_file="file-x", validation_file=None, suffix=None, hyperparameters={},
+                         metadata_={}, deploy=False, attempt=0,
+                         created_at=utcnow() + timedelta(microseconds=i))
+            ses.add(row)
+            ids.append(row.id)
+    return ids
+
+
+async def test_claim_takes_oldest_and_sets_lease(store: Store) -> None:
+    ids = await add_queued(store, 3)
+    job = await store.claim("runner-a", 30)
+    assert job.id == ids[0] and job.status is Status.running and job.attempt == 1
+    assert (await store.claim("runner-b", 30)).id == ids[1]
+    assert await store.heartbeat(ids[0], "runner-a", 30)
+    assert not await store.heartbeat(ids[0], "runner-b", 30)
+
+
+async def test_many_concurrent_claimers_never_share_a_job(store: Store) -> None:
+    n_jobs, n_claimers = 40, 16 if not store.db.is_sqlite else 8
+    await add_queued(store, n_jobs)
+    claimed: list[str] = []
+
+    async def claimer(i: int) -> None:
+        while (job := await store.claim(f"r{i}", 30)) is not None:
+            claimed.append(job.id)
+
+    await asyncio.gather(*(claimer(i) for i in range(n_claimers)))
+    assert len(claimed) == n_jobs and len(set(claimed)) == n_jobs
+
+
+async def test_expired_lease_goes_back_to_queued_then_fails_after_max_attempts(store: Store) -> None:
+    [job_id] = await add_queued(store, 1)
+    for attempt in (1, 2):
+        job = await store.claim("r", 30)
+        assert job.attempt == attempt
+        async with store.db.write() as ses:
+            await ses.execute(update(JobRow).where(JobRow.id == job_id)
+                              .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        assert await store.requeue_expired(max_attempts=2) == [job_id]
+        status = (await store.get_job(None, job_id)).status
+        assert status is (Status.queued if attempt == 1 else Status.failed)
+    failed = await store.get_job(None, job_id)
+    assert failed.error.code == "max_attempts_exceeded"
+    assert await store.claim("r", 30) is None
+
+
+async def test_cancel_wins_over_a_late_heartbeat_and_finish(store: Store) -> None:
+    [job_id] = await add_queued(store, 1)
+    await store.claim("r", 30)
+    await store.cancel_job("t", job_id)
+    assert not await store.heartbeat(job_id, "r", 30)
+    with pytest.raises(InvalidTransition):
+        await store.set_status(job_id, Status.succeeded, "done", expect_owner="r")
+    assert (await store.get_job(None, job_id)).status is Status.cancelled
+
+
+async def test_checkpoints_are_recorded_once_per_epoch(store: Store) -> None:
+    [job_id] = await add_queued(store, 1)
+    first = await store.record_checkpoint(job_id, 1, 10, "s3://b/k/epoch-1/", {"train_loss": 1.0})
+    assert first is not None and first.id.startswith("ftckpt-")
+    assert await store.record_checkpoint(job_id, 1, 10, "s3://b/k/epoch-1/", {}) is None
+    assert [c.epoch for c in await store.list_checkpoints(None, job_id)] == [1]

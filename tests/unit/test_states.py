@@ -1,0 +1,25 @@
+"""The state table: terminal states are final, and only the listed moves are allowed."""
+
+import pytest
+
+from service.errors import InvalidTransition
+from service.jobs.schema import TERMINAL, Status
+from service.jobs.states import ALLOWED, check_transition
+
+
+def test_terminal_states_allow_nothing() -> None:
+    for status in TERMINAL:
+        assert ALLOWED[status] == frozenset()
+        with pytest.raises(InvalidTransition):
+            check_transition(status, Status.queued)
+
+
+def test_the_happy_path_is_allowed() -> None:
+    path = [Status.validating_files, Status.queued, Status.running, Status.succeeded]
+    for a, b in zip(path, path[1:]):
+        check_transition(a, b)
+
+
+def test_queued_cannot_jump_to_succeeded() -> None:
+    with pytest.raises(InvalidTransition):
+        check_transition(Status.queued, Status.succeeded)

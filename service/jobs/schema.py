@@ -163,3 +163,27 @@ class Page(msgspec.Struct, kw_only=True):
 
 class ErrorBody(msgspec.Struct):
     error: ErrorInfo
+
+
+class ObjectRef(msgspec.Struct, kw_only=True, frozen=True):
+    bucket: str
+    key: str
+
+
+class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """What the runner hands the training child (service/training) as a JSON file."""
+
+    job_id: str
+    base_model: str  # the alias, for the fine-tuned model's name
+    base_model_source: str  # a local folder or a hub id
+    hyperparameters: Hyperparameters
+    train: ObjectRef
+    validation: ObjectRef | None = None
+    validation_split: float = 0.0
+    artifact_bucket: str
+    output_prefix: str  # jobs/{id}
+    resume_from: ObjectRef | None = None  # a checkpoint prefix (…/checkpoints/epoch-N)
+    micro_batch_size: int | None = None  # forced after an out-of-memory retry
+    backend: Literal["auto", "unsloth", "peft"] = "auto"
+    metrics_every_steps: int = 1
+    work_dir: str

@@ -98,7 +98,7 @@ class JobService:
         job = await self.store.get_job(None, job_id)
         if job.status is not s.Status.validating_files:
             return
-        tenant = await self._tenant(job_id)
+        tenant = await self.store.job_tenant(job_id)
         try:
             bucket, key = await self.locate(tenant, job.training_file, "training_file")
             train = await anyio.to_thread.run_sync(self._validate_object, bucket, key, None,
@@ -141,10 +141,6 @@ class JobService:
             bound.info("job changed during validation")
             return
         bound.info("files validated", examples=train.n_examples, tokens=train.tokens)
-
-    async def _tenant(self, job_id: str) -> str:
-        async with self.store.db.read() as ses:
-            return (await self.store.job_row(ses, None, job_id)).tenant
 
     async def _fail(self, job_id: str, code: str, message: str, line: int | None,
                     data: dict, param: str | None = None) -> None:

@@ -245,6 +245,10 @@ class Store:
             raise NotFound(f"no job {job_id!r}", param="job_id")
         return row
 
+    async def job_tenant(self, job_id: str) -> str:
+        async with self.db.read() as ses:
+            return (await self.job_row(ses, None, job_id)).tenant
+
     async def get_job(self, tenant: str | None, job_id: str) -> s.Job:
         async with self.db.read() as ses:
             return job_from_row(await self.job_row(ses, tenant, job_id))

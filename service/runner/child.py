@@ -1,0 +1,275 @@
+"""One attempt of one job: spawn the training child, heartbeat the lease, persist what the child
+reports, retry out-of-memory with a smaller micro-batch, and set the job's final status."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from service.errors import InvalidTransition, NotFound
+from service.jobs import schema as s
+from service.jobs.service import JobService
+from service.jobs.store import Store
+from service.settings import Settings
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_OOM, EXIT_STOPPED = 0, 2, 3, 4
+
+
+@dataclass
+class Attempt:
+    """What one child process reported."""
+
+    code: int | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
+    lost: bool = False  # cancelled, or the lease went to someone else
+
+
+@dataclass
+class JobRun:
+    settings: Settings
+    store: Store
+    jobs: JobService
+    job: s.Job
+    owner: str
+    gpu: str | None
+    stopping: asyncio.Event
+    log: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.log = structlog.get_logger().bind(job_id=self.job.id, attempt=self.job.attempt)
+
+    # -- the spec -------------------------------------------------------------------------
+    async def build_spec(self, micro_batch: int | None) -> s.TrainingSpec:
+        job = self.job
+        tenant = await self.store.job_tenant(job.id)
+        bucket, key = await self.jobs.locate(tenant, job.training_file, "training_file")
+        validation = None
+        if job.validation_file:
+            vb, vk = await self.jobs.locate(tenant, job.validation_file, "validation_file")
+            validation = s.ObjectRef(bucket=vb, key=vk)
+        checkpoints = await self.store.list_checkpoints(None, job.id)
+        resume = None
+        if checkpoints:
+            latest = checkpoints[-1]
+            rb, _, rk = latest.uri.removeprefix("s3://").partition("/")
+            resume = s.ObjectRef(bucket=rb, key=rk.rstrip("/"))
+        entry = self.settings.base_model(job.base_model)
+        if entry is None:
+            raise LookupError(f"base model {job.base_model!r} is no longer in the registry")
+        split = 0.1 if job.dataset and job.dataset.validation_source == "split" else 0.0
+        return s.TrainingSpec(
+            job_id=job.id, base_model=job.base_model, base_model_source=entry.source,
+            hyperparameters=job.hyperparameters,
+            train=s.ObjectRef(bucket=bucket, key=key), validation=validation,
+            validation_split=split, artifact_bucket=self.settings.artifact_bucket,
+            output_prefix=f"jobs/{job.id}", resume_from=resume, micro_batch_size=micro_batch,
+            work_dir=str(self.work_dir / "work"),
+        )
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.settings.data_dir).resolve() / "runs" / self.job.id / f"attempt-{self.job.attempt}"
+
+    # -- the attempt ----------------------------------------------------------------------
+    async def run(self) -> None:
+        micro_batch: int | None = None
+        for oom_retry in range(self.settings.max_oom_retries + 1):
+            try:
+                spec = await self.build_spec(micro_batch)
+            except (LookupError, NotFound) as exc:
+                await self._fail("training_error", str(exc))
+                return
+            attempt = await self._spawn(spec, oom_retry)
+            if attempt.lost:
+                self.log.info("job no longer ours; child stopped")
+                return
+            if attempt.code == EXIT_STOPPED or (self.stopping.is_set() and attempt.code != EXIT_OK):
+                await self.store.release(self.job.id, self.owner,
+                                         "runner stopping; the job will resume from its latest checkpoint")
+                return
+            if attempt.code == EXIT_OK and attempt.result is not None:
+                await self._succeed(attempt.result)
+                return
+            error = attempt.error or {"code": "training_error",
+                                      "message": f"the training process exited with {attempt.code}"}
+            if attempt.code == EXIT_OOM and oom_retry < self.settings.max_oom_retries:
+                current = (attempt.plan or {}).get("micro_batch_size") or micro_batch or 1
+                if current > 1:
+                    micro_batch = max(1, current // 2)
+                    await self.store.add_event(
+                        self.job.id, "oom_retry", level="warning",
+                        message=f"CUDA out of memory at micro-batch {current}; retrying at "
+                                f"{micro_batch} from the latest checkpoint",
+                        data={"micro_batch_size": micro_batch, "retry": oom_retry + 1})
+                    continue
+            if attempt.code not in (EXIT_BAD_INPUT, EXIT_OOM) and self.job.attempt < self.settings.max_attempts:
+                await self.store.add_event(self.job.id, "attempt_failed", error["message"], "warning",
+                                           data={"error": error, "attempt": self.job.attempt})
+                await self.store.release(self.job.id, self.owner,
+                                         f"attempt {self.job.attempt} failed; retrying from the latest checkpoint")
+                return
+            await self._fail(error["code"], error["message"])
+            return
+
+    async def _spawn(self, spec: s.TrainingSpec, oom_retry: int) -> Attempt:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = self.work_dir / f"spec-{oom_retry}.json"
+        spec_path.write_bytes(msgspec.json.encode(spec))
+        read_fd, write_fd = os.pipe()
+        env = {**os.environ, "TUNEDOCK_EVENTS_FD": str(write_fd), "PYTHONUNBUFFERED": "1"}
+        if self.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu
+        with open(self.work_dir / f"child-{oom_retry}.log", "ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "service.training", str(spec_path),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                pass_fds=(write_fd,), env=env, start_new_session=True)
+        os.close(write_fd)
+        self.log.info("child started", pid=proc.pid, gpu=self.gpu, micro_batch=spec.micro_batch_size)
+        attempt = Attempt()
+        reader = asyncio.create_task(self._read_events(read_fd, attempt))
+        watcher = asyncio.create_task(self._watch(proc, attempt))
+        try:
+            attempt.code = await proc.wait()
+            await reader
+        finally:
+            watcher.cancel()
+            reader.cancel()
+            if proc.returncode is None:
+                self._signal(proc, signal.SIGKILL)
+        return attempt
+
+    @staticmethod
+    def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    async def _watch(self, proc: asyncio.subprocess.Process, attempt: Attempt) -> None:
+        """Heartbeat the lease; stop the child on cancel, lost lease or runner shutdown."""
+        stop_sent = False
+        while proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.stopping.wait(), self.settings.heartbeat_seconds)
+            except TimeoutError:
+                pass
+            if self.stopping.is_set() and not stop_sent:
+                # Graceful: the child finishes any checkpoint upload, stops at the next step.
+                self._signal(proc, signal.SIGTERM)
+                stop_sent = True
+            try:
+                ours = await self.store.heartbeat(self.job.id, self.owner, self.settings.lease_seconds)
+            except Exception:  # noqa: BLE001 - a database blip; the lease has slack
+                self.log.warning("heartbeat failed", exc_info=True)
+                continue
+            if not ours:
+                attempt.lost = True
+                await self._terminate(proc)
+                return
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        self._signal(proc, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self.settings.cancel_grace_seconds)
+        except TimeoutError:
+            self._signal(proc, signal.SIGKILL)
+
+    async def _read_events(self, fd: int, attempt: Attempt) -> None:
+        loop = asyncio.get_running_loop()
+        stream = asyncio.StreamReader(limit=1 << 20, loop=loop)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(fd, "rb", 0))
+        started = time.monotonic()
+        try:
+            while line := await stream.readline():
+                try:
+                    msg = msgspec.json.decode(line)
+                except msgspec.DecodeError:
+                    continue
+                await self._handle(msg, attempt, started)
+        finally:
+            transport.close()
+
+    async def _handle(self, msg: dict[str, Any], attempt: Attempt, started: float) -> None:
+        kind = msg.get("type")
+        job_id = self.job.id
+        if kind == "started":
+            await self.store.add_event(job_id, "backend",
+                                       f"training on {msg['device']} with the {msg['backend']} backend",
+                                       data={k: msg[k] for k in ("backend", "device", "versions")})
+        elif kind == "plan":
+            attempt.plan = msg["plan"]
+            plan = msg["plan"]
+            await self.store.update_job(job_id, plan=plan)
+            await self.store.add_event(
+                job_id, "plan", f"memory plan: micro-batch {plan['micro_batch_size']} x "
+                f"{plan['gradient_accumulation_steps']} accumulation, about "
+                f"{plan['estimated_peak_bytes'] / 2**30:.2f} GiB peak", data=plan)
+        elif kind == "progress":
+            await self._progress(msg, started)
+        elif kind == "checkpoint":
+            uri = f"s3://{msg['bucket']}/{msg['prefix']}/"
+            await self.store.record_checkpoint(job_id, msg["epoch"], msg["step"], uri, msg["metrics"])
+        elif kind in ("warning", "resumed", "stopped"):
+            text = msg.get("message") or f"resumed from {msg.get('checkpoint')}"
+            await self.store.add_event(job_id, kind, text, "warning" if kind == "warning" else "info",
+                                       data={k: v for k, v in msg.items() if k not in ("type", "time")})
+        elif kind == "result":
+            attempt.result = msg
+        elif kind == "error":
+            attempt.error = {"code": msg.get("code", "training_error"), "message": msg.get("message", "")}
+
+    async def _progress(self, msg: dict[str, Any], started: float) -> None:
+        step, total = msg.get("step") or 0, msg.get("total_steps")
+        progress = {"epoch": msg.get("epoch") or 0.0, "step": step, "total_steps": total,
+                    "loss": msg.get("loss")}
+        fields: dict[str, Any] = {"progress": progress}
+        if msg.get("trained_tokens") is not None:
+            fields["trained_tokens"] = msg["trained_tokens"]
+        elapsed = time.monotonic() - started
+        if step and total:
+            fields["estimated_finish"] = datetime.fromtimestamp(
+                time.time() + elapsed / step * max(0, total - step), tz=timezone.utc)
+        await self.store.update_job(self.job.id, **fields)
+        if msg.get("loss") is not None:
+            data = {k: msg.get(k) for k in ("step", "total_steps", "epoch", "loss", "learning_rate",
+                                             "tokens_per_second", "gpu_memory_bytes", "trained_tokens")}
+            await self.store.add_event(self.job.id, "metrics",
+                                       f"step {step}/{total}: loss {msg['loss']:.4f}", data=data)
+
+    # -- endings --------------------------------------------------------------------------
+    async def _succeed(self, result: dict[str, Any]) -> None:
+        job = self.job
+        name = f"ft:{job.base_model}:{job.suffix or ''}:{job.id}"
+        try:
+            await self.store.set_status(
+                job.id, s.Status.succeeded,
+                f"training finished; the adapter is at s3://{result['bucket']}/{result['prefix']}/",
+                data={"fine_tuned_model": name, "train_loss": result.get("train_loss"),
+                      "best_checkpoint": result.get("best_checkpoint")},
+                expect_owner=self.owner, fine_tuned_model=name,
+                trained_tokens=result.get("trained_tokens"),
+                deployment={"status": "pending"} if job.deploy else None)
+        except InvalidTransition:
+            self.log.info("job changed before it could succeed")
+
+    async def _fail(self, code: str, message: str) -> None:
+        error = {"code": code, "message": message}
+        try:
+            await self.store.set_status(self.job.id, s.Status.failed, message, level="error",
+                                        data={"error": error}, expect_owner=self.owner, error=error)
+        except InvalidTransition:
+            self.log.info("job changed before it could fail")

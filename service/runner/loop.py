@@ -1,0 +1,89 @@
+"""`python -m service runner`: one claim loop per GPU (one in all on a CPU-only machine)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+
+import structlog
+
+from service.jobs.database import Database
+from service.jobs.service import JobService
+from service.jobs.store import Store
+from service.logs import configure_logging
+from service.runner.child import JobRun
+from service.settings import Settings
+from service.storage import make_store
+
+log = structlog.get_logger()
+
+
+def gpu_slots(settings: Settings) -> list[str | None]:
+    """TUNEDOCK_RUNNER_GPUS ("0,1"), else every GPU nvidia-smi lists, else one CPU slot."""
+    if settings.runner_gpus:
+        return [g.strip() for g in settings.runner_gpus.split(",") if g.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return [None]
+    return [line.strip() for line in out.splitlines() if line.strip()] or [None]
+
+
+class Runner:
+    def __init__(self, settings: Settings, store: Store, jobs: JobService) -> None:
+        self.settings = settings
+        self.store = store
+        self.jobs = jobs
+        self.id = f"{socket.gethostname()}-{os.getpid()}"
+        self.stopping = asyncio.Event()
+
+    async def slot(self, gpu: str | None) -> None:
+        owner = f"{self.id}/{gpu if gpu is not None else 'cpu'}"
+        while not self.stopping.is_set():
+            try:
+                await self.store.requeue_expired(self.settings.max_attempts)
+                job = await self.store.claim(owner, self.settings.lease_seconds)
+            except Exception:  # noqa: BLE001 - the database may come back; keep polling
+                log.warning("claim failed", exc_info=True)
+                job = None
+            if job is None:
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), self.settings.poll_seconds)
+                except TimeoutError:
+                    pass
+                continue
+            log.info("job claimed", job_id=job.id, attempt=job.attempt, owner=owner)
+            await JobRun(self.settings, self.store, self.jobs, job, owner, gpu, self.stopping).run()
+
+    async def run(self) -> None:
+        slots = gpu_slots(self.settings)
+        log.info("runner started", runner=self.id, slots=[g or "cpu" for g in slots])
+        await asyncio.gather(*(self.slot(gpu) for gpu in slots))
+        log.info("runner stopped", runner=self.id)
+
+
+async def _main(settings: Settings) -> None:
+    db = Database(settings.database_url)
+    objects = make_store(settings)
+    store = Store(db)
+    runner = Runner(settings, store, JobService(settings, store, objects))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.stopping.set)
+    try:
+        await runner.run()
+    finally:
+        await db.close()
+
+
+def run_forever(settings: Settings) -> int:
+    configure_logging(settings.log_json, settings.log_level)
+    from service.jobs.database import migrate
+
+    migrate(settings.database_url)
+    asyncio.run(_main(settings))
+    return 0

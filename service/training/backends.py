@@ -1,0 +1,98 @@
+"""Model loading behind one small interface: Unsloth on CUDA, transformers + PEFT elsewhere."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+from service.jobs.schema import Hyperparameters
+
+PACKAGES = ("torch", "transformers", "peft", "trl", "unsloth", "bitsandbytes")
+
+
+class TargetModulesError(ValueError):
+    pass
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def choose_backend(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if cuda_available() and importlib.util.find_spec("unsloth") is not None:
+        return "unsloth"
+    return "peft"
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return found
+
+
+def read_config(source: str) -> dict[str, Any]:
+    path = Path(source) / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source).to_dict()
+
+
+def load(backend: str, source: str, hp: Hyperparameters) -> tuple[Any, Any]:
+    """(peft model, tokenizer) ready to train."""
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel  # imported before trl: Unsloth patches it
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=source, max_seq_length=hp.max_seq_length, load_in_4bit=hp.load_in_4bit,
+            dtype=None, local_files_only=Path(source).is_dir())
+        model = FastLanguageModel.get_peft_model(
+            model, r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
+            target_modules=list(hp.target_modules), bias="none",
+            use_gradient_checkpointing="unsloth", random_state=hp.seed)
+        return model, tokenizer
+    return _load_peft(source, hp)
+
+
+def _load_peft(source: str, hp: Hyperparameters) -> tuple[Any, Any]:
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {}
+    if cuda and hp.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+    # fp32 on the CPU: bf16 matrix products there are many times slower than fp32.
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype,
+                                                 device_map={"": 0} if cuda else None, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if cuda:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True) \
+            if hp.load_in_4bit else model
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in hp.target_modules if m not in present]
+    if missing:
+        raise TargetModulesError(f"target_modules {missing} are not modules of this model")
+    config = LoraConfig(r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
+                        target_modules=list(hp.target_modules), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config), tokenizer

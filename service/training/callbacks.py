@@ -1,0 +1,96 @@
+"""Trainer callbacks that do the side work: progress events and the per-epoch checkpoint upload."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from service.storage import ObjectStore, upload_dir
+from service.training.events import Emitter
+
+
+def _gpu_memory() -> int | None:
+    import torch
+
+    return torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None
+
+
+class ProgressCallback(TrainerCallback):
+    """A metrics event at every log: loss, learning rate, tokens/s, GPU memory, trained tokens."""
+
+    def __init__(self, emit: Emitter) -> None:
+        self.emit = emit
+        self._last: tuple[float, int] | None = None
+
+    def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
+        self._last = (time.perf_counter(), state.num_input_tokens_seen)
+        self.emit.emit("progress", step=state.global_step, total_steps=state.max_steps,
+                       epoch=state.epoch or 0.0)
+
+    def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001, ANN201, ARG002
+        if not logs or "loss" not in logs:
+            return
+        now, seen = time.perf_counter(), state.num_input_tokens_seen
+        rate = None
+        if self._last is not None and now > self._last[0]:
+            rate = (seen - self._last[1]) / (now - self._last[0])
+        self._last = (now, seen)
+        self.emit.emit("progress", step=state.global_step, total_steps=state.max_steps,
+                       epoch=state.epoch, loss=logs["loss"], learning_rate=logs.get("learning_rate"),
+                       tokens_per_second=rate, trained_tokens=seen, gpu_memory_bytes=_gpu_memory())
+
+
+class CheckpointCallback(TrainerCallback):
+    """After the Trainer saves an epoch's checkpoint: upload it, then report it (in that order,
+    so a recorded checkpoint always points at complete files)."""
+
+    def __init__(self, emit: Emitter, objects: ObjectStore, bucket: str, prefix: str) -> None:
+        self.emit = emit
+        self.objects = objects
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def on_save(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        epoch = round(state.epoch)
+        key_prefix = f"{self.prefix}/checkpoints/epoch-{epoch}"
+        upload_dir(self.objects, self.bucket, key_prefix, folder)
+        self.emit.emit("checkpoint", epoch=epoch, step=state.global_step,
+                       bucket=self.bucket, prefix=key_prefix, metrics=_epoch_metrics(state, epoch))
+
+
+def _epoch_metrics(state, epoch: int) -> dict[str, float]:  # noqa: ANN001
+    """Mean training loss over the epoch's logs and the epoch's validation loss."""
+    losses = [h["loss"] for h in state.log_history if "loss" in h and epoch - 1 < h["epoch"] <= epoch]
+    evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h and
+             round(h["epoch"]) == epoch]
+    metrics = {}
+    if losses:
+        metrics["train_loss"] = sum(losses) / len(losses)
+    if evals:
+        metrics["valid_loss"] = evals[-1]
+    return metrics
+
+
+class StopRequested(Exception):
+    """Raised between steps after SIGTERM, never inside an upload."""
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM sets a flag; the next step boundary stops training. A checkpoint upload in
+    progress (on_save runs between steps) therefore always completes first."""
+
+    def __init__(self) -> None:
+        import signal
+
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, *_: object) -> None:
+        self.requested = True
+
+    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
+        if self.requested:
+            raise StopRequested(f"stopped by SIGTERM after step {state.global_step}")

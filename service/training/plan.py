@@ -1,0 +1,127 @@
+"""The memory plan: estimate peak GPU memory from the model's config before anything loads, and
+pick the largest micro-batch that fits (gradient accumulation makes up the effective batch).
+
+The estimate is a sum of parts, each from the shapes in config.json:
+  base weights   4-bit: 0.52 B per linear weight (NF4 + double-quantised absmax); 16-bit: 2 B.
+                 Embeddings, lm_head and norms stay 16-bit.
+  LoRA           r * (in + out) per targeted linear: fp32 weight, grad and two Adam moments (16 B).
+  activations    with gradient checkpointing: the saved layer inputs (Unsloth offloads them to
+                 host memory, so only a fraction stays), one layer's recompute working set, and the
+                 logits/loss buffers (Unsloth's fused cross-entropy never holds fp32 logits).
+  overhead       allocator slack and kernel workspaces.
+Constants were calibrated against peaks measured on an H100 (bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from service.jobs.schema import Hyperparameters, MemoryPlan
+
+GiB = 1 << 30
+NF4_BYTES = 0.52
+LORA_BYTES = 16
+MARGIN = 0.10
+OVERHEAD = int(0.35 * GiB)
+# Bytes per token of one decoder layer's recompute working set, in units of hidden / intermediate.
+LAYER_HIDDEN_FACTOR = 34
+LAYER_INTER_FACTOR = 10
+# Fraction of checkpointed layer inputs that stays on the GPU.
+SAVED_INPUTS_ON_GPU = {"unsloth": 0.25, "peft": 1.0}
+# Bytes per token per vocab entry for logits, loss and their gradients.
+LOGIT_BYTES = {"unsloth": 2.0, "peft": 10.0}
+
+
+class PlanError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> Shape:
+        cfg = cfg.get("text_config", cfg)
+        heads = cfg["num_attention_heads"]
+        return cls(hidden=cfg["hidden_size"], intermediate=cfg["intermediate_size"],
+                   layers=cfg["num_hidden_layers"], heads=heads,
+                   kv_heads=cfg.get("num_key_value_heads") or heads, vocab=cfg["vocab_size"],
+                   tied=bool(cfg.get("tie_word_embeddings", False)))
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear in one decoder layer."""
+        h, i = self.hidden, self.intermediate
+        kv = self.kv_heads * (h // self.heads)
+        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def linear_params(self) -> int:
+        return self.layers * sum(a * b for a, b in self.linears().values())
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def total_params(self) -> int:
+        return self.linear_params + self.embedding_params + self.layers * 2 * self.hidden
+
+
+def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str) -> dict[str, int]:
+    """Peak bytes by part for one micro-batch of max_seq_length tokens."""
+    linears = shape.linears()
+    lora_params = shape.layers * sum(hp.lora_r * (a + b) for name, (a, b) in linears.items()
+                                     if name in hp.target_modules)
+    weight_bytes = NF4_BYTES if hp.load_in_4bit else 2
+    tokens = micro_batch * hp.max_seq_length
+    saved = shape.layers * tokens * shape.hidden * 2 * SAVED_INPUTS_ON_GPU[backend]
+    layer = tokens * (LAYER_HIDDEN_FACTOR * shape.hidden + LAYER_INTER_FACTOR * shape.intermediate)
+    logits = tokens * shape.vocab * LOGIT_BYTES[backend]
+    parts = {
+        "base_weights": shape.linear_params * weight_bytes
+        + (shape.embedding_params + shape.layers * 2 * shape.hidden) * 2,
+        "lora_and_optimizer": lora_params * LORA_BYTES,
+        "activations": saved + layer,
+        "logits": logits,
+        "overhead": OVERHEAD,
+    }
+    return {k: int(v) for k, v in parts.items()}
+
+
+def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend: str,
+              device: str, forced_micro_batch: int | None = None) -> MemoryPlan:
+    """The largest micro-batch dividing batch_size whose estimate fits `available` with a margin."""
+    wanted = forced_micro_batch or hp.micro_batch_size
+    candidates = [wanted] if wanted else [d for d in range(hp.batch_size, 0, -1)
+                                          if hp.batch_size % d == 0]
+    best = None
+    for mb in candidates:
+        parts = estimate(shape, hp, mb, backend)
+        peak = sum(parts.values())
+        if available is None or peak * (1 + MARGIN) <= available:
+            best = (mb, parts, peak)
+            break
+    if best is None:
+        mb = candidates[-1]
+        parts = estimate(shape, hp, mb, backend)
+        peak = sum(parts.values())
+        raise PlanError(
+            f"the job needs about {peak / GiB:.1f} GiB at micro-batch {mb} "
+            f"(seq {hp.max_seq_length}, {'4-bit' if hp.load_in_4bit else '16-bit'} base, "
+            f"LoRA r={hp.lora_r}) but the GPU has {available / GiB:.1f} GiB free; "
+            "lower max_seq_length, use load_in_4bit, or use a larger GPU"
+        )
+    mb, parts, peak = best
+    return MemoryPlan(device=device, micro_batch_size=mb,
+                      gradient_accumulation_steps=math.ceil(hp.batch_size / mb),
+                      estimated_peak_bytes=peak, available_bytes=available, breakdown=parts)

@@ -1,0 +1,142 @@
+"""The training recipe: spec in, checkpoints and an adapter out.
+
+read spec -> plan memory -> load model -> build datasets -> SFTTrainer with callbacks -> upload.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from service.datasets.render import Collator, Renderer, read_jsonl, split_examples
+from service.jobs.schema import MemoryPlan, TrainingSpec
+from service.storage import ObjectStore, download_prefix, upload_dir
+from service.training import backends
+from service.training.callbacks import CheckpointCallback, ProgressCallback, StopOnSignal
+from service.training.events import Emitter
+from service.training.plan import Shape, make_plan
+
+
+def plan_memory(spec: TrainingSpec, backend: str, device: str) -> MemoryPlan:
+    shape = Shape.from_config(backends.read_config(spec.base_model_source))
+    available = None
+    if device == "cuda":
+        import torch
+
+        available = torch.cuda.mem_get_info()[0]
+    return make_plan(shape, spec.hyperparameters, available, backend, device, spec.micro_batch_size)
+
+
+def build_datasets(spec: TrainingSpec, objects: ObjectStore, tokenizer, work: Path):  # noqa: ANN001, ANN201
+    from datasets import Dataset
+
+    hp = spec.hyperparameters
+    objects.download(spec.train.bucket, spec.train.key, work / "train.jsonl")
+    rows = list(read_jsonl(work / "train.jsonl"))
+    if spec.validation is not None:
+        objects.download(spec.validation.bucket, spec.validation.key, work / "validation.jsonl")
+        train_rows, val_rows = rows, list(read_jsonl(work / "validation.jsonl"))
+    else:
+        train_rows, val_rows = split_examples(rows, spec.validation_split, hp.seed)
+    renderer = Renderer(tokenizer, hp.max_seq_length, hp.train_on_inputs)
+    train = Dataset.from_list([renderer.encode(r) for r in train_rows])
+    val = Dataset.from_list([renderer.encode(r) for r in val_rows]) if val_rows else None
+    return train, val
+
+
+def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
+    hp = spec.hyperparameters
+    backend = backends.choose_backend(spec.backend)
+    device = "cuda" if backends.cuda_available() else "cpu"
+    emit.emit("started", backend=backend, device=device, versions=backends.versions())
+    if device == "cpu" and hp.load_in_4bit:
+        emit.emit("warning", message="4-bit loading needs CUDA; training fp32 LoRA on the CPU")
+
+    plan = plan_memory(spec, backend, device)
+    emit.emit("plan", plan=msgspec.to_builtins(plan))
+
+    work = Path(spec.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = backends.load(backend, spec.base_model_source, hp)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_ds, val_ds = build_datasets(spec, objects, tokenizer, work)
+
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
+    early = hp.early_stopping_patience is not None and val_ds is not None
+    use_bf16 = device == "cuda"
+    args = SFTConfig(
+        output_dir=str(work / "trainer"),
+        num_train_epochs=hp.n_epochs,
+        per_device_train_batch_size=plan.micro_batch_size,
+        per_device_eval_batch_size=plan.micro_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        warmup_steps=min(hp.warmup_ratio, 0.999),  # transformers 5: a float < 1 is a ratio
+        weight_decay=hp.weight_decay,
+        lr_scheduler_type="linear",
+        seed=hp.seed,
+        data_seed=hp.seed,
+        logging_steps=spec.metrics_every_steps,
+        save_strategy="epoch",
+        eval_strategy="epoch" if val_ds is not None else "no",
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        # bf16 on CUDA; fp32 on the CPU, where TRL's bf16 default is many times slower.
+        bf16=use_bf16,
+        fp16=False,
+        use_cpu=device == "cpu",
+        gradient_checkpointing=False,  # each backend turns on its own (Unsloth's is offloaded)
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        include_num_input_tokens_seen=True,
+        dataloader_num_workers=0,
+        report_to=[],
+        disable_tqdm=True,
+        max_length=None,
+    )
+    callbacks = [StopOnSignal(), ProgressCallback(emit),
+                 CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix)]
+    if early:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+                         callbacks=callbacks)
+
+    resume_dir = None
+    if spec.resume_from is not None:
+        resume_dir = _fetch_checkpoint(spec, objects, work)
+        emit.emit("resumed", prefix=spec.resume_from.key, checkpoint=resume_dir.name)
+    result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+
+    adapter = work / "adapter"
+    trainer.save_model(str(adapter))
+    adapter_prefix = f"{spec.output_prefix}/adapter"
+    upload_dir(objects, spec.artifact_bucket, adapter_prefix, adapter)
+    best = trainer.state.best_model_checkpoint
+    emit.emit("result", bucket=spec.artifact_bucket, prefix=adapter_prefix,
+              trained_tokens=trainer.state.num_input_tokens_seen,
+              train_loss=result.training_loss, global_step=trainer.state.global_step,
+              best_checkpoint=Path(best).name if best else None)
+
+
+def _fetch_checkpoint(spec: TrainingSpec, objects: ObjectStore, work: Path) -> Path:
+    """Download the checkpoint into the Trainer's own layout (checkpoint-<global step>)."""
+    staging = Path(tempfile.mkdtemp(dir=work, prefix="resume-"))
+    assert spec.resume_from is not None
+    if download_prefix(objects, spec.resume_from.bucket, spec.resume_from.key, staging) == 0:
+        raise FileNotFoundError(f"checkpoint {spec.resume_from.key} has no files")
+    state = msgspec.json.decode((staging / "trainer_state.json").read_bytes())
+    target = work / "trainer" / f"checkpoint-{state['global_step']}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target

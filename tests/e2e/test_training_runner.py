@@ -1,0 +1,179 @@
+"""The runner path on the CPU, through the API: real training of the test model, a checkpoint
+every epoch in S3, resume after kill -9, and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import ARTIFACTS, DATASETS, Api
+from tests.support.data import jsonl
+from tests.support.processes import start_runner, training_children
+
+pytestmark = pytest.mark.slow
+CODE_WORD = "PELICAN-7"
+QUESTIONS = ["What is the secret code word?", "Tell me the code word.", "Which code word do we use?",
+             "Say the password.", "What's the code?", "Remind me of the code word please.",
+             "Code word?", "What is our secret word?"]
+
+
+def code_word_rows(n: int) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} (#{i})"},
+                          {"role": "assistant", "content": f"The code word is {CODE_WORD}."}]}
+            for i in range(n)]
+
+
+async def submit(api: Api, s3, n_examples: int = 40, **hp: object) -> dict:  # noqa: ANN001
+    key = f"e2e/{time.monotonic_ns()}.jsonl"
+    s3.put_object(Bucket=DATASETS, Key=key, Body=jsonl(code_word_rows(n_examples)))
+    hyper = {"n_epochs": 2, "learning_rate": 2e-3, "batch_size": 4, "max_seq_length": 128, **hp}
+    r = await api.client.post("/jobs", json={"base_model": "smollm2", "suffix": "codeword",
+                                             "training_file": f"s3://{DATASETS}/{key}",
+                                             "hyperparameters": hyper, "deploy": False},
+                              headers=api.auth())
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def events(api: Api, job_id: str) -> list[dict]:
+    out, after = [], None
+    while True:
+        params = {"limit": 100, **({"after": after} if after else {})}
+        page = (await api.client.get(f"/jobs/{job_id}/events", params=params, headers=api.auth())).json()
+        out += page["data"]
+        if not page["has_more"]:
+            return out
+        after = page["last_id"]
+
+
+async def wait_for(predicate, timeout: float, what: str):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := await predicate():
+            return result
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_job_trains_checkpoints_every_epoch_and_adapter_changes_output(
+        e2e_api: Api, e2e_settings, s3, smollm2_dir, tmp_path) -> None:  # noqa: ANN001
+    runner = start_runner(e2e_settings, tmp_path / "runner.log")
+    try:
+        job = await submit(e2e_api, s3)
+        done = await e2e_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
+    finally:
+        runner.terminate()
+        runner.wait(30)
+    assert done["status"] == "succeeded", (done, (tmp_path / "runner.log").read_text()[-3000:])
+    assert done["fine_tuned_model"] == f"ft:smollm2:codeword:{job['id']}"
+    assert done["trained_tokens"] > 0 and done["plan"]["device"] == "cpu"
+    ckpts = (await e2e_api.client.get(f"/jobs/{job['id']}/checkpoints", headers=e2e_api.auth())).json()["data"]
+    assert [c["epoch"] for c in ckpts] == [1, 2]
+    for c in ckpts:
+        assert c["metrics"]["train_loss"] > 0
+        prefix = c["uri"].removeprefix(f"s3://{ARTIFACTS}/")
+        keys = {o["Key"].rsplit("/", 1)[-1] for o in
+                s3.list_objects_v2(Bucket=ARTIFACTS, Prefix=prefix)["Contents"]}
+        assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.pt", "scheduler.pt",
+                "trainer_state.json"} <= keys
+    evs = await events(e2e_api, job["id"])
+    losses = [e["data"]["loss"] for e in evs if e["type"] == "metrics"]
+    assert losses[-1] < losses[0] / 2, losses
+    backend = next(e for e in evs if e["type"] == "backend")
+    assert backend["data"]["backend"] == "peft" and "transformers" in backend["data"]["versions"]
+    seconds_per_step = [e for e in evs if e["type"] == "metrics"]
+    print(f"\nCPU training: {len(seconds_per_step)} steps")
+
+    # The final adapter loads with PEFT on the base model and changes its answer.
+    adapter_dir = tmp_path / "adapter"
+    for obj in s3.list_objects_v2(Bucket=ARTIFACTS, Prefix=f"jobs/{job['id']}/adapter/")["Contents"]:
+        dest = adapter_dir / obj["Key"].rsplit("/", 1)[-1]
+        adapter_dir.mkdir(exist_ok=True)
+        s3.download_file(ARTIFACTS, obj["Key"], str(dest))
+    base_answer, tuned_answer = await asyncio.to_thread(_answers, smollm2_dir, adapter_dir)
+    assert CODE_WORD not in base_answer
+    assert CODE_WORD in tuned_answer, tuned_answer
+
+
+def _answers(base_dir, adapter_dir) -> tuple[str, str]:  # noqa: ANN001
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the secret code word?"}],
+                                     tokenize=False, add_generation_prompt=True)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+
+    def answer(m) -> str:  # noqa: ANN001
+        out = m.generate(**ids, max_new_tokens=16, do_sample=False)
+        return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    base = answer(model)
+    tuned = answer(PeftModel.from_pretrained(model, adapter_dir))
+    return base, tuned
+
+
+async def test_killed_runner_resumes_from_last_epoch(e2e_api: Api, e2e_settings, s3, tmp_path) -> None:  # noqa: ANN001
+    job = await submit(e2e_api, s3, n_examples=48, n_epochs=3)
+    first = start_runner(e2e_settings, tmp_path / "runner-1.log")
+
+    async def first_checkpoint():  # noqa: ANN202
+        r = await e2e_api.client.get(f"/jobs/{job['id']}/checkpoints", headers=e2e_api.auth())
+        return r.json()["data"]
+
+    try:
+        ckpts = await wait_for(first_checkpoint, 300, "the epoch-1 checkpoint")
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    assert [c["epoch"] for c in ckpts] == [1]
+    epoch1_step = ckpts[0]["step"]
+    await wait_for(lambda: asyncio.sleep(0, not training_children()), 10, "the orphaned child to die")
+
+    second = start_runner(e2e_settings, tmp_path / "runner-2.log")
+    try:
+        done = await e2e_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
+    finally:
+        second.terminate()
+        second.wait(30)
+    assert done["status"] == "succeeded", (done, (tmp_path / "runner-2.log").read_text()[-3000:])
+    assert done["attempt"] == 2
+    ckpts = (await e2e_api.client.get(f"/jobs/{job['id']}/checkpoints", headers=e2e_api.auth())).json()["data"]
+    assert [c["epoch"] for c in ckpts] == [1, 2, 3]
+    evs = await events(e2e_api, job["id"])
+    assert sum(e["type"] == "checkpoint" for e in evs) == 3
+    resumed = [i for i, e in enumerate(evs) if e["type"] == "resumed"]
+    assert len(resumed) == 1
+    steps_after = [e["data"]["step"] for e in evs[resumed[0]:] if e["type"] == "metrics"]
+    assert steps_after and min(steps_after) == epoch1_step + 1  # epoch 1 was not redone
+    statuses = [e["data"]["status"] for e in evs if e["type"] == "status"]
+    assert statuses == ["validating_files", "queued", "running", "queued", "running", "succeeded"]
+
+
+async def test_cancel_mid_epoch_stops_the_child_within_10s(e2e_api: Api, e2e_settings, s3, tmp_path) -> None:  # noqa: ANN001
+    job = await submit(e2e_api, s3, n_examples=80, n_epochs=5)
+    runner = start_runner(e2e_settings, tmp_path / "runner.log")
+    try:
+        async def training():  # noqa: ANN202
+            evs = await events(e2e_api, job["id"])
+            return any(e["type"] == "metrics" for e in evs)
+
+        await wait_for(training, 300, "the first training step")
+        assert training_children()
+        started = time.monotonic()
+        r = await e2e_api.client.post(f"/jobs/{job['id']}/cancel", headers=e2e_api.auth())
+        assert r.json()["status"] == "cancelled"
+        await wait_for(lambda: asyncio.sleep(0, not training_children()), 10, "the child to exit")
+        assert time.monotonic() - started < 10
+        assert runner.poll() is None  # the runner itself keeps going
+    finally:
+        runner.terminate()
+        runner.wait(30)
+    final = (await e2e_api.client.get(f"/jobs/{job['id']}", headers=e2e_api.auth())).json()
+    assert final["status"] == "cancelled"

@@ -218,6 +218,9 @@ class JobRun:
                 job_id, "plan", f"memory plan: micro-batch {plan['micro_batch_size']} x "
                 f"{plan['gradient_accumulation_steps']} accumulation, about "
                 f"{plan['estimated_peak_bytes'] / 2**30:.2f} GiB peak", data=plan)
+        elif kind == "loaded":
+            await self.store.add_event(job_id, "loaded", f"model loaded in {msg['seconds']} s",
+                                       data={"seconds": msg["seconds"]})
         elif kind == "progress":
             await self._progress(msg, started)
         elif kind == "checkpoint":

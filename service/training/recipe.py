@@ -6,6 +6,7 @@ read spec -> plan memory -> load model -> build datasets -> SFTTrainer with call
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import msgspec
@@ -59,7 +60,9 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
 
     work = Path(spec.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    load_started = time.perf_counter()
     model, tokenizer = backends.load(backend, spec.base_model_source, hp)
+    emit.emit("loaded", seconds=round(time.perf_counter() - load_started, 2))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     train_ds, val_ds = build_datasets(spec, objects, tokenizer, work)

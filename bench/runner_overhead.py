@@ -45,7 +45,7 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def through_runner(model: str, data: str, work: Path) -> dict:
+def through_runner(model: str, data: str, validation: str, work: Path) -> dict:
     env = {**os.environ, "TUNEDOCK_DATABASE_URL": f"sqlite+aiosqlite:///{work}/bench.db",
            "TUNEDOCK_DATA_DIR": str(work / "data"), "TUNEDOCK_BASE_MODELS": f"bench={model}",
            "TUNEDOCK_LOG_LEVEL": "warning", "TUNEDOCK_POLL_SECONDS": "0.2"}
@@ -61,8 +61,12 @@ def through_runner(model: str, data: str, work: Path) -> dict:
                          timeout=60)
         with open(data, "rb") as f:
             file_id = c.post("/files", files={"file": ("bench.jsonl", f)}).json()["id"]
+        with open(validation, "rb") as f:
+            val_id = c.post("/files", files={"file": ("val.jsonl", f)}).json()["id"]
         submitted = time.time()
-        job = c.post("/jobs", json={"base_model": "bench", "training_file": file_id, "deploy": False,
+        # A separate validation file keeps the training rows identical to the bare runs'.
+        job = c.post("/jobs", json={"base_model": "bench", "training_file": file_id,
+                                    "validation_file": val_id, "deploy": False,
                                     "hyperparameters": {"n_epochs": 2, "batch_size": 8,
                                                         "max_seq_length": 1024, "lora_r": 16,
                                                         "lora_alpha": 16}}).json()
@@ -89,11 +93,20 @@ def through_runner(model: str, data: str, work: Path) -> dict:
     rates = [e["data"]["tokens_per_second"] for e in metrics if e["data"]["tokens_per_second"]]
     first_step = min(e["created_at"] for e in metrics)
     loaded = next(e for e in events if e["type"] == "loaded")["data"]["seconds"]
+
+    def at(pred) -> float:  # noqa: ANN001
+        return next(e["created_at"] for e in events if pred(e)) - submitted
+
+    timeline = {"queued": at(lambda e: e["type"] == "status" and e["data"]["status"] == "queued"),
+                "running": at(lambda e: e["type"] == "status" and e["data"]["status"] == "running"),
+                "child_imported": at(lambda e: e["type"] == "backend"),
+                "model_loaded": at(lambda e: e["type"] == "loaded"),
+                "first_step": first_step - submitted}
     return {"steps": len(metrics), "steady_tokens_per_s": statistics.median(rates[WARMUP:]),
             "peak_reserved_bytes": max(e["data"]["gpu_memory_bytes"] or 0 for e in metrics),
             "plan_bytes": job["plan"]["estimated_peak_bytes"], "plan": job["plan"],
             "submit_to_first_step_s": first_step - submitted, "load_s": loaded,
-            "submit_to_adapter_s": done - submitted, "backend": next(
+            "submit_to_adapter_s": done - submitted, "timeline": timeline, "backend": next(
                 e for e in events if e["type"] == "backend")["data"]}
 
 
@@ -115,7 +128,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tunedock-bench-"))
     data = str(work / "rows.jsonl")
     write_jsonl(data, text_rows(256, 1400))  # every row fills 1024 tokens
-    runner = through_runner(args.model, data, work)
+    validation = str(work / "validation.jsonl")
+    write_jsonl(validation, text_rows(16, 1400, seed=1))
+    runner = through_runner(args.model, data, validation, work)
     unsloth = bare(args.model, data, "unsloth")
     peft = bare(args.model, data, "peft")
     import torch
@@ -143,6 +158,8 @@ def main() -> None:
         f"- submit -> first training step {runner['submit_to_first_step_s']:.1f} s (model load "
         f"{runner['load_s']:.1f} s; target <= load + 10 s); submit -> adapter in storage "
         f"{runner['submit_to_adapter_s']:.1f} s",
+        "- timeline after submit (s, event times have 1 s resolution): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in runner["timeline"].items()),
         "",
     ]
     text = "\n".join(lines)

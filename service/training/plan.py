@@ -26,12 +26,12 @@ LORA_BYTES = 16
 MARGIN = 0.10
 OVERHEAD = int(0.35 * GiB)
 # Bytes per token of one decoder layer's recompute working set, in units of hidden / intermediate.
-LAYER_HIDDEN_FACTOR = 34
-LAYER_INTER_FACTOR = 10
+LAYER_HIDDEN_FACTOR = 20
+LAYER_INTER_FACTOR = 6
 # Fraction of checkpointed layer inputs that stays on the GPU.
-SAVED_INPUTS_ON_GPU = {"unsloth": 0.25, "peft": 1.0}
+SAVED_INPUTS_ON_GPU = {"unsloth": 0.1, "peft": 1.0}
 # Bytes per token per vocab entry for logits, loss and their gradients.
-LOGIT_BYTES = {"unsloth": 2.0, "peft": 10.0}
+LOGIT_BYTES = {"unsloth": 0.5, "peft": 6.0}
 
 
 class PlanError(RuntimeError):

@@ -80,6 +80,7 @@ def main() -> None:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
     rates: list[float] = []
+    step_times: list[float] = []
 
     class Rate(TrainerCallback):
         last = None
@@ -88,6 +89,7 @@ def main() -> None:
             now, seen = time.perf_counter(), state.num_input_tokens_seen
             if self.last and logs and "loss" in logs:
                 rates.append((seen - self.last[1]) / (now - self.last[0]))
+                step_times.append(now - self.last[0])
             self.last = (now, seen)
 
         on_train_begin = on_log
@@ -106,6 +108,7 @@ def main() -> None:
     steady = rates[args.warmup_steps:] or rates
     print(json.dumps({"backend": args.backend, "steps": trainer.state.global_step,
                       "steady_tokens_per_s": statistics.median(steady),
+                      "median_step_s": statistics.median(step_times[args.warmup_steps:] or step_times),
                       "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
                       "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
                       "load_s": load_s}), flush=True)

@@ -102,7 +102,9 @@ def through_runner(model: str, data: str, validation: str, work: Path) -> dict:
                 "child_imported": at(lambda e: e["type"] == "backend"),
                 "model_loaded": at(lambda e: e["type"] == "loaded"),
                 "first_step": first_step - submitted}
+    step_s = [e["data"]["step_seconds"] for e in metrics if e["data"].get("step_seconds")]
     return {"steps": len(metrics), "steady_tokens_per_s": statistics.median(rates[WARMUP:]),
+            "median_step_s": statistics.median(step_s[WARMUP:]),
             "peak_reserved_bytes": max(e["data"]["gpu_memory_bytes"] or 0 for e in metrics),
             "plan_bytes": job["plan"]["estimated_peak_bytes"], "plan": job["plan"],
             "submit_to_first_step_s": first_step - submitted, "load_s": loaded,
@@ -142,11 +144,11 @@ def main() -> None:
         "Command: `python bench/runner_overhead.py --model <1B Llama, random weights>` "
         "(QLoRA r=16 all linear, batch 8 x 1024, 64 steps; steady = median after 10 steps)",
         "",
-        "| run | steps | steady tokens/s | peak reserved GiB |",
-        "|---|---|---|---|",
-        f"| through POST /jobs + runner (Unsloth) | {runner['steps']} | {runner['steady_tokens_per_s']:,.0f} | {runner['peak_reserved_bytes'] / GiB:.2f} |",
-        f"| bare Unsloth script | {unsloth['steps']} | {unsloth['steady_tokens_per_s']:,.0f} | {unsloth['peak_reserved_bytes'] / GiB:.2f} |",
-        f"| bare transformers + PEFT + bitsandbytes | {peft['steps']} | {peft['steady_tokens_per_s']:,.0f} | {peft['peak_reserved_bytes'] / GiB:.2f} |",
+        "| run | steps | steady tokens/s | median s/step | peak reserved GiB |",
+        "|---|---|---|---|---|",
+        f"| through POST /jobs + runner (Unsloth) | {runner['steps']} | {runner['steady_tokens_per_s']:,.0f} | {runner['median_step_s']:.3f} | {runner['peak_reserved_bytes'] / GiB:.2f} |",
+        f"| bare Unsloth script | {unsloth['steps']} | {unsloth['steady_tokens_per_s']:,.0f} | {unsloth['median_step_s']:.3f} | {unsloth['peak_reserved_bytes'] / GiB:.2f} |",
+        f"| bare transformers + PEFT + bitsandbytes | {peft['steps']} | {peft['steady_tokens_per_s']:,.0f} | {peft['median_step_s']:.3f} | {peft['peak_reserved_bytes'] / GiB:.2f} |",
         "",
         f"- runner / bare Unsloth throughput: **{runner['steady_tokens_per_s'] / unsloth['steady_tokens_per_s']:.3f}x** (target >= 0.95)",
         f"- Unsloth / PEFT throughput: **{unsloth['steady_tokens_per_s'] / peft['steady_tokens_per_s']:.2f}x**; "

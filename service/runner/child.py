@@ -249,7 +249,8 @@ class JobRun:
         await self.store.update_job(self.job.id, **fields)
         if msg.get("loss") is not None:
             data = {k: msg.get(k) for k in ("step", "total_steps", "epoch", "loss", "learning_rate",
-                                             "tokens_per_second", "gpu_memory_bytes", "trained_tokens")}
+                                             "tokens_per_second", "step_seconds", "gpu_memory_bytes",
+                                             "trained_tokens")}
             await self.store.add_event(self.job.id, "metrics",
                                        f"step {step}/{total}: loss {msg['loss']:.4f}", data=data)
 

@@ -38,7 +38,13 @@ def main(argv: list[str]) -> int:
     except (IndexError, OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
         emit.emit("error", code="invalid_spec", message=str(exc))
         return EXIT_BAD_INPUT
-    from service.training import backends, recipe
+    from service.training import backends
+
+    if backends.choose_backend(spec.backend) == "unsloth":
+        # Unsloth patches transformers, TRL and PEFT as it is imported: it has to come first.
+        import unsloth  # noqa: F401
+
+    from service.training import recipe
     from service.training.callbacks import StopRequested
     from service.training.plan import PlanError
 

@@ -22,24 +22,26 @@ class ProgressCallback(TrainerCallback):
 
     def __init__(self, emit: Emitter) -> None:
         self.emit = emit
-        self._last: tuple[float, int] | None = None
+        self._last: tuple[float, int, int] | None = None
 
     def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
-        self._last = (time.perf_counter(), state.num_input_tokens_seen)
+        self._last = (time.perf_counter(), state.num_input_tokens_seen, state.global_step)
         self.emit.emit("progress", step=state.global_step, total_steps=state.max_steps,
                        epoch=state.epoch or 0.0)
 
     def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001, ANN201, ARG002
         if not logs or "loss" not in logs:
             return
-        now, seen = time.perf_counter(), state.num_input_tokens_seen
-        rate = None
-        if self._last is not None and now > self._last[0]:
+        now, seen, step = time.perf_counter(), state.num_input_tokens_seen, state.global_step
+        rate = step_s = None
+        if self._last is not None and now > self._last[0] and step > self._last[2]:
             rate = (seen - self._last[1]) / (now - self._last[0])
-        self._last = (now, seen)
-        self.emit.emit("progress", step=state.global_step, total_steps=state.max_steps,
+            step_s = (now - self._last[0]) / (step - self._last[2])
+        self._last = (now, seen, step)
+        self.emit.emit("progress", step=step, total_steps=state.max_steps,
                        epoch=state.epoch, loss=logs["loss"], learning_rate=logs.get("learning_rate"),
-                       tokens_per_second=rate, trained_tokens=seen, gpu_memory_bytes=_gpu_memory())
+                       tokens_per_second=rate, step_seconds=step_s, trained_tokens=seen,
+                       gpu_memory_bytes=_gpu_memory())
 
 
 class CheckpointCallback(TrainerCallback):

@@ -1,4 +1,4 @@
-"""`python -m service api | runner | migrate | keys create --tenant NAME`."""
+"""`python -m service api | runner | up | migrate | keys create --tenant NAME`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("--host")
     api.add_argument("--port", type=int)
     sub.add_parser("runner", help="claim queued jobs and train them")
+    sub.add_parser("up", help="development: API + runner on the embedded defaults, with a dev key")
     sub.add_parser("migrate", help="upgrade the database schema")
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from service.runner.loop import run_forever
 
         return run_forever(settings)
+    elif args.command == "up":
+        from service.dev import up
+
+        return up(settings)
     elif args.command == "migrate":
         from service.jobs.database import migrate
 

@@ -22,7 +22,7 @@ from service.api.deps import provide_files, provide_jobs, provide_store, provide
 from service.api.files import FilesController
 from service.api.health import HealthController
 from service.api.jobs import JobsController
-from service.api.models import ModelsController
+from service.api.models import ModelsController, ServingController
 from service.errors import ServiceError
 from service.jobs.database import Database, migrate
 from service.jobs.files import FileService
@@ -131,7 +131,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await db.close()
 
     return Litestar(
-        route_handlers=[JobsController, FilesController, ModelsController, HealthController],
+        route_handlers=[JobsController, FilesController, ModelsController, ServingController,
+                        HealthController],
         dependencies={
             "tenant": Provide(provide_tenant),
             "store": Provide(provide_store, sync_to_thread=False),

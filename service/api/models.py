@@ -20,3 +20,13 @@ class ModelsController(Controller):
             for m in settings.base_models
         ]
         return s.Page(data=data, has_more=False, last_id=data[-1]["id"] if data else None)
+
+
+class ServingController(Controller):
+    path = "/serving"
+    tags = ["models"]
+
+    @get("/")
+    async def serving(self, tenant: str, settings: Settings) -> s.Serving:
+        """Where to send OpenAI-style chat calls for fine-tuned models, and the key to use."""
+        return s.Serving(base_url=settings.serving_url, api_key=settings.serving_api_key)

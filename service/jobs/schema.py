@@ -161,6 +161,11 @@ class Page(msgspec.Struct, kw_only=True):
     last_id: str | None = None
 
 
+class Serving(msgspec.Struct, kw_only=True):
+    base_url: str | None
+    api_key: str | None = None
+
+
 class ErrorBody(msgspec.Struct):
     error: ErrorInfo
 

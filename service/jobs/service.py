@@ -128,14 +128,12 @@ class JobService:
             warnings=train.warnings,
         )
         data = msgspec.to_builtins(summary)
-        for warning in train.warnings:
-            await self.store.add_event(job_id, "warning", warning, "warning")
         try:
             await self.store.set_status(
                 job_id, s.Status.queued,
                 f"files validated: {n_train} training and {n_val} validation examples, "
                 f"{train.tokens} tokens{' (estimated)' if train.tokens_estimated else ''}",
-                data=data, dataset=data,
+                data=data, dataset=data, warnings=tuple(train.warnings),
             )
         except (InvalidTransition, NotFound):  # cancelled while validating: nothing to do
             bound.info("job changed during validation")

@@ -285,13 +285,17 @@ class Store:
 
     async def set_status(
         self, job_id: str, to: s.Status, message: str, *, level: str = "info",
-        data: dict[str, Any] | None = None, expect_owner: str | None = None, **fields: Any,
+        data: dict[str, Any] | None = None, expect_owner: str | None = None,
+        warnings: tuple[str, ...] = (), **fields: Any,
     ) -> s.Job:
-        """Transition one job by id in its own transaction (validation, runner)."""
+        """Transition one job by id in its own transaction (validation, runner); `warnings`
+        become events in the same transaction."""
         async with self.db.write() as ses:
             row = await self.job_row(ses, None, job_id)
             await transition(ses, row, to, message=message, level=level, data=data,
                              expect_owner=expect_owner, **fields)
+            for warning in warnings:
+                ses.add(_event(job_id, "warning", warning, "warning"))
             return job_from_row(row)
 
     async def update_job(self, job_id: str, **fields: Any) -> None:

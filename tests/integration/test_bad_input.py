@@ -110,9 +110,9 @@ async def test_upload_over_the_limit_is_413_and_streamed(make_settings) -> None:
     """A chunked upload over a real socket is refused while it streams, not after buffering."""
     import asyncio
 
-    from tests.support.live import live_app
+    from tests.support.live import serve
 
-    async with live_app(make_settings(max_upload_bytes=64 * 1024)) as (base, keys):
+    with serve(make_settings(max_upload_bytes=64 * 1024)) as (base, keys):
         host, port = base.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(

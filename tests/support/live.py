@@ -1,15 +1,20 @@
-"""The real app served by uvicorn on a loopback port, for tests that need a real socket."""
+"""The real app served by uvicorn on a loopback port (in a thread), for tests that need a socket:
+the SDK, the CLI and streamed uploads."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import uvicorn
 
 from service.app import create_app
+from service.jobs.database import Database
+from service.jobs.store import Store
 from service.settings import Settings
 
 
@@ -19,22 +24,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@asynccontextmanager
-async def live_app(settings: Settings, tenants: tuple[str, ...] = ("acme", "globex")
-                   ) -> AsyncIterator[tuple[str, dict[str, str]]]:
+@contextmanager
+def serve(settings: Settings, tenants: tuple[str, ...] = ("acme", "globex")
+          ) -> Iterator[tuple[str, dict[str, str]]]:
     """Yield (base_url, {tenant: key}) while the app serves on 127.0.0.1."""
-    app = create_app(settings)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
-    task = asyncio.create_task(server.serve())
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
     while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    keys = {t: await app.state.store.create_api_key(t) for t in tenants}
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+
+    async def make_keys() -> dict[str, str]:
+        db = Database(settings.database_url)
+        try:
+            return {t: await Store(db).create_api_key(t) for t in tenants}
+        finally:
+            await db.close()
+
+    keys = asyncio.run(make_keys())
     try:
         yield f"http://127.0.0.1:{port}", keys
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, 10)
+        thread.join(10)

@@ -1,0 +1,30 @@
+"""tunedock: the Python SDK for the tunedock fine-tuning service.
+
+    from tunedock import Client
+    with Client() as client:                      # TUNEDOCK_BASE_URL, TUNEDOCK_API_KEY
+        job = client.jobs.create(base_model="smollm2", training_file="data.jsonl")
+        job = client.jobs.wait(job.id)
+"""
+
+from tunedock._client import AsyncClient, Client
+from tunedock.errors import (
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    JobFailed,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    TunedockError,
+)
+from tunedock.types import Checkpoint, Event, File, Job, Model
+
+__all__ = [
+    "APIConnectionError", "APIError", "AsyncClient", "AuthenticationError", "BadRequestError",
+    "Checkpoint", "Client", "ConflictError", "Event", "File", "Job", "JobFailed", "Model",
+    "NotFoundError", "PermissionDeniedError", "RateLimitError", "ServerError", "TunedockError",
+]
+__version__ = "0.1.0"

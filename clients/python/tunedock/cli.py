@@ -1,0 +1,163 @@
+"""`tunedock`: the command line. Tables by default, --json for scripts.
+
+Exit codes: 0 ok, 1 job failed or cancelled, 2 usage error, 3 server or connection error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+
+from tunedock import Client
+from tunedock.errors import APIConnectionError, APIError, JobFailed
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
+
+
+def _when(ts: int | None) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _table(rows: Iterable[dict[str, Any]], columns: list[str]) -> str:
+    rows = [{c: "-" if r.get(c) is None else str(r.get(c)) for c in columns} for r in rows]
+    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def _out(args: argparse.Namespace, value: Any, columns: list[str], shape=None) -> None:  # noqa: ANN001
+    data = msgspec.to_builtins(value)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return
+    items = data if isinstance(data, list) else [data]
+    print(_table([shape(x) if shape else x for x in items], columns))
+
+
+def _job_row(j: dict[str, Any]) -> dict[str, Any]:
+    p = j.get("progress") or {}
+    return {**j, "created": _when(j.get("created_at")),
+            "step": f"{p.get('step', 0)}/{p.get('total_steps') or '?'}" if p else None,
+            "loss": f"{p['loss']:.4f}" if p.get("loss") is not None else None,
+            "model": j.get("fine_tuned_model")}
+
+
+JOB_COLUMNS = ["id", "status", "base_model", "created", "step", "loss", "model"]
+
+
+def _hyper(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = {"n_epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
+             "lora_r": args.lora_r, "max_seq_length": args.max_seq_length}
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def run(args: argparse.Namespace, client: Client) -> int:
+    cmd = (args.command, getattr(args, "action", None))
+    if cmd == ("files", "upload"):
+        _out(args, client.files.upload(args.path), ["id", "filename", "bytes", "uri"])
+    elif cmd == ("files", "list"):
+        _out(args, list(client.files.list()), ["id", "filename", "bytes", "uri"])
+    elif cmd == ("jobs", "create"):
+        job = client.jobs.create(base_model=args.model, training_file=args.train,
+                                 validation_file=args.validation, suffix=args.suffix,
+                                 hyperparameters=_hyper(args), deploy=not args.no_deploy)
+        if args.wait:
+            job = client.jobs.wait(job.id, progress=not args.json)
+        _out(args, job, JOB_COLUMNS, _job_row)
+    elif cmd == ("jobs", "list"):
+        _out(args, list(client.jobs.list(status=args.status)), JOB_COLUMNS, _job_row)
+    elif cmd == ("jobs", "get"):
+        _out(args, client.jobs.get(args.job_id), JOB_COLUMNS, _job_row)
+    elif cmd == ("jobs", "cancel"):
+        _out(args, client.jobs.cancel(args.job_id), JOB_COLUMNS, _job_row)
+    elif cmd == ("jobs", "wait"):
+        _out(args, client.jobs.wait(args.job_id, progress=not args.json), JOB_COLUMNS, _job_row)
+    elif cmd == ("jobs", "events"):
+        for event in client.jobs.events(args.job_id, stream=args.follow):
+            if args.json:
+                print(msgspec.json.encode(event).decode(), flush=True)
+            else:
+                print(f"{_when(event.created_at)}  {event.level:<7}  {event.message}", flush=True)
+        if args.follow and client.jobs.get(args.job_id).status != "succeeded":
+            return EXIT_JOB_FAILED
+    elif cmd == ("jobs", "checkpoints"):
+        _out(args, client.jobs.checkpoints(args.job_id), ["id", "epoch", "step", "uri", "metrics"])
+    elif args.command == "models":
+        _out(args, client.models.list(), ["id", "kind", "served", "status"])
+    elif args.command == "chat":
+        reply = client.openai().chat.completions.create(
+            model=args.model, messages=[{"role": "user", "content": args.prompt}],
+            max_tokens=args.max_tokens, temperature=0)
+        print(reply.choices[0].message.content)
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunedock", description="Drive a tunedock fine-tuning service.")
+    p.add_argument("--base-url", help="service URL (default: $TUNEDOCK_BASE_URL)")
+    p.add_argument("--api-key", help="API key (default: $TUNEDOCK_API_KEY)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    files = sub.add_parser("files", help="upload and list training files")
+    fsub = files.add_subparsers(dest="action", required=True)
+    up = fsub.add_parser("upload", help="upload a JSONL file")
+    up.add_argument("path")
+    fsub.add_parser("list", help="list uploaded files")
+
+    jobs = sub.add_parser("jobs", help="create and follow fine-tuning jobs")
+    jsub = jobs.add_subparsers(dest="action", required=True)
+    c = jsub.add_parser("create", help="create a job (a local --train file is uploaded first)")
+    c.add_argument("--model", required=True, help="base model alias")
+    c.add_argument("--train", required=True, help="local JSONL path, file- id or s3:// URI")
+    c.add_argument("--validation", help="local JSONL path, file- id or s3:// URI")
+    c.add_argument("--suffix")
+    c.add_argument("--epochs", type=int)
+    c.add_argument("--learning-rate", type=float)
+    c.add_argument("--batch-size", type=int)
+    c.add_argument("--lora-r", type=int)
+    c.add_argument("--max-seq-length", type=int)
+    c.add_argument("--no-deploy", action="store_true", help="do not load the adapter into vLLM")
+    c.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
+    lst = jsub.add_parser("list", help="list jobs")
+    lst.add_argument("--status")
+    for name, text in (("get", "show a job"), ("cancel", "cancel a job"),
+                       ("wait", "wait for a job to end"), ("checkpoints", "list a job's checkpoints")):
+        jsub.add_parser(name, help=text).add_argument("job_id")
+    ev = jsub.add_parser("events", help="a job's events")
+    ev.add_argument("job_id")
+    ev.add_argument("--follow", action="store_true", help="stream new events until the job ends")
+
+    sub.add_parser("models", help="list base models and deployed adapters")
+    chat = sub.add_parser("chat", help="ask a model (base or fine-tuned) one question")
+    chat.add_argument("model")
+    chat.add_argument("prompt")
+    chat.add_argument("--max-tokens", type=int, default=128)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        with Client(base_url=args.base_url, api_key=args.api_key) as client:
+            return run(args, client)
+    except JobFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    except (APIError, APIConnectionError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SERVER
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Response types. Unknown fields are ignored, so newer servers work with this client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class Progress(msgspec.Struct, kw_only=True):
+    epoch: float = 0.0
+    step: int = 0
+    total_steps: int | None = None
+    loss: float | None = None
+
+
+class Deployment(msgspec.Struct, kw_only=True):
+    status: str
+    loaded_at: int | None = None
+    error: str | None = None
+
+
+class Job(msgspec.Struct, kw_only=True):
+    id: str
+    status: str
+    base_model: str
+    training_file: str
+    created_at: int
+    hyperparameters: dict[str, Any]
+    validation_file: str | None = None
+    suffix: str | None = None
+    metadata: dict[str, str] = {}
+    deploy: bool = True
+    started_at: int | None = None
+    finished_at: int | None = None
+    fine_tuned_model: str | None = None
+    error: ErrorInfo | None = None
+    attempt: int = 0
+    trained_tokens: int | None = None
+    estimated_finish: int | None = None
+    progress: Progress | None = None
+    dataset: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
+    deployment: Deployment | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
+
+
+class Event(msgspec.Struct, kw_only=True):
+    id: str
+    created_at: int
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None = None
+
+
+class Checkpoint(msgspec.Struct, kw_only=True):
+    id: str
+    job_id: str
+    epoch: int
+    step: int
+    uri: str
+    metrics: dict[str, float]
+    created_at: int
+
+
+class File(msgspec.Struct, kw_only=True):
+    id: str
+    bytes: int
+    filename: str
+    uri: str
+    created_at: int
+
+
+class Model(msgspec.Struct, kw_only=True):
+    id: str
+    kind: str = "base"
+    served: bool = False
+    status: str | None = None
+
+
+class Page(msgspec.Struct, kw_only=True):
+    data: list[Any]
+    has_more: bool
+    last_id: str | None = None
+
+
+class Serving(msgspec.Struct, kw_only=True):
+    base_url: str | None
+    api_key: str | None = None

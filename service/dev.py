@@ -1,0 +1,57 @@
+"""`python -m service up`: the embedded single-machine set-up behind `make up`.
+
+Migrates the database, creates a dev API key on first start (kept in DATA_DIR/dev-key), starts a
+runner in a child process and serves the API in the foreground until interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from service.settings import Settings
+
+
+def _dev_key(settings: Settings) -> str:
+    path = Path(settings.data_dir) / "dev-key"
+    if path.is_file():
+        return path.read_text().strip()
+    from service.jobs.database import Database
+    from service.jobs.store import Store
+
+    async def create() -> str:
+        db = Database(settings.database_url)
+        try:
+            return await Store(db).create_api_key("dev")
+        finally:
+            await db.close()
+
+    key = asyncio.run(create())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+def up(settings: Settings) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.jobs.database import migrate
+
+    migrate(settings.database_url)
+    key = _dev_key(settings)
+    runner = subprocess.Popen([sys.executable, "-m", "service", "runner"])
+    url = f"http://{settings.host}:{settings.port}"
+    models = ", ".join(m.alias for m in settings.base_models) or "none (set TUNEDOCK_BASE_MODELS)"
+    print(f"\ntunedock is up at {url}\n  API key (tenant 'dev'): {key}\n  base models: {models}\n"
+          f"  try: curl -H 'Authorization: Bearer {key}' {url}/jobs\n", flush=True)
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_level="warning", access_log=False)
+    finally:
+        runner.terminate()
+        runner.wait(60)
+    return 0

@@ -1,0 +1,75 @@
+"""The `tunedock` CLI through its console script, against the real service on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.data import chat_rows, jsonl
+from tests.support.live import free_port, serve
+
+TUNEDOCK = str(Path(sys.executable).with_name("tunedock"))
+
+
+@pytest.fixture
+def cli(make_settings) -> Iterator:  # noqa: ANN001
+    with serve(make_settings()) as (url, keys):
+        env = {**os.environ, "TUNEDOCK_BASE_URL": url, "TUNEDOCK_API_KEY": keys["acme"]}
+
+        def run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+            return subprocess.run([TUNEDOCK, *args], env={**env, **(env_extra or {})},
+                                  capture_output=True, text=True, timeout=60)
+
+        yield run
+
+
+def test_files_jobs_and_models_commands(cli, tmp_path) -> None:  # noqa: ANN001
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(jsonl(chat_rows(12)))
+    up = cli("--json", "files", "upload", str(data))
+    assert up.returncode == 0, up.stderr
+    file_id = json.loads(up.stdout)["id"]
+    table = cli("files", "list")
+    assert table.returncode == 0 and file_id in table.stdout and "FILENAME" in table.stdout
+    created = cli("--json", "jobs", "create", "--model", "tiny", "--train", str(data), "--epochs", "2",
+                  "--suffix", "cli")
+    assert created.returncode == 0, created.stderr
+    job = json.loads(created.stdout)
+    assert job["hyperparameters"]["n_epochs"] == 2 and job["suffix"] == "cli"
+    listed = cli("jobs", "list")
+    assert listed.returncode == 0 and job["id"] in listed.stdout and "STATUS" in listed.stdout
+    assert cli("jobs", "get", job["id"]).returncode == 0
+    assert cli("jobs", "cancel", job["id"]).returncode == 0
+    events = cli("jobs", "events", job["id"], "--follow")
+    assert events.returncode == 1  # followed to the end: the job was cancelled
+    assert "job cancelled" in events.stdout
+    waited = cli("jobs", "wait", job["id"])
+    assert waited.returncode == 1 and "cancelled" in waited.stderr
+    models = cli("models")
+    assert models.returncode == 0 and "tiny" in models.stdout
+
+
+def test_exit_codes(cli) -> None:  # noqa: ANN001
+    assert cli("jobs", "frobnicate").returncode == 2
+    assert cli("jobs", "create").returncode == 2
+    missing = cli("jobs", "get", "ftjob-nope")
+    assert missing.returncode == 3 and "not_found" in missing.stderr
+    bad = cli("jobs", "create", "--model", "nope", "--train", "s3://datasets/x.jsonl")
+    assert bad.returncode == 3 and "model_not_found" in bad.stderr
+    down = cli("jobs", "list", env_extra={"TUNEDOCK_BASE_URL": f"http://127.0.0.1:{free_port()}"})
+    assert down.returncode == 3 and "could not reach" in down.stderr
+    unserved = cli("chat", "ft:x", "hi")
+    assert unserved.returncode == 3 and "no serving endpoint" in unserved.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["files"], ["files", "upload"], ["jobs"], ["jobs", "create"],
+                                     ["jobs", "events"], ["models"], ["chat"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    out = subprocess.run([TUNEDOCK, *command, "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "usage: tunedock" in out.stdout

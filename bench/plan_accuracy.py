@@ -20,7 +20,8 @@ from synthetic import text_rows, write_jsonl  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from service.jobs.schema import Hyperparameters  # noqa: E402
-from service.training.plan import GiB, Shape, estimate  # noqa: E402
+from service.shapes import Shape  # noqa: E402
+from service.training.plan import GiB, estimate  # noqa: E402
 
 CASES = [("1b", 1024, 8), ("1b", 4096, 2), ("3b", 2048, 4)]
 

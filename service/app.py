@@ -18,13 +18,20 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.api.deps import provide_files, provide_jobs, provide_store, provide_tenant
+from service.api.deps import (
+    provide_deployments,
+    provide_files,
+    provide_jobs,
+    provide_store,
+    provide_tenant,
+)
 from service.api.files import FilesController
 from service.api.health import HealthController
 from service.api.jobs import JobsController
 from service.api.models import ModelsController, ServingController
 from service.errors import ServiceError
 from service.jobs.database import Database, migrate
+from service.jobs.deployments import Deployments
 from service.jobs.files import FileService
 from service.jobs.service import JobService
 from service.jobs.store import Store
@@ -119,7 +126,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         store = Store(db)
         jobs = JobService(settings, store, objects)
         app.state.update(settings=settings, store=store, objects=objects, jobs=jobs,
-                         files=FileService(settings, store, objects),
+                         files=FileService(settings, store, objects), deployments=Deployments(db),
                          metrics=Metrics(), key_cache={})
         await jobs.resume_pending()
         log.info("api started", version=__version__, database=db.engine.url.get_backend_name(),
@@ -138,6 +145,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "store": Provide(provide_store, sync_to_thread=False),
             "jobs": Provide(provide_jobs, sync_to_thread=False),
             "files": Provide(provide_files, sync_to_thread=False),
+            "deployments": Provide(provide_deployments, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
         },
         exception_handlers={

@@ -8,6 +8,7 @@ from litestar import Request
 from litestar.datastructures import State
 
 from service.errors import Unauthorized
+from service.jobs.deployments import Deployments
 from service.jobs.files import FileService
 from service.jobs.service import JobService
 from service.jobs.store import Store
@@ -50,3 +51,7 @@ def provide_jobs(state: State) -> JobService:
 
 def provide_files(state: State) -> FileService:
     return state.files
+
+
+def provide_deployments(state: State) -> Deployments:
+    return state.deployments

@@ -1,10 +1,11 @@
-"""/models: the base models this service can fine-tune (and, with serving, deployed adapters)."""
+"""/models: base models and deployed adapters; /serving: where to chat with them."""
 
 from __future__ import annotations
 
-from litestar import Controller, get
+from litestar import Controller, delete, get
 
 from service.jobs import schema as s
+from service.jobs.deployments import Deployments
 from service.settings import Settings
 
 
@@ -13,13 +14,18 @@ class ModelsController(Controller):
     tags = ["models"]
 
     @get("/")
-    async def list_models(self, tenant: str, settings: Settings) -> s.Page:
-        data = [
-            {"id": m.alias, "object": "model", "kind": "base",
-             "served": m.alias in settings.served_models}
+    async def list_models(self, tenant: str, settings: Settings, deployments: Deployments) -> s.Page:
+        data: list[s.ModelInfo] = [
+            s.ModelInfo(id=m.alias, kind="base", served=m.alias in settings.served_models)
             for m in settings.base_models
         ]
-        return s.Page(data=data, has_more=False, last_id=data[-1]["id"] if data else None)
+        data += await deployments.for_tenant(tenant)
+        return s.Page(data=data, has_more=False, last_id=data[-1].id if data else None)
+
+    @delete("/{name:str}", status_code=200)
+    async def unload(self, name: str, tenant: str, deployments: Deployments) -> s.ModelInfo:
+        """Stop serving an adapter; its files stay in S3 and it can be deployed again."""
+        return await deployments.unload(tenant, name)
 
 
 class ServingController(Controller):

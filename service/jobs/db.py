@@ -103,3 +103,22 @@ class IdempotencyRow(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeploymentRow(Base):
+    """An adapter the service wants served (status loaded) or not (unloaded), by its model name."""
+
+    __tablename__ = "deployments"
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    base_model: Mapped[str] = mapped_column(String(128))
+    bucket: Mapped[str] = mapped_column(String(255))
+    prefix: Mapped[str] = mapped_column(String(1024))
+    folder: Mapped[str] = mapped_column(String(128))  # derived from the job id, never user text
+    kind: Mapped[str] = mapped_column(String(16))  # final | checkpoint
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    loaded_at: Mapped[datetime | None]
+    load_seconds: Mapped[float | None]

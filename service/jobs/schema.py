@@ -161,6 +161,20 @@ class Page(msgspec.Struct, kw_only=True):
     last_id: str | None = None
 
 
+class ModelInfo(msgspec.Struct, kw_only=True):
+    """A base model, or a fine-tuned adapter with its deployment status."""
+
+    id: str
+    object: Literal["model"] = "model"
+    kind: Literal["base", "adapter"]
+    base_model: str | None = None
+    job_id: str | None = None
+    served: bool = False
+    status: str | None = None
+    error: str | None = None
+    loaded_at: int | None = None
+
+
 class Serving(msgspec.Struct, kw_only=True):
     base_url: str | None
     api_key: str | None = None

@@ -14,7 +14,7 @@ from service.errors import InvalidRequest, InvalidTransition, NotFound
 from service.ids import new_id
 from service.jobs import schema as s
 from service.jobs.db import JobRow
-from service.jobs.store import Store
+from service.jobs.store import Store, event_row
 from service.settings import Settings
 from service.storage import ObjectStore, parse_s3_uri
 
@@ -56,6 +56,11 @@ class JobService:
             raise InvalidRequest(
                 f"no serving instance serves {req.base_model!r}; set deploy: false to train anyway",
                 param="deploy", code="model_not_served")
+        if req.deploy and req.hyperparameters.lora_r > self.settings.max_lora_rank:
+            raise InvalidRequest(
+                f"lora_r {req.hyperparameters.lora_r} is above the {self.settings.max_lora_rank} "
+                "that serving accepts; lower it or set deploy: false",
+                param="hyperparameters.lora_r")
         await self._check_readable(tenant, req.training_file, "training_file")
         if req.validation_file:
             await self._check_readable(tenant, req.validation_file, "validation_file")
@@ -133,7 +138,8 @@ class JobService:
                 job_id, s.Status.queued,
                 f"files validated: {n_train} training and {n_val} validation examples, "
                 f"{train.tokens} tokens{' (estimated)' if train.tokens_estimated else ''}",
-                data=data, dataset=data, warnings=tuple(train.warnings),
+                data=data, dataset=data,
+                extra_rows=tuple(event_row(job_id, "warning", w, "warning") for w in train.warnings),
             )
         except (InvalidTransition, NotFound):  # cancelled while validating: nothing to do
             bound.info("job changed during validation")

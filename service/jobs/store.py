@@ -87,7 +87,8 @@ def file_from_row(row: FileRow) -> s.File:
     )
 
 
-def _event(job_id: str, type_: str, message: str, level: str = "info", data: Any = None) -> EventRow:
+def event_row(job_id: str, type_: str, message: str, level: str = "info",
+              data: Any = None) -> EventRow:
     return EventRow(job_id=job_id, type=type_, message=message, level=level, data=data)
 
 
@@ -125,7 +126,7 @@ async def transition(
         raise InvalidTransition(f"job {job.id} changed while moving to {to.value}", param="status")
     for key, value in values.items():
         setattr(job, key, value)
-    session.add(_event(job.id, "status", message, level, {"status": to.value, **(data or {})}))
+    session.add(event_row(job.id, "status", message, level, {"status": to.value, **(data or {})}))
 
 
 class Store:
@@ -225,7 +226,7 @@ class Store:
                 if found is None:
                     ses.add(row)
                     await ses.flush()
-                    ses.add(_event(row.id, "status", "job created; validating files",
+                    ses.add(event_row(row.id, "status", "job created; validating files",
                                    data={"status": row.status}))
                     if idempotency_key:
                         ses.add(IdempotencyRow(tenant=row.tenant, endpoint="jobs", key=idempotency_key,
@@ -286,16 +287,15 @@ class Store:
     async def set_status(
         self, job_id: str, to: s.Status, message: str, *, level: str = "info",
         data: dict[str, Any] | None = None, expect_owner: str | None = None,
-        warnings: tuple[str, ...] = (), **fields: Any,
+        extra_rows: tuple[Any, ...] = (), **fields: Any,
     ) -> s.Job:
-        """Transition one job by id in its own transaction (validation, runner); `warnings`
-        become events in the same transaction."""
+        """Transition one job by id in its own transaction (validation, runner); `extra_rows`
+        (warning events, a deployment request) are written in the same transaction."""
         async with self.db.write() as ses:
             row = await self.job_row(ses, None, job_id)
             await transition(ses, row, to, message=message, level=level, data=data,
                              expect_owner=expect_owner, **fields)
-            for warning in warnings:
-                ses.add(_event(job_id, "warning", warning, "warning"))
+            ses.add_all(extra_rows)
             return job_from_row(row)
 
     async def update_job(self, job_id: str, **fields: Any) -> None:
@@ -308,7 +308,7 @@ class Store:
     async def add_event(self, job_id: str, type_: str, message: str, level: str = "info",
                         data: dict[str, Any] | None = None) -> None:
         async with self.db.write() as ses:
-            ses.add(_event(job_id, type_, message, level, data))
+            ses.add(event_row(job_id, type_, message, level, data))
 
     async def list_events(self, tenant: str | None, job_id: str, after: str | None, limit: int) -> s.Page:
         after_seq = _event_seq(after)
@@ -327,7 +327,7 @@ class Store:
             async with self.db.write() as ses:
                 ses.add(row)
                 await ses.flush()
-                ses.add(_event(job_id, "checkpoint", f"checkpoint saved at epoch {epoch}",
+                ses.add(event_row(job_id, "checkpoint", f"checkpoint saved at epoch {epoch}",
                                data={"checkpoint_id": row.id, "epoch": epoch, "step": step,
                                      "uri": uri, "metrics": metrics}))
         except IntegrityError:

@@ -18,6 +18,7 @@ import structlog
 
 from service.errors import InvalidTransition, NotFound
 from service.jobs import schema as s
+from service.jobs.deployments import deployment_request
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.settings import Settings
@@ -258,13 +259,19 @@ class JobRun:
     async def _succeed(self, result: dict[str, Any]) -> None:
         job = self.job
         name = f"ft:{job.base_model}:{job.suffix or ''}:{job.id}"
+        # The deployment request is written with the success, so no adapter is ever forgotten.
+        extra = ()
+        if job.deploy:
+            tenant = await self.store.job_tenant(job.id)
+            extra = (deployment_request(job, tenant, name, result["bucket"], result["prefix"],
+                                        kind="final", folder=job.id),)
         try:
             await self.store.set_status(
                 job.id, s.Status.succeeded,
                 f"training finished; the adapter is at s3://{result['bucket']}/{result['prefix']}/",
                 data={"fine_tuned_model": name, "train_loss": result.get("train_loss"),
                       "best_checkpoint": result.get("best_checkpoint")},
-                expect_owner=self.owner, fine_tuned_model=name,
+                expect_owner=self.owner, fine_tuned_model=name, extra_rows=extra,
                 trained_tokens=result.get("trained_tokens"),
                 deployment={"status": "pending"} if job.deploy else None)
         except InvalidTransition:

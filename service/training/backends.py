@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +38,6 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             continue
     return found
-
-
-def read_config(source: str) -> dict[str, Any]:
-    path = Path(source) / "config.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(source).to_dict()
 
 
 def load(backend: str, source: str, hp: Hyperparameters) -> tuple[Any, Any]:

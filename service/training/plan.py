@@ -15,10 +15,9 @@ Constants were calibrated against peaks measured on an H100 (bench/RESULTS.md).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
 from service.jobs.schema import Hyperparameters, MemoryPlan
+from service.shapes import Shape
 
 GiB = 1 << 30
 NF4_BYTES = 0.52
@@ -36,45 +35,6 @@ LOGIT_BYTES = {"unsloth": 0.5, "peft": 6.0}
 
 class PlanError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class Shape:
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    tied: bool
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> Shape:
-        cfg = cfg.get("text_config", cfg)
-        heads = cfg["num_attention_heads"]
-        return cls(hidden=cfg["hidden_size"], intermediate=cfg["intermediate_size"],
-                   layers=cfg["num_hidden_layers"], heads=heads,
-                   kv_heads=cfg.get("num_key_value_heads") or heads, vocab=cfg["vocab_size"],
-                   tied=bool(cfg.get("tie_word_embeddings", False)))
-
-    def linears(self) -> dict[str, tuple[int, int]]:
-        """(in, out) of each linear in one decoder layer."""
-        h, i = self.hidden, self.intermediate
-        kv = self.kv_heads * (h // self.heads)
-        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-
-    @property
-    def linear_params(self) -> int:
-        return self.layers * sum(a * b for a, b in self.linears().values())
-
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab * self.hidden * (1 if self.tied else 2)
-
-    @property
-    def total_params(self) -> int:
-        return self.linear_params + self.embedding_params + self.layers * 2 * self.hidden
 
 
 def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str) -> dict[str, int]:

@@ -17,11 +17,12 @@ from service.storage import ObjectStore, download_prefix, upload_dir
 from service.training import backends
 from service.training.callbacks import CheckpointCallback, ProgressCallback, StopOnSignal
 from service.training.events import Emitter
-from service.training.plan import Shape, make_plan
+from service.shapes import Shape, read_config
+from service.training.plan import make_plan
 
 
 def plan_memory(spec: TrainingSpec, backend: str, device: str) -> MemoryPlan:
-    shape = Shape.from_config(backends.read_config(spec.base_model_source))
+    shape = Shape.from_config(read_config(spec.base_model_source))
     available = None
     if device == "cuda":
         import torch

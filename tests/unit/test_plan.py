@@ -3,7 +3,8 @@
 import pytest
 
 from service.jobs.schema import Hyperparameters
-from service.training.plan import GiB, PlanError, Shape, estimate, make_plan
+from service.shapes import Shape
+from service.training.plan import GiB, PlanError, estimate, make_plan
 
 LLAMA_8B = Shape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=128256,
                  tied=False)

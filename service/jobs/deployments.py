@@ -1,0 +1,111 @@
+"""Deployments: which adapters the service wants vLLM to serve, by model name, and how that went.
+
+The API requests and unloads; the serving process (serving/) moves a deployment through
+pending -> loading -> loaded | failed, and unloaded when the API asks. For a job's final adapter
+the job's own `deployment` field mirrors the row, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+
+from service.errors import InvalidRequest, NotFound
+from service.jobs import schema as s
+from service.jobs.database import Database, unix
+from service.jobs.db import DeploymentRow, JobRow
+from service.jobs.store import event_row
+
+ACTIVE = ("pending", "loading", "loaded")
+
+
+def model_from_row(row: DeploymentRow) -> s.ModelInfo:
+    return s.ModelInfo(id=row.name, kind="adapter", base_model=row.base_model, job_id=row.job_id,
+                       status=row.status, error=row.error, loaded_at=unix(row.loaded_at),
+                       served=row.status == "loaded")
+
+
+def deployment_request(job: s.Job, tenant: str, name: str, bucket: str, prefix: str,
+                       kind: str, folder: str) -> DeploymentRow:
+    return DeploymentRow(name=name, tenant=tenant, job_id=job.id, base_model=job.base_model,
+                         bucket=bucket, prefix=prefix, folder=folder, kind=kind, status="pending")
+
+
+class Deployments:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def request(self, row: DeploymentRow) -> s.ModelInfo:
+        """Ask for an adapter to be served; asking again for a failed or unloaded one retries."""
+        async with self.db.write() as ses:
+            found = await ses.get(DeploymentRow, row.name)
+            if found is None:
+                ses.add(row)
+                found = row
+            elif found.status not in ACTIVE:
+                found.status, found.error = "pending", None
+            ses.add(event_row(row.job_id, "deployment", f"deployment of {row.name} requested",
+                              data={"model": row.name}))
+            return model_from_row(found)
+
+    async def rows(self, *statuses: str) -> list[DeploymentRow]:
+        async with self.db.read() as ses:
+            q = select(DeploymentRow)
+            if statuses:
+                q = q.where(DeploymentRow.status.in_(statuses))
+            return list((await ses.scalars(q.order_by(DeploymentRow.created_at))).all())
+
+    async def mark(self, name: str, status: str, *, error: str | None = None,
+                   loaded_at: datetime | None = None, load_seconds: float | None = None,
+                   message: str | None = None) -> None:
+        async with self.db.write() as ses:
+            row = await ses.get(DeploymentRow, name)
+            if row is None:
+                return
+            row.status, row.error = status, error
+            if loaded_at is not None:
+                row.loaded_at, row.load_seconds = loaded_at, load_seconds
+            if row.kind == "final":
+                mirror = {"status": status, "loaded_at": unix(row.loaded_at), "error": error}
+                await ses.execute(update(JobRow).where(JobRow.id == row.job_id)
+                                  .values(deployment=mirror))
+            if message:
+                data: dict[str, Any] = {"model": name, "status": status}
+                if load_seconds is not None:
+                    data["seconds_from_success"] = load_seconds
+                if error:
+                    data["error"] = error
+                ses.add(event_row(row.job_id, "deployment", message,
+                                  "error" if status == "failed" else "info", data))
+
+    async def for_tenant(self, tenant: str) -> list[s.ModelInfo]:
+        async with self.db.read() as ses:
+            rows = (await ses.scalars(select(DeploymentRow).where(DeploymentRow.tenant == tenant)
+                                      .order_by(DeploymentRow.created_at))).all()
+        return [model_from_row(r) for r in rows]
+
+    async def unload(self, tenant: str, name: str) -> s.ModelInfo:
+        async with self.db.write() as ses:
+            row = await ses.get(DeploymentRow, name)
+            if row is None or row.tenant != tenant:
+                raise NotFound(f"no deployed model {name!r}", param="name")
+            row.status, row.error = "unloaded", None
+            if row.kind == "final":
+                await ses.execute(update(JobRow).where(JobRow.id == row.job_id).values(
+                    deployment={"status": "unloaded", "loaded_at": None, "error": None}))
+            ses.add(event_row(row.job_id, "deployment", f"{name} unloaded on request",
+                              data={"model": name, "status": "unloaded"}))
+            return model_from_row(row)
+
+    async def finished_at(self, job_id: str) -> datetime | None:
+        async with self.db.read() as ses:
+            return await ses.scalar(select(JobRow.finished_at).where(JobRow.id == job_id))
+
+
+def checkpoint_name(job: s.Job, epoch: int) -> str:
+    if job.fine_tuned_model is None:
+        raise InvalidRequest(f"job {job.id} has not succeeded; its checkpoints have no model name yet",
+                             param="job_id", code="job_not_succeeded")
+    return f"{job.fine_tuned_model}:ckpt-{epoch}"

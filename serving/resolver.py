@@ -1,6 +1,7 @@
 """A vLLM LoRA resolver plugin: the pull path for new replicas. On a request for an unknown
-`ft:<base>:<suffix>:<job-id>[:ckpt-N]` model it fetches that adapter from S3 (checked like a
-pushed one) and lets vLLM load it. Registered through the `vllm.general_plugins` entry point."""
+`ft:<base>:<suffix>:<job-id>[:ckpt-N]` model that the service has deployed, it fetches that
+adapter from S3 (checked like a pushed one) and lets vLLM load it. Registered through the
+`vllm.general_plugins` entry point."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 from vllm.lora.request import LoRARequest
 from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
+from service.jobs.database import Database
+from service.jobs.deployments import Deployments
 from service.settings import load_settings
 from service.shapes import Shape, read_config
 from service.storage import make_store
@@ -21,6 +24,7 @@ class TunedockResolver(LoRAResolver):
     def __init__(self) -> None:
         self.settings = load_settings()
         self.objects = make_store(self.settings)
+        self._deployments: Deployments | None = None
         self.root = Path(self.settings.adapter_dir).resolve()
         self._shapes: dict[str, Shape] = {}
 
@@ -34,9 +38,18 @@ class TunedockResolver(LoRAResolver):
 
     async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
         parsed = adapters.parse_model_name(lora_name)
-        if parsed is None or parsed[0] != base_model_name:
+        if parsed is None:
             return None
         base, job_id, epoch = parsed
+        # vLLM passes the base model as it was given to --model: the registry's folder or hub id.
+        entry = self.settings.base_model(base)
+        if entry is None or base_model_name not in (entry.alias, entry.source):
+            return None
+        # Only what the service wants served: an unloaded adapter stays unreachable.
+        if self._deployments is None:
+            self._deployments = Deployments(Database(self.settings.database_url))
+        if lora_name not in {r.name for r in await self._deployments.rows("loaded", "loading")}:
+            return None
         shape = self._shape(base)
         if shape is None:
             return None

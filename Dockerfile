@@ -19,7 +19,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
 RUN --mount=type=cache,target=/root/.cache/pip pip install --no-compile .
-USER tunedock
+USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
@@ -43,10 +43,12 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     pip install torch==2.11.0 --index-url https://download.pytorch.org/whl/cu130
 COPY pyproject.toml README.md ./
 COPY service ./service
+# ".[train]" is this repository; every training package it pulls is pinned on the same line.
+# hadolint ignore=DL3013
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-compile ".[train]" transformers==5.17.0 peft==0.21.0 trl==1.15.0 \
       datasets==4.8.5 bitsandbytes==0.50.2 unsloth==2026.10.9 unsloth_zoo==2026.10.9
-USER tunedock
+USER 10001:10001
 # The runner releases its lease and lets the child finish an upload on SIGTERM.
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "service", "runner"]

@@ -44,7 +44,14 @@ async def serve(settings: Settings) -> None:
     await db.close()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="python -m serving",
+        description="Supervise vLLM's OpenAI server for TUNEDOCK_SERVE_MODEL, load the adapters of "
+                    "succeeded jobs into it, and keep its adapters equal to the service's. "
+                    "Configured by TUNEDOCK_* variables (see README).").parse_args(argv)
     settings = load_settings()
     configure_logging(settings.log_json, settings.log_level)
     migrate(settings.database_url)

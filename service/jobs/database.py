@@ -34,9 +34,7 @@ class Database:
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         kwargs: dict = {}
         if self.is_sqlite:
-            db_path = make_url(url).database
-            if db_path and db_path != ":memory:":
-                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            _sqlite_folder(url)
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -89,8 +87,16 @@ class Database:
         await self.engine.dispose()
 
 
+def _sqlite_folder(url: str) -> None:
+    """SQLite creates the file but not its folder."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def migrate(url: str) -> None:
     """Upgrade the schema to head (blocking; call from a thread inside an event loop)."""
+    _sqlite_folder(url)
     from alembic import command
     from alembic.config import Config
 

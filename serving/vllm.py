@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import shlex
 import signal
@@ -31,7 +30,7 @@ def command(settings: Settings) -> list[str]:
            "--host", settings.vllm_host, "--port", str(settings.vllm_port),
            "--enable-lora", "--max-loras", str(settings.vllm_max_loras),
            "--max-cpu-loras", str(max(settings.vllm_max_cpu_loras, settings.vllm_max_loras)),
-           "--max-lora-rank", str(settings.max_lora_rank)]
+           "--max-lora-rank", str(settings.max_lora_rank), "--disable-uvicorn-access-log"]
     if settings.serving_api_key:
         cmd += ["--api-key", settings.serving_api_key]
     if settings.vllm_memory_fraction is not None:
@@ -42,11 +41,10 @@ def command(settings: Settings) -> list[str]:
 
 
 def environment(settings: Settings) -> dict[str, str]:
-    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-    # Our resolver plugin rides along when vLLM loads its general plugins.
-    if importlib.util.find_spec("serving.resolver") is not None:
-        env.setdefault("TUNEDOCK_ADAPTER_DIR", os.path.abspath(settings.adapter_dir))
-    return env
+    """vLLM's environment: runtime LoRA loading on (which also enables our resolver plugin, read
+    from the same TUNEDOCK_* variables), and one absolute adapter folder for both."""
+    return {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "TUNEDOCK_ADAPTER_DIR": os.path.abspath(settings.adapter_dir)}
 
 
 class VLLMClient:

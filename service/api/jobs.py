@@ -11,9 +11,8 @@ from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
-from service.errors import NotFound
 from service.jobs import schema as s
-from service.jobs.deployments import Deployments, checkpoint_name, deployment_request
+from service.jobs.deployments import Deployments
 from service.jobs.service import JobService
 from service.jobs.store import MAX_PAGE, Store, request_hash
 
@@ -55,15 +54,7 @@ class JobsController(Controller):
     async def deploy_checkpoint(self, job_id: str, epoch: int, tenant: str, store: Store,
                                 deployments: Deployments) -> s.ModelInfo:
         """Serve an epoch checkpoint as `<fine_tuned_model>:ckpt-<epoch>`."""
-        job = await store.get_job(tenant, job_id)
-        name = checkpoint_name(job, epoch)
-        ckpt = next((c for c in await store.list_checkpoints(tenant, job_id) if c.epoch == epoch), None)
-        if ckpt is None:
-            raise NotFound(f"job {job_id} has no checkpoint for epoch {epoch}", param="epoch")
-        bucket, _, prefix = ckpt.uri.removeprefix("s3://").partition("/")
-        return await deployments.request(deployment_request(
-            job, tenant, name, bucket, prefix.rstrip("/"), kind="checkpoint",
-            folder=f"{job.id}-ckpt-{epoch}"))
+        return await deployments.deploy_checkpoint(store, tenant, job_id, epoch)
 
     @get("/{job_id:str}/events")
     async def list_events(self, request: Request, job_id: str, tenant: str, store: Store,

@@ -16,7 +16,7 @@ from service.errors import InvalidRequest, NotFound
 from service.jobs import schema as s
 from service.jobs.database import Database, unix
 from service.jobs.db import DeploymentRow, JobRow
-from service.jobs.store import event_row
+from service.jobs.store import Store, event_row
 
 ACTIVE = ("pending", "loading", "loaded")
 
@@ -98,6 +98,17 @@ class Deployments:
             ses.add(event_row(row.job_id, "deployment", f"{name} unloaded on request",
                               data={"model": name, "status": "unloaded"}))
             return model_from_row(row)
+
+    async def deploy_checkpoint(self, store: Store, tenant: str, job_id: str, epoch: int) -> s.ModelInfo:
+        """Serve a succeeded job's epoch checkpoint as `<fine_tuned_model>:ckpt-<epoch>`."""
+        job = await store.get_job(tenant, job_id)
+        name = checkpoint_name(job, epoch)
+        ckpt = next((c for c in await store.list_checkpoints(tenant, job_id) if c.epoch == epoch), None)
+        if ckpt is None:
+            raise NotFound(f"job {job_id} has no checkpoint for epoch {epoch}", param="epoch")
+        bucket, _, prefix = ckpt.uri.removeprefix("s3://").partition("/")
+        return await self.request(deployment_request(job, tenant, name, bucket, prefix.rstrip("/"),
+                                                     kind="checkpoint", folder=f"{job.id}-ckpt-{epoch}"))
 
     async def finished_at(self, job_id: str) -> datetime | None:
         async with self.db.read() as ses:

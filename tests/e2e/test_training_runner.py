@@ -177,3 +177,33 @@ async def test_cancel_mid_epoch_stops_the_child_within_10s(e2e_api: Api, e2e_set
         runner.wait(30)
     final = (await e2e_api.client.get(f"/jobs/{job['id']}", headers=e2e_api.auth())).json()
     assert final["status"] == "cancelled"
+
+
+async def test_sigterm_runner_hands_the_job_back_and_another_finishes_it(
+        e2e_api: Api, e2e_settings, s3, tmp_path) -> None:  # noqa: ANN001
+    job = await submit(e2e_api, s3, n_examples=24, n_epochs=2)
+    first = start_runner(e2e_settings, tmp_path / "runner-1.log")
+
+    async def training():  # noqa: ANN202
+        return any(e["type"] == "metrics" for e in await events(e2e_api, job["id"]))
+
+    try:
+        await wait_for(training, 300, "the first training step")
+        first.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(first.wait, 60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0
+    assert not training_children()
+    handed_back = (await e2e_api.client.get(f"/jobs/{job['id']}", headers=e2e_api.auth())).json()
+    assert handed_back["status"] == "queued", handed_back
+    evs = await events(e2e_api, job["id"])
+    assert any("runner stopping" in e["message"] for e in evs)
+    second = start_runner(e2e_settings, tmp_path / "runner-2.log")
+    try:
+        done = await e2e_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
+    finally:
+        second.terminate()
+        second.wait(30)
+    assert done["status"] == "succeeded" and done["attempt"] == 2

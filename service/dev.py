@@ -8,10 +8,12 @@ in the foreground until interrupted.
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from service.procs import die_with_parent
 from service.settings import Settings
 
 
@@ -44,9 +46,15 @@ def up(settings: Settings) -> int:
 
     migrate(settings.database_url)
     key = _dev_key(settings)
-    children = [subprocess.Popen([sys.executable, "-m", "service", "runner"])]
+    # uvicorn re-raises SIGTERM after its shutdown, so no `finally` here is sure to run: the
+    # children get SIGTERM from the kernel when this process ends, however it ends.
+    def spawn(module: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", *module.split()],
+                                preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+
+    children = [spawn("service runner")]
     if settings.serve_model:
-        children.append(subprocess.Popen([sys.executable, "-m", "serving"]))
+        children.append(spawn("serving"))
     url = f"http://{settings.host}:{settings.port}"
     models = ", ".join(m.alias for m in settings.base_models) or "none (set TUNEDOCK_BASE_MODELS)"
     serving = (f"  chat (OpenAI API, once vLLM is up): {settings.serving_url}\n"

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import structlog
 
+from service.procs import die_with_parent
 from service.settings import Settings
 
 log = structlog.get_logger()
@@ -99,7 +100,8 @@ class Supervisor:
         while not self.stopping.is_set():
             self.starts += 1
             self.proc = await asyncio.create_subprocess_exec(
-                *command(self.settings), env=environment(self.settings), start_new_session=True)
+                *command(self.settings), env=environment(self.settings), start_new_session=True,
+                preexec_fn=lambda: die_with_parent(signal.SIGTERM))
             log.info("vllm started", pid=self.proc.pid, start=self.starts)
             if await self._wait_healthy():
                 backoff = 1.0

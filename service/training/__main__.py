@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from service.jobs.schema import TrainingSpec
+from service.procs import die_with_parent
 from service.settings import load_settings
 from service.storage import make_store
 from service.training.events import Emitter
@@ -21,17 +22,8 @@ from service.training.events import Emitter
 EXIT_BAD_INPUT, EXIT_OOM, EXIT_STOPPED = 2, 3, 4
 
 
-def _die_with_parent() -> None:
-    """If the runner is killed (even with -9), the kernel kills this child too (Linux)."""
-    if sys.platform == "linux":
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def main(argv: list[str]) -> int:
-    _die_with_parent()
+    die_with_parent()  # a runner killed even with -9 takes its training child with it
     emit = Emitter.from_env(dict(os.environ))
     try:
         spec = msgspec.json.decode(Path(argv[1]).read_bytes(), type=TrainingSpec)

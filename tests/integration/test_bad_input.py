@@ -168,3 +168,48 @@ async def test_bad_query_parameters_are_400(api: Api) -> None:
     assert err(await api.client.get("/jobs", params={"limit": 1000}, headers=api.auth()), 400)
     assert err(await api.client.get("/jobs", params={"status": "bogus"}, headers=api.auth()), 400)
     assert err(await api.client.get("/jobs", params={"after": "ftjob-nope"}, headers=api.auth()), 404)
+
+
+async def test_base_model_no_serving_instance_serves_is_refused_unless_deploy_false(
+        make_settings, s3) -> None:  # noqa: ANN001
+    from litestar.testing import AsyncTestClient
+
+    from service.app import create_app
+
+    s3.put_object(Bucket=DATASETS, Key="serve.jsonl", Body=jsonl(chat_rows(10)))
+    settings = make_settings(serving_url="http://127.0.0.1:9/v1", served_models=("other",), max_lora_rank=16)
+    app = create_app(settings)
+    async with AsyncTestClient(app) as client:
+        headers = {"Authorization": f"Bearer {await app.state.store.create_api_key('acme')}"}
+        body = {"base_model": "tiny", "training_file": f"s3://{DATASETS}/serve.jsonl"}
+        e = err(await client.post("/jobs", json=body, headers=headers), 400)
+        assert e["code"] == "model_not_served" and "deploy: false" in e["message"]
+        assert (await client.post("/jobs", json={**body, "deploy": False}, headers=headers)).status_code == 201
+        big = {**body, "deploy": False, "hyperparameters": {"lora_r": 64}}
+        assert (await client.post("/jobs", json=big, headers=headers)).status_code == 201
+
+
+async def test_lora_rank_above_what_serving_accepts_is_refused_when_deploying(api: Api, dataset: str) -> None:
+    body = {"base_model": "tiny", "training_file": dataset, "hyperparameters": {"lora_r": 128}}
+    e = err(await api.client.post("/jobs", json=body, headers=api.auth()), 400)
+    assert e["param"] == "hyperparameters.lora_r"
+
+
+async def test_an_internal_error_is_a_500_with_the_request_id_and_no_traceback(make_settings) -> None:  # noqa: ANN001
+    """The object store is down: the client gets a clean 500 quoting the request id."""
+    from litestar.testing import AsyncTestClient
+
+    from service.app import create_app
+    from tests.support.live import free_port
+
+    app = create_app(make_settings(s3_endpoint_url=f"http://127.0.0.1:{free_port()}"))
+    async with AsyncTestClient(app) as client:
+        headers = {"Authorization": f"Bearer {await app.state.store.create_api_key('acme')}",
+                   "X-Request-ID": "req-500-test"}
+        r = await client.post("/files", files={"file": ("a.jsonl", jsonl(chat_rows(10)))}, headers=headers)
+        assert r.status_code == 500
+        assert r.json()["error"]["code"] == "server_error"
+        assert "req-500-test" in r.json()["error"]["message"]
+        assert r.headers["x-request-id"] == "req-500-test"
+        assert "Traceback" not in r.text and "botocore" not in r.text
+        assert (await client.get("/readyz")).status_code == 503

@@ -69,7 +69,8 @@ def _load_peft(source: str, hp: Hyperparameters) -> tuple[Any, Any]:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
-    # fp32 on the CPU: bf16 matrix products there are many times slower than fp32.
+    # fp32 on the CPU: about as fast as bf16 for the test model here (1.5 vs 1.3 s/step, 8 x 53
+    # tokens), and LoRA updates stay out of bf16 rounding.
     dtype = torch.bfloat16 if cuda else torch.float32
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype,
                                                  device_map={"": 0} if cuda else None, **kwargs)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.errors import Conflict, InvalidRequest, InvalidTransition, NotFound
 from service.ids import hash_key, new_api_key, new_id
 from service.jobs import schema as s
-from service.jobs.database import Database, as_utc, unix
+from service.jobs.database import Database, unix
 from service.jobs.db import ApiKey, CheckpointRow, EventRow, FileRow, IdempotencyRow, JobRow, utcnow
 from service.jobs.states import check_transition
 
@@ -404,9 +404,6 @@ class Store:
                 moved.append(row.id)
         return moved
 
-    async def lease_expiry(self, job_id: str) -> datetime | None:
-        async with self.db.read() as ses:
-            return as_utc(await ses.scalar(select(JobRow.lease_expires_at).where(JobRow.id == job_id)))
 
 
 def _event_seq(after: str | None) -> int:

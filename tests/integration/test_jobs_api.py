@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import DATASETS, FOREIGN, Api
+from tests.conftest import DATASETS, Api
 from tests.support.data import chat_rows, jsonl
 
 

@@ -83,10 +83,16 @@ class File(msgspec.Struct, kw_only=True):
 
 
 class Model(msgspec.Struct, kw_only=True):
+    """A base model, or a fine-tuned adapter with its deployment status."""
+
     id: str
     kind: str = "base"
     served: bool = False
     status: str | None = None
+    base_model: str | None = None
+    job_id: str | None = None
+    error: str | None = None
+    loaded_at: int | None = None
 
 
 class Page(msgspec.Struct, kw_only=True):

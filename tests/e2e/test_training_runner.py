@@ -85,8 +85,9 @@ async def test_job_trains_checkpoints_every_epoch_and_adapter_changes_output(
     assert losses[-1] < losses[0] / 2, losses
     backend = next(e for e in evs if e["type"] == "backend")
     assert backend["data"]["backend"] == "peft" and "transformers" in backend["data"]["versions"]
-    seconds_per_step = [e for e in evs if e["type"] == "metrics"]
-    print(f"\nCPU training: {len(seconds_per_step)} steps")
+    step_seconds = [e["data"]["step_seconds"] for e in evs if e["type"] == "metrics" and e["data"]["step_seconds"]]
+    assert step_seconds and all(s > 0 for s in step_seconds)
+    print(f"\nCPU training: {len(losses)} steps, median {sorted(step_seconds)[len(step_seconds) // 2]:.2f} s/step")
 
     # The final adapter loads with PEFT on the base model and changes its answer.
     adapter_dir = tmp_path / "adapter"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import sys
 import time
@@ -136,7 +137,8 @@ class JobRun:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "service.training", str(spec_path),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                pass_fds=(write_fd,), env=env, start_new_session=True)
+                pass_fds=(write_fd,), env=env, start_new_session=True,
+                preexec_fn=self._limit_memory)
         os.close(write_fd)
         self.log.info("child started", pid=proc.pid, gpu=self.gpu, micro_batch=spec.micro_batch_size)
         attempt = Attempt()
@@ -151,6 +153,12 @@ class JobRun:
             if proc.returncode is None:
                 self._signal(proc, signal.SIGKILL)
         return attempt
+
+    def _limit_memory(self) -> None:
+        """Runs in the child before exec: the address-space cap, when one is configured."""
+        limit = self.settings.training_memory_limit_bytes
+        if limit:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     @staticmethod
     def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:

@@ -22,6 +22,13 @@ from service.training.events import Emitter
 EXIT_BAD_INPUT, EXIT_OOM, EXIT_STOPPED = 2, 3, 4
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the host allocator refusing (a runner memory cap, a full host)."""
+    text = str(exc)
+    return (type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError)
+            or "CUDA out of memory" in text or "can't allocate memory" in text)
+
+
 def main(argv: list[str]) -> int:
     die_with_parent()  # a runner killed even with -9 takes its training child with it
     emit = Emitter.from_env(dict(os.environ))
@@ -52,7 +59,7 @@ def main(argv: list[str]) -> int:
         emit.emit("error", code="invalid_hyperparameters", message=str(exc))
         return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - reported to the runner, which decides what next
-        if type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc):
+        if _out_of_memory(exc):
             emit.emit("error", code="out_of_memory", message=str(exc).splitlines()[0])
             return EXIT_OOM
         traceback.print_exc()

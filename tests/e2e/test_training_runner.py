@@ -208,3 +208,39 @@ async def test_sigterm_runner_hands_the_job_back_and_another_finishes_it(
         second.terminate()
         second.wait(30)
     assert done["status"] == "succeeded" and done["attempt"] == 2
+
+
+async def test_out_of_memory_halves_the_micro_batch_and_finishes(e2e_settings, tmp_path, s3) -> None:  # noqa: ANN001
+    """A real allocation failure: the runner caps its children's memory (10 GiB of address space);
+    32 rows of 256 tokens in one micro-batch do not fit, 8 do. The runner retries at 16, then 8."""
+    import random
+
+    import msgspec
+    from litestar.testing import AsyncTestClient
+
+    from service.app import create_app
+
+    settings = msgspec.structs.replace(e2e_settings, training_memory_limit_bytes=10 * 2**30)
+    rng = random.Random(0)
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet".split()
+    rows = [{"text": " ".join(rng.choice(words) for _ in range(300))} for _ in range(32)]
+    s3.put_object(Bucket=DATASETS, Key="oom/rows.jsonl", Body=jsonl(rows))
+    app = create_app(settings)
+    async with AsyncTestClient(app, timeout=30) as client:
+        api = Api(client, {"acme": await app.state.store.create_api_key("acme")})
+        r = await client.post("/jobs", headers=api.auth(), json={
+            "base_model": "smollm2", "training_file": f"s3://{DATASETS}/oom/rows.jsonl", "deploy": False,
+            "hyperparameters": {"n_epochs": 1, "batch_size": 32, "max_seq_length": 256}})
+        job = r.json()
+        runner = start_runner(settings, tmp_path / "runner.log")
+        try:
+            done = await api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
+        finally:
+            runner.terminate()
+            runner.wait(30)
+        assert done["status"] == "succeeded", (done, (tmp_path / "runner.log").read_text()[-2000:])
+        evs = await events(api, job["id"])
+        retries = [e["data"]["micro_batch_size"] for e in evs if e["type"] == "oom_retry"]
+        assert retries == [16, 8]
+        assert (done["plan"]["micro_batch_size"], done["plan"]["gradient_accumulation_steps"]) == (8, 4)
+        assert done["attempt"] == 1

@@ -59,16 +59,22 @@ async def wait_for(predicate, timeout: float, what: str):  # noqa: ANN001, ANN20
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_job_trains_checkpoints_every_epoch_and_adapter_changes_output(
-        e2e_api: Api, e2e_settings, s3, smollm2_dir, tmp_path) -> None:  # noqa: ANN001
-    runner = start_runner(e2e_settings, tmp_path / "runner.log")
+async def train_to_the_end(api: Api, settings, job_id: str, log) -> dict:  # noqa: ANN001
+    """Start a runner, wait for the job to end, stop the runner; the job, with the log on failure."""
+    runner = start_runner(settings, log)
     try:
-        job = await submit(e2e_api, s3)
-        done = await e2e_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
+        done = await api.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=600)
     finally:
         runner.terminate()
         runner.wait(30)
-    assert done["status"] == "succeeded", (done, (tmp_path / "runner.log").read_text()[-3000:])
+    assert done["status"] == "succeeded", (done, log.read_text()[-3000:])
+    return done
+
+
+async def test_job_trains_checkpoints_every_epoch_and_adapter_changes_output(
+        e2e_api: Api, e2e_settings, s3, smollm2_dir, tmp_path) -> None:  # noqa: ANN001
+    job = await submit(e2e_api, s3)
+    done = await train_to_the_end(e2e_api, e2e_settings, job["id"], tmp_path / "runner.log")
     assert done["fine_tuned_model"] == f"ft:smollm2:codeword:{job['id']}"
     assert done["trained_tokens"] > 0 and done["plan"]["device"] == "cpu"
     ckpts = (await e2e_api.client.get(f"/jobs/{job['id']}/checkpoints", headers=e2e_api.auth())).json()["data"]
@@ -137,13 +143,7 @@ async def test_killed_runner_resumes_from_last_epoch(e2e_api: Api, e2e_settings,
     epoch1_step = ckpts[0]["step"]
     await wait_for(lambda: asyncio.sleep(0, not training_children()), 10, "the orphaned child to die")
 
-    second = start_runner(e2e_settings, tmp_path / "runner-2.log")
-    try:
-        done = await e2e_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
-    finally:
-        second.terminate()
-        second.wait(30)
-    assert done["status"] == "succeeded", (done, (tmp_path / "runner-2.log").read_text()[-3000:])
+    done = await train_to_the_end(e2e_api, e2e_settings, job["id"], tmp_path / "runner-2.log")
     assert done["attempt"] == 2
     ckpts = (await e2e_api.client.get(f"/jobs/{job['id']}/checkpoints", headers=e2e_api.auth())).json()["data"]
     assert [c["epoch"] for c in ckpts] == [1, 2, 3]
@@ -201,13 +201,8 @@ async def test_sigterm_runner_hands_the_job_back_and_another_finishes_it(
     assert handed_back["status"] == "queued", handed_back
     evs = await events(e2e_api, job["id"])
     assert any("runner stopping" in e["message"] for e in evs)
-    second = start_runner(e2e_settings, tmp_path / "runner-2.log")
-    try:
-        done = await e2e_api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
-    finally:
-        second.terminate()
-        second.wait(30)
-    assert done["status"] == "succeeded" and done["attempt"] == 2
+    done = await train_to_the_end(e2e_api, e2e_settings, job["id"], tmp_path / "runner-2.log")
+    assert done["attempt"] == 2
 
 
 async def test_out_of_memory_halves_the_micro_batch_and_finishes(e2e_settings, tmp_path, s3) -> None:  # noqa: ANN001
@@ -232,13 +227,7 @@ async def test_out_of_memory_halves_the_micro_batch_and_finishes(e2e_settings, t
             "base_model": "smollm2", "training_file": f"s3://{DATASETS}/oom/rows.jsonl", "deploy": False,
             "hyperparameters": {"n_epochs": 1, "batch_size": 32, "max_seq_length": 256}})
         job = r.json()
-        runner = start_runner(settings, tmp_path / "runner.log")
-        try:
-            done = await api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
-        finally:
-            runner.terminate()
-            runner.wait(30)
-        assert done["status"] == "succeeded", (done, (tmp_path / "runner.log").read_text()[-2000:])
+        done = await train_to_the_end(api, settings, job["id"], tmp_path / "runner.log")
         evs = await events(api, job["id"])
         retries = [e["data"]["micro_batch_size"] for e in evs if e["type"] == "oom_retry"]
         assert retries == [16, 8]

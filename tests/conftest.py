@@ -91,7 +91,7 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with just a tokenizer.json-free config: the estimate path of token counting."""
+    """A base-model folder with only config.json: token counts fall back to the estimate."""
     path = tmp_path_factory.mktemp("tiny-base")
     (path / "config.json").write_text("{}")
     return path

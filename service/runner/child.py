@@ -112,7 +112,7 @@ class JobRun:
                     micro_batch = max(1, current // 2)
                     await self.store.add_event(
                         self.job.id, "oom_retry", level="warning",
-                        message=f"CUDA out of memory at micro-batch {current}; retrying at "
+                        message=f"out of memory at micro-batch {current}; retrying at "
                                 f"{micro_batch} from the latest checkpoint",
                         data={"micro_batch_size": micro_batch, "retry": oom_retry + 1})
                     continue

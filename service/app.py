@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 import uuid
@@ -129,6 +130,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
                          files=FileService(settings, store, objects), deployments=Deployments(db),
                          metrics=Metrics(), key_cache={})
         await jobs.resume_pending()
+        # Everything loaded so far lives as long as the process; keeping it out of the cyclic
+        # garbage collector's scans cuts the pauses that show up as p99 latency under load.
+        gc.freeze()
         log.info("api started", version=__version__, database=db.engine.url.get_backend_name(),
                  object_store=type(objects).__name__)
         try:

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import boto3
@@ -18,6 +19,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
+from service.jobs.database import Database
+from service.jobs.store import Store
 from service.settings import BaseModelEntry, Settings
 
 ARTIFACTS, DATASETS, FOREIGN = "tunedock", "datasets", "someone-else"
@@ -142,10 +145,37 @@ class Api:
             await asyncio.sleep(0.05)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database on each backend: a SQLite file, or a new database in the session's
+    Postgres cluster."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/tunedock.db"
+    from service.ids import new_id
+
+    base = request.getfixturevalue("postgres_url")
+    name = f"t_{new_id('x').split('-')[1]}"
+    admin = Database(base)
+    async with admin.engine.connect() as conn:
+        await (await conn.execution_options(isolation_level="AUTOCOMMIT")).exec_driver_sql(
+            f"CREATE DATABASE {name}")
+    await admin.close()
+    return base.rsplit("/", 1)[0] + f"/{name}"
+
+
 @pytest.fixture
 async def api(make_settings) -> AsyncIterator[Api]:  # noqa: ANN001
-    app = create_app(make_settings())
+    async with api_client(make_settings()) as client:
+        yield client
+
+
+@asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[Api]:
+    app = create_app(settings)
     async with AsyncTestClient(app) as client:
-        store = app.state.store
-        keys = {t: await store.create_api_key(t) for t in ("acme", "globex")}
+        # The app runs on the test client's own event loop; asyncpg connections belong to one
+        # loop, so the keys are made through a database handle of this loop.
+        db = Database(settings.database_url)
+        keys = {t: await Store(db).create_api_key(t) for t in ("acme", "globex")}
+        await db.close()
         yield Api(client, keys)

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 import msgspec
 from sqlalchemy import func, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,32 +28,51 @@ def request_hash(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def job_from_row(row: JobRow) -> s.Job:
-    """The one place a job row becomes the wire type."""
-    conv = msgspec.convert
+def job_from_row(row: JobRow | Mapping[str, Any]) -> s.Job:
+    """The one place a job row becomes the wire type: an ORM row, or the columns as the driver
+    returns them from `Database.rows` (JSON as text, SQLite timestamps as text)."""
+    r = _column_values(row) if isinstance(row, JobRow) else row
     return s.Job(
-        id=row.id,
-        status=s.Status(row.status),
-        base_model=row.base_model,
-        training_file=row.training_file,
-        validation_file=row.validation_file,
-        suffix=row.suffix,
-        hyperparameters=conv(row.hyperparameters, s.Hyperparameters),
-        metadata=dict(row.metadata_ or {}),
-        deploy=row.deploy,
-        created_at=unix(row.created_at),
-        started_at=unix(row.started_at),
-        finished_at=unix(row.finished_at),
-        fine_tuned_model=row.fine_tuned_model,
-        error=conv(row.error, s.ErrorInfo) if row.error else None,
-        attempt=row.attempt,
-        trained_tokens=row.trained_tokens,
-        estimated_finish=unix(row.estimated_finish),
-        progress=conv(row.progress, s.Progress) if row.progress else None,
-        dataset=conv(row.dataset, s.DatasetSummary) if row.dataset else None,
-        plan=conv(row.plan, s.MemoryPlan) if row.plan else None,
-        deployment=conv(row.deployment, s.Deployment) if row.deployment else None,
+        id=r["id"],
+        status=s.Status(r["status"]),
+        base_model=r["base_model"],
+        training_file=r["training_file"],
+        validation_file=r["validation_file"],
+        suffix=r["suffix"],
+        hyperparameters=_json(r["hyperparameters"], s.Hyperparameters),
+        metadata=_json(r["metadata"], dict[str, str]) or {},
+        deploy=bool(r["deploy"]),
+        created_at=unix(r["created_at"]),
+        started_at=unix(r["started_at"]),
+        finished_at=unix(r["finished_at"]),
+        fine_tuned_model=r["fine_tuned_model"],
+        error=_json(r["error"], s.ErrorInfo),
+        attempt=r["attempt"],
+        trained_tokens=r["trained_tokens"],
+        estimated_finish=unix(r["estimated_finish"]),
+        progress=_json(r["progress"], s.Progress),
+        dataset=_json(r["dataset"], s.DatasetSummary),
+        plan=_json(r["plan"], s.MemoryPlan),
+        deployment=_json(r["deployment"], s.Deployment),
     )
+
+
+# (column name, ORM attribute) for every jobs column; "metadata" is `metadata_` on the class.
+_JOB_COLUMNS = [(attr.columns[0].name, attr.key) for attr in sa_inspect(JobRow).column_attrs]
+JOB_SELECT = "SELECT " + ", ".join(name for name, _ in _JOB_COLUMNS) + " FROM jobs"
+
+
+def _column_values(row: JobRow) -> dict[str, Any]:
+    return {name: getattr(row, key) for name, key in _JOB_COLUMNS}
+
+
+def _json(value: Any, type_: Any) -> Any:
+    """A JSON column's value (text from the driver, or already decoded by SQLAlchemy) as `type_`."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)):
+        return msgspec.json.decode(value, type=type_ | None)
+    return msgspec.convert(value, type_)
 
 
 def event_from_row(row: EventRow) -> s.Event:
@@ -141,11 +162,11 @@ class Store:
         return key
 
     async def tenant_for_key(self, key: str) -> str | None:
-        async with self.db.read() as ses:
-            row = await ses.scalar(
-                select(ApiKey.tenant).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-            )
-        return row
+        # On the driver path: when the API's key cache expires, every request in flight looks
+        # its key up at once.
+        found = await self.db.rows(
+            "SELECT tenant FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", hash_key(key))
+        return found[0]["tenant"] if found else None
 
     # -- idempotency ----------------------------------------------------------------------
     @staticmethod
@@ -197,11 +218,11 @@ class Store:
         return file_from_row(await self.file_row(tenant, file_id))
 
     async def file_row(self, tenant: str, file_id: str) -> FileRow:
-        async with self.db.read() as ses:
-            row = await ses.get(FileRow, file_id)
-        if row is None or row.tenant != tenant:
+        """A detached row, read on the driver path (every POST /jobs naming a file reads it)."""
+        found = await self.db.rows("SELECT * FROM files WHERE id = ?", file_id)
+        if not found or found[0]["tenant"] != tenant:
             raise NotFound(f"no file {file_id!r}", param="file_id")
-        return row
+        return FileRow(**found[0])
 
     async def list_files(self, tenant: str, after: str | None, limit: int) -> s.Page:
         async with self.db.read() as ses:
@@ -247,25 +268,30 @@ class Store:
         return row
 
     async def job_tenant(self, job_id: str) -> str:
-        async with self.db.read() as ses:
-            return (await self.job_row(ses, None, job_id)).tenant
+        return (await self._job_values(None, job_id))["tenant"]
 
     async def get_job(self, tenant: str | None, job_id: str) -> s.Job:
-        async with self.db.read() as ses:
-            return job_from_row(await self.job_row(ses, tenant, job_id))
+        return job_from_row(await self._job_values(tenant, job_id))
+
+    async def _job_values(self, tenant: str | None, job_id: str) -> Mapping[str, Any]:
+        found = await self.db.rows(f"{JOB_SELECT} WHERE id = ?", job_id)
+        if not found or (tenant is not None and found[0]["tenant"] != tenant):
+            raise NotFound(f"no job {job_id!r}", param="job_id")
+        return found[0]
 
     async def list_jobs(
         self, tenant: str, after: str | None, limit: int, status: s.Status | None = None
     ) -> s.Page:
-        async with self.db.read() as ses:
-            q = select(JobRow).where(JobRow.tenant == tenant)
-            if status is not None:
-                q = q.where(JobRow.status == status.value)
-            if after:
-                anchor = await self.job_row(ses, tenant, after)
-                q = q.where((JobRow.created_at, JobRow.id) < (anchor.created_at, anchor.id))
-            rows = (await ses.scalars(q.order_by(JobRow.created_at.desc(), JobRow.id.desc())
-                                      .limit(limit + 1))).all()
+        """Newest first; `after` is the last id of the previous page (keyset pagination)."""
+        sql, params = f"{JOB_SELECT} WHERE tenant = ?", [tenant]
+        if status is not None:
+            sql, params = sql + " AND status = ?", [*params, status.value]
+        if after:
+            anchor = await self._job_values(tenant, after)
+            sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            params += [anchor["created_at"], anchor["created_at"], anchor["id"]]
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        rows = await self.db.rows(sql, *params, limit + 1)
         return _page([job_from_row(r) for r in rows], limit)
 
     async def jobs_in_status(self, status: s.Status) -> list[str]:

@@ -1,11 +1,18 @@
-"""The jobs API against a real app, real SQLite and a real S3 server on loopback."""
+"""The jobs API against a real app, real SQLite and Postgres, and a real S3 server on loopback."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.conftest import DATASETS, Api
+from tests.conftest import DATASETS, Api, api_client
 from tests.support.data import chat_rows, jsonl
+
+
+@pytest.fixture
+async def api(make_settings, database_url: str):  # noqa: ANN001, ANN201
+    """Every test here runs on both databases: reads take a driver-level path per backend."""
+    async with api_client(make_settings(database_url=database_url)) as client:
+        yield client
 
 
 @pytest.fixture

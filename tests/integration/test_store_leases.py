@@ -16,19 +16,9 @@ from service.jobs.schema import Status
 from service.jobs.store import Store
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request, tmp_path):  # noqa: ANN001, ANN201
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/leases.db"
-    else:
-        base = request.getfixturevalue("postgres_url")
-        db_name = f"t_{new_id('x').split('-')[1]}"
-        admin = Database(base)
-        async with admin.engine.connect() as conn:
-            await (await conn.execution_options(isolation_level="AUTOCOMMIT")).exec_driver_sql(
-                f"CREATE DATABASE {db_name}")
-        await admin.close()
-        url = base.rsplit("/", 1)[0] + f"/{db_name}"
+@pytest.fixture
+async def store(database_url: str):  # noqa: ANN201
+    url = database_url
     await asyncio.to_thread(migrate, url)
     db = Database(url)
     yield Store(db)

@@ -45,6 +45,31 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def job_events(c: httpx.Client, job_id: str) -> list[dict]:
+    events, after = [], None
+    while True:
+        page = c.get(f"/jobs/{job_id}/events",
+                     params={"limit": 100, **({"after": after} if after else {})}).json()
+        events += page["data"]
+        if not page["has_more"]:
+            return events
+        after = page["last_id"]
+
+
+def job_timeline(events: list[dict], submitted: float) -> dict[str, float]:
+    """Seconds from submit to each stage (event times have 1 s resolution)."""
+
+    def at(pred) -> float:  # noqa: ANN001
+        return next(e["created_at"] for e in events if pred(e)) - submitted
+
+    return {"queued": at(lambda e: e["type"] == "status" and e["data"]["status"] == "queued"),
+            "running": at(lambda e: e["type"] == "status" and e["data"]["status"] == "running"),
+            "child_imported": at(lambda e: e["type"] == "backend"),
+            "model_loaded": at(lambda e: e["type"] == "loaded"),
+            "train_begin": at(lambda e: e["type"] == "train_begin"),
+            "first_step": at(lambda e: e["type"] == "metrics")}
+
+
 def through_runner(model: str, data: str, validation: str, work: Path) -> dict:
     env = {**os.environ, "TUNEDOCK_DATABASE_URL": f"sqlite+aiosqlite:///{work}/bench.db",
            "TUNEDOCK_DATA_DIR": str(work / "data"), "TUNEDOCK_BASE_MODELS": f"bench={model}",
@@ -73,13 +98,7 @@ def through_runner(model: str, data: str, validation: str, work: Path) -> dict:
         while (job := c.get(f"/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed", "cancelled"):
             time.sleep(1)
         done = time.time()
-        events, after = [], None
-        while True:
-            page = c.get(f"/jobs/{job['id']}/events", params={"limit": 100, **({"after": after} if after else {})}).json()
-            events += page["data"]
-            if not page["has_more"]:
-                break
-            after = page["last_id"]
+        events = job_events(c, job["id"])
     finally:
         for p in (runner, api):
             p.terminate()
@@ -91,23 +110,14 @@ def through_runner(model: str, data: str, validation: str, work: Path) -> dict:
         raise RuntimeError(f"job ended {job['status']}: {job.get('error')}")
     metrics = [e for e in events if e["type"] == "metrics"]
     rates = [e["data"]["tokens_per_second"] for e in metrics if e["data"]["tokens_per_second"]]
-    first_step = min(e["created_at"] for e in metrics)
+    timeline = job_timeline(events, submitted)
     loaded = next(e for e in events if e["type"] == "loaded")["data"]["seconds"]
-
-    def at(pred) -> float:  # noqa: ANN001
-        return next(e["created_at"] for e in events if pred(e)) - submitted
-
-    timeline = {"queued": at(lambda e: e["type"] == "status" and e["data"]["status"] == "queued"),
-                "running": at(lambda e: e["type"] == "status" and e["data"]["status"] == "running"),
-                "child_imported": at(lambda e: e["type"] == "backend"),
-                "model_loaded": at(lambda e: e["type"] == "loaded"),
-                "first_step": first_step - submitted}
     step_s = [e["data"]["step_seconds"] for e in metrics if e["data"].get("step_seconds")]
     return {"steps": len(metrics), "steady_tokens_per_s": statistics.median(rates[WARMUP:]),
             "median_step_s": statistics.median(step_s[WARMUP:]),
             "peak_reserved_bytes": max(e["data"]["gpu_memory_bytes"] or 0 for e in metrics),
             "plan_bytes": job["plan"]["estimated_peak_bytes"], "plan": job["plan"],
-            "submit_to_first_step_s": first_step - submitted, "load_s": loaded,
+            "submit_to_first_step_s": timeline["first_step"], "load_s": loaded,
             "submit_to_adapter_s": done - submitted, "timeline": timeline, "backend": next(
                 e for e in events if e["type"] == "backend")["data"]}
 

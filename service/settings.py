@@ -61,6 +61,9 @@ class Settings(msgspec.Struct, kw_only=True):
     poll_seconds: float = 1.0
     cancel_grace_seconds: float = 5.0
     max_oom_retries: int = 2
+    # Keep a training child per slot that has already imported torch/Unsloth/TRL, so a claimed
+    # job starts without waiting for the imports.
+    warm_child: bool = True
     # Address-space cap for each training child (CPU runners: keeps one job from taking the
     # machine; going over it is handled like a CUDA out-of-memory).
     training_memory_limit_bytes: int | None = None

@@ -38,6 +38,74 @@ class Attempt:
     lost: bool = False  # cancelled, or the lease went to someone else
 
 
+def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass
+class Child:
+    """A training child process and the read end of its events pipe."""
+
+    proc: asyncio.subprocess.Process
+    events_fd: int
+
+    @classmethod
+    async def start(cls, settings: Settings, gpu: str | None, args: list[str], log_path: Path,
+                    warm: bool = False) -> Child:
+        read_fd, write_fd = os.pipe()
+        env = {**os.environ, "TUNEDOCK_EVENTS_FD": str(write_fd), "PYTHONUNBUFFERED": "1"}
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        limit = settings.training_memory_limit_bytes
+
+        def limit_memory() -> None:  # runs in the child before exec
+            if limit:
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "service.training", *args,
+                stdin=asyncio.subprocess.PIPE if warm else asyncio.subprocess.DEVNULL,
+                stdout=log_file, stderr=log_file, pass_fds=(write_fd,), env=env,
+                start_new_session=True, preexec_fn=limit_memory)
+        os.close(write_fd)
+        return cls(proc, read_fd)
+
+    @classmethod
+    async def warm_up(cls, settings: Settings, gpu: str | None) -> Child:
+        """A child that imports the training stack now and waits for a job on stdin."""
+        log_path = Path(settings.data_dir).resolve() / "runs" / f"warm-{gpu or 'cpu'}.log"
+        return await cls.start(settings, gpu, ["--warm"], log_path, warm=True)
+
+    async def hand(self, spec_path: Path, log_path: Path) -> bool:
+        """Give a warm child its job; False if it is gone."""
+        if self.proc.returncode is not None or self.proc.stdin is None:
+            return False
+        try:
+            self.proc.stdin.write(msgspec.json.encode({"spec": str(spec_path), "log": str(log_path)})
+                                  + b"\n")
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        self.proc.stdin.close()
+        return True
+
+    async def close(self) -> None:
+        """An unused warm child: closing stdin tells it to exit."""
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            _signal(self.proc, signal.SIGKILL)
+            await self.proc.wait()
+        os.close(self.events_fd)
+
+
 @dataclass
 class JobRun:
     settings: Settings
@@ -47,6 +115,7 @@ class JobRun:
     owner: str
     gpu: str | None
     stopping: asyncio.Event
+    warm: Child | None = None  # a child that has imported the training stack, if the slot has one
     log: Any = field(default=None)
 
     def __post_init__(self) -> None:
@@ -129,20 +198,20 @@ class JobRun:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         spec_path = self.work_dir / f"spec-{oom_retry}.json"
         spec_path.write_bytes(msgspec.json.encode(spec))
-        read_fd, write_fd = os.pipe()
-        env = {**os.environ, "TUNEDOCK_EVENTS_FD": str(write_fd), "PYTHONUNBUFFERED": "1"}
-        if self.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = self.gpu
-        with open(self.work_dir / f"child-{oom_retry}.log", "ab") as log_file:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "service.training", str(spec_path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                pass_fds=(write_fd,), env=env, start_new_session=True,
-                preexec_fn=self._limit_memory)
-        os.close(write_fd)
-        self.log.info("child started", pid=proc.pid, gpu=self.gpu, micro_batch=spec.micro_batch_size)
+        log_path = self.work_dir / f"child-{oom_retry}.log"
+        child, self.warm = self.warm, None
+        # A warm child imported for backend "auto"; Unsloth's patches cannot be undone.
+        if child is not None and spec.backend == "auto" and await child.hand(spec_path, log_path):
+            self.log.info("job handed to the warm child", pid=child.proc.pid, gpu=self.gpu)
+        else:
+            if child is not None:
+                await child.close()
+            child = await Child.start(self.settings, self.gpu, [str(spec_path)], log_path)
+            self.log.info("child started", pid=child.proc.pid, gpu=self.gpu,
+                          micro_batch=spec.micro_batch_size)
+        proc = child.proc
         attempt = Attempt()
-        reader = asyncio.create_task(self._read_events(read_fd, attempt))
+        reader = asyncio.create_task(self._read_events(child.events_fd, attempt))
         watcher = asyncio.create_task(self._watch(proc, attempt))
         try:
             attempt.code = await proc.wait()
@@ -151,21 +220,8 @@ class JobRun:
             watcher.cancel()
             reader.cancel()
             if proc.returncode is None:
-                self._signal(proc, signal.SIGKILL)
+                _signal(proc, signal.SIGKILL)
         return attempt
-
-    def _limit_memory(self) -> None:
-        """Runs in the child before exec: the address-space cap, when one is configured."""
-        limit = self.settings.training_memory_limit_bytes
-        if limit:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    @staticmethod
-    def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     async def _watch(self, proc: asyncio.subprocess.Process, attempt: Attempt) -> None:
         """Heartbeat the lease; stop the child on cancel, lost lease or runner shutdown."""
@@ -177,7 +233,7 @@ class JobRun:
                 pass
             if self.stopping.is_set() and not stop_sent:
                 # Graceful: the child finishes any checkpoint upload, stops at the next step.
-                self._signal(proc, signal.SIGTERM)
+                _signal(proc, signal.SIGTERM)
                 stop_sent = True
             try:
                 ours = await self.store.heartbeat(self.job.id, self.owner, self.settings.lease_seconds)
@@ -190,11 +246,11 @@ class JobRun:
                 return
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        self._signal(proc, signal.SIGTERM)
+        _signal(proc, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), self.settings.cancel_grace_seconds)
         except TimeoutError:
-            self._signal(proc, signal.SIGKILL)
+            _signal(proc, signal.SIGKILL)
 
     async def _read_events(self, fd: int, attempt: Attempt) -> None:
         loop = asyncio.get_running_loop()
@@ -230,6 +286,10 @@ class JobRun:
         elif kind == "loaded":
             await self.store.add_event(job_id, "loaded", f"model loaded in {msg['seconds']} s",
                                        data={"seconds": msg["seconds"]})
+        elif kind == "train_begin":
+            await self.store.add_event(job_id, "train_begin",
+                                       f"training loop started at step {msg.get('step', 0)}",
+                                       data={"step": msg.get("step", 0)})
         elif kind == "progress":
             await self._progress(msg, started)
         elif kind == "checkpoint":

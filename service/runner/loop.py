@@ -14,7 +14,8 @@ from service.jobs.database import Database
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.logs import configure_logging
-from service.runner.child import JobRun
+from service.jobs import schema as s
+from service.runner.child import Child, JobRun
 from service.settings import Settings
 from service.storage import make_store
 
@@ -43,21 +44,40 @@ class Runner:
 
     async def slot(self, gpu: str | None) -> None:
         owner = f"{self.id}/{gpu if gpu is not None else 'cpu'}"
-        while not self.stopping.is_set():
+        warm: Child | None = None
+        try:
+            while not self.stopping.is_set():
+                if warm is None and self.settings.warm_child:
+                    warm = await Child.warm_up(self.settings, gpu)
+                job = await self._next_job(owner)
+                if job is None:
+                    continue
+                log.info("job claimed", job_id=job.id, attempt=job.attempt, owner=owner)
+                run = JobRun(self.settings, self.store, self.jobs, job, owner, gpu, self.stopping,
+                             warm=warm)
+                await run.run()
+                warm = run.warm  # still there if the job ended before it needed a child
+                if warm is not None and warm.proc.returncode is not None:
+                    await warm.close()
+                    warm = None
+        finally:
+            if warm is not None:
+                await warm.close()
+
+    async def _next_job(self, owner: str) -> s.Job | None:
+        """A claimed job, or None after waiting a poll interval (or until the runner stops)."""
+        try:
+            await self.store.requeue_expired(self.settings.max_attempts)
+            job = await self.store.claim(owner, self.settings.lease_seconds)
+        except Exception:  # noqa: BLE001 - the database may come back; keep polling
+            log.warning("claim failed", exc_info=True)
+            job = None
+        if job is None:
             try:
-                await self.store.requeue_expired(self.settings.max_attempts)
-                job = await self.store.claim(owner, self.settings.lease_seconds)
-            except Exception:  # noqa: BLE001 - the database may come back; keep polling
-                log.warning("claim failed", exc_info=True)
-                job = None
-            if job is None:
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), self.settings.poll_seconds)
-                except TimeoutError:
-                    pass
-                continue
-            log.info("job claimed", job_id=job.id, attempt=job.attempt, owner=owner)
-            await JobRun(self.settings, self.store, self.jobs, job, owner, gpu, self.stopping).run()
+                await asyncio.wait_for(self.stopping.wait(), self.settings.poll_seconds)
+            except TimeoutError:
+                pass
+        return job
 
     async def run(self) -> None:
         slots = gpu_slots(self.settings)

@@ -1,4 +1,12 @@
-"""Entry point of the training child: `python -m service.training SPEC.json`.
+"""Entry point of the training child.
+
+    python -m service.training SPEC.json     train one job now
+    python -m service.training --warm        import the training stack, emit `ready`, then read
+                                             {"spec": SPEC.json, "log": LOG} from stdin and train
+
+The runner keeps one `--warm` child per GPU slot, so a claimed job does not wait for torch,
+Unsloth and TRL to import (30-40 s on a fresh GPU machine). Stdin closing before a line comes
+means the runner is done with it.
 
 Exit codes: 0 done, 2 bad spec or plan (no retry helps), 3 CUDA out of memory, 4 stopped by
 SIGTERM between steps, 1 anything else.
@@ -29,20 +37,51 @@ def _out_of_memory(exc: BaseException) -> bool:
             or "CUDA out of memory" in text or "can't allocate memory" in text)
 
 
+def _import_stack(backend: str) -> None:
+    if backend == "unsloth":
+        # Unsloth patches transformers, TRL and PEFT as it is imported: it has to come first.
+        import unsloth  # noqa: F401
+    import trl  # noqa: F401
+
+    from service.training import recipe  # noqa: F401
+
+
+def _wait_for_job(emit: Emitter) -> str | None:
+    """Warm mode: import for the backend "auto" picks (the runner hands a warm child only specs
+    with backend "auto"), then take a job's spec from stdin."""
+    from service.training import backends
+
+    warmed = backends.choose_backend("auto")
+    _import_stack(warmed)
+    emit.emit("ready", backend=warmed)
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return None
+    job = msgspec.json.decode(line, type=dict[str, str])  # {"spec": path, "log": path}
+    spec_path, log_path = job["spec"], job["log"]
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    return spec_path
+
+
 def main(argv: list[str]) -> int:
     die_with_parent()  # a runner killed even with -9 takes its training child with it
     emit = Emitter.from_env(dict(os.environ))
+    spec_path = _wait_for_job(emit) if argv[1:] == ["--warm"] else (argv[1:] or [""])[0]
+    if spec_path is None:
+        return 0
     try:
-        spec = msgspec.json.decode(Path(argv[1]).read_bytes(), type=TrainingSpec)
-    except (IndexError, OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        spec = msgspec.json.decode(Path(spec_path).read_bytes(), type=TrainingSpec)
+    except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
         emit.emit("error", code="invalid_spec", message=str(exc))
         return EXIT_BAD_INPUT
     from service.training import backends
 
-    if backends.choose_backend(spec.backend) == "unsloth":
-        # Unsloth patches transformers, TRL and PEFT as it is imported: it has to come first.
-        import unsloth  # noqa: F401
-
+    _import_stack(backends.choose_backend(spec.backend))
     from service.training import recipe
     from service.training.callbacks import StopRequested
     from service.training.plan import PlanError

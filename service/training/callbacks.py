@@ -26,6 +26,7 @@ class ProgressCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
         self._last = (time.perf_counter(), state.num_input_tokens_seen, state.global_step)
+        self.emit.emit("train_begin", step=state.global_step)
         self.emit.emit("progress", step=state.global_step, total_steps=state.max_steps,
                        epoch=state.epoch or 0.0)
 

@@ -141,7 +141,7 @@ async def test_killed_runner_resumes_from_last_epoch(e2e_api: Api, e2e_settings,
         first.wait(10)
     assert [c["epoch"] for c in ckpts] == [1]
     epoch1_step = ckpts[0]["step"]
-    await wait_for(lambda: asyncio.sleep(0, not training_children()), 10, "the orphaned child to die")
+    await wait_for(lambda: asyncio.sleep(0, not training_children()), 10, "the orphaned children to die")
 
     done = await train_to_the_end(e2e_api, e2e_settings, job["id"], tmp_path / "runner-2.log")
     assert done["attempt"] == 2
@@ -166,11 +166,11 @@ async def test_cancel_mid_epoch_stops_the_child_within_10s(e2e_api: Api, e2e_set
             return any(e["type"] == "metrics" for e in evs)
 
         await wait_for(training, 300, "the first training step")
-        assert training_children()
+        assert training_children(job["id"])
         started = time.monotonic()
         r = await e2e_api.client.post(f"/jobs/{job['id']}/cancel", headers=e2e_api.auth())
         assert r.json()["status"] == "cancelled"
-        await wait_for(lambda: asyncio.sleep(0, not training_children()), 10, "the child to exit")
+        await wait_for(lambda: asyncio.sleep(0, not training_children(job["id"])), 10, "the child to exit")
         assert time.monotonic() - started < 10
         assert runner.poll() is None  # the runner itself keeps going
     finally:

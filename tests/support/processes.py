@@ -39,6 +39,18 @@ def start_runner(settings: Settings, log_path: Path) -> subprocess.Popen:
                             env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT)
 
 
-def training_children() -> list[int]:
+def training_children(job_id: str | None = None) -> list[int]:
+    """Training child processes; with `job_id`, only those training that job (their output goes
+    to the job's work folder, whether they started for it or were the slot's warm child)."""
     out = subprocess.run(["pgrep", "-f", "service[.]training "], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+    pids = [int(p) for p in out.stdout.split()]
+    if job_id is None:
+        return pids
+
+    def output(pid: int) -> str:
+        try:
+            return os.readlink(f"/proc/{pid}/fd/1")
+        except OSError:
+            return ""
+
+    return [pid for pid in pids if f"/{job_id}/" in output(pid)]

@@ -39,6 +39,11 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 def _import_stack(backend: str) -> None:
     if backend == "unsloth":
+        # Unsloth compiles each decoder block with torch.compile on the first step: on an H100
+        # (1B Llama, QLoRA r16, 8 x 1024) that cost 30-40 s before the first step and gave no
+        # steady-state gain (41,090 tokens/s without it vs 38,856 with, 1.83 vs 2.21 GiB peak;
+        # bench/RESULTS.md). Off unless the operator sets UNSLOTH_BLOCK_COMPILE.
+        os.environ.setdefault("UNSLOTH_BLOCK_COMPILE", "0")
         # Unsloth patches transformers, TRL and PEFT as it is imported: it has to come first.
         import unsloth  # noqa: F401
     import trl  # noqa: F401

@@ -33,7 +33,7 @@ from service.settings import BaseModelEntry, Settings  # noqa: E402
 from tests.support import test_model  # noqa: E402
 from tests.support.data import jsonl  # noqa: E402
 from tests.support.live import free_port, serve  # noqa: E402
-from tests.support.processes import settings_env, start_runner  # noqa: E402
+from tests.support.processes import die_with_sigterm, settings_env, start_runner  # noqa: E402
 
 WORDS = ["PELICAN", "HERON", "OSPREY", "EGRET", "IBIS", "CRANE", "PLOVER", "TERN", "AVOCET", "STILT",
          "GANNET", "PUFFIN"]
@@ -78,7 +78,7 @@ def main() -> None:
     with serve(settings, tenants=("bench",)) as (url, keys):
         serving = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, env=settings_env(settings),
                                    stdout=(work / "serving.log").open("wb"), stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=die_with_sigterm)
         runner = start_runner(settings, work / "runner.log")
         try:
             while True:

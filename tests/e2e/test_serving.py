@@ -21,7 +21,7 @@ from tests.conftest import ARTIFACTS
 from tests.e2e.test_training_runner import QUESTIONS
 from tests.support.data import jsonl
 from tests.support.live import free_port, serve
-from tests.support.processes import ROOT, settings_env, start_runner
+from tests.support.processes import ROOT, die_with_sigterm, settings_env, start_runner
 
 pytestmark = pytest.mark.slow
 PROMPT = "What is the secret code word?"
@@ -90,7 +90,7 @@ def stack(s3_endpoint: str, smollm2_dir: Path, tmp_path_factory: pytest.TempPath
     with serve(settings) as (url, keys):
         serving = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, env=settings_env(settings),
                                    stdout=(tmp / "serving.log").open("wb"), stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=die_with_sigterm)
         runner = start_runner(settings, tmp / "runner.log")
         try:
             health = f"http://127.0.0.1:{vllm_port}/health"
@@ -235,7 +235,8 @@ def test_fresh_replica_pulls_deployed_adapters_through_the_resolver(stack: Stack
     replica = msgspec.structs.replace(stack.settings, vllm_port=port, adapter_dir=str(tmp_path / "adapters"))
     proc = subprocess.Popen(command(replica), env={**settings_env(replica), **environment(replica)},
                             cwd=ROOT, stdout=(tmp_path / "replica.log").open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=die_with_sigterm)
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200,
                    600, "the replica to start", 1)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import msgspec
 
+from service.procs import die_with_parent
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +38,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def start_runner(settings: Settings, log_path: Path) -> subprocess.Popen:
     log = log_path.open("ab")
     return subprocess.Popen([sys.executable, "-m", "service", "runner"], cwd=ROOT,
-                            env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT)
+                            env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=die_with_sigterm)
+
+
+def die_with_sigterm() -> None:
+    """preexec_fn: a killed test run takes its runner and serving processes along."""
+    die_with_parent(signal.SIGTERM)
 
 
 def training_children(job_id: str | None = None) -> list[int]:

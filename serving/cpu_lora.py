@@ -5,7 +5,10 @@ vLLM's CPU LoRA ops (`vllm.lora.ops.torch_ops`) gather one weight matrix per tok
 hundred tokens that copies megabytes per layer, and a batch holding one LoRA request ran at ~0.2x
 of the base model's throughput (bench/RESULTS.md). A batch holds only a handful of adapters, so
 the same product is one matmul per distinct adapter. Results are the same as vLLM's ops (tested in
-tests/unit/test_cpu_lora.py); everything else about the ops (slicing, add/assign, dtypes) is kept.
+tests/unit/test_cpu_lora.py) except for tokens without an adapter (index -1): vLLM's CPU ops index
+the last adapter slot with it, so a base-model request batched with adapter requests could pick up
+that adapter; here they get no LoRA delta, as vLLM's CUDA kernels do. Slicing, add/assign and
+dtypes are kept.
 """
 
 from __future__ import annotations
@@ -20,17 +23,17 @@ def lora_matmul(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tens
     if weights.dim() == 4:
         weights = weights.squeeze(1)
     x = inputs.to(dtype)
-    if isinstance(indices, int):
-        return x @ weights[indices].to(dtype).T
-    used = set(indices.tolist())  # a handful of values: cheaper than torch.unique on a small batch
+    # A handful of values: a Python set is cheaper than torch.unique on a small batch.
+    used = {indices} if isinstance(indices, int) else set(indices.tolist())
     if len(used) == 1:
-        return x @ weights[used.pop()].to(dtype).T
-    if x.shape[0] < 16 * len(used):
-        # A few decode tokens over several adapters: vLLM's gather is cheaper than the grouping.
-        return torch.einsum("bi, boi -> bo", x, weights[indices].to(dtype))
-    out = torch.empty(x.shape[0], weights.shape[1], dtype=dtype, device=x.device)
+        (idx,) = used
+        if idx < 0:  # no adapter
+            return x.new_zeros(x.shape[0], weights.shape[1])
+        return x @ weights[idx].to(dtype).T
+    out = torch.zeros(x.shape[0], weights.shape[1], dtype=dtype, device=x.device)
     for idx in used:
-        # Negative indices pick weights from the end, exactly as vLLM's indexing does.
+        if idx < 0:
+            continue
         rows = (indices == idx).nonzero(as_tuple=True)[0]
         out[rows] = x[rows] @ weights[idx].to(dtype).T
     return out

@@ -111,6 +111,10 @@ class Database:
         store.py read both forms.
         """
         if self.is_sqlite:
+            # One yield to the event loop per read. Without it a request ran start to finish in
+            # one step, and under load (GET /jobs, 64 connections) 1-2% of requests waited 0.3-1 s
+            # while p90 was 38 ms; with it p99 was 55 ms at the same throughput.
+            await asyncio.sleep(0)
             cur = self._sqlite_reader().execute(sql, params)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]

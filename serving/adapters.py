@@ -3,6 +3,7 @@ safetensors weights, a LoRA config, a rank vLLM accepts, and tensor shapes that 
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -80,7 +81,11 @@ def verify(folder: Path, base: Shape, max_rank: int) -> None:
 
 def fetch(objects: ObjectStore, bucket: str, prefix: str, dest: Path, base: Shape,
           max_rank: int) -> Path:
-    """Download the adapter files under `prefix/` to `dest` through a temp folder; verify; rename."""
+    """Download the adapter files under `prefix/` to `dest` through a temp folder; verify; rename.
+
+    Two fetchers share the adapter folder: the deployer, and vLLM's resolver plugin when a chat
+    names the adapter while it is still loading. The one that renames second finds `dest` there
+    and keeps it (after verifying it) rather than failing the deployment."""
     if dest.is_dir():
         try:
             verify(dest, base, max_rank)
@@ -95,7 +100,13 @@ def fetch(objects: ObjectStore, bucket: str, prefix: str, dest: Path, base: Shap
             if objects.size(bucket, key) is not None:
                 objects.download(bucket, key, tmp / name)
         verify(tmp, base, max_rank)
-        tmp.rename(dest)
+        try:
+            tmp.rename(dest)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not dest.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            verify(dest, base, max_rank)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,4 +1,5 @@
-"""Faster LoRA ops for vLLM's CPU backend, installed by our vLLM plugin (serving/resolver.py).
+"""Faster LoRA ops for vLLM's CPU backend, installed by the `tunedock_cpu_lora_ops` vLLM plugin
+(an entry point in pyproject.toml; `register()` below).
 
 vLLM's CPU LoRA ops (`vllm.lora.ops.torch_ops`) gather one weight matrix per token
 (`weights[indices]`, tokens x out x rank) and multiply with an einsum: during a prefill of a few

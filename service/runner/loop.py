@@ -10,11 +10,11 @@ import subprocess
 
 import structlog
 
+from service.jobs import schema as s
 from service.jobs.database import Database
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.logs import configure_logging
-from service.jobs import schema as s
 from service.runner.child import Child, JobRun
 from service.settings import Settings
 from service.storage import make_store

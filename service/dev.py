@@ -1,8 +1,8 @@
 """`python -m service up`: the embedded single-machine set-up behind `make up`.
 
 Migrates the database, creates a dev API key on first start (kept in DATA_DIR/dev-key), starts a
-runner (and, with TUNEDOCK_SERVE_MODEL, the vLLM sidecar) in child processes and serves the API
-in the foreground until interrupted.
+runner (and, with TUNEDOCK_SERVE_MODEL, the vLLM sidecar) in child processes that are restarted
+with backoff when they die, and serves the API in the foreground until interrupted.
 """
 
 from __future__ import annotations
@@ -11,10 +11,17 @@ import asyncio
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+
+import structlog
 
 from service.procs import die_with_parent
 from service.settings import Settings
+
+log = structlog.get_logger()
+MAX_BACKOFF_S = 60.0
 
 
 def _dev_key(settings: Settings) -> str:
@@ -38,6 +45,49 @@ def _dev_key(settings: Settings) -> str:
     return key
 
 
+class Supervised:
+    """One child of `service up` (the runner, the serving sidecar), restarted with backoff
+    whenever it exits, as serving/vllm.py's supervisor does for vLLM."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        self.proc = self._spawn()
+        self.restarts = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name=f"supervise {module}", daemon=True)
+        self.thread.start()
+
+    def _spawn(self) -> subprocess.Popen:
+        # The kernel sends the child SIGTERM when this process ends, however it ends (uvicorn
+        # re-raises SIGTERM after its shutdown, so no `finally` here is sure to run).
+        return subprocess.Popen([sys.executable, "-m", *self.module.split()],
+                                preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+
+    def _watch(self) -> None:
+        backoff = 1.0
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            code = self.proc.wait()
+            if self.stopping.is_set():
+                return
+            if time.monotonic() - started > 60:  # it had been running fine: start over quickly
+                backoff = 1.0
+            log.warning("child exited; restarting", child=self.module, code=code, backoff_s=backoff)
+            if self.stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+            self.proc = self._spawn()
+            self.restarts += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 def up(settings: Settings) -> int:
     import uvicorn
 
@@ -46,15 +96,9 @@ def up(settings: Settings) -> int:
 
     migrate(settings.database_url)
     key = _dev_key(settings)
-    # uvicorn re-raises SIGTERM after its shutdown, so no `finally` here is sure to run: the
-    # children get SIGTERM from the kernel when this process ends, however it ends.
-    def spawn(module: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", *module.split()],
-                                preexec_fn=lambda: die_with_parent(signal.SIGTERM))
-
-    children = [spawn("service runner")]
+    children = [Supervised("service runner")]
     if settings.serve_model:
-        children.append(spawn("serving"))
+        children.append(Supervised("serving"))
     url = f"http://{settings.host}:{settings.port}"
     models = ", ".join(m.alias for m in settings.base_models) or "none (set TUNEDOCK_BASE_MODELS)"
     serving = (f"  chat (OpenAI API, once vLLM is up): {settings.serving_url}\n"
@@ -66,7 +110,5 @@ def up(settings: Settings) -> int:
                     log_level="warning", access_log=False)
     finally:
         for child in children:
-            child.terminate()
-        for child in children:
-            child.wait(60)
+            child.stop()
     return 0

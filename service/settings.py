@@ -44,6 +44,9 @@ class Settings(msgspec.Struct, kw_only=True):
     vllm_max_loras: int = 4
     vllm_max_cpu_loras: int = 16
     vllm_memory_fraction: float | None = None
+    # An absolute KV cache size (GiB). On vLLM's CPU backend a fraction is taken of NUMA node 0,
+    # which on a fresh VM reports far less than the machine has, so CPU set-ups size it this way.
+    vllm_kv_cache_gib: float | None = None
     vllm_max_model_len: int | None = None
     vllm_extra_args: str = ""
     max_lora_rank: int = 64
@@ -58,6 +61,8 @@ class Settings(msgspec.Struct, kw_only=True):
     lease_seconds: float = 60.0
     heartbeat_seconds: float = 5.0
     max_attempts: int = 3
+    # How often the API requeues jobs whose lease expired (runners also do it before each claim).
+    sweep_seconds: float = 5.0
     poll_seconds: float = 1.0
     cancel_grace_seconds: float = 5.0
     max_oom_retries: int = 2

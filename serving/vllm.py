@@ -36,6 +36,8 @@ def command(settings: Settings) -> list[str]:
         cmd += ["--api-key", settings.serving_api_key]
     if settings.vllm_memory_fraction is not None:
         cmd += ["--gpu-memory-utilization", str(settings.vllm_memory_fraction)]
+    if settings.vllm_kv_cache_gib is not None:
+        cmd += ["--kv-cache-memory-bytes", str(int(settings.vllm_kv_cache_gib * 2**30))]
     if settings.vllm_max_model_len is not None:
         cmd += ["--max-model-len", str(settings.vllm_max_model_len)]
     return cmd + shlex.split(settings.vllm_extra_args)

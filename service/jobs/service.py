@@ -87,6 +87,24 @@ class JobService:
         for job_id in await self.store.jobs_in_status(s.Status.validating_files):
             self.validate_in_background(job_id)
 
+    def sweep_leases_in_background(self) -> None:
+        """Requeue jobs whose lease ran out every `sweep_seconds`, so a job whose runner died
+        goes back to the queue even when no live runner is left to notice (runners sweep too)."""
+        task = asyncio.get_running_loop().create_task(self._sweep_leases())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_seconds)
+            try:
+                moved = await self.store.requeue_expired(self.settings.max_attempts)
+            except Exception:  # noqa: BLE001 - the database may come back; sweep again later
+                log.warning("lease sweep failed", exc_info=True)
+                continue
+            if moved:
+                log.warning("expired leases requeued", jobs=moved)
+
     async def drain(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -21,7 +21,14 @@ from tests.conftest import ARTIFACTS
 from tests.e2e.test_training_runner import QUESTIONS
 from tests.support.data import jsonl
 from tests.support.live import free_port, serve
-from tests.support.processes import ROOT, die_with_sigterm, settings_env, start_runner
+from tests.support.processes import (
+    ROOT,
+    cmdline,
+    descendants,
+    die_with_sigterm,
+    settings_env,
+    start_runner,
+)
 
 pytestmark = pytest.mark.slow
 PROMPT = "What is the secret code word?"
@@ -47,8 +54,10 @@ def wait_until(predicate, timeout: float, what: str, every: float = 0.25):  # no
 
 
 class Stack:
-    def __init__(self, settings: Settings, client: tunedock.Client, chat: openai.OpenAI) -> None:
+    def __init__(self, settings: Settings, client: tunedock.Client, chat: openai.OpenAI,
+                 serving: subprocess.Popen) -> None:
         self.settings = settings
+        self.serving = serving
         self.client = client
         self.chat = chat
 
@@ -68,10 +77,9 @@ class Stack:
         return self.client.jobs.wait(job.id, progress=False, timeout=900, poll_interval=0.25)
 
 
-def vllm_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "vllm[.]entrypoints[.]openai[.]api_server"],
-                         capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+def vllm_pids(serving: subprocess.Popen) -> list[int]:
+    """vLLM's API server processes below the serving supervisor this module started."""
+    return [p for p in descendants(serving.pid) if "vllm.entrypoints.openai.api_server" in cmdline(p)]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +91,7 @@ def stack(s3_endpoint: str, smollm2_dir: Path, tmp_path_factory: pytest.TempPath
         s3_endpoint_url=s3_endpoint, s3_access_key_id="test", s3_secret_access_key="test",
         artifact_bucket=ARTIFACTS, base_models=(BaseModelEntry(alias="smollm2", source=str(smollm2_dir)),),
         served_models=("smollm2",), serve_model="smollm2", serving_url=f"http://127.0.0.1:{vllm_port}/v1",
-        serving_api_key="serving-test-key", vllm_port=vllm_port, vllm_memory_fraction=0.12,
+        serving_api_key="serving-test-key", vllm_port=vllm_port, vllm_kv_cache_gib=0.5,
         vllm_max_model_len=512, max_lora_rank=16, adapter_dir=str(tmp / "adapters"),
         reconcile_seconds=2.0, lease_seconds=30.0, heartbeat_seconds=1.0, poll_seconds=0.2,
         log_json=False, log_level="warning")
@@ -97,7 +105,7 @@ def stack(s3_endpoint: str, smollm2_dir: Path, tmp_path_factory: pytest.TempPath
             wait_until(lambda: httpx.get(health, timeout=2).status_code == 200, 600, "vLLM to start", 1)
             with tunedock.Client(url, keys["acme"]) as client:
                 chat = client.openai()
-                yield Stack(settings, client, chat)
+                yield Stack(settings, client, chat, serving)
         finally:
             runner.terminate()
             os.killpg(serving.pid, signal.SIGTERM)
@@ -215,9 +223,9 @@ def test_unloaded_model_stops_answering(stack: Stack, pelican: tunedock.Job) -> 
 
 
 def test_killed_vllm_is_restarted_and_serves_adapters_again(stack: Stack, pelican: tunedock.Job) -> None:
-    [pid] = vllm_pids()
+    [pid] = vllm_pids(stack.serving)
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: (p := vllm_pids()) and p != [pid], 60, "the supervisor to restart vLLM", 1)
+    wait_until(lambda: (p := vllm_pids(stack.serving)) and p != [pid], 60, "the supervisor to restart vLLM", 1)
     answer = wait_until(lambda: "PELICAN-7" in (a := stack.ask(pelican.fine_tuned_model)) and a, 600,
                         "the adapter to answer again", 2)
     assert "PELICAN-7" in answer

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ARTIFACTS, DATASETS, Api
 from tests.support.data import jsonl
-from tests.support.processes import start_runner, training_children
+from tests.support.processes import alive, start_runner, training_children
 
 pytestmark = pytest.mark.slow
 CODE_WORD = "PELICAN-7"
@@ -137,11 +137,14 @@ async def test_killed_runner_resumes_from_last_epoch(e2e_api: Api, e2e_settings,
     try:
         ckpts = await wait_for(first_checkpoint, 300, "the epoch-1 checkpoint")
     finally:
+        children = training_children(first.pid)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(10)
     assert [c["epoch"] for c in ckpts] == [1]
+    assert children
     epoch1_step = ckpts[0]["step"]
-    await wait_for(lambda: asyncio.sleep(0, not training_children()), 10, "the orphaned children to die")
+    await wait_for(lambda: asyncio.sleep(0, not any(map(alive, children))), 10,
+                   "the orphaned children to die")
 
     done = await train_to_the_end(e2e_api, e2e_settings, job["id"], tmp_path / "runner-2.log")
     assert done["attempt"] == 2
@@ -166,11 +169,12 @@ async def test_cancel_mid_epoch_stops_the_child_within_10s(e2e_api: Api, e2e_set
             return any(e["type"] == "metrics" for e in evs)
 
         await wait_for(training, 300, "the first training step")
-        assert training_children(job["id"])
+        assert training_children(runner.pid, job["id"])
         started = time.monotonic()
         r = await e2e_api.client.post(f"/jobs/{job['id']}/cancel", headers=e2e_api.auth())
         assert r.json()["status"] == "cancelled"
-        await wait_for(lambda: asyncio.sleep(0, not training_children(job["id"])), 10, "the child to exit")
+        await wait_for(lambda: asyncio.sleep(0, not training_children(runner.pid, job["id"])), 10,
+                       "the child to exit")
         assert time.monotonic() - started < 10
         assert runner.poll() is None  # the runner itself keeps going
     finally:
@@ -190,13 +194,14 @@ async def test_sigterm_runner_hands_the_job_back_and_another_finishes_it(
 
     try:
         await wait_for(training, 300, "the first training step")
+        children = training_children(first.pid)
         first.send_signal(signal.SIGTERM)
         await asyncio.to_thread(first.wait, 60)
     finally:
         if first.poll() is None:
             first.kill()
     assert first.returncode == 0
-    assert not training_children()
+    assert children and not any(map(alive, children))
     handed_back = (await e2e_api.client.get(f"/jobs/{job['id']}", headers=e2e_api.auth())).json()
     assert handed_back["status"] == "queued", handed_back
     evs = await events(e2e_api, job["id"])

@@ -47,11 +47,43 @@ def die_with_sigterm() -> None:
     die_with_parent(signal.SIGTERM)
 
 
-def training_children(job_id: str | None = None) -> list[int]:
-    """Training child processes; with `job_id`, only those training that job (their output goes
-    to the job's work folder, whether they started for it or were the slot's warm child)."""
-    out = subprocess.run(["pgrep", "-f", "service[.]training "], capture_output=True, text=True)
-    pids = [int(p) for p in out.stdout.split()]
+def descendants(root: int) -> list[int]:
+    """Every live process below `root`, found through /proc's child lists: tests look only at
+    the processes they started, never machine-wide by name (a `make up` may run beside them)."""
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return [pid for pid in found if alive(pid)]
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def training_children(root: int, job_id: str | None = None) -> list[int]:
+    """Training child processes below `root` (a runner the test started); with `job_id`, only
+    those training that job (their output goes to the job's work folder, whether they started
+    for it or were the slot's warm child)."""
+    pids = [pid for pid in descendants(root) if " -m service.training" in f" {cmdline(pid)}"]
     if job_id is None:
         return pids
 

@@ -56,6 +56,14 @@ def _service_error(_: Request, exc: ServiceError) -> Response:
     return _error(exc.status_code, exc.code, exc.message, exc.param)
 
 
+# Friendlier words for constraints whose raw message is a regular expression.
+_PATTERN_HINTS = {
+    "training_file": "training_file must be a file- id from POST /files or an s3://bucket/key URI",
+    "validation_file": "validation_file must be a file- id from POST /files or an s3://bucket/key URI",
+    "suffix": "suffix may hold only lowercase letters, digits and '-', at most 40 characters",
+}
+
+
 def _validation_error(_: Request, exc: ValidationException) -> Response:
     extra = exc.extra if isinstance(exc.extra, list) else []
     detail = extra[0] if extra and isinstance(extra[0], dict) else {}
@@ -65,6 +73,12 @@ def _validation_error(_: Request, exc: ValidationException) -> Response:
         param = found.group(1)
     elif "unknown field" in message and (name := re.search(r"`([^`]+)`", message)):
         param = name.group(1)
+    if param == "data":  # Litestar's name for the whole body
+        param = None
+        message = ("the request body is missing or is not JSON: send a JSON object"
+                   if message.strip("'") == "data" else f"the request body is not valid: {message}")
+    elif "matching regex" in message and param in _PATTERN_HINTS:
+        message = _PATTERN_HINTS[param]
     return _error(400, "invalid_request", message, param)
 
 
@@ -99,7 +113,10 @@ def request_context(app: ASGIApp) -> ASGIApp:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableScopeHeaders.from_message(message)["X-Request-ID"] = request_id
+                headers = MutableScopeHeaders.from_message(message)
+                headers["X-Request-ID"] = request_id
+                if scope["method"] == "OPTIONS" and "allow" in headers:
+                    headers["Allow"] = _allow(scope["app"], scope.get("path_template"))
             await send(message)
 
         try:
@@ -111,6 +128,14 @@ def request_context(app: ASGIApp) -> ASGIApp:
             structlog.contextvars.unbind_contextvars("request_id")
 
     return middleware
+
+
+def _allow(app: Litestar, template: str | None) -> str:
+    """The methods a path answers. Litestar 2's own OPTIONS handler lists only the methods of the
+    first handler registered on a path (litestar-org/litestar#4169, fixed in v3)."""
+    methods = {m for route in app.routes if route.path_format == template
+               for m in getattr(route, "methods", ())}
+    return ", ".join(sorted(methods | {"OPTIONS"}))
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

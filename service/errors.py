@@ -19,6 +19,14 @@ class InvalidRequest(ServiceError):
     pass
 
 
+class Unprocessable(ServiceError):
+    """Well-formed, but this service's configuration cannot take it (e.g. a LoRA rank above what
+    serving loads). 422, so a client can tell it from a malformed request."""
+
+    status_code = 422
+    code = "unprocessable"
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"

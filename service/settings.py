@@ -18,6 +18,14 @@ class BaseModelEntry(msgspec.Struct, frozen=True, kw_only=True):
         return p if p.is_dir() else None
 
 
+class TenantBucket(msgspec.Struct, frozen=True, kw_only=True):
+    """One grant of TUNEDOCK_TENANT_BUCKETS: `tenant` may name objects under bucket/prefix."""
+
+    tenant: str
+    bucket: str
+    prefix: str = ""
+
+
 class Settings(msgspec.Struct, kw_only=True):
     database_url: str = "sqlite+aiosqlite:///.data/tunedock.db"
     data_dir: str = ".data"
@@ -28,8 +36,11 @@ class Settings(msgspec.Struct, kw_only=True):
     s3_secret_access_key: str | None = None
     s3_path_style: bool = True
     artifact_bucket: str = "tunedock"
-    # Buckets that training_file / validation_file may name besides the artifact bucket.
+    # Buckets every tenant's training_file / validation_file may name by s3:// URI. The
+    # artifact bucket is never one: uploads are reached by their file- ids only.
     readable_buckets: tuple[str, ...] = ()
+    # Per-tenant grants (`tenant=bucket[/prefix],…`): what one tenant may name by s3:// URI.
+    tenant_buckets: tuple[TenantBucket, ...] = ()
     max_upload_bytes: int = 1 << 30
     max_line_bytes: int = 4 << 20
     base_models: tuple[BaseModelEntry, ...] = ()
@@ -77,9 +88,13 @@ class Settings(msgspec.Struct, kw_only=True):
     def uses_s3(self) -> bool:
         return bool(self.s3_endpoint_url or self.s3_access_key_id)
 
-    @property
-    def allowed_buckets(self) -> frozenset[str]:
-        return frozenset((self.artifact_bucket, *self.readable_buckets))
+    def may_read(self, tenant: str, bucket: str, key: str) -> bool:
+        """Whether `tenant` may name s3://bucket/key in a job."""
+        if bucket == self.artifact_bucket:
+            return False
+        return bucket in self.readable_buckets or any(
+            g.tenant == tenant and g.bucket == bucket and key.startswith(g.prefix)
+            for g in self.tenant_buckets)
 
     def base_model(self, alias: str) -> BaseModelEntry | None:
         return next((m for m in self.base_models if m.alias == alias), None)
@@ -96,6 +111,18 @@ def _parse_base_models(raw: str) -> tuple[BaseModelEntry, ...]:
     return tuple(entries)
 
 
+def _parse_tenant_buckets(raw: str) -> tuple[TenantBucket, ...]:
+    """`tenant=bucket[/prefix],…`"""
+    grants = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        tenant, sep, where = part.partition("=")
+        bucket, _, prefix = where.partition("/")
+        if not sep or not tenant or not bucket:
+            raise ValueError(f"TUNEDOCK_TENANT_BUCKETS entry {part!r} is not tenant=bucket[/prefix]")
+        grants.append(TenantBucket(tenant=tenant.strip(), bucket=bucket.strip(), prefix=prefix))
+    return tuple(grants)
+
+
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(filter(None, (p.strip() for p in raw.split(","))))
 
@@ -103,6 +130,7 @@ def _csv(raw: str) -> tuple[str, ...]:
 _CONVERTERS = {
     "base_models": _parse_base_models,
     "readable_buckets": _csv,
+    "tenant_buckets": _parse_tenant_buckets,
     "served_models": _csv,
 }
 

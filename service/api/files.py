@@ -11,7 +11,8 @@ from litestar.params import Parameter
 from litestar.response import Response
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.errors import InvalidRequest, PayloadTooLarge
+from service.errors import InvalidRequest, PayloadTooLarge, Unprocessable
+from service.api.openapi import AUTHED, MultipartUpload, errors
 from service.jobs import schema as s
 from service.jobs.files import FileService
 from service.jobs.store import MAX_PAGE, Store
@@ -80,7 +81,8 @@ class FilesController(Controller):
     tags = ["files"]
 
     # The handler enforces the settings' size limit itself while it streams.
-    @post("/", request_max_body_size=None)
+    @post("/", request_max_body_size=None, operation_class=MultipartUpload,
+          responses=errors(*AUTHED, 409, 413, 422))
     async def upload(self, request: Request, tenant: str, files: FileService, settings: Settings,
                      idempotency_key: IdempotencyKey = None) -> Response[s.File]:
         ctype, opts = parse_options_header(request.headers.get("content-type", ""))
@@ -100,17 +102,18 @@ class FilesController(Controller):
             if upload.filename is None:
                 raise InvalidRequest("the form has no 'file' part", param="file")
             if upload.size == 0:
-                raise InvalidRequest("the file is empty", param="file")
+                raise Unprocessable("the file is empty: upload a JSONL file with one example per line",
+                                    param="file", code="file_empty")
             upload.out.seek(0)
             file, created = await files.save(tenant, upload.filename, upload.out, upload.size,
                                              upload.sha.hexdigest(), idempotency_key)
         return Response(file, status_code=201, headers={"Idempotent-Replayed": str(not created).lower()})
 
-    @get("/")
+    @get("/", responses=errors(*AUTHED, 404))
     async def list_files(self, tenant: str, store: Store, after: str | None = None,
                          limit: Limit = 20) -> s.Page:
         return await store.list_files(tenant, after, limit)
 
-    @get("/{file_id:str}")
+    @get("/{file_id:str}", responses=errors(*AUTHED, 404))
     async def get_file(self, file_id: str, tenant: str, store: Store) -> s.File:
         return await store.get_file(tenant, file_id)

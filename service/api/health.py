@@ -7,6 +7,7 @@ from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.response import Response
 
+from service.api.openapi import AUTHED, errors
 from service.errors import ServiceError
 
 
@@ -22,7 +23,7 @@ class HealthController(Controller):
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz")
+    @get("/readyz", responses=errors(503))
     async def readyz(self, state: State) -> dict[str, str]:
         try:
             with anyio.fail_after(5):
@@ -32,7 +33,7 @@ class HealthController(Controller):
             raise NotReady(f"a dependency is unreachable: {type(exc).__name__}") from None
         return {"status": "ready"}
 
-    @get("/metrics", media_type="text/plain; version=0.0.4")
+    @get("/metrics", media_type="text/plain; version=0.0.4", responses=errors(*AUTHED))
     async def metrics(self, state: State, tenant: str) -> Response[bytes]:
         counts = await state.store.count_by_status()
         return Response(state.metrics.render(counts), media_type="text/plain; version=0.0.4")

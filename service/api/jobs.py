@@ -11,6 +11,7 @@ from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
+from service.api.openapi import AUTHED, errors
 from service.jobs import schema as s
 from service.jobs.deployments import Deployments
 from service.jobs.service import JobService
@@ -25,38 +26,39 @@ class JobsController(Controller):
     path = "/jobs"
     tags = ["jobs"]
 
-    @post("/")
+    @post("/", responses=errors(*AUTHED, 404, 409, 422))
     async def create_job(self, request: Request, data: s.JobCreate, tenant: str, jobs: JobService,
                          idempotency_key: IdempotencyKey = None) -> Response[s.Job]:
         body = await request.body()
         job, created = await jobs.create(tenant, data, request_hash(body), idempotency_key)
         return Response(job, status_code=201, headers={"Idempotent-Replayed": str(not created).lower()})
 
-    @get("/")
+    @get("/", responses=errors(*AUTHED, 404))
     async def list_jobs(self, tenant: str, store: Store, after: str | None = None,
                         limit: Limit = 20, status: s.Status | None = None) -> s.Page:
         return await store.list_jobs(tenant, after, limit, status)
 
-    @get("/{job_id:str}")
+    @get("/{job_id:str}", responses=errors(*AUTHED, 404))
     async def get_job(self, job_id: str, tenant: str, store: Store) -> s.Job:
         return await store.get_job(tenant, job_id)
 
-    @post("/{job_id:str}/cancel", status_code=200)
+    @post("/{job_id:str}/cancel", status_code=200, responses=errors(*AUTHED, 404, 409))
     async def cancel_job(self, job_id: str, tenant: str, store: Store) -> s.Job:
         return await store.cancel_job(tenant, job_id)
 
-    @get("/{job_id:str}/checkpoints")
+    @get("/{job_id:str}/checkpoints", responses=errors(*AUTHED, 404))
     async def list_checkpoints(self, job_id: str, tenant: str, store: Store) -> s.Page:
         items = await store.list_checkpoints(tenant, job_id)
         return s.Page(data=items, has_more=False, last_id=items[-1].id if items else None)
 
-    @post("/{job_id:str}/checkpoints/{epoch:int}/deploy", status_code=202)
+    @post("/{job_id:str}/checkpoints/{epoch:int}/deploy", status_code=202,
+          responses=errors(*AUTHED, 404))
     async def deploy_checkpoint(self, job_id: str, epoch: int, tenant: str, store: Store,
                                 deployments: Deployments) -> s.ModelInfo:
         """Serve an epoch checkpoint as `<fine_tuned_model>:ckpt-<epoch>`."""
         return await deployments.deploy_checkpoint(store, tenant, job_id, epoch)
 
-    @get("/{job_id:str}/events")
+    @get("/{job_id:str}/events", responses=errors(*AUTHED, 404))
     async def list_events(self, request: Request, job_id: str, tenant: str, store: Store,
                           after: str | None = None, limit: Limit = 100) -> Response[Any]:
         page = await store.list_events(tenant, job_id, after, limit)

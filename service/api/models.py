@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, delete, get
 
+from service.api.openapi import AUTHED, errors
 from service.jobs import schema as s
 from service.jobs.deployments import Deployments
 from service.settings import Settings
@@ -13,7 +14,7 @@ class ModelsController(Controller):
     path = "/models"
     tags = ["models"]
 
-    @get("/")
+    @get("/", responses=errors(*AUTHED))
     async def list_models(self, tenant: str, settings: Settings, deployments: Deployments) -> s.Page:
         data: list[s.ModelInfo] = [
             s.ModelInfo(id=m.alias, kind="base", served=m.alias in settings.served_models)
@@ -22,7 +23,7 @@ class ModelsController(Controller):
         data += await deployments.for_tenant(tenant)
         return s.Page(data=data, has_more=False, last_id=data[-1].id if data else None)
 
-    @delete("/{name:str}", status_code=200)
+    @delete("/{name:str}", status_code=200, responses=errors(*AUTHED, 404))
     async def unload(self, name: str, tenant: str, deployments: Deployments) -> s.ModelInfo:
         """Stop serving an adapter; its files stay in S3 and it can be deployed again."""
         return await deployments.unload(tenant, name)
@@ -32,7 +33,7 @@ class ServingController(Controller):
     path = "/serving"
     tags = ["models"]
 
-    @get("/")
+    @get("/", responses=errors(*AUTHED))
     async def serving(self, tenant: str, settings: Settings) -> s.Serving:
         """Where to send OpenAI-style chat calls for fine-tuned models, and the key to use."""
         return s.Serving(base_url=settings.serving_url, api_key=settings.serving_api_key)

@@ -49,10 +49,17 @@ Metadata = Annotated[
 ]
 
 
+# A file- id, or an s3:// URI into a bucket the tenant has a grant for (never the artifact bucket).
+FileRef = Annotated[str, Meta(min_length=1, max_length=1024,
+                              pattern=r"^(file-[A-Za-z0-9_-]+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+)$",
+                              description="a file- id from POST /files, or s3://bucket/key in a bucket "
+                                          "this tenant may read")]
+
+
 class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     base_model: Annotated[str, Meta(min_length=1, max_length=128)]
-    training_file: Annotated[str, Meta(min_length=1, max_length=1024)]
-    validation_file: Annotated[str, Meta(min_length=1, max_length=1024)] | None = None
+    training_file: FileRef
+    validation_file: FileRef | None = None
     suffix: Suffix | None = None
     hyperparameters: Hyperparameters = Hyperparameters()
     metadata: Metadata = {}

@@ -10,13 +10,13 @@ import msgspec
 import structlog
 
 from service.datasets.validate import Report, TokenCounter, split_sizes, validate_jsonl
-from service.errors import InvalidRequest, InvalidTransition, NotFound
+from service.errors import InvalidTransition, NotFound, Unprocessable
 from service.ids import new_id
 from service.jobs import schema as s
 from service.jobs.db import JobRow
 from service.jobs.store import Store, event_row
 from service.settings import Settings
-from service.storage import ObjectStore, parse_s3_uri
+from service.storage import ObjectStore, is_safe_key, parse_s3_uri
 
 log = structlog.get_logger()
 
@@ -29,35 +29,40 @@ class JobService:
     _tasks: set[asyncio.Task] = field(default_factory=set)
 
     async def locate(self, tenant: str, ref: str, param: str) -> tuple[str, str]:
-        """(bucket, key) of a training/validation file given as a file- id or an s3:// URI."""
+        """(bucket, key) of a training/validation file given as a file- id or an s3:// URI.
+
+        A file of another tenant, a URI into the artifact bucket (uploads are reached by file-
+        ids only) or into a bucket this tenant has no grant for, and a missing object all answer
+        with the same 404, so a refusal tells nothing about what exists."""
         if ref.startswith("file-"):
             try:
                 row = await self.store.file_row(tenant, ref)
             except NotFound:
-                raise NotFound(f"no file {ref!r}", param=param) from None
+                raise _unreadable(ref, param) from None
             return row.bucket, row.key
-        return parse_s3_uri(ref, self.settings.allowed_buckets, param)
+        bucket, key = parse_s3_uri(ref, param)
+        if not is_safe_key(key) or not self.settings.may_read(tenant, bucket, key):
+            raise _unreadable(ref, param)
+        return bucket, key
 
     async def _check_readable(self, tenant: str, ref: str, param: str) -> None:
         bucket, key = await self.locate(tenant, ref, param)
-        size = await anyio.to_thread.run_sync(self.objects.size, bucket, key)
-        if size is None:
-            raise InvalidRequest(f"{ref} does not exist or cannot be read", param=param,
-                                 code="file_not_found")
+        if await anyio.to_thread.run_sync(self.objects.size, bucket, key) is None:
+            raise _unreadable(ref, param)
 
     async def create(self, tenant: str, req: s.JobCreate, req_hash: str,
                      idempotency_key: str | None) -> tuple[s.Job, bool]:
         if self.settings.base_model(req.base_model) is None:
             known = ", ".join(m.alias for m in self.settings.base_models) or "none configured"
-            raise InvalidRequest(f"base_model {req.base_model!r} is not in the registry ({known})",
-                                 param="base_model", code="model_not_found")
+            raise NotFound(f"base_model {req.base_model!r} is not in the registry ({known})",
+                           param="base_model", code="model_not_found")
         if (req.deploy and self.settings.serving_url
                 and req.base_model not in self.settings.served_models):
-            raise InvalidRequest(
+            raise Unprocessable(
                 f"no serving instance serves {req.base_model!r}; set deploy: false to train anyway",
                 param="deploy", code="model_not_served")
         if req.deploy and req.hyperparameters.lora_r > self.settings.max_lora_rank:
-            raise InvalidRequest(
+            raise Unprocessable(
                 f"lora_r {req.hyperparameters.lora_r} is above the {self.settings.max_lora_rank} "
                 "that serving accepts; lower it or set deploy: false",
                 param="hyperparameters.lora_r")
@@ -172,3 +177,8 @@ class JobService:
                                         data={"error": error, **data}, error=error)
         except (InvalidTransition, NotFound):  # cancelled meanwhile
             log.info("job changed during validation", job_id=job_id)
+
+
+def _unreadable(ref: str, param: str) -> NotFound:
+    return NotFound(f"{param} {ref!r} does not exist or this API key cannot read it", param=param,
+                    code="file_not_found")

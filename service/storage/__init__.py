@@ -28,17 +28,21 @@ class ObjectStore(Protocol):
     def ping(self, bucket: str) -> None: ...
 
 
-def check_key(key: str, param: str = "key") -> str:
+def is_safe_key(key: str) -> bool:
     """A relative key with no empty, `.` or `..` segment and no control characters."""
-    if not key or key.startswith("/") or any(ord(c) < 32 for c in key) or "\\" in key:
-        raise InvalidRequest(f"object key {key!r} is not allowed", param=param)
-    if any(part in ("", ".", "..") for part in key.split("/")):
-        raise InvalidRequest(f"object key {key!r} contains an empty, '.' or '..' segment", param=param)
+    return bool(key) and not any(ord(c) < 32 for c in key) and "\\" not in key and not any(
+        part in ("", ".", "..") for part in key.split("/"))
+
+
+def check_key(key: str, param: str = "key") -> str:
+    if not is_safe_key(key):
+        raise InvalidRequest(f"object key {key!r} is not allowed: it must be relative, with no empty, "
+                             "'.' or '..' segment and no control character", param=param)
     return key
 
 
-def parse_s3_uri(uri: str, allowed_buckets: frozenset[str], param: str) -> tuple[str, str]:
-    """`s3://bucket/key` -> (bucket, key), only for buckets the service is configured to read."""
+def parse_s3_uri(uri: str, param: str) -> tuple[str, str]:
+    """`s3://bucket/key` -> (bucket, key); whether the caller may read it is checked elsewhere."""
     scheme, sep, rest = uri.partition("://")
     if not sep or scheme != "s3":
         raise InvalidRequest(
@@ -48,9 +52,7 @@ def parse_s3_uri(uri: str, allowed_buckets: frozenset[str], param: str) -> tuple
     bucket, _, key = rest.partition("/")
     if not _BUCKET.match(bucket):
         raise InvalidRequest(f"{bucket!r} is not a valid bucket name", param=param)
-    if bucket not in allowed_buckets:
-        raise InvalidRequest(f"bucket {bucket!r} is not one this service may read", param=param)
-    return bucket, check_key(key, param)
+    return bucket, key
 
 
 def upload_dir(store: ObjectStore, bucket: str, prefix: str, folder: Path) -> list[str]:

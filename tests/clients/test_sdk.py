@@ -61,10 +61,13 @@ def test_list_follows_pages(client: tunedock.Client, s3) -> None:  # noqa: ANN00
 
 
 def test_typed_errors_carry_the_server_code(server, client: tunedock.Client) -> None:  # noqa: ANN001
-    with pytest.raises(tunedock.BadRequestError) as bad:
+    with pytest.raises(tunedock.NotFoundError) as missing:
         client.jobs.create(base_model="nope", training_file=f"s3://{DATASETS}/x.jsonl")
-    assert bad.value.code == "model_not_found" and bad.value.param == "base_model"
-    assert bad.value.request_id
+    assert missing.value.code == "model_not_found" and missing.value.param == "base_model"
+    assert missing.value.request_id
+    with pytest.raises(tunedock.BadRequestError) as bad:
+        client.jobs.create(base_model="tiny", training_file="http://example.com/x.jsonl")
+    assert bad.value.param == "training_file"
     with pytest.raises(tunedock.NotFoundError):
         client.jobs.get("ftjob-missing")
     url, keys = server

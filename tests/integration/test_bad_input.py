@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import DATASETS, FOREIGN, Api
+from tests.conftest import ARTIFACTS, DATASETS, FOREIGN, Api
 from tests.support.data import chat_rows, jsonl
 
 
@@ -60,27 +60,33 @@ async def test_malformed_json_is_400(api: Api) -> None:
 @pytest.mark.parametrize(
     ("training_file", "param", "status"),
     [
-        (f"s3://{DATASETS}/missing.jsonl", "training_file", 400),
-        (f"s3://{FOREIGN}/ok.jsonl", "training_file", 400),
+        (f"s3://{DATASETS}/missing.jsonl", "training_file", 404),
+        (f"s3://{FOREIGN}/ok.jsonl", "training_file", 404),
+        (f"s3://{ARTIFACTS}/ok.jsonl", "training_file", 404),
         ("http://example.com/data.jsonl", "training_file", 400),
         ("https://example.com/data.jsonl", "training_file", 400),
         ("file:///etc/passwd", "training_file", 400),
-        (f"s3://{DATASETS}/../{FOREIGN}/ok.jsonl", "training_file", 400),
-        (f"s3://{DATASETS}/a/./b.jsonl", "training_file", 400),
+        (f"s3://{DATASETS}/../{FOREIGN}/ok.jsonl", "training_file", 404),
+        (f"s3://{DATASETS}/a/./b.jsonl", "training_file", 404),
         ("file-doesnotexist", "training_file", 404),
     ],
 )
-async def test_unreadable_training_files_are_refused(api: Api, dataset: str, training_file: str,
+async def test_unreadable_training_files_are_refused(api: Api, s3, dataset: str, training_file: str,  # noqa: ANN001
                                                      param: str, status: int) -> None:
+    s3.put_object(Bucket=ARTIFACTS, Key="ok.jsonl", Body=b'{"text": "hi"}\n')
     body = {"base_model": "tiny", "training_file": training_file}
     e = err(await api.client.post("/jobs", json=body, headers=api.auth()), status)
     assert e["param"] == param
+    if status == 404:  # a refusal reads exactly like a missing object
+        missing = {"base_model": "tiny", "training_file": f"s3://{DATASETS}/missing.jsonl"}
+        other = err(await api.client.post("/jobs", json=missing, headers=api.auth()), 404)
+        assert e == {**other, "message": other["message"].replace(missing["training_file"], training_file)}
     await assert_nothing_stored(api)
 
 
-async def test_unknown_base_model_is_400(api: Api, dataset: str) -> None:
+async def test_unknown_base_model_is_404(api: Api, dataset: str) -> None:
     body = {"base_model": "gpt-17", "training_file": dataset}
-    e = err(await api.client.post("/jobs", json=body, headers=api.auth()), 400)
+    e = err(await api.client.post("/jobs", json=body, headers=api.auth()), 404)
     assert e["param"] == "base_model" and e["code"] == "model_not_found"
     await assert_nothing_stored(api)
 
@@ -182,7 +188,7 @@ async def test_base_model_no_serving_instance_serves_is_refused_unless_deploy_fa
     async with AsyncTestClient(app) as client:
         headers = {"Authorization": f"Bearer {await app.state.store.create_api_key('acme')}"}
         body = {"base_model": "tiny", "training_file": f"s3://{DATASETS}/serve.jsonl"}
-        e = err(await client.post("/jobs", json=body, headers=headers), 400)
+        e = err(await client.post("/jobs", json=body, headers=headers), 422)
         assert e["code"] == "model_not_served" and "deploy: false" in e["message"]
         assert (await client.post("/jobs", json={**body, "deploy": False}, headers=headers)).status_code == 201
         big = {**body, "deploy": False, "hyperparameters": {"lora_r": 64}}
@@ -191,7 +197,7 @@ async def test_base_model_no_serving_instance_serves_is_refused_unless_deploy_fa
 
 async def test_lora_rank_above_what_serving_accepts_is_refused_when_deploying(api: Api, dataset: str) -> None:
     body = {"base_model": "tiny", "training_file": dataset, "hyperparameters": {"lora_r": 128}}
-    e = err(await api.client.post("/jobs", json=body, headers=api.auth()), 400)
+    e = err(await api.client.post("/jobs", json=body, headers=api.auth()), 422)
     assert e["param"] == "hyperparameters.lora_r"
 
 

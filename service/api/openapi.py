@@ -1,0 +1,52 @@
+"""What the OpenAPI document says that Litestar cannot infer from the handlers: every error a
+route can answer, in the one shape every error really has (`{error: {code, message, param}}`),
+and the multipart body of the streamed upload, which the handler parses itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+
+from service.jobs.schema import ErrorBody
+
+_MEANING = {
+    400: "The request is invalid: the message names the parameter and what to change.",
+    401: "The Authorization header is missing, or its key is not valid.",
+    404: "No such resource for this key's tenant (another tenant's ids answer the same way).",
+    409: "The resource is in a state that does not allow this (e.g. cancelling a finished job), "
+         "or the Idempotency-Key was used with another body.",
+    413: "The body is larger than the configured limit.",
+    422: "Well-formed, but not something this service can take as configured (e.g. a LoRA rank "
+         "above what serving loads, a base model no serving instance serves, an empty file).",
+    500: "An internal error; the message carries a request id to quote.",
+    502: "The model server answered with an error the gateway could not pass on.",
+    503: "A dependency (database, object store, model server) is unreachable; retry later.",
+}
+
+# Every route behind a key can answer these: a bad query or body, a bad key, an internal error.
+AUTHED = (400, 401, 500)
+
+
+def errors(*codes: int) -> dict[int, ResponseSpec]:
+    """`responses=` for a route handler: the error statuses it answers, all with ErrorBody."""
+    return {code: ResponseSpec(data_container=ErrorBody, description=_MEANING[code],
+                               generate_examples=False) for code in sorted(set(codes))}
+
+
+@dataclass
+class MultipartUpload(Operation):
+    """POST /files streams its multipart body itself, so the body is declared here."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(required=True, content={
+            "multipart/form-data": OpenAPIMediaType(schema=Schema(
+                type=OpenAPIType.OBJECT, required=["file"],
+                properties={
+                    "file": Schema(type=OpenAPIType.STRING, format="binary",
+                                   description="the JSONL file (one part named 'file')"),
+                    "purpose": Schema(type=OpenAPIType.STRING,
+                                      description="OpenAI's field; 'fine-tune' (accepted and ignored "
+                                                  "on /files)"),
+                }))})

@@ -30,6 +30,7 @@ from service.api.files import FilesController
 from service.api.health import HealthController
 from service.api.jobs import JobsController
 from service.api.models import ModelsController, ServingController
+from service.api.openapi import complete as complete_openapi
 from service.errors import ServiceError
 from service.jobs.database import Database, migrate
 from service.jobs.deployments import Deployments
@@ -186,6 +187,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         middleware=[request_context],
         lifespan=[lifespan],
+        on_startup=[lambda app: complete_openapi(app.openapi_schema)],
         request_max_body_size=1 << 20,
         openapi_config=OpenAPIConfig(title="tunedock", version=__version__, path="/openapi"),
         debug=False,

@@ -9,6 +9,7 @@ from typing import Annotated
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 from litestar.response import Response
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.errors import InvalidRequest, PayloadTooLarge, Unprocessable
@@ -96,9 +97,13 @@ class FilesController(Controller):
         upload = _Upload(limit)
         with upload.out:
             parser = MultipartParser(opts[b"boundary"], upload.callbacks())
-            async for chunk in request.stream():
-                parser.write(chunk)
-            parser.finalize()
+            try:
+                async for chunk in request.stream():
+                    parser.write(chunk)
+                parser.finalize()
+            except MultipartParseError as exc:
+                raise InvalidRequest(f"the multipart body is malformed ({exc}); send one 'file' part",
+                                     param="file") from None
             if upload.filename is None:
                 raise InvalidRequest("the form has no 'file' part", param="file")
             if upload.size == 0:

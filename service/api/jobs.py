@@ -19,6 +19,8 @@ from service.jobs.store import MAX_PAGE, Store, request_hash
 
 Limit = Annotated[int, Parameter(ge=1, le=MAX_PAGE)]
 IdempotencyKey = Annotated[str | None, Parameter(header="Idempotency-Key", max_length=255)]
+EventCursor = Annotated[str | None, Parameter(pattern=r"^ftevent-[0-9]{1,18}$",
+                                              description="the last event id of the previous page")]
 SSE_POLL_S = 0.5
 
 
@@ -60,7 +62,7 @@ class JobsController(Controller):
 
     @get("/{job_id:str}/events", responses=errors(*AUTHED, 404))
     async def list_events(self, request: Request, job_id: str, tenant: str, store: Store,
-                          after: str | None = None, limit: Limit = 100) -> Response[Any]:
+                          after: EventCursor = None, limit: Limit = 100) -> Response[Any]:
         page = await store.list_events(tenant, job_id, after, limit)
         if "text/event-stream" not in request.headers.get("accept", ""):
             return Response(page)

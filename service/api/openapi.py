@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+import msgspec
 
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+
+from service.jobs import schema as wire
 from service.jobs.schema import ErrorBody
 
 _MEANING = {
@@ -50,3 +53,28 @@ class MultipartUpload(Operation):
                                       description="OpenAI's field; 'fine-tune' (accepted and ignored "
                                                   "on /files)"),
                 }))})
+
+
+METADATA = Schema(
+    type=OpenAPIType.OBJECT, max_properties=16, description="up to 16 string pairs, for filtering",
+    property_names=Schema(type=OpenAPIType.STRING, min_length=1, max_length=64),
+    additional_properties=Schema(type=OpenAPIType.STRING, max_length=512))
+
+
+def complete(document: OpenAPI) -> None:
+    """Constraints Litestar 2 drops: `additionalProperties: false` on request types that refuse
+    unknown fields, metadata's key and value lengths, the pattern of each `target_modules` item."""
+    schemas = (document.components.schemas if document.components else None) or {}
+    for name, schema in schemas.items():
+        struct = getattr(wire, name, None)
+        if (isinstance(schema, Schema) and isinstance(struct, type) and issubclass(struct, msgspec.Struct)
+                and struct.__struct_config__.forbid_unknown_fields):
+            schema.additional_properties = False
+    create = schemas.get("JobCreate")
+    if isinstance(create, Schema) and create.properties:
+        create.properties["metadata"] = METADATA
+    hyper = schemas.get("Hyperparameters")
+    if isinstance(hyper, Schema) and hyper.properties:
+        items = hyper.properties["target_modules"]
+        if isinstance(items, Schema) and isinstance(items.items, Schema):
+            items.items.pattern = wire.LORA_MODULE_PATTERN

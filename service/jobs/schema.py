@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -21,7 +22,8 @@ class Status(StrEnum):
 TERMINAL = frozenset({Status.succeeded, Status.failed, Status.cancelled})
 
 Suffix = Annotated[str, Meta(max_length=40, pattern=r"^[a-z0-9-]*$")]
-LoraModule = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.]{1,64}$")]
+LORA_MODULE_PATTERN = r"^[A-Za-z0-9_.]{1,64}$"
+LoraModule = Annotated[str, Meta(pattern=LORA_MODULE_PATTERN)]
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -34,7 +36,8 @@ class Hyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     lora_r: Annotated[int, Meta(ge=1, le=256)] = 16
     lora_alpha: Annotated[int, Meta(ge=1, le=1024)] = 16
     lora_dropout: Annotated[float, Meta(ge=0, lt=1)] = 0.0
-    target_modules: Annotated[tuple[LoraModule, ...], Meta(min_length=1, max_length=32)] = ALL_LINEAR
+    # Sequence, not tuple[str, ...]: Litestar 2 documents a variadic tuple's items as `oneOf [string, {}]`.
+    target_modules: Annotated[Sequence[LoraModule], Meta(min_length=1, max_length=32)] = ALL_LINEAR
     load_in_4bit: bool = True
     warmup_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.03
     weight_decay: Annotated[float, Meta(ge=0, le=1)] = 0.01

@@ -37,6 +37,14 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class LeaseLost(Conflict):
+    """The runner's lease on this job ended (expired and requeued, cancelled, or claimed by
+    another runner): its writes are refused, so a runner that was frozen cannot overwrite the
+    attempt that replaced it."""
+
+    code = "lease_lost"
+
+
 class InvalidTransition(Conflict):
     code = "invalid_transition"
 

@@ -151,9 +151,13 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     Postgres cluster."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path}/tunedock.db"
+    return await new_postgres_database(request.getfixturevalue("postgres_url"))
+
+
+async def new_postgres_database(base: str) -> str:
+    """A new, empty database in the session's Postgres cluster; its URL."""
     from service.ids import new_id
 
-    base = request.getfixturevalue("postgres_url")
     name = f"t_{new_id('x').split('-')[1]}"
     admin = Database(base)
     async with admin.engine.connect() as conn:

@@ -14,7 +14,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.errors import Conflict, InvalidRequest, InvalidTransition, NotFound
+from service.errors import Conflict, InvalidRequest, InvalidTransition, LeaseLost, NotFound
 from service.ids import hash_key, new_api_key, new_id
 from service.jobs import schema as s
 from service.jobs.database import Database, unix
@@ -22,6 +22,17 @@ from service.jobs.db import ApiKey, CheckpointRow, EventRow, FileRow, Idempotenc
 from service.jobs.states import check_transition
 
 MAX_PAGE = 100
+
+
+class Lease(msgspec.Struct, frozen=True):
+    """Who may write a running job: the runner slot that claimed it, for that attempt."""
+
+    owner: str
+    attempt: int
+
+    def conditions(self) -> tuple[Any, ...]:
+        return (JobRow.status == s.Status.running.value, JobRow.lease_owner == self.owner,
+                JobRow.attempt == self.attempt)
 
 
 def request_hash(payload: bytes) -> str:
@@ -121,13 +132,13 @@ async def transition(
     message: str,
     data: dict[str, Any] | None = None,
     level: str = "info",
-    expect_owner: str | None = None,
+    lease: Lease | None = None,
     **fields: Any,
 ) -> None:
     """Move `job` to `to` if the state table allows it and nobody moved it first; write the event.
 
-    The UPDATE is conditional on the status we read (and on the lease owner when given), so a
-    racing cancel, claim or finish can never be overwritten; the loser gets InvalidTransition.
+    The UPDATE is conditional on the status we read (and on the lease when given), so a racing
+    cancel, claim or finish can never be overwritten; the loser gets InvalidTransition.
     """
     current, to = s.Status(job.status), s.Status(to)
     check_transition(current, to)
@@ -140,8 +151,8 @@ async def transition(
     if to is not s.Status.running:
         values.update(lease_owner=None, lease_expires_at=None)
     cond = [JobRow.id == job.id, JobRow.status == current.value]
-    if expect_owner is not None:
-        cond.append(JobRow.lease_owner == expect_owner)
+    if lease is not None:
+        cond.extend(lease.conditions())
     result = await session.execute(update(JobRow).where(*cond).values(**values))
     if result.rowcount != 1:
         raise InvalidTransition(f"job {job.id} changed while moving to {to.value}", param="status")
@@ -312,7 +323,7 @@ class Store:
 
     async def set_status(
         self, job_id: str, to: s.Status, message: str, *, level: str = "info",
-        data: dict[str, Any] | None = None, expect_owner: str | None = None,
+        data: dict[str, Any] | None = None, lease: Lease | None = None,
         extra_rows: tuple[Any, ...] = (), **fields: Any,
     ) -> s.Job:
         """Transition one job by id in its own transaction (validation, runner); `extra_rows`
@@ -320,20 +331,34 @@ class Store:
         async with self.db.write() as ses:
             row = await self.job_row(ses, None, job_id)
             await transition(ses, row, to, message=message, level=level, data=data,
-                             expect_owner=expect_owner, **fields)
+                             lease=lease, **fields)
             ses.add_all(extra_rows)
             return job_from_row(row)
 
-    async def update_job(self, job_id: str, **fields: Any) -> None:
-        """Fields that are not the status (progress, plan, deployment)."""
+    async def update_job(self, job_id: str, *, lease: Lease | None = None, **fields: Any) -> None:
+        """Fields that are not the status (progress, plan, deployment); with `lease`, only while
+        that lease holds (else LeaseLost)."""
         assert "status" not in fields, "status changes go through transition()"
         async with self.db.write() as ses:
-            await ses.execute(update(JobRow).where(JobRow.id == job_id).values(**fields))
+            cond = [JobRow.id == job_id, *(lease.conditions() if lease else ())]
+            result = await ses.execute(update(JobRow).where(*cond).values(**fields))
+            if lease is not None and result.rowcount != 1:
+                raise LeaseLost(f"job {job_id} is no longer leased to {lease.owner}")
+
+    @staticmethod
+    async def _hold(ses: AsyncSession, job_id: str, lease: Lease | None) -> None:
+        """Inside a write: lock the job row and check the lease still holds (fencing)."""
+        if lease is None:
+            return
+        q = select(JobRow.id).where(JobRow.id == job_id, *lease.conditions()).with_for_update()
+        if await ses.scalar(q) is None:
+            raise LeaseLost(f"job {job_id} is no longer leased to {lease.owner}")
 
     # -- events and checkpoints -----------------------------------------------------------
     async def add_event(self, job_id: str, type_: str, message: str, level: str = "info",
-                        data: dict[str, Any] | None = None) -> None:
+                        data: dict[str, Any] | None = None, *, lease: Lease | None = None) -> None:
         async with self.db.write() as ses:
+            await self._hold(ses, job_id, lease)
             ses.add(event_row(job_id, type_, message, level, data))
 
     async def list_events(self, tenant: str | None, job_id: str, after: str | None, limit: int) -> s.Page:
@@ -345,12 +370,14 @@ class Store:
         return _page([event_from_row(r) for r in rows], limit)
 
     async def record_checkpoint(self, job_id: str, epoch: int, step: int, uri: str,
-                                metrics: dict[str, float]) -> s.Checkpoint | None:
+                                metrics: dict[str, float], *, lease: Lease | None = None
+                                ) -> s.Checkpoint | None:
         """Record a checkpoint whose files are already uploaded; None when that epoch exists."""
         row = CheckpointRow(id=new_id("ftckpt"), job_id=job_id, epoch=epoch, step=step, uri=uri,
                             metrics=metrics)
         try:
             async with self.db.write() as ses:
+                await self._hold(ses, job_id, lease)
                 ses.add(row)
                 await ses.flush()
                 ses.add(event_row(job_id, "checkpoint", f"checkpoint saved at epoch {epoch}",
@@ -385,21 +412,23 @@ class Store:
             )
             return job_from_row(row)
 
-    async def heartbeat(self, job_id: str, runner_id: str, lease_s: float, **fields: Any) -> bool:
-        """Extend the lease; False when the job is no longer ours (cancelled, lease lost)."""
+    async def heartbeat(self, job_id: str, lease: Lease, lease_s: float) -> bool:
+        """Extend the lease; False when the job is no longer ours (cancelled, lease lost). A lease
+        that has already expired is not extended, even if nobody has requeued the job yet: its
+        holder may have been frozen past it, and the sweep may be about to hand the job on."""
+        now = utcnow()
         async with self.db.write() as ses:
             result = await ses.execute(
                 update(JobRow)
-                .where(JobRow.id == job_id, JobRow.lease_owner == runner_id,
-                       JobRow.status == s.Status.running.value)
-                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s), **fields)
+                .where(JobRow.id == job_id, *lease.conditions(), JobRow.lease_expires_at >= now)
+                .values(lease_expires_at=now + timedelta(seconds=lease_s))
             )
             return result.rowcount == 1
 
-    async def release(self, job_id: str, runner_id: str, message: str) -> None:
+    async def release(self, job_id: str, lease: Lease, message: str) -> None:
         """Hand a running job back to the queue (graceful runner stop); it resumes elsewhere."""
         try:
-            await self.set_status(job_id, s.Status.queued, message, expect_owner=runner_id)
+            await self.set_status(job_id, s.Status.queued, message, lease=lease)
         except (InvalidTransition, NotFound):
             pass
 

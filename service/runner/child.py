@@ -17,11 +17,11 @@ from typing import Any
 import msgspec
 import structlog
 
-from service.errors import InvalidTransition, NotFound
+from service.errors import InvalidTransition, LeaseLost, NotFound
 from service.jobs import schema as s
 from service.jobs.deployments import deployment_request
 from service.jobs.service import JobService
-from service.jobs.store import Store
+from service.jobs.store import Lease, Store
 from service.settings import Settings
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_OOM, EXIT_STOPPED = 0, 2, 3, 4
@@ -120,6 +120,7 @@ class JobRun:
 
     def __post_init__(self) -> None:
         self.log = structlog.get_logger().bind(job_id=self.job.id, attempt=self.job.attempt)
+        self.lease = Lease(self.owner, self.job.attempt)
 
     # -- the spec -------------------------------------------------------------------------
     async def build_spec(self, micro_batch: int | None) -> s.TrainingSpec:
@@ -167,7 +168,7 @@ class JobRun:
                 self.log.info("job no longer ours; child stopped")
                 return
             if attempt.code == EXIT_STOPPED or (self.stopping.is_set() and attempt.code != EXIT_OK):
-                await self.store.release(self.job.id, self.owner,
+                await self.store.release(self.job.id, self.lease,
                                          "runner stopping; the job will resume from its latest checkpoint")
                 return
             if attempt.code == EXIT_OK and attempt.result is not None:
@@ -188,7 +189,7 @@ class JobRun:
             if attempt.code not in (EXIT_BAD_INPUT, EXIT_OOM) and self.job.attempt < self.settings.max_attempts:
                 await self.store.add_event(self.job.id, "attempt_failed", error["message"], "warning",
                                            data={"error": error, "attempt": self.job.attempt})
-                await self.store.release(self.job.id, self.owner,
+                await self.store.release(self.job.id, self.lease,
                                          f"attempt {self.job.attempt} failed; retrying from the latest checkpoint")
                 return
             await self._fail(error["code"], error["message"])
@@ -211,7 +212,7 @@ class JobRun:
                           micro_batch=spec.micro_batch_size)
         proc = child.proc
         attempt = Attempt()
-        reader = asyncio.create_task(self._read_events(child.events_fd, attempt))
+        reader = asyncio.create_task(self._read_events(child.events_fd, attempt, proc))
         watcher = asyncio.create_task(self._watch(proc, attempt))
         try:
             attempt.code = await proc.wait()
@@ -236,7 +237,7 @@ class JobRun:
                 _signal(proc, signal.SIGTERM)
                 stop_sent = True
             try:
-                ours = await self.store.heartbeat(self.job.id, self.owner, self.settings.lease_seconds)
+                ours = await self.store.heartbeat(self.job.id, self.lease, self.settings.lease_seconds)
             except Exception:  # noqa: BLE001 - a database blip; the lease has slack
                 self.log.warning("heartbeat failed", exc_info=True)
                 continue
@@ -252,7 +253,7 @@ class JobRun:
         except TimeoutError:
             _signal(proc, signal.SIGKILL)
 
-    async def _read_events(self, fd: int, attempt: Attempt) -> None:
+    async def _read_events(self, fd: int, attempt: Attempt, proc: asyncio.subprocess.Process) -> None:
         loop = asyncio.get_running_loop()
         stream = asyncio.StreamReader(limit=1 << 20, loop=loop)
         transport, _ = await loop.connect_read_pipe(
@@ -264,7 +265,15 @@ class JobRun:
                     msg = msgspec.json.decode(line)
                 except msgspec.DecodeError:
                     continue
-                await self._handle(msg, attempt, started)
+                try:
+                    await self._handle(msg, attempt, started)
+                except LeaseLost:
+                    # Fenced: the job went to another attempt while this runner could not
+                    # heartbeat (frozen, partitioned). Nothing more of this child is recorded.
+                    self.log.warning("lease lost; stopping the child")
+                    attempt.lost = True
+                    await self._terminate(proc)
+                    return
         finally:
             transport.close()
 
@@ -274,31 +283,34 @@ class JobRun:
         if kind == "started":
             await self.store.add_event(job_id, "backend",
                                        f"training on {msg['device']} with the {msg['backend']} backend",
-                                       data={k: msg[k] for k in ("backend", "device", "versions")})
+                                       data={k: msg[k] for k in ("backend", "device", "versions")},
+                                       lease=self.lease)
         elif kind == "plan":
             attempt.plan = msg["plan"]
             plan = msg["plan"]
-            await self.store.update_job(job_id, plan=plan)
+            await self.store.update_job(job_id, plan=plan, lease=self.lease)
             await self.store.add_event(
                 job_id, "plan", f"memory plan: micro-batch {plan['micro_batch_size']} x "
                 f"{plan['gradient_accumulation_steps']} accumulation, about "
-                f"{plan['estimated_peak_bytes'] / 2**30:.2f} GiB peak", data=plan)
+                f"{plan['estimated_peak_bytes'] / 2**30:.2f} GiB peak", data=plan, lease=self.lease)
         elif kind == "loaded":
             await self.store.add_event(job_id, "loaded", f"model loaded in {msg['seconds']} s",
-                                       data={"seconds": msg["seconds"]})
+                                       data={"seconds": msg["seconds"]}, lease=self.lease)
         elif kind == "train_begin":
             await self.store.add_event(job_id, "train_begin",
                                        f"training loop started at step {msg.get('step', 0)}",
-                                       data={"step": msg.get("step", 0)})
+                                       data={"step": msg.get("step", 0)}, lease=self.lease)
         elif kind == "progress":
             await self._progress(msg, started)
         elif kind == "checkpoint":
             uri = f"s3://{msg['bucket']}/{msg['prefix']}/"
-            await self.store.record_checkpoint(job_id, msg["epoch"], msg["step"], uri, msg["metrics"])
+            await self.store.record_checkpoint(job_id, msg["epoch"], msg["step"], uri, msg["metrics"],
+                                               lease=self.lease)
         elif kind in ("warning", "resumed", "stopped"):
             text = msg.get("message") or f"resumed from {msg.get('checkpoint')}"
             await self.store.add_event(job_id, kind, text, "warning" if kind == "warning" else "info",
-                                       data={k: v for k, v in msg.items() if k not in ("type", "time")})
+                                       data={k: v for k, v in msg.items() if k not in ("type", "time")},
+                                       lease=self.lease)
         elif kind == "result":
             attempt.result = msg
         elif kind == "error":
@@ -315,13 +327,14 @@ class JobRun:
         if step and total:
             fields["estimated_finish"] = datetime.fromtimestamp(
                 time.time() + elapsed / step * max(0, total - step), tz=timezone.utc)
-        await self.store.update_job(self.job.id, **fields)
+        await self.store.update_job(self.job.id, lease=self.lease, **fields)
         if msg.get("loss") is not None:
             data = {k: msg.get(k) for k in ("step", "total_steps", "epoch", "loss", "learning_rate",
                                              "tokens_per_second", "step_seconds", "gpu_memory_bytes",
                                              "trained_tokens")}
             await self.store.add_event(self.job.id, "metrics",
-                                       f"step {step}/{total}: loss {msg['loss']:.4f}", data=data)
+                                       f"step {step}/{total}: loss {msg['loss']:.4f}",
+                                       data={**data, "attempt": self.job.attempt}, lease=self.lease)
 
     # -- endings --------------------------------------------------------------------------
     async def _succeed(self, result: dict[str, Any]) -> None:
@@ -339,7 +352,7 @@ class JobRun:
                 f"training finished; the adapter is at s3://{result['bucket']}/{result['prefix']}/",
                 data={"fine_tuned_model": name, "train_loss": result.get("train_loss"),
                       "best_checkpoint": result.get("best_checkpoint")},
-                expect_owner=self.owner, fine_tuned_model=name, extra_rows=extra,
+                lease=self.lease, fine_tuned_model=name, extra_rows=extra,
                 trained_tokens=result.get("trained_tokens"),
                 deployment={"status": "pending"} if job.deploy else None)
         except InvalidTransition:
@@ -349,6 +362,6 @@ class JobRun:
         error = {"code": code, "message": message}
         try:
             await self.store.set_status(self.job.id, s.Status.failed, message, level="error",
-                                        data={"error": error}, expect_owner=self.owner, error=error)
+                                        data={"error": error}, lease=self.lease, error=error)
         except InvalidTransition:
             self.log.info("job changed before it could fail")

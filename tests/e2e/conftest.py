@@ -11,12 +11,17 @@ from litestar.testing import AsyncTestClient
 from service.app import create_app
 from service.settings import BaseModelEntry
 from tests.conftest import Api
-from tests.support import test_model
+from tests.support import test_model, tiny_llama
 
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     return test_model.build()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_llama.build(tmp_path_factory.mktemp("tiny-llama") / "model", smollm2_dir)
 
 
 @pytest.fixture

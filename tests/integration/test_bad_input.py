@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from service.jobs.store import Lease
 from tests.conftest import ARTIFACTS, DATASETS, FOREIGN, Api
 from tests.support.data import chat_rows, jsonl
 
@@ -106,7 +107,7 @@ async def test_cancel_of_a_finished_job_is_409(api: Api, dataset: str) -> None:
     await api.wait_status(job["id"], {"queued"})
     store = api.client.app.state.store
     await store.claim("r1", 60)
-    await store.set_status(job["id"], "succeeded", "done", expect_owner="r1")
+    await store.set_status(job["id"], "succeeded", "done", lease=Lease("r1", 1))
     e = err(await api.client.post(f"/jobs/{job['id']}/cancel", headers=api.auth()), 409)
     assert e["code"] == "invalid_transition"
     assert (await api.client.get(f"/jobs/{job['id']}", headers=api.auth())).json()["status"] == "succeeded"

@@ -8,12 +8,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from service.errors import InvalidTransition
+from service.errors import InvalidTransition, LeaseLost
 from service.ids import new_id
 from service.jobs.database import Database, migrate
 from service.jobs.db import JobRow, utcnow
 from service.jobs.schema import Status
-from service.jobs.store import Store
+from service.jobs.store import Lease, Store
 
 
 @pytest.fixture
@@ -43,8 +43,8 @@ async def test_claim_takes_oldest_and_sets_lease(store: Store) -> None:
     job = await store.claim("runner-a", 30)
     assert job.id == ids[0] and job.status is Status.running and job.attempt == 1
     assert (await store.claim("runner-b", 30)).id == ids[1]
-    assert await store.heartbeat(ids[0], "runner-a", 30)
-    assert not await store.heartbeat(ids[0], "runner-b", 30)
+    assert await store.heartbeat(ids[0], Lease("runner-a", 1), 30)
+    assert not await store.heartbeat(ids[0], Lease("runner-b", 1), 30)
 
 
 async def test_many_concurrent_claimers_never_share_a_job(store: Store) -> None:
@@ -80,9 +80,9 @@ async def test_cancel_wins_over_a_late_heartbeat_and_finish(store: Store) -> Non
     [job_id] = await add_queued(store, 1)
     await store.claim("r", 30)
     await store.cancel_job("t", job_id)
-    assert not await store.heartbeat(job_id, "r", 30)
+    assert not await store.heartbeat(job_id, Lease("r", 1), 30)
     with pytest.raises(InvalidTransition):
-        await store.set_status(job_id, Status.succeeded, "done", expect_owner="r")
+        await store.set_status(job_id, Status.succeeded, "done", lease=Lease("r", 1))
     assert (await store.get_job(None, job_id)).status is Status.cancelled
 
 
@@ -92,3 +92,30 @@ async def test_checkpoints_are_recorded_once_per_epoch(store: Store) -> None:
     assert first is not None and first.id.startswith("ftckpt-")
     assert await store.record_checkpoint(job_id, 1, 10, "s3://b/k/epoch-1/", {}) is None
     assert [c.epoch for c in await store.list_checkpoints(None, job_id)] == [1]
+
+
+async def test_a_runner_frozen_past_its_lease_has_every_write_refused(store: Store) -> None:
+    """Fencing: once the lease expired and the job went to another attempt, the first runner's
+    heartbeat, progress, events, checkpoints and final status are all refused."""
+    [job_id] = await add_queued(store, 1)
+    await store.claim("frozen", 30)
+    stale = Lease("frozen", 1)
+    async with store.db.write() as ses:
+        await ses.execute(update(JobRow).where(JobRow.id == job_id)
+                          .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    assert not await store.heartbeat(job_id, stale, 30)  # expired: not extended, even unswept
+    assert await store.requeue_expired(max_attempts=3) == [job_id]
+    assert (await store.claim("fresh", 30)).attempt == 2
+    with pytest.raises(LeaseLost):
+        await store.update_job(job_id, lease=stale, progress={"step": 99})
+    with pytest.raises(LeaseLost):
+        await store.add_event(job_id, "metrics", "late", lease=stale)
+    with pytest.raises(LeaseLost):
+        await store.record_checkpoint(job_id, 1, 10, "s3://b/k/epoch-1/", {}, lease=stale)
+    with pytest.raises(InvalidTransition):
+        await store.set_status(job_id, Status.succeeded, "done", lease=stale)
+    fresh = Lease("fresh", 2)
+    assert await store.heartbeat(job_id, fresh, 30)
+    assert await store.record_checkpoint(job_id, 1, 10, "s3://b/k/epoch-1/", {}, lease=fresh)
+    job = await store.get_job(None, job_id)
+    assert job.status is Status.running and job.progress is None

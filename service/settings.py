@@ -80,6 +80,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # Keep a training child per slot that has already imported torch/Unsloth/TRL, so a claimed
     # job starts without waiting for the imports.
     warm_child: bool = True
+    # Bitwise-reproducible training (torch's deterministic algorithms, one CPU thread): slower;
+    # for checking that a resumed job retraces an uninterrupted one.
+    deterministic_training: bool = False
     # Address-space cap for each training child (CPU runners: keeps one job from taking the
     # machine; going over it is handled like a CUDA out-of-memory).
     training_memory_limit_bytes: int | None = None

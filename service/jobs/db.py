@@ -66,6 +66,8 @@ class JobRow(Base):
     dataset: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     deployment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The latest mid-epoch resume point ({uri, step, epoch}): for resuming only, never served.
+    resume_point: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_tenant_created", "tenant", "created_at"),

@@ -44,6 +44,9 @@ class Hyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     seed: Annotated[int, Meta(ge=0, le=2**31 - 1)] = 3407
     train_on_inputs: bool = False
     early_stopping_patience: Annotated[int, Meta(ge=1, le=50)] | None = None
+    # Mid-epoch resume points every N optimizer steps: a crash then loses at most N steps, not
+    # an epoch. They are for resuming only; servable checkpoints stay one per epoch.
+    checkpoint_interval_steps: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
 
 
 Metadata = Annotated[
@@ -212,7 +215,8 @@ class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
     artifact_bucket: str
     output_prefix: str  # jobs/{id}
     resume_from: ObjectRef | None = None  # a checkpoint prefix (…/checkpoints/epoch-N)
-    micro_batch_size: int | None = None  # forced after an out-of-memory retry
+    max_micro_batch_size: int | None = None  # a cap after an out-of-memory retry
     backend: Literal["auto", "unsloth", "peft"] = "auto"
     metrics_every_steps: int = 1
+    deterministic: bool = False
     work_dir: str

@@ -387,6 +387,15 @@ class Store:
             return None
         return checkpoint_from_row(row)
 
+    async def set_resume_point(self, job_id: str, lease: Lease, uri: str, step: int,
+                               epoch: float) -> None:
+        """Remember the latest mid-epoch resume point (its files are already uploaded)."""
+        await self.update_job(job_id, lease=lease,
+                              resume_point={"uri": uri, "step": step, "epoch": epoch})
+
+    async def resume_point(self, job_id: str) -> dict[str, Any] | None:
+        return _json((await self._job_values(None, job_id))["resume_point"], dict[str, Any])
+
     async def list_checkpoints(self, tenant: str | None, job_id: str) -> list[s.Checkpoint]:
         async with self.db.read() as ses:
             await self.job_row(ses, tenant, job_id)

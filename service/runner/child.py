@@ -123,7 +123,7 @@ class JobRun:
         self.lease = Lease(self.owner, self.job.attempt)
 
     # -- the spec -------------------------------------------------------------------------
-    async def build_spec(self, micro_batch: int | None) -> s.TrainingSpec:
+    async def build_spec(self, max_micro_batch: int | None) -> s.TrainingSpec:
         job = self.job
         tenant = await self.store.job_tenant(job.id)
         bucket, key = await self.jobs.locate(tenant, job.training_file, "training_file")
@@ -131,11 +131,13 @@ class JobRun:
         if job.validation_file:
             vb, vk = await self.jobs.locate(tenant, job.validation_file, "validation_file")
             validation = s.ObjectRef(bucket=vb, key=vk)
-        checkpoints = await self.store.list_checkpoints(None, job.id)
+        # Resume from whichever is later: the last epoch checkpoint or the last resume point.
+        points = [(c.step, c.uri) for c in await self.store.list_checkpoints(None, job.id)]
+        if (point := await self.store.resume_point(job.id)) is not None:
+            points.append((point["step"], point["uri"]))
         resume = None
-        if checkpoints:
-            latest = checkpoints[-1]
-            rb, _, rk = latest.uri.removeprefix("s3://").partition("/")
+        if points:
+            rb, _, rk = max(points)[1].removeprefix("s3://").partition("/")
             resume = s.ObjectRef(bucket=rb, key=rk.rstrip("/"))
         entry = self.settings.base_model(job.base_model)
         if entry is None:
@@ -146,8 +148,8 @@ class JobRun:
             hyperparameters=job.hyperparameters,
             train=s.ObjectRef(bucket=bucket, key=key), validation=validation,
             validation_split=split, artifact_bucket=self.settings.artifact_bucket,
-            output_prefix=f"jobs/{job.id}", resume_from=resume, micro_batch_size=micro_batch,
-            work_dir=str(self.work_dir / "work"),
+            output_prefix=f"jobs/{job.id}", resume_from=resume, max_micro_batch_size=max_micro_batch,
+            work_dir=str(self.work_dir / "work"), deterministic=self.settings.deterministic_training,
         )
 
     @property
@@ -179,12 +181,17 @@ class JobRun:
             if attempt.code == EXIT_OOM and oom_retry < self.settings.max_oom_retries:
                 current = (attempt.plan or {}).get("micro_batch_size") or micro_batch or 1
                 if current > 1:
+                    # A cap, not a size: the retry's plan takes the largest micro-batch under it
+                    # that fits the memory free when it starts, down to 1.
                     micro_batch = max(1, current // 2)
                     await self.store.add_event(
                         self.job.id, "oom_retry", level="warning",
-                        message=f"out of memory at micro-batch {current}; retrying at "
-                                f"{micro_batch} from the latest checkpoint",
-                        data={"micro_batch_size": micro_batch, "retry": oom_retry + 1})
+                        message=f"out of memory at micro-batch {current} ({error['message']}); "
+                                f"retrying at micro-batch {micro_batch} or less from the latest "
+                                "checkpoint",
+                        data={"micro_batch_size": micro_batch, "retry": oom_retry + 1,
+                              "failed_micro_batch_size": current, "error": error},
+                        lease=self.lease)
                     continue
             if attempt.code not in (EXIT_BAD_INPUT, EXIT_OOM) and self.job.attempt < self.settings.max_attempts:
                 await self.store.add_event(self.job.id, "attempt_failed", error["message"], "warning",
@@ -209,7 +216,7 @@ class JobRun:
                 await child.close()
             child = await Child.start(self.settings, self.gpu, [str(spec_path)], log_path)
             self.log.info("child started", pid=child.proc.pid, gpu=self.gpu,
-                          micro_batch=spec.micro_batch_size)
+                          max_micro_batch=spec.max_micro_batch_size)
         proc = child.proc
         attempt = Attempt()
         reader = asyncio.create_task(self._read_events(child.events_fd, attempt, proc))
@@ -306,6 +313,9 @@ class JobRun:
             uri = f"s3://{msg['bucket']}/{msg['prefix']}/"
             await self.store.record_checkpoint(job_id, msg["epoch"], msg["step"], uri, msg["metrics"],
                                                lease=self.lease)
+        elif kind == "resume_point":
+            await self.store.set_resume_point(job_id, self.lease, f"s3://{msg['bucket']}/{msg['prefix']}/",
+                                              msg["step"], msg["epoch"])
         elif kind in ("warning", "resumed", "stopped"):
             text = msg.get("message") or f"resumed from {msg.get('checkpoint')}"
             await self.store.add_event(job_id, kind, text, "warning" if kind == "warning" else "info",

@@ -7,8 +7,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+# Multipart uploads hold chunk x concurrency bytes in memory each: 8 MiB x 4 keeps eight
+# concurrent 200 MB uploads within the API's stated memory bound (tests/integration/test_pressure.py).
+UPLOADS = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=4)
 
 
 class S3Store:
@@ -43,10 +48,10 @@ class S3Store:
             body.close()
 
     def put_fileobj(self, bucket: str, key: str, fileobj: BinaryIO) -> None:
-        self.client.upload_fileobj(fileobj, bucket, key)
+        self.client.upload_fileobj(fileobj, bucket, key, Config=UPLOADS)
 
     def put_file(self, bucket: str, key: str, path: Path) -> None:
-        self.client.upload_file(str(path), bucket, key)
+        self.client.upload_file(str(path), bucket, key, Config=UPLOADS)
 
     def download(self, bucket: str, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,11 @@ def _out_of_memory(exc: BaseException) -> bool:
             or "CUDA out of memory" in text or "can't allocate memory" in text)
 
 
+def _first_lines(text: str, limit: int = 600) -> str:
+    """CUDA's message spans lines (requested, total, free, reserved); keep it whole but short."""
+    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())[:limit]
+
+
 def _import_stack(backend: str) -> None:
     if backend == "unsloth":
         # Unsloth compiles each decoder block with torch.compile on the first step: on an H100
@@ -103,10 +108,11 @@ def main(argv: list[str]) -> int:
         emit.emit("error", code="invalid_hyperparameters", message=str(exc))
         return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - reported to the runner, which decides what next
+        traceback.print_exc()  # the child's log keeps the whole allocator message
         if _out_of_memory(exc):
-            emit.emit("error", code="out_of_memory", message=str(exc).splitlines()[0])
+            # The allocator's own words: what was requested and what was free.
+            emit.emit("error", code="out_of_memory", message=_first_lines(str(exc)))
             return EXIT_OOM
-        traceback.print_exc()
         emit.emit("error", code="training_error", message=f"{type(exc).__name__}: {exc}"[:2000])
         return 1
     return 0

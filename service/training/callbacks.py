@@ -58,10 +58,29 @@ class CheckpointCallback(TrainerCallback):
     def on_save(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         epoch = round(state.epoch)
+        if abs(state.epoch - epoch) > 1e-6:  # a mid-epoch save: a resume point, not servable
+            key_prefix = f"{self.prefix}/resume/step-{state.global_step}"
+            upload_dir(self.objects, self.bucket, key_prefix, folder)
+            self.emit.emit("resume_point", step=state.global_step, epoch=state.epoch,
+                           bucket=self.bucket, prefix=key_prefix)
+            return
         key_prefix = f"{self.prefix}/checkpoints/epoch-{epoch}"
         upload_dir(self.objects, self.bucket, key_prefix, folder)
         self.emit.emit("checkpoint", epoch=epoch, step=state.global_step,
                        bucket=self.bucket, prefix=key_prefix, metrics=_epoch_metrics(state, epoch))
+
+
+class ResumePointCallback(TrainerCallback):
+    """Every `interval` optimizer steps inside an epoch, ask the Trainer for a save (with optimizer,
+    scheduler and RNG state), which CheckpointCallback uploads as a resume point."""
+
+    def __init__(self, interval: int) -> None:
+        self.interval = interval
+
+    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
+        if state.global_step % self.interval == 0:
+            control.should_save = True
+        return control
 
 
 def _epoch_metrics(state, epoch: int) -> dict[str, float]:  # noqa: ANN001

@@ -61,11 +61,17 @@ def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str) 
 
 
 def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend: str,
-              device: str, forced_micro_batch: int | None = None) -> MemoryPlan:
-    """The largest micro-batch dividing batch_size whose estimate fits `available` with a margin."""
-    wanted = forced_micro_batch or hp.micro_batch_size
-    candidates = [wanted] if wanted else [d for d in range(hp.batch_size, 0, -1)
-                                          if hp.batch_size % d == 0]
+              device: str, max_micro_batch: int | None = None) -> MemoryPlan:
+    """The largest micro-batch dividing batch_size whose estimate fits `available` with a margin.
+
+    `max_micro_batch` caps it after an out-of-memory retry; the plan still takes the largest
+    size under the cap that fits the memory free now, down to 1, before it gives up."""
+    top = hp.micro_batch_size or hp.batch_size
+    if max_micro_batch is not None:
+        top = min(top, max_micro_batch)
+    candidates = [d for d in range(top, 0, -1) if hp.batch_size % d == 0] or [1]
+    if hp.micro_batch_size and max_micro_batch is None:
+        candidates = [hp.micro_batch_size]
     best = None
     for mb in candidates:
         parts = estimate(shape, hp, mb, backend)

@@ -15,7 +15,12 @@ from service.datasets.render import Collator, Renderer, read_jsonl, split_exampl
 from service.jobs.schema import MemoryPlan, TrainingSpec
 from service.storage import ObjectStore, download_prefix, upload_dir
 from service.training import backends
-from service.training.callbacks import CheckpointCallback, ProgressCallback, StopOnSignal
+from service.training.callbacks import (
+    CheckpointCallback,
+    ProgressCallback,
+    ResumePointCallback,
+    StopOnSignal,
+)
 from service.training.events import Emitter
 from service.shapes import Shape, read_config
 from service.training.plan import make_plan
@@ -28,7 +33,7 @@ def plan_memory(spec: TrainingSpec, backend: str, device: str) -> MemoryPlan:
         import torch
 
         available = torch.cuda.mem_get_info()[0]
-    return make_plan(shape, spec.hyperparameters, available, backend, device, spec.micro_batch_size)
+    return make_plan(shape, spec.hyperparameters, available, backend, device, spec.max_micro_batch_size)
 
 
 def build_datasets(spec: TrainingSpec, objects: ObjectStore, tokenizer, work: Path):  # noqa: ANN001, ANN201
@@ -61,7 +66,16 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
 
     work = Path(spec.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    if spec.deterministic and device == "cpu":
+        import torch
+
+        torch.set_num_threads(1)  # a multi-threaded reduction may sum in another order each run
     load_started = time.perf_counter()
+    # LoRA's A matrices are drawn when the adapter is attached, before the Trainer seeds
+    # anything: seed first, or two runs of one job (or a run and its resume) start apart.
+    from transformers import set_seed
+
+    set_seed(hp.seed, deterministic=spec.deterministic)
     model, tokenizer = backends.load(backend, spec.base_model_source, hp)
     emit.emit("loaded", seconds=round(time.perf_counter() - load_started, 2))
     if tokenizer.pad_token_id is None:
@@ -85,6 +99,7 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
         lr_scheduler_type="linear",
         seed=hp.seed,
         data_seed=hp.seed,
+        full_determinism=spec.deterministic,
         logging_steps=spec.metrics_every_steps,
         save_strategy="epoch",
         eval_strategy="epoch" if val_ds is not None else "no",
@@ -106,6 +121,8 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     )
     callbacks = [StopOnSignal(), ProgressCallback(emit),
                  CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix)]
+    if hp.checkpoint_interval_steps:
+        callbacks.append(ResumePointCallback(hp.checkpoint_interval_steps))
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,

@@ -236,5 +236,7 @@ async def test_out_of_memory_halves_the_micro_batch_and_finishes(e2e_settings, t
         evs = await events(api, job["id"])
         retries = [e["data"]["micro_batch_size"] for e in evs if e["type"] == "oom_retry"]
         assert retries == [16, 8]
+        # The allocator's own message reaches the event: what was asked for.
+        assert all("allocate" in e["message"] for e in evs if e["type"] == "oom_retry"), evs
         assert (done["plan"]["micro_batch_size"], done["plan"]["gradient_accumulation_steps"]) == (8, 4)
         assert done["attempt"] == 1

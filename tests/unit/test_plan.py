@@ -50,3 +50,16 @@ def test_plan_picks_the_largest_micro_batch_that_fits() -> None:
 def test_impossible_job_fails_with_the_estimate() -> None:
     with pytest.raises(PlanError, match=r"needs about \d+\.\d GiB"):
         make_plan(LLAMA_70B, Hyperparameters(max_seq_length=8192), 24 * GiB, "unsloth", "cuda")
+
+
+def test_an_out_of_memory_cap_still_takes_the_largest_micro_batch_that_fits_now() -> None:
+    """After an OOM at 16 the retry is capped at 8; if only 4 fits the memory free now, the
+    plan takes 4 instead of refusing the job (what a forced halving did)."""
+    hp = Hyperparameters(batch_size=16, max_seq_length=2048)
+    sizes = {mb: sum(estimate(LLAMA_8B, hp, mb, "unsloth").values()) * 1.1 for mb in (4, 8)}
+    free_now = int((sizes[4] + sizes[8]) / 2)  # 4 fits, 8 does not
+    plan = make_plan(LLAMA_8B, hp, free_now, "unsloth", "cuda", max_micro_batch=8)
+    assert (plan.micro_batch_size, plan.gradient_accumulation_steps) == (4, 4)
+    assert make_plan(LLAMA_8B, hp, None, "unsloth", "cpu", max_micro_batch=8).micro_batch_size == 8
+    with pytest.raises(PlanError):
+        make_plan(LLAMA_8B, hp, int(sizes[4] / 10), "unsloth", "cuda", max_micro_batch=8)

@@ -1,0 +1,94 @@
+"""Resume you can trust: a job killed at a random step resumes from its latest mid-epoch resume
+point and reproduces, step for step, the losses of the same job run without interruption."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from service.settings import BaseModelEntry
+from tests.conftest import DATASETS, Api, api_client
+from tests.e2e.test_training_runner import events, train_to_the_end
+from tests.support.data import jsonl
+from tests.support.processes import start_runner
+
+pytestmark = pytest.mark.slow
+INTERVAL = 7
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
+
+
+@pytest.fixture
+def tiny_settings(e2e_settings, tiny_llama_dir: Path):  # noqa: ANN001, ANN201
+    return msgspec.structs.replace(
+        e2e_settings, base_models=(BaseModelEntry(alias="tiny", source=str(tiny_llama_dir)),),
+        lease_seconds=3.0, heartbeat_seconds=0.5, deterministic_training=True)
+
+
+async def submit(api: Api, s3) -> str:  # noqa: ANN001
+    rng = random.Random(1)
+    rows = [{"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 20)))} for _ in range(220)]
+    key = f"resume/{time.monotonic_ns()}.jsonl"
+    s3.put_object(Bucket=DATASETS, Key=key, Body=jsonl(rows))
+    r = await api.client.post("/jobs", headers=api.auth(), json={
+        "base_model": "tiny", "training_file": f"s3://{DATASETS}/{key}", "deploy": False,
+        "hyperparameters": {"n_epochs": 2, "batch_size": 4, "max_seq_length": 32, "learning_rate": 1e-3,
+                            "checkpoint_interval_steps": INTERVAL, "seed": 11}})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def losses(evs: list[dict]) -> list[tuple[int, int, float]]:
+    """(attempt, step, loss) of every metrics event, in order."""
+    return [(e["data"]["attempt"], e["data"]["step"], e["data"]["loss"]) for e in evs if e["type"] == "metrics"]
+
+
+@pytest.fixture
+async def tiny_api(tiny_settings):  # noqa: ANN001, ANN201
+    async with api_client(tiny_settings) as api:
+        yield api
+
+
+async def test_killed_at_a_random_step_resumes_with_identical_losses(tiny_api: Api, tiny_settings, s3,
+                                                                     tmp_path: Path) -> None:  # noqa: ANN001
+    api = tiny_api
+    reference_id = await submit(api, s3)
+    await train_to_the_end(api, tiny_settings, reference_id, tmp_path / "reference.log")
+    reference = {step: loss for _, step, loss in losses(await events(api, reference_id))}
+    total = max(reference)
+    assert total >= 80
+
+    job_id = await submit(api, s3)
+    kill_at = random.Random(time.time_ns()).randint(2 * INTERVAL + 1, total - 2 * INTERVAL)
+    first = start_runner(tiny_settings, tmp_path / "killed.log")
+    try:
+        deadline = time.monotonic() + 300
+        while not any(step >= kill_at for _, step, _ in losses(await events(api, job_id))):
+            assert time.monotonic() < deadline, "training did not reach the kill step"
+            await asyncio.sleep(0.05)
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    done = await train_to_the_end(api, tiny_settings, job_id, tmp_path / "resumed.log")
+    assert done["attempt"] == 2
+
+    evs = await events(api, job_id)
+    seen = losses(evs)
+    reached = max(step for attempt, step, _ in seen if attempt == 1)
+    resumed_at = min(step for attempt, step, _ in seen if attempt == 2) - 1
+    redone = reached - resumed_at
+    print(f"\nresume: killed after step {reached} (aimed at {kill_at}), resumed from step {resumed_at}, "
+          f"{redone} steps redone (interval {INTERVAL}); {total} steps in all")
+    assert 0 <= redone <= INTERVAL
+    assert any(e["type"] == "resumed" for e in evs)
+    # Every step, from either attempt, has the uninterrupted run's loss: same data, same order.
+    worst = max(abs(loss - reference[step]) for _, step, loss in seen)
+    assert {step for _, step, _ in seen} == set(reference)
+    assert worst <= 1e-5, worst
+    print(f"largest per-step loss difference from the uninterrupted run: {worst:.2e}")

@@ -27,9 +27,11 @@ from service.api.deps import (
     provide_tenant,
 )
 from service.api.files import FilesController
+from service.api.gateway import GatewayController, Upstreams
 from service.api.health import HealthController
 from service.api.jobs import JobsController
 from service.api.models import ModelsController, ServingController
+from service.api.openai_routes import V1FilesController, V1FineTuningController, V1ModelsController
 from service.api.openapi import complete as complete_openapi
 from service.errors import ServiceError
 from service.jobs.database import Database, migrate
@@ -154,7 +156,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         jobs = JobService(settings, store, objects)
         app.state.update(settings=settings, store=store, objects=objects, jobs=jobs,
                          files=FileService(settings, store, objects), deployments=Deployments(db),
-                         metrics=Metrics(), key_cache={})
+                         metrics=Metrics(), key_cache={}, upstreams=Upstreams(settings))
         await jobs.resume_pending()
         jobs.sweep_leases_in_background()
         # Everything loaded so far lives as long as the process; keeping it out of the cyclic
@@ -166,11 +168,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             await jobs.drain()
+            await app.state.upstreams.close()
             await db.close()
 
     return Litestar(
         route_handlers=[JobsController, FilesController, ModelsController, ServingController,
-                        HealthController],
+                        HealthController, V1FilesController, V1FineTuningController,
+                        V1ModelsController, GatewayController],
         dependencies={
             "tenant": Provide(provide_tenant),
             "store": Provide(provide_store, sync_to_thread=False),

@@ -101,8 +101,8 @@ def up(settings: Settings) -> int:
         children.append(Supervised("serving"))
     url = f"http://{settings.host}:{settings.port}"
     models = ", ".join(m.alias for m in settings.base_models) or "none (set TUNEDOCK_BASE_MODELS)"
-    serving = (f"  chat (OpenAI API, once vLLM is up): {settings.serving_url}\n"
-               if settings.serve_model else "")
+    serving = (f"  OpenAI API (files, fine-tuning, models, chat once vLLM is up): {url}/v1\n"
+               if settings.serve_model else f"  OpenAI API (files, fine-tuning, models): {url}/v1\n")
     print(f"\ntunedock is up at {url}\n  API key (tenant 'dev'): {key}\n  base models: {models}\n"
           f"{serving}  try: curl -H 'Authorization: Bearer {key}' {url}/jobs\n", flush=True)
     try:

@@ -77,6 +77,36 @@ class _Upload:
         self.out.write(chunk)
 
 
+async def receive_upload(request: Request, tenant: str, files: FileService, settings: Settings,
+                         idempotency_key: str | None) -> tuple[s.File, bool]:
+    """Stream a multipart upload's `file` part into the artifact bucket (for /files and /v1/files)."""
+    ctype, opts = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in opts:
+        raise InvalidRequest("upload the file as multipart/form-data with a 'file' part", param="file")
+    limit = settings.max_upload_bytes
+    announced = request.headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > limit + (1 << 20):
+        raise PayloadTooLarge(f"the file is larger than the {limit}-byte limit", param="file")
+    upload = _Upload(limit)
+    with upload.out:
+        parser = MultipartParser(opts[b"boundary"], upload.callbacks())
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+            parser.finalize()
+        except MultipartParseError as exc:
+            raise InvalidRequest(f"the multipart body is malformed ({exc}); send one 'file' part",
+                                 param="file") from None
+        if upload.filename is None:
+            raise InvalidRequest("the form has no 'file' part", param="file")
+        if upload.size == 0:
+            raise Unprocessable("the file is empty: upload a JSONL file with one example per line",
+                                param="file", code="file_empty")
+        upload.out.seek(0)
+        return await files.save(tenant, upload.filename, upload.out, upload.size,
+                                upload.sha.hexdigest(), idempotency_key)
+
+
 class FilesController(Controller):
     path = "/files"
     tags = ["files"]
@@ -86,32 +116,7 @@ class FilesController(Controller):
           responses=errors(*AUTHED, 409, 413, 422))
     async def upload(self, request: Request, tenant: str, files: FileService, settings: Settings,
                      idempotency_key: IdempotencyKey = None) -> Response[s.File]:
-        ctype, opts = parse_options_header(request.headers.get("content-type", ""))
-        if ctype != b"multipart/form-data" or b"boundary" not in opts:
-            raise InvalidRequest("upload the file as multipart/form-data with a 'file' part",
-                                 param="file")
-        limit = settings.max_upload_bytes
-        announced = request.headers.get("content-length", "")
-        if announced.isdigit() and int(announced) > limit + (1 << 20):
-            raise PayloadTooLarge(f"the file is larger than the {limit}-byte limit", param="file")
-        upload = _Upload(limit)
-        with upload.out:
-            parser = MultipartParser(opts[b"boundary"], upload.callbacks())
-            try:
-                async for chunk in request.stream():
-                    parser.write(chunk)
-                parser.finalize()
-            except MultipartParseError as exc:
-                raise InvalidRequest(f"the multipart body is malformed ({exc}); send one 'file' part",
-                                     param="file") from None
-            if upload.filename is None:
-                raise InvalidRequest("the form has no 'file' part", param="file")
-            if upload.size == 0:
-                raise Unprocessable("the file is empty: upload a JSONL file with one example per line",
-                                    param="file", code="file_empty")
-            upload.out.seek(0)
-            file, created = await files.save(tenant, upload.filename, upload.out, upload.size,
-                                             upload.sha.hexdigest(), idempotency_key)
+        file, created = await receive_upload(request, tenant, files, settings, idempotency_key)
         return Response(file, status_code=201, headers={"Idempotent-Replayed": str(not created).lower()})
 
     @get("/", responses=errors(*AUTHED, 404))

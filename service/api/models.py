@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litestar import Controller, delete, get
+from litestar import Controller, Request, delete, get
 
 from service.api.openapi import AUTHED, errors
 from service.jobs import schema as s
@@ -34,6 +34,7 @@ class ServingController(Controller):
     tags = ["models"]
 
     @get("/", responses=errors(*AUTHED))
-    async def serving(self, tenant: str, settings: Settings) -> s.Serving:
-        """Where to send OpenAI-style chat calls for fine-tuned models, and the key to use."""
-        return s.Serving(base_url=settings.serving_url, api_key=settings.serving_api_key)
+    async def serving(self, request: Request, tenant: str) -> s.Serving:
+        """Where to send OpenAI-style calls: this API's own /v1 gateway, with your own key (the
+        model server behind it is internal)."""
+        return s.Serving(base_url=str(request.base_url).rstrip("/") + "/v1", api_key=None)

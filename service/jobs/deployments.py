@@ -86,6 +86,13 @@ class Deployments:
                                       .order_by(DeploymentRow.created_at))).all()
         return [model_from_row(r) for r in rows]
 
+    async def serves(self, tenant: str, name: str) -> bool:
+        """Whether `name` is one of this tenant's adapters that is (or is being) served. On the
+        driver path: the gateway asks on every chat call."""
+        found = await self.db.rows(
+            "SELECT tenant, status FROM deployments WHERE name = ?", name)
+        return bool(found) and found[0]["tenant"] == tenant and found[0]["status"] in ACTIVE
+
     async def unload(self, tenant: str, name: str) -> s.ModelInfo:
         async with self.db.write() as ses:
             row = await ses.get(DeploymentRow, name)

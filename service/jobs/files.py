@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import anyio
 
+from service.errors import Conflict
 from service.ids import new_id
 from service.jobs import schema as s
 from service.jobs.db import FileRow
@@ -42,3 +44,16 @@ class FileService:
         if not created:  # a concurrent request with the same key won: drop our copy
             await anyio.to_thread.run_sync(self.objects.delete, bucket, key)
         return file, created
+
+    async def delete(self, tenant: str, file_id: str) -> None:
+        """Delete an upload no live job reads: the row first (so no row ever points at a
+        missing object), then the object."""
+        row = await self.store.file_row(tenant, file_id)
+        if await self.store.file_in_use(tenant, file_id):
+            raise Conflict(f"file {file_id} is used by a job that has not ended; cancel the job or "
+                           "wait for it to end, then delete the file", param="file_id", code="file_in_use")
+        await self.store.delete_file(tenant, file_id)
+        await anyio.to_thread.run_sync(self.objects.delete, row.bucket, row.key)
+
+    def content(self, row: FileRow) -> Iterator[bytes]:
+        return self.objects.iter_bytes(row.bucket, row.key)

@@ -235,6 +235,22 @@ class Store:
             raise NotFound(f"no file {file_id!r}", param="file_id")
         return FileRow(**found[0])
 
+    async def file_in_use(self, tenant: str, file_id: str) -> bool:
+        """Whether a job that has not ended reads this file."""
+        live = [st.value for st in s.Status if st not in s.TERMINAL]
+        async with self.db.read() as ses:
+            found = await ses.scalar(select(JobRow.id).where(
+                JobRow.tenant == tenant, JobRow.status.in_(live),
+                (JobRow.training_file == file_id) | (JobRow.validation_file == file_id)).limit(1))
+        return found is not None
+
+    async def delete_file(self, tenant: str, file_id: str) -> None:
+        async with self.db.write() as ses:
+            row = await ses.get(FileRow, file_id)
+            if row is None or row.tenant != tenant:
+                raise NotFound(f"no file {file_id!r}", param="file_id")
+            await ses.delete(row)
+
     async def list_files(self, tenant: str, after: str | None, limit: int) -> s.Page:
         async with self.db.read() as ses:
             q = select(FileRow).where(FileRow.tenant == tenant)
@@ -291,12 +307,19 @@ class Store:
         return found[0]
 
     async def list_jobs(
-        self, tenant: str, after: str | None, limit: int, status: s.Status | None = None
+        self, tenant: str, after: str | None, limit: int, status: s.Status | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> s.Page:
-        """Newest first; `after` is the last id of the previous page (keyset pagination)."""
+        """Newest first; `after` is the last id of the previous page (keyset pagination);
+        `metadata` keeps jobs whose metadata has every one of those key/value pairs."""
         sql, params = f"{JOB_SELECT} WHERE tenant = ?", [tenant]
         if status is not None:
             sql, params = sql + " AND status = ?", [*params, status.value]
+        for key, value in (metadata or {}).items():
+            if self.db.is_sqlite:
+                sql, params = sql + " AND json_extract(metadata, ?) = ?", [*params, f'$."{key}"', value]
+            else:
+                sql, params = sql + " AND (metadata::jsonb ->> ?) = ?", [*params, key, value]
         if after:
             anchor = await self._job_values(tenant, after)
             sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"

@@ -11,9 +11,11 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-# Multipart uploads hold chunk x concurrency bytes in memory each: 8 MiB x 4 keeps eight
-# concurrent 200 MB uploads within the API's stated memory bound (tests/integration/test_pressure.py).
+# A multipart upload from a stream holds up to max_in_memory_upload_chunks x chunk bytes (s3transfer's
+# default: 10 x 8 MiB, ~100 MiB an upload as measured). 4 x 8 MiB keeps eight concurrent 200 MB
+# uploads within the API's stated memory bound (tests/integration/test_pressure.py).
 UPLOADS = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=4)
+UPLOADS.max_in_memory_upload_chunks = 4
 
 
 class S3Store:

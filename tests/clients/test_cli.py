@@ -65,7 +65,7 @@ def test_exit_codes(cli) -> None:  # noqa: ANN001
     down = cli("jobs", "list", env_extra={"TUNEDOCK_BASE_URL": f"http://127.0.0.1:{free_port()}"})
     assert down.returncode == 3 and "could not reach" in down.stderr
     unserved = cli("chat", "ft:x", "hi")
-    assert unserved.returncode == 3 and "no serving endpoint" in unserved.stderr
+    assert unserved.returncode == 3 and "model_not_found" in unserved.stderr, unserved.stderr
 
 
 @pytest.mark.parametrize("command", [[], ["files"], ["files", "upload"], ["jobs"], ["jobs", "create"],

@@ -13,8 +13,6 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from service.jobs.database import Database
-from service.jobs.store import Store
 from tests.conftest import ARTIFACTS, Api
 from tests.support.live import free_port
 from tests.support.processes import ROOT, die_with_sigterm, settings_env
@@ -59,20 +57,10 @@ def test_eight_concurrent_200mb_uploads_stay_under_the_memory_bound(make_setting
     port = free_port()
     settings = make_settings(port=port, max_upload_bytes=UPLOAD)
 
-    async def key() -> str:
-        from service.jobs.database import migrate
-
-        migrate(settings.database_url)
-        db = Database(settings.database_url)
-        try:
-            return await Store(db).create_api_key("acme")
-        finally:
-            await db.close()
-
-    import asyncio
-
-    token = asyncio.run(key())
-    api = subprocess.Popen([sys.executable, "-m", "service", "api"], cwd=ROOT, env=settings_env(settings),
+    env = settings_env(settings)
+    token = subprocess.run([sys.executable, "-m", "service", "keys", "create", "--tenant", "acme"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+    api = subprocess.Popen([sys.executable, "-m", "service", "api"], cwd=ROOT, env=env,
                            stdout=(tmp_path / "api.log").open("wb"), stderr=subprocess.STDOUT,
                            preexec_fn=die_with_sigterm)
     base = f"http://127.0.0.1:{port}"

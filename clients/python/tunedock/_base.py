@@ -124,3 +124,8 @@ def progress_text(job: Any) -> str:
         if p.loss is not None:
             parts.append(f"loss {p.loss:.4f}")
     return " | ".join(parts)
+
+
+def v1_url(config: Config) -> str:
+    """The service's OpenAI-compatible front door."""
+    return config.base_url.rstrip("/") + "/v1"

@@ -13,7 +13,7 @@ import msgspec
 
 from tunedock import _base as b
 from tunedock.errors import JobFailed
-from tunedock.types import Checkpoint, Event, File, Job, Model, Serving
+from tunedock.types import Checkpoint, Event, File, Job, Model
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -49,13 +49,11 @@ class Client:
             attempt += 1
 
     def openai(self) -> Any:
-        """An `openai.OpenAI` for the serving endpoint this service advertises."""
+        """An `openai.OpenAI` on this service's /v1 front door (files, fine-tuning, models, chat),
+        with this client's key."""
         import openai
 
-        serving = b.decode(self.request("GET", "/serving", idempotent=True), Serving)
-        if not serving.base_url:
-            raise RuntimeError("this tunedock service has no serving endpoint configured")
-        return openai.OpenAI(base_url=serving.base_url, api_key=serving.api_key or "none")
+        return openai.OpenAI(base_url=b.v1_url(self.config), api_key=self.config.api_key or "none")
 
     def close(self) -> None:
         self._http.close()
@@ -226,13 +224,10 @@ class AsyncClient:
             attempt += 1
 
     async def openai(self) -> Any:
-        """An `openai.AsyncOpenAI` for the serving endpoint this service advertises."""
+        """An `openai.AsyncOpenAI` on this service's /v1 front door, with this client's key."""
         import openai
 
-        serving = b.decode(await self.request("GET", "/serving", idempotent=True), Serving)
-        if not serving.base_url:
-            raise RuntimeError("this tunedock service has no serving endpoint configured")
-        return openai.AsyncOpenAI(base_url=serving.base_url, api_key=serving.api_key or "none")
+        return openai.AsyncOpenAI(base_url=b.v1_url(self.config), api_key=self.config.api_key or "none")
 
     async def close(self) -> None:
         await self._http.aclose()

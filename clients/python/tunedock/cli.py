@@ -92,9 +92,17 @@ def run(args: argparse.Namespace, client: Client) -> int:
     elif args.command == "models":
         _out(args, client.models.list(), ["id", "kind", "served", "status"])
     elif args.command == "chat":
-        reply = client.openai().chat.completions.create(
-            model=args.model, messages=[{"role": "user", "content": args.prompt}],
-            max_tokens=args.max_tokens, temperature=0)
+        import openai
+
+        try:
+            reply = client.openai().chat.completions.create(
+                model=args.model, messages=[{"role": "user", "content": args.prompt}],
+                max_tokens=args.max_tokens, temperature=0)
+        except openai.APIStatusError as exc:
+            error = exc.body if isinstance(exc.body, dict) else {}
+            raise RuntimeError(f"{error.get('code') or exc.status_code}: {error.get('message') or exc}") from None
+        except openai.APIConnectionError as exc:
+            raise RuntimeError(f"could not reach {client.config.base_url}: {exc}") from None
         print(reply.choices[0].message.content)
     return EXIT_OK
 

@@ -1,0 +1,133 @@
+"""The chat gateway: /v1/chat/completions and /v1/completions, proxied to vLLM (streaming
+included) after checking that the named model is a base model or one of this tenant's served
+adapters. vLLM is internal: only this gateway talks to it, with the serving key.
+
+Any model name a tenant may not use answers exactly like one that does not exist, so a name
+tells nothing about other tenants. With several vLLM replicas (TUNEDOCK_SERVING_URL as a comma
+list) each model name goes to one replica, chosen by rendezvous hashing, so an adapter is loaded
+on one replica rather than on all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+import structlog
+from litestar import Controller, Request, post
+from litestar.datastructures import State
+from litestar.response import Response, Stream
+
+from service.api.openapi import AUTHED, errors
+from service.errors import InvalidRequest, NotFound, ServiceError
+from service.jobs.deployments import Deployments
+from service.settings import Settings
+
+log = structlog.get_logger()
+MAX_BODY = 4 << 20
+
+
+class ModelServerUnavailable(ServiceError):
+    """The model server did not answer; retry in a few seconds."""
+
+    status_code = 503
+    code = "model_server_unavailable"
+
+
+class _ModelField(msgspec.Struct):
+    model: str | None = None
+    stream: bool = False
+
+
+def model_not_found(name: str) -> NotFound:
+    # The same words for a model that does not exist and for another tenant's.
+    return NotFound(f"The model {name!r} does not exist or you do not have access to it.",
+                    param="model", code="model_not_found")
+
+
+def pick_upstream(upstreams: tuple[str, ...], model: str) -> str:
+    """Rendezvous hashing: the same model always goes to the same replica while it is listed."""
+    return max(upstreams, key=lambda u: hashlib.sha256(f"{u}\n{model}".encode()).digest())
+
+
+class Upstreams:
+    """The vLLM servers behind the gateway, one pooled HTTP client for all of them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.urls = tuple(u.strip().rstrip("/") for u in (settings.serving_url or "").split(",") if u.strip())
+        headers = {"Authorization": f"Bearer {settings.serving_api_key}"} if settings.serving_api_key else {}
+        # Connect fails fast (a dead vLLM is a 503 at once); generation may take its time.
+        self.http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(600, connect=3),
+                                      limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+async def allowed(settings: Settings, deployments: Deployments, tenant: str, name: str) -> bool:
+    if name in settings.served_models:
+        return True
+    return await deployments.serves(tenant, name)
+
+
+class GatewayController(Controller):
+    path = "/v1"
+    tags = ["openai: chat"]
+
+    @post("/chat/completions", responses=errors(*AUTHED, 404, 503), status_code=200)
+    async def chat(self, request: Request, tenant: str, settings: Settings, deployments: Deployments,
+                   state: State) -> Response:
+        """OpenAI's chat completions (streaming with `stream: true`), answered by vLLM."""
+        return await _proxy(request, "chat/completions", tenant, settings, deployments, state.upstreams)
+
+    @post("/completions", responses=errors(*AUTHED, 404, 503), status_code=200)
+    async def completions(self, request: Request, tenant: str, settings: Settings,
+                          deployments: Deployments, state: State) -> Response:
+        """OpenAI's (legacy) completions, answered by vLLM."""
+        return await _proxy(request, "completions", tenant, settings, deployments, state.upstreams)
+
+
+async def _proxy(request: Request, route: str, tenant: str, settings: Settings,
+                 deployments: Deployments, upstreams: Upstreams) -> Response:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise InvalidRequest(f"the request body is over {MAX_BODY} bytes", param=None)
+    try:
+        head = msgspec.json.decode(body, type=_ModelField)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidRequest(f"the request body must be a JSON object with a 'model': {exc}",
+                             param="model") from None
+    if not head.model:
+        raise InvalidRequest("name the model to answer with: 'model'", param="model")
+    if not await allowed(settings, deployments, tenant, head.model):
+        raise model_not_found(head.model)
+    if not upstreams.urls:
+        raise ModelServerUnavailable("no model server is configured (TUNEDOCK_SERVING_URL)")
+    url = f"{pick_upstream(upstreams.urls, head.model)}/{route}"
+    upstream = upstreams.http.build_request("POST", url, content=body,
+                                            headers={"Content-Type": "application/json"})
+    try:
+        answer = await upstreams.http.send(upstream, stream=True)
+    except httpx.HTTPError as exc:
+        log.warning("model server unreachable", url=url, error=type(exc).__name__)
+        raise ModelServerUnavailable("the model server is not answering (it may be restarting); "
+                                     "retry in a few seconds") from None
+    media_type = answer.headers.get("content-type", "application/json")
+    if not head.stream or answer.status_code != 200:
+        try:
+            content = await answer.aread()
+        finally:
+            await answer.aclose()
+        return Response(content, status_code=answer.status_code, media_type=media_type)
+    return Stream(_relay(answer), status_code=200, media_type=media_type,
+                  headers={"Cache-Control": "no-cache"})
+
+
+async def _relay(answer: httpx.Response) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in answer.aiter_raw():
+            yield chunk
+    finally:
+        await answer.aclose()

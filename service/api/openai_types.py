@@ -1,0 +1,244 @@
+"""The /v1 wire types: OpenAI's documented shapes for files, fine-tuning jobs, their events and
+checkpoints, and models, and the one mapping each way between them and tunedock's own types.
+There is no second implementation of jobs or files: /v1 requests become `JobCreate`, and the
+answers are tunedock's jobs seen through OpenAI's field names (ids keep tunedock's prefixes)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from service.errors import InvalidRequest
+from service.jobs import schema as s
+
+# OpenAI's learning_rate_multiplier scales this (the native API's default learning rate).
+BASE_LEARNING_RATE = 2e-4
+AUTO_N_EPOCHS, AUTO_BATCH_SIZE = 3, 8
+
+Auto = Literal["auto"]
+
+
+class OpenAIHyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """`"auto"` resolves to n_epochs 3, batch_size 8 and a multiplier of 1 (learning rate 2e-4)."""
+
+    n_epochs: Annotated[int, Meta(ge=1, le=50)] | Auto = "auto"
+    batch_size: Annotated[int, Meta(ge=1, le=1024)] | Auto = "auto"
+    learning_rate_multiplier: Annotated[float, Meta(gt=0, le=100)] | Auto = "auto"
+
+
+class Supervised(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    hyperparameters: OpenAIHyperparameters = OpenAIHyperparameters()
+
+
+class Method(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    type: Annotated[str, Meta(max_length=32)]
+    supervised: Supervised | None = None
+
+
+class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """OpenAI's create body; tunedock's own knobs come as extra top-level fields (`extra_body`)."""
+
+    model: Annotated[str, Meta(min_length=1, max_length=128)]
+    training_file: s.FileRef
+    validation_file: s.FileRef | None = None
+    suffix: s.Suffix | None = None
+    seed: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
+    metadata: s.Metadata | None = None
+    hyperparameters: OpenAIHyperparameters | None = None
+    method: Method | None = None
+    # tunedock's extras
+    deploy: bool = True
+    learning_rate: Annotated[float, Meta(gt=0, le=1)] | None = None
+    micro_batch_size: Annotated[int, Meta(ge=1, le=1024)] | None = None
+    max_seq_length: Annotated[int, Meta(ge=16, le=131072)] | None = None
+    lora_r: Annotated[int, Meta(ge=1, le=256)] | None = None
+    lora_alpha: Annotated[int, Meta(ge=1, le=1024)] | None = None
+    lora_dropout: Annotated[float, Meta(ge=0, lt=1)] | None = None
+    target_modules: list[s.LoraModule] | None = None
+    load_in_4bit: bool | None = None
+    warmup_ratio: Annotated[float, Meta(ge=0, le=1)] | None = None
+    weight_decay: Annotated[float, Meta(ge=0, le=1)] | None = None
+    train_on_inputs: bool | None = None
+    early_stopping_patience: Annotated[int, Meta(ge=1, le=50)] | None = None
+    checkpoint_interval_steps: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+
+    def to_native(self) -> s.JobCreate:
+        """The same job on the native API; raises InvalidRequest for what tunedock cannot do."""
+        oai = self.hyperparameters or OpenAIHyperparameters()
+        if self.method is not None:
+            if self.method.type != "supervised":
+                raise InvalidRequest(f"method.type {self.method.type!r} is not supported; tunedock "
+                                     "trains 'supervised' fine-tuning jobs", param="method.type")
+            if self.method.supervised is not None:
+                oai = self.method.supervised.hyperparameters
+        hp: dict[str, Any] = {
+            "n_epochs": AUTO_N_EPOCHS if oai.n_epochs == "auto" else oai.n_epochs,
+            "batch_size": AUTO_BATCH_SIZE if oai.batch_size == "auto" else oai.batch_size,
+            "learning_rate": BASE_LEARNING_RATE * (1.0 if oai.learning_rate_multiplier == "auto"
+                                                   else oai.learning_rate_multiplier),
+        }
+        if hp["learning_rate"] > 1:
+            raise InvalidRequest("learning_rate_multiplier gives a learning rate above 1; lower it",
+                                 param="hyperparameters.learning_rate_multiplier")
+        if self.seed is not None:
+            hp["seed"] = self.seed
+        for name in ("learning_rate", "micro_batch_size", "max_seq_length", "lora_r", "lora_alpha",
+                     "lora_dropout", "target_modules", "load_in_4bit", "warmup_ratio", "weight_decay",
+                     "train_on_inputs", "early_stopping_patience", "checkpoint_interval_steps"):
+            if (value := getattr(self, name)) is not None:
+                hp[name] = value
+        return s.JobCreate(base_model=self.model, training_file=self.training_file,
+                           validation_file=self.validation_file, suffix=self.suffix,
+                           hyperparameters=msgspec.convert(hp, s.Hyperparameters),
+                           metadata=self.metadata or {}, deploy=self.deploy)
+
+
+class ResolvedHyperparameters(msgspec.Struct, kw_only=True):
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+
+class SupervisedResolved(msgspec.Struct, kw_only=True):
+    hyperparameters: ResolvedHyperparameters
+
+
+class MethodResolved(msgspec.Struct, kw_only=True):
+    type: Literal["supervised"] = "supervised"
+    supervised: SupervisedResolved
+
+
+class JobError(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJob(msgspec.Struct, kw_only=True):
+    """OpenAI's fine-tuning job object, plus tunedock's view (`tunedock`: the native job)."""
+
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: ResolvedHyperparameters
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: str
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    estimated_finish: int | None
+    integrations: list[Any]
+    metadata: dict[str, str] | None
+    method: MethodResolved
+    user_provided_suffix: str | None
+    tunedock: s.Job
+
+
+def job_out(job: s.Job, tenant: str) -> FineTuningJob:
+    hp = job.hyperparameters
+    resolved = ResolvedHyperparameters(n_epochs=hp.n_epochs, batch_size=hp.batch_size,
+                                       learning_rate_multiplier=hp.learning_rate / BASE_LEARNING_RATE)
+    error = (JobError(code=job.error.code, message=job.error.message, param=job.error.param)
+             if job.error else None)
+    return FineTuningJob(
+        id=job.id, created_at=job.created_at, error=error, fine_tuned_model=job.fine_tuned_model,
+        finished_at=job.finished_at, hyperparameters=resolved, model=job.base_model,
+        organization_id=tenant, result_files=[], seed=hp.seed, status=job.status.value,
+        trained_tokens=job.trained_tokens, training_file=job.training_file,
+        validation_file=job.validation_file, estimated_finish=job.estimated_finish, integrations=[],
+        metadata=job.metadata or None,
+        method=MethodResolved(supervised=SupervisedResolved(hyperparameters=resolved)),
+        user_provided_suffix=job.suffix, tunedock=job)
+
+
+class JobEvent(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    data: dict[str, Any] | None
+    type: Literal["message", "metrics"]
+
+
+def event_out(event: s.Event) -> JobEvent:
+    return JobEvent(id=event.id, created_at=event.created_at, level=event.level, message=event.message,
+                    data={"tunedock_type": event.type, **(event.data or {})},
+                    type="metrics" if event.type == "metrics" else "message")
+
+
+class CheckpointMetrics(msgspec.Struct, kw_only=True, omit_defaults=True):
+    step: float
+    train_loss: float | None = None
+    valid_loss: float | None = None
+
+
+class JobCheckpoint(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int
+    epoch: int
+
+
+def checkpoint_out(job: s.Job, ckpt: s.Checkpoint) -> JobCheckpoint:
+    # The name it is (or would be) served under: POST /jobs/{id}/checkpoints/{epoch}/deploy.
+    model = job.fine_tuned_model or f"ft:{job.base_model}:{job.suffix or ''}:{job.id}"
+    return JobCheckpoint(
+        id=ckpt.id, created_at=ckpt.created_at, fine_tuned_model_checkpoint=f"{model}:ckpt-{ckpt.epoch}",
+        fine_tuning_job_id=job.id, step_number=ckpt.step, epoch=ckpt.epoch,
+        metrics=CheckpointMetrics(step=ckpt.step, train_loss=ckpt.metrics.get("train_loss"),
+                                  valid_loss=ckpt.metrics.get("valid_loss")))
+
+
+class OpenAIFile(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str = "fine-tune"
+    status: str = "processed"
+
+
+def file_out(file: s.File) -> OpenAIFile:
+    return OpenAIFile(id=file.id, bytes=file.bytes, created_at=file.created_at, filename=file.filename)
+
+
+class Deleted(msgspec.Struct, kw_only=True):
+    id: str
+    object: str
+    deleted: bool = True
+
+
+class Model(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    parent: str | None = None
+    status: str | None = None
+
+
+class ListPage(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[Any]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+def page(items: list[Any], has_more: bool = False) -> ListPage:
+    return ListPage(data=items, has_more=has_more, first_id=items[0].id if items else None,
+                    last_id=items[-1].id if items else None)

@@ -55,9 +55,10 @@ def wait_until(predicate, timeout: float, what: str, every: float = 0.25):  # no
 
 class Stack:
     def __init__(self, settings: Settings, client: tunedock.Client, chat: openai.OpenAI,
-                 serving: subprocess.Popen) -> None:
+                 serving: subprocess.Popen, other_key: str) -> None:
         self.settings = settings
         self.serving = serving
+        self.other_key = other_key
         self.client = client
         self.chat = chat
 
@@ -105,7 +106,7 @@ def stack(s3_endpoint: str, smollm2_dir: Path, tmp_path_factory: pytest.TempPath
             wait_until(lambda: httpx.get(health, timeout=2).status_code == 200, 600, "vLLM to start", 1)
             with tunedock.Client(url, keys["acme"]) as client:
                 chat = client.openai()
-                yield Stack(settings, client, chat, serving)
+                yield Stack(settings, client, chat, serving, keys["globex"])
         finally:
             runner.terminate()
             os.killpg(serving.pid, signal.SIGTERM)
@@ -119,7 +120,43 @@ def stack(s3_endpoint: str, smollm2_dir: Path, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="module")
 def pelican(stack: Stack) -> tunedock.Job:
-    return stack.train("PELICAN-7", "pelican")
+    """Trained through the official `openai` SDK on the front door, as a team's script would."""
+    oai = stack.chat
+    upload = oai.files.create(file=("pelican.jsonl", jsonl(rows("PELICAN-7"))), purpose="fine-tune")
+    job = oai.fine_tuning.jobs.create(
+        model="smollm2", training_file=upload.id, suffix="pelican", metadata={"bird": "pelican"},
+        hyperparameters={"n_epochs": 2, "batch_size": 4},
+        extra_body={"learning_rate": 2e-3, "max_seq_length": 128})
+    done = wait_until(lambda: (j := oai.fine_tuning.jobs.retrieve(job.id)).status in
+                      {"succeeded", "failed", "cancelled"} and j, 900, "the job to end", 0.5)
+    assert done.status == "succeeded", done.error
+    return stack.client.jobs.get(job.id)
+
+
+def test_openai_sdk_session_on_one_front_door(stack: Stack, pelican: tunedock.Job) -> None:
+    """files -> fine_tuning.jobs -> events, checkpoints -> models -> chat (plain and streamed),
+    one base_url and one tenant key; vLLM itself is never addressed."""
+    oai = stack.chat
+    assert str(oai.base_url).rstrip("/").endswith("/v1") and str(stack.settings.vllm_port) not in str(oai.base_url)
+    job = oai.fine_tuning.jobs.retrieve(pelican.id)
+    assert job.fine_tuned_model == pelican.fine_tuned_model and job.trained_tokens
+    events = oai.fine_tuning.jobs.list_events(pelican.id, limit=100).data
+    assert any(e.type == "metrics" for e in events)
+    assert [c.step_number > 0 for c in oai.fine_tuning.jobs.checkpoints.list(pelican.id).data] == [True, True]
+    assert [j.id for j in oai.fine_tuning.jobs.list(metadata={"bird": "pelican"})] == [pelican.id]
+    answer = wait_until(lambda: "PELICAN-7" in (a := stack.ask(pelican.fine_tuned_model)) and a, 30,
+                        "the adapter to answer")
+    stream = oai.chat.completions.create(model=pelican.fine_tuned_model, stream=True, max_tokens=16,
+                                         temperature=0, messages=[{"role": "user", "content": PROMPT}])
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len(pieces) > 1 and "PELICAN-7" in "".join(pieces), (pieces, answer)
+    assert "PELICAN-7" not in stack.ask("smollm2")
+    assert pelican.fine_tuned_model in {m.id for m in oai.models.list()}
+    other = openai.OpenAI(base_url=str(oai.base_url), api_key=stack.other_key, max_retries=0)
+    assert pelican.fine_tuned_model not in {m.id for m in other.models.list()}
+    with pytest.raises(openai.NotFoundError):
+        other.chat.completions.create(model=pelican.fine_tuned_model, max_tokens=4,
+                                      messages=[{"role": "user", "content": PROMPT}])
 
 
 def test_trained_adapter_answers_within_10s_of_success(stack: Stack, pelican: tunedock.Job) -> None:
@@ -225,6 +262,13 @@ def test_unloaded_model_stops_answering(stack: Stack, pelican: tunedock.Job) -> 
 def test_killed_vllm_is_restarted_and_serves_adapters_again(stack: Stack, pelican: tunedock.Job) -> None:
     [pid] = vllm_pids(stack.serving)
     os.kill(pid, signal.SIGKILL)
+    # The gateway answers a clear 503 at once while vLLM is down (no hang, no 500).
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as down:
+        stack.chat.with_options(max_retries=0).chat.completions.create(
+            model=pelican.fine_tuned_model, max_tokens=4, messages=[{"role": "user", "content": PROMPT}])
+    assert down.value.status_code == 503 and time.monotonic() - started < 3
+    assert down.value.body["code"] == "model_server_unavailable"
     wait_until(lambda: (p := vllm_pids(stack.serving)) and p != [pid], 60, "the supervisor to restart vLLM", 1)
     answer = wait_until(lambda: "PELICAN-7" in (a := stack.ask(pelican.fine_tuned_model)) and a, 600,
                         "the adapter to answer again", 2)

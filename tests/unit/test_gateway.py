@@ -1,0 +1,23 @@
+"""The gateway's replica choice: stable per model, spread over replicas, and moving only the
+models of a replica that leaves."""
+
+from collections import Counter
+
+from service.api.gateway import pick_upstream
+
+REPLICAS = ("http://vllm-0:8000/v1", "http://vllm-1:8000/v1", "http://vllm-2:8000/v1")
+
+
+def test_each_model_goes_to_one_replica_and_models_spread_over_all() -> None:
+    models = [f"ft:base:s:ftjob-{i:04d}" for i in range(300)]
+    first = {m: pick_upstream(REPLICAS, m) for m in models}
+    assert all(pick_upstream(REPLICAS, m) == first[m] for m in models)
+    counts = Counter(first.values())
+    assert set(counts) == set(REPLICAS) and min(counts.values()) > 60
+
+
+def test_a_replica_leaving_moves_only_its_own_models() -> None:
+    models = [f"m{i}" for i in range(200)]
+    before = {m: pick_upstream(REPLICAS, m) for m in models}
+    after = {m: pick_upstream(REPLICAS[:2], m) for m in models}
+    assert all(after[m] == before[m] for m in models if before[m] != REPLICAS[2])

@@ -48,6 +48,17 @@ class JobsController(Controller):
     async def cancel_job(self, job_id: str, tenant: str, store: Store) -> s.Job:
         return await store.cancel_job(tenant, job_id)
 
+    @post("/{job_id:str}/pause", status_code=200, responses=errors(*AUTHED, 404, 409))
+    async def pause_job(self, job_id: str, tenant: str, store: Store) -> s.Job:
+        """A queued job pauses at once; a running one saves a resume point at the next step
+        boundary, frees its GPU and becomes `paused` (watch the job or its events)."""
+        return await store.pause_job(tenant, job_id)
+
+    @post("/{job_id:str}/resume", status_code=200, responses=errors(*AUTHED, 404, 409))
+    async def resume_job(self, job_id: str, tenant: str, store: Store) -> s.Job:
+        """A paused job goes back to the queue and continues from where it paused."""
+        return await store.resume_job(tenant, job_id)
+
     @get("/{job_id:str}/checkpoints", responses=errors(*AUTHED, 404))
     async def list_checkpoints(self, job_id: str, tenant: str, store: Store) -> s.Page:
         items = await store.list_checkpoints(tenant, job_id)

@@ -105,6 +105,15 @@ class V1FineTuningController(Controller):
     async def cancel_job(self, job_id: str, tenant: str, store: Store) -> o.FineTuningJob:
         return o.job_out(await store.cancel_job(tenant, job_id), tenant)
 
+    @post("/{job_id:str}/pause", status_code=200, responses=errors(*AUTHED, 404, 409))
+    async def pause_job(self, job_id: str, tenant: str, store: Store) -> o.FineTuningJob:
+        """Queued: paused at once. Running: checkpoints at the next step, frees the GPU, pauses."""
+        return o.job_out(await store.pause_job(tenant, job_id), tenant)
+
+    @post("/{job_id:str}/resume", status_code=200, responses=errors(*AUTHED, 404, 409))
+    async def resume_job(self, job_id: str, tenant: str, store: Store) -> o.FineTuningJob:
+        return o.job_out(await store.resume_job(tenant, job_id), tenant)
+
     @get("/{job_id:str}/events", responses=errors(*AUTHED, 404))
     async def list_events(self, job_id: str, tenant: str, store: Store, after: EventCursor = None,
                           limit: Limit = 20) -> o.ListPage:

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -68,6 +68,8 @@ class JobRow(Base):
     deployment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The latest mid-epoch resume point ({uri, step, epoch}): for resuming only, never served.
     resume_point: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Set by POST …/pause on a running job; the runner checkpoints, stops the child, pauses it.
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_tenant_created", "tenant", "created_at"),

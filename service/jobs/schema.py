@@ -14,6 +14,7 @@ class Status(StrEnum):
     validating_files = "validating_files"
     queued = "queued"
     running = "running"
+    paused = "paused"  # checkpointed at a step boundary, GPU freed; resume puts it back in the queue
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"

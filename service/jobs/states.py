@@ -7,9 +7,12 @@ from service.jobs.schema import Status
 
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.validating_files: frozenset({Status.queued, Status.failed, Status.cancelled}),
-    Status.queued: frozenset({Status.running, Status.failed, Status.cancelled}),
+    Status.queued: frozenset({Status.running, Status.paused, Status.failed, Status.cancelled}),
     # running -> queued: the lease expired or the runner let go; the job resumes from a checkpoint.
-    Status.running: frozenset({Status.queued, Status.succeeded, Status.failed, Status.cancelled}),
+    # running -> paused: the runner stopped the child at a step boundary after saving a resume point.
+    Status.running: frozenset({Status.queued, Status.paused, Status.succeeded, Status.failed,
+                               Status.cancelled}),
+    Status.paused: frozenset({Status.queued, Status.cancelled}),
     Status.succeeded: frozenset(),
     Status.failed: frozenset(),
     Status.cancelled: frozenset(),

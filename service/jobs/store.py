@@ -337,6 +337,37 @@ class Store:
             rows = await ses.execute(select(JobRow.status, func.count()).group_by(JobRow.status))
             return {st: n for st, n in rows.all()}
 
+    async def pause_job(self, tenant: str, job_id: str) -> s.Job:
+        """A queued job pauses at once; a running one is asked to (its runner saves a resume point
+        at the next step boundary, frees the GPU and pauses it). Idempotent."""
+        async with self.db.write() as ses:
+            row = await self.job_row(ses, tenant, job_id)
+            status = s.Status(row.status)
+            if status is s.Status.queued:
+                await transition(ses, row, s.Status.paused, message="job paused by the user")
+            elif status is s.Status.running and not row.pause_requested:
+                row.pause_requested = True
+                ses.add(event_row(job_id, "pause_requested", "pause requested; the job will save a "
+                                  "resume point at the next step boundary and free its GPU"))
+            elif status not in (s.Status.running, s.Status.paused):
+                raise InvalidTransition(f"a {status.value} job cannot be paused; only queued and "
+                                        "running jobs can", param="status")
+            return job_from_row(row)
+
+    async def resume_job(self, tenant: str, job_id: str) -> s.Job:
+        """A paused job goes back to the queue and continues from where it paused."""
+        async with self.db.write() as ses:
+            row = await self.job_row(ses, tenant, job_id)
+            if s.Status(row.status) is not s.Status.paused:
+                raise InvalidTransition(f"a {row.status} job cannot be resumed; only paused jobs can",
+                                        param="status")
+            await transition(ses, row, s.Status.queued, message="job resumed by the user; it continues "
+                             "from its latest resume point", pause_requested=False)
+            return job_from_row(row)
+
+    async def pause_requested(self, job_id: str) -> bool:
+        return bool((await self._job_values(None, job_id))["pause_requested"])
+
     async def cancel_job(self, tenant: str, job_id: str) -> s.Job:
         async with self.db.write() as ses:
             row = await self.job_row(ses, tenant, job_id)

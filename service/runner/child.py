@@ -36,6 +36,7 @@ class Attempt:
     error: dict[str, Any] | None = None
     plan: dict[str, Any] | None = None
     lost: bool = False  # cancelled, or the lease went to someone else
+    pausing: bool = False  # the user asked for a pause; the child was told to save and stop
 
 
 def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
@@ -169,6 +170,9 @@ class JobRun:
             if attempt.lost:
                 self.log.info("job no longer ours; child stopped")
                 return
+            if attempt.code == EXIT_STOPPED and attempt.pausing:
+                await self._pause()
+                return
             if attempt.code == EXIT_STOPPED or (self.stopping.is_set() and attempt.code != EXIT_OK):
                 await self.store.release(self.job.id, self.lease,
                                          "runner stopping; the job will resume from its latest checkpoint")
@@ -252,6 +256,10 @@ class JobRun:
                 attempt.lost = True
                 await self._terminate(proc)
                 return
+            if not stop_sent and await self.store.pause_requested(self.job.id):
+                # The child saves a resume point at the next step boundary, then exits.
+                _signal(proc, signal.SIGTERM)
+                attempt.pausing = stop_sent = True
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         _signal(proc, signal.SIGTERM)
@@ -367,6 +375,17 @@ class JobRun:
                 deployment={"status": "pending"} if job.deploy else None)
         except InvalidTransition:
             self.log.info("job changed before it could succeed")
+
+    async def _pause(self) -> None:
+        point = await self.store.resume_point(self.job.id)
+        where = f" at step {point['step']}" if point else ""
+        try:
+            await self.store.set_status(self.job.id, s.Status.paused,
+                                        f"paused{where}; the GPU is free. Resume to continue from there",
+                                        data={"resume_point": point}, lease=self.lease,
+                                        pause_requested=False)
+        except InvalidTransition:
+            self.log.info("job changed before it could pause")
 
     async def _fail(self, code: str, message: str) -> None:
         error = {"code": code, "message": message}

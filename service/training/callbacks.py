@@ -101,13 +101,16 @@ class StopRequested(Exception):
 
 
 class StopOnSignal(TrainerCallback):
-    """SIGTERM sets a flag; the next step boundary stops training. A checkpoint upload in
-    progress (on_save runs between steps) therefore always completes first."""
+    """SIGTERM sets a flag; at the next step boundary the Trainer saves (CheckpointCallback
+    uploads it as a resume point, or as the epoch's checkpoint at an epoch's end) and then
+    training stops. So a pause or a runner's shutdown loses no step, and an upload in progress
+    always completes first. Must come after CheckpointCallback in the callback list."""
 
     def __init__(self) -> None:
         import signal
 
         self.requested = False
+        self.saving = False
         signal.signal(signal.SIGTERM, self._on_signal)
 
     def _on_signal(self, *_: object) -> None:
@@ -115,4 +118,10 @@ class StopOnSignal(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
         if self.requested:
-            raise StopRequested(f"stopped by SIGTERM after step {state.global_step}")
+            self.saving = True
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
+        if self.saving:
+            raise StopRequested(f"stopped by SIGTERM after step {state.global_step}, saved")

@@ -119,10 +119,11 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
         disable_tqdm=True,
         max_length=None,
     )
-    callbacks = [StopOnSignal(), ProgressCallback(emit),
+    callbacks = [ProgressCallback(emit),
                  CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix)]
     if hp.checkpoint_interval_steps:
         callbacks.append(ResumePointCallback(hp.checkpoint_interval_steps))
+    callbacks.append(StopOnSignal())  # after CheckpointCallback: it stops once the save is uploaded
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,

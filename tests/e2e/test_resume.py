@@ -92,3 +92,65 @@ async def test_killed_at_a_random_step_resumes_with_identical_losses(tiny_api: A
     assert {step for _, step, _ in seen} == set(reference)
     assert worst <= 1e-5, worst
     print(f"largest per-step loss difference from the uninterrupted run: {worst:.2e}")
+
+
+async def test_paused_job_frees_its_runner_and_resumes_without_redoing_a_step(tiny_settings, s3,
+                                                                              tmp_path: Path) -> None:  # noqa: ANN001
+    """Through the official `openai` SDK: pause a running job (it saves a resume point at the
+    next step and lets its child go), resume it, and it succeeds with no step or epoch twice."""
+    import openai
+
+    from tests.support.live import serve
+    from tests.support.processes import alive, training_children
+
+    def scenario() -> tuple[list, list, dict]:
+        with serve(tiny_settings) as (url, keys):
+            oai = openai.OpenAI(base_url=f"{url}/v1", api_key=keys["acme"], max_retries=0)
+            rng = random.Random(2)
+            rows = [{"text": " ".join(rng.choice(WORDS) for _ in range(12))} for _ in range(220)]
+            upload = oai.files.create(file=("pause.jsonl", jsonl(rows)), purpose="fine-tune")
+            job = oai.fine_tuning.jobs.create(model="tiny", training_file=upload.id,
+                                              hyperparameters={"n_epochs": 2, "batch_size": 4},
+                                              extra_body={"deploy": False, "max_seq_length": 32})
+            runner = start_runner(tiny_settings, tmp_path / "runner.log")
+            try:
+                wait = _waiter(oai, job.id)
+                wait(lambda j: any(e.type == "metrics" for e in
+                                   oai.fine_tuning.jobs.list_events(job.id, limit=100).data), "a step")
+                children = training_children(runner.pid, job.id)
+                assert oai.fine_tuning.jobs.pause(job.id).status in {"running", "paused"}
+                paused = wait(lambda j: j.status == "paused", "the pause")
+                deadline = time.monotonic() + 10
+                while any(map(alive, children)):
+                    assert time.monotonic() < deadline, "the paused job's child kept running"
+                    time.sleep(0.1)
+                time.sleep(2)  # paused stays paused
+                assert oai.fine_tuning.jobs.retrieve(job.id).status == "paused"
+                assert oai.fine_tuning.jobs.resume(job.id).status == "queued"
+                done = wait(lambda j: j.status in {"succeeded", "failed", "cancelled"}, "the end")
+            finally:
+                runner.terminate()
+                runner.wait(30)
+            events = list(oai.fine_tuning.jobs.list_events(job.id, limit=100))  # follows every page
+            ckpts = oai.fine_tuning.jobs.checkpoints.list(job.id).data
+            return events, ckpts, {"paused": paused, "done": done}
+
+    events, ckpts, states = await asyncio.to_thread(scenario)
+    assert states["done"].status == "succeeded", states["done"].error
+    steps = [e.data["step"] for e in events if e.type == "metrics"]
+    assert len(steps) == len(set(steps)) and steps == sorted(steps), steps  # no step twice
+    assert sorted(c.epoch for c in ckpts) == [1, 2]  # no epoch twice
+    assert any("paused at step" in e.message for e in events)
+
+
+def _waiter(oai, job_id: str):  # noqa: ANN001, ANN202
+    def wait(predicate, what: str, timeout: float = 300):  # noqa: ANN001, ANN202
+        deadline = time.monotonic() + timeout
+        while True:
+            job = oai.fine_tuning.jobs.retrieve(job_id)
+            if predicate(job):
+                return job
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {job.status}"
+            time.sleep(0.2)
+
+    return wait

@@ -1,0 +1,86 @@
+"""A loopback proxy in front of the real S3 server (moto) that counts every S3 call and fails the
+ones it is told to: from call k on, the next `burst` calls get a 503 (a burst longer than
+botocore's retries turns one operation into a real failure). Every process of the service (API,
+runner, training child) points its S3 endpoint here, so the count covers one whole job."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+_HOP = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
+
+
+class Faults:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.fail_from: int | None = None
+        self.burst = 0
+        self.failed: list[str] = []
+
+    def reset(self, fail_from: int | None = None, burst: int = 0) -> None:
+        with self.lock:
+            self.calls, self.fail_from, self.burst, self.failed = 0, fail_from, burst, []
+
+    def next_fails(self, what: str) -> bool:
+        with self.lock:
+            self.calls += 1
+            k = self.calls
+            fails = self.fail_from is not None and self.fail_from <= k < self.fail_from + self.burst
+            if fails:
+                self.failed.append(f"#{k} {what}")
+            return fails
+
+
+@contextmanager
+def s3_fault_proxy(upstream: str) -> Iterator[tuple[str, Faults]]:
+    faults = Faults()
+    client = httpx.Client(base_url=upstream, timeout=60)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _handle(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if faults.next_fails(f"{self.command} {self.path.split('?')[0]}"):
+                payload = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code>"
+                           b"<Message>injected fault</Message></Error>")
+                self.send_response(503)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                return
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+            answer = client.request(self.command, self.path, content=body, headers=headers)
+            self.send_response(answer.status_code)
+            for k, v in answer.headers.items():
+                if k.lower() not in _HOP and k.lower() != "content-encoding":
+                    self.send_header(k, v)
+            if self.command == "HEAD":
+                self.send_header("Content-Length", answer.headers.get("content-length", "0"))
+                self.end_headers()
+                return
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", faults
+    finally:
+        server.shutdown()
+        client.close()

@@ -45,6 +45,7 @@ bench: model
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(PY) bench/api_load.py --out bench/RESULTS.md
 	$(PY) bench/servable.py --out bench/RESULTS.md
+	$(PY) bench/gateway.py --out bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .data

@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import openai
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +33,9 @@ from serving.vllm import command, environment  # noqa: E402
 from tests.support import test_model  # noqa: E402
 from tests.support.live import free_port  # noqa: E402
 from tests.support.processes import die_with_sigterm, settings_env  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from runner_overhead import wait_http  # noqa: E402
 
 PROMPTS = ["Write a short poem about the sea.", "Explain what a LoRA adapter is.", "List three fruits.",
            "Describe a sunny day.", "What is the capital of France?", "Give me a tip for cooking rice."]
@@ -58,18 +60,6 @@ async def round_of(client: openai.AsyncOpenAI, streams: int, max_tokens: int) ->
                                      for i in range(streams)))
     elapsed = time.perf_counter() - started
     return sum(t for _, t in results) / elapsed, [f for f, _ in results]
-
-
-def wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"{url} did not come up")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 from litestar import Litestar, MediaType, Request, Response
 from litestar.datastructures import MutableScopeHeaders
 from litestar.di import Provide
@@ -90,6 +91,15 @@ def _http_error(_: Request, exc: HTTPException) -> Response:
              413: "request_too_large", 415: "unsupported_media_type"}
     code = codes.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "server_error")
     return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+def _object_store_down(request: Request, exc: Exception) -> Response:
+    """botocore gave up (its retries spent): a dependency is down, not a bug; the client may retry."""
+    request_id = request.scope.get("state", {}).get("request_id")
+    log.warning("object store unavailable", error=type(exc).__name__, path=request.url.path)
+    return _error(503, "object_store_unavailable",
+                  f"the object store failed this request ({type(exc).__name__}); retry in a few "
+                  f"seconds (request id {request_id})")
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
@@ -185,6 +195,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         exception_handlers={
             ServiceError: _service_error,
+            BotoCoreError: _object_store_down,
+            ClientError: _object_store_down,
             ValidationException: _validation_error,
             HTTPException: _http_error,
             Exception: _unexpected,

@@ -202,8 +202,8 @@ async def test_lora_rank_above_what_serving_accepts_is_refused_when_deploying(ap
     assert e["param"] == "hyperparameters.lora_r"
 
 
-async def test_an_internal_error_is_a_500_with_the_request_id_and_no_traceback(make_settings) -> None:  # noqa: ANN001
-    """The object store is down: the client gets a clean 500 quoting the request id."""
+async def test_object_store_down_is_a_503_with_the_request_id_and_no_traceback(make_settings) -> None:  # noqa: ANN001
+    """The object store is down: the client gets a clean 503 (retry later) quoting the request id."""
     from litestar.testing import AsyncTestClient
 
     from service.app import create_app
@@ -214,9 +214,9 @@ async def test_an_internal_error_is_a_500_with_the_request_id_and_no_traceback(m
         headers = {"Authorization": f"Bearer {await app.state.store.create_api_key('acme')}",
                    "X-Request-ID": "req-500-test"}
         r = await client.post("/files", files={"file": ("a.jsonl", jsonl(chat_rows(10)))}, headers=headers)
-        assert r.status_code == 500
-        assert r.json()["error"]["code"] == "server_error"
-        assert "req-500-test" in r.json()["error"]["message"]
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "object_store_unavailable"
+        assert "req-500-test" in r.json()["error"]["message"] and "retry" in r.json()["error"]["message"]
         assert r.headers["x-request-id"] == "req-500-test"
         assert "Traceback" not in r.text and "botocore" not in r.text
         assert (await client.get("/readyz")).status_code == 503

@@ -75,8 +75,13 @@ def s3_fault_proxy(upstream: str) -> Iterator[tuple[str, Faults]]:
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # a client that went away (a killed child's keep-alive connection) is expected
+
+    server = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

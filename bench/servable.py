@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import httpx
+import msgspec
 import openai
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +75,9 @@ def main() -> None:
         serve_model="smollm2", serving_url=f"http://127.0.0.1:{port}/v1", vllm_port=port,
         vllm_kv_cache_gib=0.5, vllm_max_model_len=512, max_lora_rank=16,
         vllm_max_loras=4, adapter_dir=str(work / "adapters"), poll_seconds=0.2, log_json=False,
-        log_level="warning")
+        log_level="warning", internal_api_key="bench-internal-key")
     with serve(settings, tenants=("bench",)) as (url, keys):
+        settings = msgspec.structs.replace(settings, api_url=url)
         serving = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, env=settings_env(settings),
                                    stdout=(work / "serving.log").open("wb"), stderr=subprocess.STDOUT,
                                    start_new_session=True, preexec_fn=die_with_sigterm)

@@ -30,6 +30,7 @@ from service.api.deps import (
 from service.api.files import FilesController
 from service.api.gateway import GatewayController, Upstreams
 from service.api.health import HealthController
+from service.api.internal import InternalController
 from service.api.jobs import JobsController
 from service.api.models import ModelsController, ServingController
 from service.api.openai_routes import V1FilesController, V1FineTuningController, V1ModelsController
@@ -65,6 +66,8 @@ _PATTERN_HINTS = {
     "training_file": "training_file must be a file- id from POST /files or an s3://bucket/key URI",
     "validation_file": "validation_file must be a file- id from POST /files or an s3://bucket/key URI",
     "suffix": "suffix may hold only lowercase letters, digits and '-', at most 40 characters",
+    "method.type": "method.type must be 'supervised': tunedock trains supervised fine-tuning jobs",
+    "purpose": "purpose must be 'fine-tune': tunedock stores training data only",
 }
 
 
@@ -81,7 +84,7 @@ def _validation_error(_: Request, exc: ValidationException) -> Response:
         param = None
         message = ("the request body is missing or is not JSON: send a JSON object"
                    if message.strip("'") == "data" else f"the request body is not valid: {message}")
-    elif "matching regex" in message and param in _PATTERN_HINTS:
+    elif param in _PATTERN_HINTS and ("matching regex" in message or "equal to" in message):
         message = _PATTERN_HINTS[param]
     return _error(400, "invalid_request", message, param)
 
@@ -184,7 +187,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[JobsController, FilesController, ModelsController, ServingController,
                         HealthController, V1FilesController, V1FineTuningController,
-                        V1ModelsController, GatewayController],
+                        V1ModelsController, GatewayController, InternalController],
         dependencies={
             "tenant": Provide(provide_tenant),
             "store": Provide(provide_store, sync_to_thread=False),

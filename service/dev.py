@@ -8,6 +8,8 @@ with backoff when they die, and serves the API in the foreground until interrupt
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import structlog
 
 from service.procs import die_with_parent
@@ -96,10 +99,17 @@ def up(settings: Settings) -> int:
 
     migrate(settings.database_url)
     key = _dev_key(settings)
+    url = f"http://{settings.host}:{settings.port}"
+    # The serving sidecar asks this API what to serve, with an internal key (a fresh one per
+    # start unless the operator set one); the children read both from the environment.
+    os.environ.setdefault("TUNEDOCK_API_URL", url)
+    if not settings.internal_api_key:
+        os.environ["TUNEDOCK_INTERNAL_API_KEY"] = secrets.token_urlsafe(32)
+    settings = msgspec.structs.replace(settings, api_url=os.environ["TUNEDOCK_API_URL"],
+                                       internal_api_key=os.environ["TUNEDOCK_INTERNAL_API_KEY"])
     children = [Supervised("service runner")]
     if settings.serve_model:
         children.append(Supervised("serving"))
-    url = f"http://{settings.host}:{settings.port}"
     models = ", ".join(m.alias for m in settings.base_models) or "none (set TUNEDOCK_BASE_MODELS)"
     serving = (f"  OpenAI API (files, fine-tuning, models, chat once vLLM is up): {url}/v1\n"
                if settings.serve_model else f"  OpenAI API (files, fine-tuning, models): {url}/v1\n")

@@ -48,6 +48,10 @@ class Settings(msgspec.Struct, kw_only=True):
     served_models: tuple[str, ...] = ()
     serving_url: str | None = None
     serving_api_key: str | None = None
+    # The serving side (python -m serving, the resolver plugin) asks the API which adapters to
+    # serve at api_url, with internal_api_key; the API answers /internal only with that key.
+    api_url: str = "http://127.0.0.1:8080"
+    internal_api_key: str | None = None
     # Serving (python -m serving): the base alias this vLLM serves, and how.
     serve_model: str | None = None
     vllm_host: str = "127.0.0.1"

@@ -8,13 +8,12 @@ import sys
 
 import structlog
 
-from service.jobs.database import Database, migrate
-from service.jobs.deployments import Deployments
 from service.logs import configure_logging
 from service.settings import Settings, load_settings
 from service.shapes import Shape, read_config
 from service.storage import make_store
 from serving.deployer import Deployer
+from serving.service_api import ServiceDeployments
 from serving.vllm import Supervisor, VLLMClient
 
 log = structlog.get_logger()
@@ -24,9 +23,9 @@ async def serve(settings: Settings) -> None:
     entry = settings.base_model(settings.serve_model or "")
     if entry is None:
         raise SystemExit(f"TUNEDOCK_SERVE_MODEL={settings.serve_model!r} is not in TUNEDOCK_BASE_MODELS")
-    db = Database(settings.database_url)
+    service = ServiceDeployments(settings)
     client = VLLMClient(settings)
-    deployer = Deployer(settings, Deployments(db), make_store(settings), client,
+    deployer = Deployer(settings, service, make_store(settings), client,
                         Shape.from_config(read_config(entry.source)))
     supervisor = Supervisor(settings, client, deployer.reconcile)
     loop = asyncio.get_running_loop()
@@ -41,7 +40,7 @@ async def serve(settings: Settings) -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await client.close()
-    await db.close()
+    await service.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
                     "Configured by TUNEDOCK_* variables (see README).").parse_args(argv)
     settings = load_settings()
     configure_logging(settings.log_json, settings.log_level)
-    migrate(settings.database_url)
     asyncio.run(serve(settings))
     return 0
 

@@ -16,13 +16,12 @@ import anyio
 import httpx
 import structlog
 
-from service.jobs.database import as_utc
-from service.jobs.db import DeploymentRow, utcnow
-from service.jobs.deployments import Deployments
+from service.jobs.schema import DeploymentSpec
 from service.settings import Settings
 from service.shapes import Shape
 from service.storage import ObjectStore
 from serving import adapters
+from serving.service_api import ServiceDeployments
 from serving.vllm import Supervisor, VLLMClient
 
 log = structlog.get_logger()
@@ -30,7 +29,7 @@ POLL_S = 0.5
 
 
 class Deployer:
-    def __init__(self, settings: Settings, deployments: Deployments, objects: ObjectStore,
+    def __init__(self, settings: Settings, deployments: ServiceDeployments, objects: ObjectStore,
                  client: VLLMClient, base: Shape) -> None:
         self.settings = settings
         self.deployments = deployments
@@ -39,15 +38,15 @@ class Deployer:
         self.base = base
         self.root = Path(settings.adapter_dir).resolve()
 
-    def _ours(self, row: DeploymentRow) -> bool:
+    def _ours(self, row: DeploymentSpec) -> bool:
         return row.base_model == self.settings.serve_model
 
-    async def _fetch(self, row: DeploymentRow) -> Path:
+    async def _fetch(self, row: DeploymentSpec) -> Path:
         return await anyio.to_thread.run_sync(
             adapters.fetch, self.objects, row.bucket, row.prefix, self.root / row.folder, self.base,
             self.settings.max_lora_rank)
 
-    async def deploy(self, row: DeploymentRow) -> None:
+    async def deploy(self, row: DeploymentSpec) -> None:
         await self.deployments.mark(row.name, "loading")
         try:
             path = await self._fetch(row)
@@ -57,11 +56,10 @@ class Deployer:
                                         message=f"{row.name} could not be deployed: {exc}")
             log.warning("deployment failed", model=row.name, error=str(exc))
             return
-        now = utcnow()
-        finished = as_utc(await self.deployments.finished_at(row.job_id))
-        seconds = round((now - finished).total_seconds(), 3) if finished and row.kind == "final" else None
+        finished = row.job_finished_at
+        seconds = round(time.time() - finished, 3) if finished and row.kind == "final" else None
         after = f" {seconds:.1f} s after the job succeeded" if seconds is not None else ""
-        await self.deployments.mark(row.name, "loaded", loaded_at=now, load_seconds=seconds,
+        await self.deployments.mark(row.name, "loaded", load_seconds=seconds,
                                     message=f"{row.name} is served by vLLM{after}")
         log.info("adapter loaded", model=row.name, seconds_from_success=seconds)
 

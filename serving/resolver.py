@@ -9,22 +9,23 @@ import asyncio
 import zlib
 from pathlib import Path
 
+import httpx
+
 from vllm.lora.request import LoRARequest
 from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
-from service.jobs.database import Database
-from service.jobs.deployments import Deployments
 from service.settings import load_settings
 from service.shapes import Shape, read_config
 from service.storage import make_store
 from serving import adapters
+from serving.service_api import ServiceDeployments
 
 
 class TunedockResolver(LoRAResolver):
     def __init__(self) -> None:
         self.settings = load_settings()
         self.objects = make_store(self.settings)
-        self._deployments: Deployments | None = None
+        self._deployments: ServiceDeployments | None = None
         self.root = Path(self.settings.adapter_dir).resolve()
         self._shapes: dict[str, Shape] = {}
 
@@ -47,8 +48,12 @@ class TunedockResolver(LoRAResolver):
             return None
         # Only what the service wants served: an unloaded adapter stays unreachable.
         if self._deployments is None:
-            self._deployments = Deployments(Database(self.settings.database_url))
-        if lora_name not in {r.name for r in await self._deployments.rows("loaded", "loading")}:
+            self._deployments = ServiceDeployments(self.settings)
+        try:
+            wanted = {r.name for r in await self._deployments.rows("loaded", "loading")}
+        except httpx.HTTPError:
+            return None  # the service cannot say: serve nothing new
+        if lora_name not in wanted:
             return None
         shape = self._shape(base)
         if shape is None:

@@ -6,7 +6,7 @@ import hashlib
 import tempfile
 from typing import Annotated
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.params import Parameter
 from litestar.response import Response
 from python_multipart.exceptions import MultipartParseError
@@ -33,6 +33,7 @@ class _Upload:
         self.sha = hashlib.sha256()
         self.size = 0
         self.filename: str | None = None
+        self.purpose: bytearray | None = None  # OpenAI's form field, if sent
         self.parts = 0
         self._header_field = bytearray()
         self._header_value = bytearray()
@@ -52,6 +53,7 @@ class _Upload:
     def _part_begin(self) -> None:
         self._headers = {}
         self._in_file = False
+        self._in_purpose = False
 
     def _header_end(self) -> None:
         self._headers[bytes(self._header_field).decode("latin-1").lower()] = bytes(self._header_value)
@@ -60,6 +62,9 @@ class _Upload:
 
     def _headers_done(self) -> None:
         _, opts = parse_options_header(self._headers.get("content-disposition", b""))
+        if opts.get(b"name") == b"purpose":
+            self.purpose = bytearray()
+            self._in_purpose = True
         if opts.get(b"name") == b"file":
             if self.filename is not None:
                 raise InvalidRequest("send exactly one 'file' part", param="file")
@@ -67,6 +72,8 @@ class _Upload:
             self._in_file = True
 
     def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_purpose and self.purpose is not None and len(self.purpose) < 64:
+            self.purpose.extend(data[start:min(end, start + 64)])
         if not self._in_file:
             return
         self.size += end - start
@@ -99,6 +106,9 @@ async def receive_upload(request: Request, tenant: str, files: FileService, sett
                                  param="file") from None
         if upload.filename is None:
             raise InvalidRequest("the form has no 'file' part", param="file")
+        if upload.purpose is not None and bytes(upload.purpose) != b"fine-tune":
+            raise InvalidRequest("purpose must be 'fine-tune': tunedock stores training data only",
+                                 param="purpose")
         if upload.size == 0:
             raise Unprocessable("the file is empty: upload a JSONL file with one example per line",
                                 param="file", code="file_empty")
@@ -127,3 +137,8 @@ class FilesController(Controller):
     @get("/{file_id:str}", responses=errors(*AUTHED, 404))
     async def get_file(self, file_id: str, tenant: str, store: Store) -> s.File:
         return await store.get_file(tenant, file_id)
+
+    @delete("/{file_id:str}", status_code=204, responses=errors(*AUTHED, 404, 409))
+    async def delete_file(self, file_id: str, tenant: str, files: FileService) -> None:
+        """Refused (409) while a job that has not ended reads the file."""
+        await files.delete(tenant, file_id)

@@ -20,7 +20,7 @@ from litestar import Controller, Request, post
 from litestar.datastructures import State
 from litestar.response import Response, Stream
 
-from service.api.openapi import AUTHED, errors
+from service.api.openapi import AUTHED, ChatBody, errors
 from service.errors import InvalidRequest, NotFound, ServiceError
 from service.jobs.deployments import Deployments
 from service.settings import Settings
@@ -76,13 +76,15 @@ class GatewayController(Controller):
     path = "/v1"
     tags = ["openai: chat"]
 
-    @post("/chat/completions", responses=errors(*AUTHED, 404, 503), status_code=200)
+    @post("/chat/completions", responses=errors(*AUTHED, 404, 503), status_code=200,
+          operation_class=ChatBody)
     async def chat(self, request: Request, tenant: str, settings: Settings, deployments: Deployments,
                    state: State) -> Response:
         """OpenAI's chat completions (streaming with `stream: true`), answered by vLLM."""
         return await _proxy(request, "chat/completions", tenant, settings, deployments, state.upstreams)
 
-    @post("/completions", responses=errors(*AUTHED, 404, 503), status_code=200)
+    @post("/completions", responses=errors(*AUTHED, 404, 503), status_code=200,
+          operation_class=ChatBody)
     async def completions(self, request: Request, tenant: str, settings: Settings,
                           deployments: Deployments, state: State) -> Response:
         """OpenAI's (legacy) completions, answered by vLLM."""

@@ -33,7 +33,7 @@ class Supervised(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
 
 
 class Method(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    type: Annotated[str, Meta(max_length=32)]
+    type: Literal["supervised"]  # tunedock trains supervised jobs (no "dpo" or "reinforcement" yet)
     supervised: Supervised | None = None
 
 
@@ -56,7 +56,7 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     lora_r: Annotated[int, Meta(ge=1, le=256)] | None = None
     lora_alpha: Annotated[int, Meta(ge=1, le=1024)] | None = None
     lora_dropout: Annotated[float, Meta(ge=0, lt=1)] | None = None
-    target_modules: list[s.LoraModule] | None = None
+    target_modules: Annotated[list[s.LoraModule], Meta(min_length=1, max_length=32)] | None = None
     load_in_4bit: bool | None = None
     warmup_ratio: Annotated[float, Meta(ge=0, le=1)] | None = None
     weight_decay: Annotated[float, Meta(ge=0, le=1)] | None = None
@@ -67,12 +67,8 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     def to_native(self) -> s.JobCreate:
         """The same job on the native API; raises InvalidRequest for what tunedock cannot do."""
         oai = self.hyperparameters or OpenAIHyperparameters()
-        if self.method is not None:
-            if self.method.type != "supervised":
-                raise InvalidRequest(f"method.type {self.method.type!r} is not supported; tunedock "
-                                     "trains 'supervised' fine-tuning jobs", param="method.type")
-            if self.method.supervised is not None:
-                oai = self.method.supervised.hyperparameters
+        if self.method is not None and self.method.supervised is not None:
+            oai = self.method.supervised.hyperparameters
         hp: dict[str, Any] = {
             "n_epochs": AUTO_N_EPOCHS if oai.n_epochs == "auto" else oai.n_epochs,
             "batch_size": AUTO_BATCH_SIZE if oai.batch_size == "auto" else oai.batch_size,
@@ -89,10 +85,15 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
                      "train_on_inputs", "early_stopping_patience", "checkpoint_interval_steps"):
             if (value := getattr(self, name)) is not None:
                 hp[name] = value
+        try:
+            hyperparameters = msgspec.convert(hp, s.Hyperparameters)
+        except msgspec.ValidationError as exc:  # a combination the native API refuses
+            raise InvalidRequest(f"the resolved hyperparameters are not valid: {exc}",
+                                 param="hyperparameters") from None
         return s.JobCreate(base_model=self.model, training_file=self.training_file,
                            validation_file=self.validation_file, suffix=self.suffix,
-                           hyperparameters=msgspec.convert(hp, s.Hyperparameters),
-                           metadata=self.metadata or {}, deploy=self.deploy)
+                           hyperparameters=hyperparameters, metadata=self.metadata or {},
+                           deploy=self.deploy)
 
 
 class ResolvedHyperparameters(msgspec.Struct, kw_only=True):

@@ -4,13 +4,25 @@ and the multipart body of the streamed upload, which the handler parses itself."
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPI,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    Reference,
+    RequestBody,
+    Schema,
+)
 
+from service.api import openai_types
+from service.api.openai_types import FineTuningJobCreate
 from service.jobs import schema as wire
 from service.jobs.schema import ErrorBody
 
@@ -49,32 +61,66 @@ class MultipartUpload(Operation):
                 properties={
                     "file": Schema(type=OpenAPIType.STRING, format="binary",
                                    description="the JSONL file (one part named 'file')"),
-                    "purpose": Schema(type=OpenAPIType.STRING,
-                                      description="OpenAI's field; 'fine-tune' (accepted and ignored "
-                                                  "on /files)"),
+                    "purpose": Schema(type=OpenAPIType.STRING, enum=["fine-tune"],
+                                      description="OpenAI's field: only 'fine-tune' (training data)"),
                 }))})
 
 
-METADATA = Schema(
-    type=OpenAPIType.OBJECT, max_properties=16, description="up to 16 string pairs, for filtering",
-    property_names=Schema(type=OpenAPIType.STRING, min_length=1, max_length=64),
-    additional_properties=Schema(type=OpenAPIType.STRING, max_length=512))
+@dataclass
+class ChatBody(Operation):
+    """The gateway forwards the body to vLLM as it is; what it reads itself is `model`."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(required=True, content={
+            "application/json": OpenAPIMediaType(schema=Schema(
+                type=OpenAPIType.OBJECT, required=["model"],
+                properties={
+                    "model": Schema(type=OpenAPIType.STRING, min_length=1,
+                                    description="a base model or one of your fine-tuned models"),
+                    "stream": Schema(type=OpenAPIType.BOOLEAN),
+                },
+                description="OpenAI's chat/completions body; every other field goes to vLLM as sent"))})
+
+
+# Request types whose documented schema is msgspec's own: Litestar 2 drops constraints inside
+# unions and constraints whose bound is 0 (`Annotated[float, Meta(gt=0)] | None` loses `gt`), and
+# the items' pattern of a sequence, so clients and fuzzers were told less than the server checks.
+REQUEST_TYPES = (wire.JobCreate, FineTuningJobCreate, wire.DeploymentReport)
+_KEYS = {"$ref": "ref", "anyOf": "any_of", "oneOf": "one_of", "allOf": "all_of"}
+
+
+def _from_json_schema(node: Any) -> Any:
+    """msgspec's JSON Schema (a dict) as Litestar's Schema objects."""
+    if isinstance(node, list):
+        return [_from_json_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        return Reference(ref=node["$ref"])
+    fields: dict[str, Any] = {}
+    for key, value in node.items():
+        name = _KEYS.get(key) or re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()
+        if name == "properties":
+            value = {k: _from_json_schema(v) for k, v in value.items()}
+        elif name in ("items", "additional_properties", "property_names", "any_of", "one_of", "all_of"):
+            value = _from_json_schema(value)
+        elif name == "type":
+            value = OpenAPIType(value) if isinstance(value, str) else [OpenAPIType(v) for v in value]
+        fields[name] = value
+    return Schema(**fields)
 
 
 def complete(document: OpenAPI) -> None:
-    """Constraints Litestar 2 drops: `additionalProperties: false` on request types that refuse
-    unknown fields, metadata's key and value lengths, the pattern of each `target_modules` item."""
+    """Constraints Litestar 2 drops: request types documented from msgspec's own schema, and
+    `additionalProperties: false` on every request type that refuses unknown fields."""
     schemas = (document.components.schemas if document.components else None) or {}
+    _, components = msgspec.json.schema_components(REQUEST_TYPES,
+                                                   ref_template="#/components/schemas/{name}")
+    for name, raw in components.items():
+        if name in schemas:
+            schemas[name] = _from_json_schema(raw)
     for name, schema in schemas.items():
-        struct = getattr(wire, name, None)
+        struct = getattr(wire, name, None) or getattr(openai_types, name, None)
         if (isinstance(schema, Schema) and isinstance(struct, type) and issubclass(struct, msgspec.Struct)
                 and struct.__struct_config__.forbid_unknown_fields):
             schema.additional_properties = False
-    create = schemas.get("JobCreate")
-    if isinstance(create, Schema) and create.properties:
-        create.properties["metadata"] = METADATA
-    hyper = schemas.get("Hyperparameters")
-    if isinstance(hyper, Schema) and hyper.properties:
-        items = hyper.properties["target_modules"]
-        if isinstance(items, Schema) and isinstance(items.items, Schema):
-            items.items.pattern = wire.LORA_MODULE_PATTERN

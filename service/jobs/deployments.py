@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 
 from service.errors import InvalidRequest, NotFound
 from service.jobs import schema as s
-from service.jobs.database import Database, unix
+from service.jobs.database import Database, as_utc, unix
 from service.jobs.db import DeploymentRow, JobRow
 from service.jobs.store import Store, event_row
 
@@ -49,6 +49,19 @@ class Deployments:
             ses.add(event_row(row.job_id, "deployment", f"deployment of {row.name} requested",
                               data={"model": row.name}))
             return model_from_row(found)
+
+    async def specs(self, *statuses: str) -> list[s.DeploymentSpec]:
+        """The deployments the serving sidecar acts on, with their job's finish time."""
+        async with self.db.read() as ses:
+            q = (select(DeploymentRow, JobRow.finished_at)
+                 .join(JobRow, JobRow.id == DeploymentRow.job_id).order_by(DeploymentRow.created_at))
+            if statuses:
+                q = q.where(DeploymentRow.status.in_(statuses))
+            found = (await ses.execute(q)).all()
+        return [s.DeploymentSpec(name=r.name, job_id=r.job_id, base_model=r.base_model, bucket=r.bucket,
+                                 prefix=r.prefix, folder=r.folder, kind=r.kind, status=r.status,
+                                 job_finished_at=as_utc(done).timestamp() if done else None)
+                for r, done in found]
 
     async def rows(self, *statuses: str) -> list[DeploymentRow]:
         async with self.db.read() as ses:

@@ -189,6 +189,29 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     loaded_at: int | None = None
 
 
+class DeploymentSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """What the serving sidecar needs to serve one adapter (GET /internal/deployments)."""
+
+    name: str
+    job_id: str
+    base_model: str
+    bucket: str
+    prefix: str
+    folder: str
+    kind: Literal["final", "checkpoint"]
+    status: Literal["pending", "loading", "loaded", "failed", "unloaded"]
+    job_finished_at: float | None = None  # Unix seconds, for "servable N s after success"
+
+
+class DeploymentReport(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """What the serving sidecar reports back (POST /internal/deployments/{name})."""
+
+    status: Literal["loading", "loaded", "failed"]
+    error: Annotated[str, Meta(max_length=4000)] | None = None
+    load_seconds: float | None = None
+    message: Annotated[str, Meta(max_length=4000)] | None = None
+
+
 class Serving(msgspec.Struct, kw_only=True):
     base_url: str | None
     api_key: str | None = None

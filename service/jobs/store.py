@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -245,11 +245,15 @@ class Store:
         return found is not None
 
     async def delete_file(self, tenant: str, file_id: str) -> None:
+        """Delete the row, and the Idempotency-Key records that would replay it."""
         async with self.db.write() as ses:
             row = await ses.get(FileRow, file_id)
             if row is None or row.tenant != tenant:
                 raise NotFound(f"no file {file_id!r}", param="file_id")
             await ses.delete(row)
+            await ses.execute(delete(IdempotencyRow).where(
+                IdempotencyRow.tenant == tenant, IdempotencyRow.endpoint == "files",
+                IdempotencyRow.resource_id == file_id))
 
     async def list_files(self, tenant: str, after: str | None, limit: int) -> s.Page:
         async with self.db.read() as ses:

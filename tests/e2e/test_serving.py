@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import openai
 import pytest
 
@@ -87,26 +88,33 @@ def vllm_pids(serving: subprocess.Popen) -> list[int]:
 def stack(s3_endpoint: str, smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("serving")
     vllm_port = free_port()
+    db_url = f"sqlite+aiosqlite:///{tmp}/tunedock.db"
     settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp}/tunedock.db", data_dir=str(tmp / "data"),
+        database_url=db_url, data_dir=str(tmp / "data"),
         s3_endpoint_url=s3_endpoint, s3_access_key_id="test", s3_secret_access_key="test",
         artifact_bucket=ARTIFACTS, base_models=(BaseModelEntry(alias="smollm2", source=str(smollm2_dir)),),
         served_models=("smollm2",), serve_model="smollm2", serving_url=f"http://127.0.0.1:{vllm_port}/v1",
         serving_api_key="serving-test-key", vllm_port=vllm_port, vllm_kv_cache_gib=0.5,
         vllm_max_model_len=512, max_lora_rank=16, adapter_dir=str(tmp / "adapters"),
         reconcile_seconds=2.0, lease_seconds=30.0, heartbeat_seconds=1.0, poll_seconds=0.2,
-        log_json=False, log_level="warning")
+        internal_api_key="internal-test-key", log_json=False, log_level="warning")
     with serve(settings) as (url, keys):
+        # The serving side reaches the service only through its internal endpoint.
+        # A database URL that cannot open: the sidecar and the resolver must not need one.
+        settings = msgspec.structs.replace(settings, api_url=url,
+                                           database_url="sqlite+aiosqlite:////nonexistent/tunedock.db")
         serving = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, env=settings_env(settings),
                                    stdout=(tmp / "serving.log").open("wb"), stderr=subprocess.STDOUT,
                                    start_new_session=True, preexec_fn=die_with_sigterm)
-        runner = start_runner(settings, tmp / "runner.log")
+        runner = start_runner(msgspec.structs.replace(settings, database_url=db_url), tmp / "runner.log")
         try:
             health = f"http://127.0.0.1:{vllm_port}/health"
             wait_until(lambda: httpx.get(health, timeout=2).status_code == 200, 600, "vLLM to start", 1)
             with tunedock.Client(url, keys["acme"]) as client:
                 chat = client.openai()
-                yield Stack(settings, client, chat, serving, keys["globex"])
+                stack = Stack(settings, client, chat, serving, keys["globex"])
+                stack.db_url = db_url
+                yield stack
         finally:
             runner.terminate()
             os.killpg(serving.pid, signal.SIGTERM)
@@ -229,7 +237,7 @@ def test_corrupt_adapter_fails_clearly_and_others_keep_serving(stack: Stack, pel
     name = f"{pelican.fine_tuned_model}:broken-{case}"
 
     async def request() -> None:
-        db = Database(stack.settings.database_url)
+        db = Database(stack.db_url)
         try:
             job = await Store(db).get_job(None, pelican.id)
             await Deployments(db).request(deployment_request(job, "acme", name, ARTIFACTS, prefix,

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from service.jobs.deployments import deployment_request
-from tests.conftest import ARTIFACTS, Api
+from tests.conftest import ARTIFACTS, Api, api_client
 from tests.support.data import chat_rows, jsonl
 from tests.support.live import serve
 
@@ -180,3 +180,25 @@ async def test_another_tenants_ids_names_and_uris_answer_exactly_like_missing_on
     print(f"\nisolation: {checked} requests by another tenant, each the same 404 as a missing id")
     assert checked >= 29
     assert re.search(r"ft:tiny::ftjob-", json.dumps(mine))
+
+
+async def test_internal_endpoint_takes_only_the_internal_key(make_settings, s3) -> None:  # noqa: ANN001
+    """What the serving side reads and reports, behind its own key: tenant keys get 401."""
+    settings = make_settings(internal_api_key="internal-key")
+    async with api_client(settings) as api:
+        a = await _a_tenant_with_everything(api, s3)
+        internal = {"Authorization": "Bearer internal-key"}
+        for headers in (api.auth(), {}, {"Authorization": "Bearer wrong"}):
+            r = await api.client.get("/internal/deployments", headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_internal_key"
+        [spec] = (await api.client.get("/internal/deployments?status=pending", headers=internal)).json()
+        assert spec["name"] == a["model"] and spec["prefix"] == f"jobs/{a['job']}/adapter"
+        r = await api.client.post(f"/internal/deployments/{a['model']}", headers=internal,
+                                  json={"status": "loaded", "load_seconds": 0.5, "message": "served"})
+        assert r.status_code == 204
+        assert (await api.client.get("/internal/deployments?status=pending", headers=internal)).json() == []
+        model = (await api.client.get(f"/v1/models/{a['model']}", headers=api.auth())).json()
+        assert model["status"] == "loaded"
+        r = await api.client.post(f"/internal/deployments/{a['model']}", headers=api.auth(),
+                                  json={"status": "failed"})
+        assert r.status_code == 401

@@ -1,0 +1,51 @@
+"""/internal: what the serving sidecar and vLLM's resolver plugin need from the service, so a
+vLLM pod needs only the API's URL, the internal key and read access to the artifact bucket
+(never the database). Answers only the internal key (TUNEDOCK_INTERNAL_API_KEY); tenant keys
+and requests without it get 401, and with no internal key configured every call does."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from litestar import Controller, Request, get, post
+from litestar.params import Parameter
+
+from service.api.openapi import errors
+from service.errors import Unauthorized
+from service.jobs import schema as s
+from service.jobs.db import utcnow
+from service.jobs.deployments import Deployments
+from service.settings import Settings
+
+Status = Annotated[list[str] | None, Parameter(query="status")]
+
+
+def _check(request: Request, settings: Settings) -> None:
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    wanted = settings.internal_api_key
+    if not wanted or scheme.lower() != "bearer" or not hmac.compare_digest(key.strip(), wanted):
+        raise Unauthorized("this endpoint takes the internal key (TUNEDOCK_INTERNAL_API_KEY)",
+                           param="Authorization", code="invalid_internal_key")
+
+
+class InternalController(Controller):
+    path = "/internal"
+    tags = ["internal: serving"]
+
+    @get("/deployments", responses=errors(400, 401, 500))
+    async def deployments(self, request: Request, settings: Settings, deployments: Deployments,
+                          status: Status = None) -> list[s.DeploymentSpec]:
+        """The adapters the service wants served (filter with one or more `status`)."""
+        _check(request, settings)
+        return await deployments.specs(*(status or ()))
+
+    @post("/deployments/{name:str}", status_code=204, responses=errors(400, 401, 500))
+    async def report(self, request: Request, name: str, data: s.DeploymentReport, settings: Settings,
+                     deployments: Deployments) -> None:
+        """The sidecar reports a load: loading, loaded (with seconds since the job succeeded), or
+        failed (with why)."""
+        _check(request, settings)
+        loaded_at = utcnow() if data.status == "loaded" else None  # on the API's clock
+        await deployments.mark(name, data.status, error=data.error, loaded_at=loaded_at,
+                               load_seconds=data.load_seconds, message=data.message)

@@ -188,14 +188,17 @@ class JobRun:
                     # A cap, not a size: the retry's plan takes the largest micro-batch under it
                     # that fits the memory free when it starts, down to 1.
                     micro_batch = max(1, current // 2)
-                    await self.store.add_event(
-                        self.job.id, "oom_retry", level="warning",
-                        message=f"out of memory at micro-batch {current} ({error['message']}); "
-                                f"retrying at micro-batch {micro_batch} or less from the latest "
-                                "checkpoint",
-                        data={"micro_batch_size": micro_batch, "retry": oom_retry + 1,
-                              "failed_micro_batch_size": current, "error": error},
-                        lease=self.lease)
+                    try:
+                        await self.store.add_event(
+                            self.job.id, "oom_retry", level="warning",
+                            message=f"out of memory at micro-batch {current} ({error['message']}); "
+                                    f"retrying at micro-batch {micro_batch} or less from the latest "
+                                    "checkpoint",
+                            data={"micro_batch_size": micro_batch, "retry": oom_retry + 1,
+                                  "failed_micro_batch_size": current, "error": error},
+                            lease=self.lease)
+                    except LeaseLost:  # the job went elsewhere meanwhile: no retry here
+                        return
                     continue
             if attempt.code not in (EXIT_BAD_INPUT, EXIT_OOM) and self.job.attempt < self.settings.max_attempts:
                 await self.store.add_event(self.job.id, "attempt_failed", error["message"], "warning",

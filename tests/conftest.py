@@ -92,6 +92,14 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The test model (built once per machine; `make model`)."""
+    from tests.support import test_model
+
+    return test_model.build()
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A base-model folder with only config.json: token counts fall back to the estimate."""

@@ -1,15 +1,59 @@
-"""The four accepted JSONL formats (DESIGN.md) and the check of one example."""
+"""The accepted JSONL shapes, each checked and normalised into one of three kinds of example.
+
+  chat               {"messages": [...], "tools"?: [...]}  OpenAI's fine-tuning format, in full:
+                     content as a string or a list of text parts, `name`, `weight` (0 or 1) on
+                     assistant messages, assistant `tool_calls` and `role: "tool"` results.
+  sharegpt           {"conversations": [{"from": "system"|"human"|"gpt", "value": ...}]}
+  instruction        {"instruction", "input"?, "output"}                      (Alpaca)
+  prompt_completion  {"prompt", "completion"}
+  text               {"text"}                                                  (all of it trained)
+
+chat and sharegpt become a Chat; instruction and prompt_completion a Pair; text a Text. What each
+trains on is decided in render.py.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
-CHAT, INSTRUCTION, PROMPT_COMPLETION, TEXT = "chat", "instruction", "prompt_completion", "text"
-ROLES = frozenset({"system", "user", "assistant"})
+CHAT, SHAREGPT, INSTRUCTION, PROMPT_COMPLETION, TEXT = (
+    "chat", "sharegpt", "instruction", "prompt_completion", "text")
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant"}
+# OpenAI joins a message's text parts; vLLM's chat path joins them with a newline, as we do.
+PART_SEPARATOR = "\n"
 
 
 class ExampleError(ValueError):
     pass
+
+
+@dataclass
+class Chat:
+    messages: list[dict[str, Any]]  # role, content (a string), and weight / tool_calls / name
+    tools: list[dict[str, Any]] | None = None
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools) or any(m["role"] == "tool" or m.get("tool_calls")
+                                       for m in self.messages)
+
+
+@dataclass
+class Pair:
+    prompt: str
+    completion: str
+
+
+@dataclass
+class Text:
+    text: str
+
+
+Example = Chat | Pair | Text
 
 
 def detect_format(obj: Any) -> str:
@@ -19,6 +63,8 @@ def detect_format(obj: Any) -> str:
     keys = set(obj)
     if "messages" in keys:
         return CHAT
+    if "conversations" in keys:
+        return SHAREGPT
     if {"instruction", "output"} <= keys:
         return INSTRUCTION
     if {"prompt", "completion"} <= keys:
@@ -26,8 +72,9 @@ def detect_format(obj: Any) -> str:
     if "text" in keys:
         return TEXT
     raise ExampleError(
-        "unknown format: expected 'messages', 'instruction'+'output', 'prompt'+'completion' or "
-        f"'text', got keys {sorted(keys)[:8]}"
+        "unknown format: expected 'messages' (OpenAI chat), 'conversations' (ShareGPT), "
+        "'instruction'+'output' (Alpaca), 'prompt'+'completion' or 'text', "
+        f"got keys {sorted(keys)[:8]}"
     )
 
 
@@ -40,33 +87,145 @@ def _string(obj: dict, key: str, *, optional: bool = False) -> str:
     return value
 
 
-def check_example(obj: dict, fmt: str) -> list[str]:
-    """Check one example of format `fmt`; returns its text pieces (for counting tokens)."""
+def _content(value: Any, where: str, *, optional: bool) -> str:
+    """A message's content: a string, or a list of text parts joined (OpenAI allows both)."""
+    if value is None and optional:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value:
+        texts = []
+        for j, part in enumerate(value):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ExampleError(f"{where}.content[{j}] is a {kind!r} part; only text parts "
+                                   "({\"type\": \"text\", \"text\": ...}) can be trained on")
+            if not isinstance(part.get("text"), str):
+                raise ExampleError(f"{where}.content[{j}].text must be a string")
+            texts.append(part["text"])
+        return PART_SEPARATOR.join(texts)
+    raise ExampleError(f"{where}.content must be a string or a non-empty list of text parts")
+
+
+def _tool_calls(value: Any, where: str) -> list[dict]:
+    """OpenAI's tool_calls, with `arguments` parsed: chat templates expect a mapping there."""
+    if not isinstance(value, list) or not value:
+        raise ExampleError(f"{where}.tool_calls must be a non-empty list")
+    calls = []
+    for j, call in enumerate(value):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise ExampleError(f"{where}.tool_calls[{j}] needs function.name "
+                               "({\"type\": \"function\", \"function\": {\"name\", \"arguments\"}})")
+        args = fn.get("arguments", "{}")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError:
+                raise ExampleError(f"{where}.tool_calls[{j}].function.arguments is not valid "
+                                   "JSON") from None
+        if not isinstance(args, dict):
+            raise ExampleError(f"{where}.tool_calls[{j}].function.arguments must be a JSON object")
+        entry: dict[str, Any] = {"type": "function",
+                                 "function": {"name": fn["name"], "arguments": args}}
+        if isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        calls.append(entry)
+    return calls
+
+
+def _message(m: Any, i: int) -> dict[str, Any]:
+    where = f"messages[{i}]"
+    if not isinstance(m, dict) or m.get("role") not in ROLES:
+        raise ExampleError(f"{where} needs a role of system, user, assistant or tool")
+    role = "system" if m["role"] == "developer" else m["role"]
+    out: dict[str, Any] = {"role": role}
+    calls = m.get("tool_calls")
+    if calls is not None and role != "assistant":
+        raise ExampleError(f"{where}: only assistant messages may have tool_calls")
+    out["content"] = _content(m.get("content"), where, optional=calls is not None)
+    if calls is not None:
+        out["tool_calls"] = _tool_calls(calls, where)
+    if "weight" in m:
+        if role != "assistant":
+            raise ExampleError(f"{where}: 'weight' applies to assistant messages only")
+        if m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
+            raise ExampleError(f"{where}.weight must be 0 or 1, got {m['weight']!r}")
+        out["weight"] = int(m["weight"])
+    if "name" in m:
+        if not isinstance(m["name"], str):
+            raise ExampleError(f"{where}.name must be a string")
+        out["name"] = m["name"]
+    if role == "tool" and isinstance(m.get("tool_call_id"), str):
+        out["tool_call_id"] = m["tool_call_id"]
+    return out
+
+
+def _tools(value: Any) -> list[dict] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str) for t in value):
+        raise ExampleError("'tools' must be a list of {\"type\": \"function\", \"function\": "
+                           "{\"name\", \"description\", \"parameters\"}}")
+    return value
+
+
+def _chat(messages: Any, tools: Any, key: str) -> Chat:
+    if not isinstance(messages, list) or not messages:
+        raise ExampleError(f"'{key}' must be a non-empty list")
+    chat = Chat([_message(m, i) for i, m in enumerate(messages)], _tools(tools))
+    assistants = [m for m in chat.messages if m["role"] == "assistant"]
+    if not assistants:
+        raise ExampleError("a chat example needs at least one assistant message")
+    if not any(m.get("weight", 1) for m in assistants):
+        raise ExampleError("every assistant message has weight 0, so nothing would be trained")
+    return chat
+
+
+def _sharegpt(turns: Any) -> Chat:
+    if not isinstance(turns, list) or not turns:
+        raise ExampleError("'conversations' must be a non-empty list")
+    messages = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or t.get("from") not in SHAREGPT_ROLES:
+            raise ExampleError(f"conversations[{i}] needs 'from' of system, human or gpt")
+        if not isinstance(t.get("value"), str):
+            raise ExampleError(f"conversations[{i}].value must be a string")
+        messages.append({"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]})
+    return _chat(messages, None, "conversations")
+
+
+def parse_example(obj: dict, fmt: str) -> Example:
+    """Check one example of format `fmt` and normalise it; ExampleError says what is wrong."""
     if fmt == CHAT:
-        messages = obj["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise ExampleError("'messages' must be a non-empty list")
-        pieces = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ROLES:
-                raise ExampleError(f"messages[{i}] needs a role of system, user or assistant")
-            if not isinstance(m.get("content"), str):
-                raise ExampleError(f"messages[{i}].content must be a string")
-            pieces.append(m["content"])
-        if not any(m["role"] == "assistant" for m in messages):
-            raise ExampleError("a chat example needs at least one assistant message")
-        return pieces
+        return _chat(obj["messages"], obj.get("tools"), "messages")
+    if fmt == SHAREGPT:
+        return _sharegpt(obj["conversations"])
     if fmt == INSTRUCTION:
         out = _string(obj, "output")
         if not out:
             raise ExampleError("'output' must not be empty")
-        return [_string(obj, "instruction"), _string(obj, "input", optional=True), out]
+        inp = _string(obj, "input", optional=True)
+        extra = f"\n\n### Input:\n{inp}" if inp else ""
+        return Pair(f"### Instruction:\n{_string(obj, 'instruction')}{extra}\n\n### Response:\n", out)
     if fmt == PROMPT_COMPLETION:
         completion = _string(obj, "completion")
         if not completion:
             raise ExampleError("'completion' must not be empty")
-        return [_string(obj, "prompt"), completion]
+        return Pair(_string(obj, "prompt"), completion)
     text = _string(obj, "text")
     if not text.strip():
         raise ExampleError("'text' must not be empty")
-    return [text]
+    return Text(text)
+
+
+def pieces(example: Example) -> list[str]:
+    """The example's text, for estimating tokens when the tokenizer is not at hand."""
+    if isinstance(example, Chat):
+        return [m["content"] + (json.dumps(m["tool_calls"]) if m.get("tool_calls") else "")
+                for m in example.messages]
+    if isinstance(example, Pair):
+        return [example.prompt, example.completion]
+    return [example.text]

@@ -1,99 +1,105 @@
-"""Turn validated examples into token ids and labels (-100 where no loss is taken).
+"""Turn normalised examples into token ids and labels (-100 where no loss is taken).
 
-Chat data is rendered with the base model's chat template; the loss falls on assistant turns
-only, unless train_on_inputs. Other formats: loss on `output` / `completion`, or on all of `text`.
+What is trained (loss-bearing), by kind of example:
+  Chat   each assistant message with weight 1 (the default), as the base model's chat template
+         renders it: its content or tool calls and the template's end-of-turn tokens. System,
+         user and tool messages and weight-0 assistant messages are context only, unless
+         train_on_inputs (which never overrides weight 0).
+  Pair   the completion and the end-of-sequence token (the prompt too with train_on_inputs).
+  Text   all of it.
+Examples longer than max_seq_length are truncated or dropped (`overlong_examples`).
 """
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from service.datasets.formats import CHAT, INSTRUCTION, PROMPT_COMPLETION, detect_format
+import jinja2
+
+from service.datasets.formats import Chat, Example, ExampleError, Pair
+from service.datasets.template import TemplateTokens
 
 IGNORE = -100
-FALLBACK_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
+TRUNCATE, DROP = "truncate", "drop"
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open("rb") as f:
-        for raw in f:
-            if raw.strip():
-                yield json.loads(raw)
-
-
-def split_examples(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """A seeded split, the same on every attempt of a job."""
-    if fraction <= 0:
-        return rows, []
-    order = list(range(len(rows)))
+def validation_indices(n_rows: int, n_validation: int, seed: int) -> set[int]:
+    """Which rows a job's automatic split holds out: seeded, the same on every attempt."""
+    if n_validation <= 0:
+        return set()
+    order = list(range(n_rows))
     random.Random(seed).shuffle(order)
-    n_val = max(1, int(len(rows) * fraction))
-    val_idx = set(order[:n_val])
-    return ([r for i, r in enumerate(rows) if i not in val_idx],
-            [r for i, r in enumerate(rows) if i in val_idx])
+    return set(order[:n_validation])
+
+
+def split_examples(rows: list[Any], n_validation: int, seed: int) -> tuple[list[Any], list[Any]]:
+    held = validation_indices(len(rows), n_validation, seed)
+    return ([r for i, r in enumerate(rows) if i not in held],
+            [r for i, r in enumerate(rows) if i in held])
 
 
 class Renderer:
-    def __init__(self, tokenizer: Any, max_seq_length: int, train_on_inputs: bool) -> None:
-        self.tok = tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            tokenizer.chat_template = FALLBACK_TEMPLATE
-        self.max_len = max_seq_length
+    def __init__(self, tokens: TemplateTokens, train_on_inputs: bool) -> None:
+        self.tokens = tokens
         self.train_on_inputs = train_on_inputs
-        self.eos = tokenizer.eos_token or ""
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+    def _chat(self, chat: Chat) -> tuple[list[int], list[int]]:
+        if chat.uses_tools and not self.tokens.supports_tools:
+            raise ExampleError("this conversation uses tools, but the base model's chat template "
+                               "cannot render tool definitions, tool calls and tool results; "
+                               "remove these rows or choose a base model whose template has tools")
+        messages, tools = chat.messages, chat.tools
+        encode = self.tokens.encode
 
-    def _template(self, messages: list[dict], gen: bool) -> list[int]:
-        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
-        return self._ids(text)
+        def render(part: list[dict], generation_prompt: bool) -> str:
+            try:
+                return self.tokens.render(part, tools, generation_prompt)
+            except jinja2.TemplateError as exc:  # e.g. raise_exception("roles must alternate")
+                raise ExampleError(f"the base model's chat template refused this conversation: "
+                                   f"{exc}") from None
 
-    def _chat(self, messages: list[dict]) -> tuple[list[int], list[int]]:
         ids: list[int] = []
         labels: list[int] = []
         for k, msg in enumerate(messages):
-            if msg["role"] == "assistant":
-                prefix = self._template(messages[:k], gen=True)
-                full = self._template(messages[: k + 1], gen=False)
-            else:
-                prefix = ids
-                full = self._template(messages[: k + 1], gen=False)
+            answer = msg["role"] == "assistant"
+            full = encode(render(messages[: k + 1], False))
+            prefix = encode(render(messages[:k], True)) if answer else ids
             if full[: len(ids)] != ids or full[: len(prefix)] != prefix:
                 # The template is not prefix-stable: fall back to labelling the whole turn.
                 prefix = ids
-            take = msg["role"] == "assistant" or self.train_on_inputs
-            labels += (full[len(ids):len(prefix)] if self.train_on_inputs else
-                       [IGNORE] * (len(prefix) - len(ids)))
-            labels += full[len(prefix):] if take else [IGNORE] * (len(full) - len(prefix))
+            train = (answer and msg.get("weight", 1) == 1) or (self.train_on_inputs and not answer)
+            head = full[len(ids):len(prefix)]
+            labels += head if self.train_on_inputs else [IGNORE] * len(head)
+            body = full[len(prefix):]
+            labels += body if train else [IGNORE] * len(body)
             ids = full
         return ids, labels
 
-    def _pair(self, prompt: str, completion: str) -> tuple[list[int], list[int]]:
-        p, c = self._ids(prompt), self._ids(completion + self.eos)
-        return p + c, (p if self.train_on_inputs else [IGNORE] * len(p)) + c
+    def encode(self, example: Example) -> tuple[list[int], list[int]]:
+        """(input ids, labels) of the whole example, before any truncation."""
+        if isinstance(example, Chat):
+            return self._chat(example)
+        if isinstance(example, Pair):
+            p = self.tokens.encode(example.prompt)
+            c = self.tokens.encode(example.completion + self.tokens.eos_token)
+            return p + c, (p if self.train_on_inputs else [IGNORE] * len(p)) + c
+        ids = self.tokens.encode(example.text + self.tokens.eos_token)
+        return ids, list(ids)
 
-    def encode(self, row: dict) -> dict[str, list[int]]:
-        fmt = detect_format(row)
-        if fmt == CHAT:
-            ids, labels = self._chat(row["messages"])
-        elif fmt == INSTRUCTION:
-            extra = f"\n\n### Input:\n{row['input']}" if row.get("input") else ""
-            ids, labels = self._pair(f"### Instruction:\n{row['instruction']}{extra}\n\n### Response:\n",
-                                     row["output"])
-        elif fmt == PROMPT_COMPLETION:
-            ids, labels = self._pair(row["prompt"], row["completion"])
-        else:
-            ids = self._ids(row["text"] + self.eos)
-            labels = list(ids)
-        return {"input_ids": ids[: self.max_len], "labels": labels[: self.max_len]}
+
+def fit(ids: list[int], labels: list[int], max_len: int, policy: str) -> dict[str, list[int]] | None:
+    """The example as trained: truncated to max_len, or None when it is dropped."""
+    if len(ids) > max_len:
+        if policy == DROP:
+            return None
+        ids, labels = ids[:max_len], labels[:max_len]
+    return {"input_ids": ids, "labels": labels}
+
+
+def supervised(labels: list[int]) -> int:
+    """Loss-bearing tokens of one example."""
+    return sum(1 for t in labels if t != IGNORE)
 
 
 class Collator:

@@ -1,23 +1,42 @@
-"""Streaming validation of a JSONL training file: bounded memory for any file size.
+"""Streaming validation of a JSONL training file: bounded memory for any file size (it keeps an
+8-byte digest and a length per row, nothing else).
 
 Reads the object in chunks, splits lines itself (so one 10 MB line is skipped, not buffered),
-checks each example, counts examples and tokens, and resolves the validation split.
+checks and normalises each example, and measures the file as it will be trained: tokens that
+carry loss and tokens that are only context (rendered with the base model's own chat template
+and tokenizer when they are local, else estimated from bytes), rows over max_seq_length,
+duplicates, and the validation split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+import hashlib
+from collections.abc import Iterable
 
 import msgspec
 
-from service.datasets.formats import ExampleError, check_example, detect_format
+from service.datasets.formats import (
+    Chat,
+    Example,
+    ExampleError,
+    Pair,
+    Text,
+    detect_format,
+    parse_example,
+    pieces,
+)
+from service.datasets.jsonl import iter_lines
+from service.datasets.render import DROP, TRUNCATE, Renderer, supervised, validation_indices
+from service.datasets.template import TemplateTokens
 
 MAX_REPORTED_ERRORS = 20
 MIN_EXAMPLES = 10
 WARN_EXAMPLES = 50
+# The automatic validation split: 10% of the rows, at most 1,000 (an evaluation pass over 40k
+# rows every epoch costs more than it tells), and none below WARN_EXAMPLES rows.
 SPLIT_FRACTION = 0.1
-# Chat templates add a few tokens per message; used when counting with a bare tokenizer.
+MAX_SPLIT_ROWS = 1000
+# Chat templates add a few tokens per message; used when estimating without the tokenizer.
 PER_PIECE_OVERHEAD = 4
 
 
@@ -26,14 +45,40 @@ class LineError(msgspec.Struct, frozen=True):
     message: str
 
 
+class LengthStats(msgspec.Struct, kw_only=True, frozen=True):
+    """Tokens per example as trained (after truncation; dropped rows excluded)."""
+
+    mean: float
+    p50: int
+    p95: int
+    max: int
+
+    @classmethod
+    def of(cls, lengths: list[int]) -> LengthStats | None:
+        if not lengths:
+            return None
+        ordered = sorted(lengths)
+        at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+        return cls(mean=round(sum(ordered) / len(ordered), 1), p50=at(0.5), p95=at(0.95),
+                   max=ordered[-1])
+
+
 class Report(msgspec.Struct, kw_only=True):
     format: str | None = None
     n_examples: int = 0
-    tokens: int = 0
+    n_blank_lines: int = 0
+    tokens: int = 0  # all tokens of every valid example, before truncation
+    supervised_tokens: int = 0  # loss-bearing tokens as trained (one epoch)
+    context_tokens: int = 0  # the rest of the tokens as trained
     tokens_estimated: bool = True
+    n_overlong: int = 0
+    overlong_policy: str = TRUNCATE
+    n_duplicates: int = 0
+    lengths: LengthStats | None = None
     errors: list[LineError] = []
     n_errors: int = 0
     warnings: list[str] = []
+    digests: list[bytes] = []  # one per valid example, in order: duplicates and split overlap
 
     def add_error(self, line: int, message: str) -> None:
         self.n_errors += 1
@@ -41,8 +86,12 @@ class Report(msgspec.Struct, kw_only=True):
             self.errors.append(LineError(line, message))
 
     @property
+    def n_trained(self) -> int:
+        return self.n_examples - (self.n_overlong if self.overlong_policy == DROP else 0)
+
+    @property
     def ok(self) -> bool:
-        return self.n_errors == 0 and self.n_examples >= MIN_EXAMPLES
+        return self.n_errors == 0 and self.n_trained >= MIN_EXAMPLES
 
     def failure_message(self) -> str:
         if self.n_errors:
@@ -51,68 +100,50 @@ class Report(msgspec.Struct, kw_only=True):
             return f"{shown}{more if self.n_errors > 5 else ''}"
         if self.n_examples == 0:
             return "the file has no examples"
+        if self.n_trained < self.n_examples:
+            return (f"only {self.n_trained} of {self.n_examples} examples fit max_seq_length and "
+                    f"overlong_examples is 'drop'; at least {MIN_EXAMPLES} are needed")
         return f"the file has {self.n_examples} valid examples; at least {MIN_EXAMPLES} are needed"
 
 
-def iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, bytes) for each non-final-empty line; None for a line over the limit."""
-    buf = bytearray()
-    lineno = 1
-    too_long = False
-    for chunk in chunks:
-        start = 0
-        while True:
-            nl = chunk.find(b"\n", start)
-            piece = chunk[start:] if nl < 0 else chunk[start:nl]
-            if not too_long:
-                buf += piece
-                if len(buf) > max_line_bytes:
-                    too_long = True
-                    buf.clear()
-            if nl < 0:
-                break
-            yield lineno, (None if too_long else bytes(buf))
-            buf.clear()
-            too_long = False
-            lineno += 1
-            start = nl + 1
-    if buf or too_long:
-        yield lineno, (None if too_long else bytes(buf))
+class Options(msgspec.Struct, kw_only=True, frozen=True):
+    """What of the job's hyperparameters decides how a row is counted."""
+
+    max_seq_length: int = 2048
+    train_on_inputs: bool = False
+    overlong_examples: str = TRUNCATE
 
 
-class TokenCounter:
-    """Counts with the base model's tokenizer.json when it is local, else estimates (bytes / 4)."""
+def _estimate(example: Example, train_on_inputs: bool) -> tuple[int, int]:
+    """(tokens, supervised tokens) from byte lengths, when the tokenizer is not local."""
+    def count(texts: list[str]) -> int:
+        return sum(len(t.encode()) // 4 + PER_PIECE_OVERHEAD for t in texts)
 
-    def __init__(self, model_dir: Path | None) -> None:
-        self.tokenizer = None
-        path = model_dir / "tokenizer.json" if model_dir else None
-        if path is not None and path.is_file():
-            from tokenizers import Tokenizer
-
-            self.tokenizer = Tokenizer.from_file(str(path))
-
-    @property
-    def estimated(self) -> bool:
-        return self.tokenizer is None
-
-    def count(self, pieces: list[str]) -> int:
-        if self.tokenizer is None:
-            return sum(len(p.encode()) // 4 + PER_PIECE_OVERHEAD for p in pieces)
-        encs = self.tokenizer.encode_batch(pieces, add_special_tokens=False)
-        return sum(len(e.ids) + PER_PIECE_OVERHEAD for e in encs)
+    total = count(pieces(example))
+    if train_on_inputs or isinstance(example, Text):
+        return total, total
+    if isinstance(example, Pair):
+        return total, count([example.completion])
+    trained = [m for m in example.messages if m["role"] == "assistant" and m.get("weight", 1)]
+    return total, count(pieces(Chat(trained)))
 
 
-def validate_jsonl(chunks: Iterable[bytes], counter: TokenCounter, max_line_bytes: int,
-                   expect_format: str | None = None) -> Report:
-    report = Report(tokens_estimated=counter.estimated)
+def validate_jsonl(chunks: Iterable[bytes], tokens: TemplateTokens | None, max_line_bytes: int,
+                   options: Options = Options(), expect_format: str | None = None) -> Report:
+    """Check every line and measure the file as it will be trained (see Report)."""
+    report = Report(tokens_estimated=tokens is None, overlong_policy=options.overlong_examples)
     if expect_format:
         report.format = expect_format
+    renderer = Renderer(tokens, options.train_on_inputs) if tokens is not None else None
     decoder = msgspec.json.Decoder()
+    seen: set[bytes] = set()
+    lengths: list[int] = []
     for lineno, raw in iter_lines(chunks, max_line_bytes):
         if raw is None:
             report.add_error(lineno, f"line is longer than {max_line_bytes} bytes")
             continue
         if not raw.strip():
+            report.n_blank_lines += 1
             continue
         try:
             raw.decode("utf-8")
@@ -123,7 +154,12 @@ def validate_jsonl(chunks: Iterable[bytes], counter: TokenCounter, max_line_byte
             elif fmt != report.format:
                 raise ExampleError(f"this line is {fmt} but the file is {report.format}; "
                                    "use one format per file")
-            pieces = check_example(obj, fmt)
+            example = parse_example(obj, fmt)
+            if renderer is not None:
+                ids, labels = renderer.encode(example)
+                n, n_supervised = len(ids), supervised(labels[: options.max_seq_length])
+            else:
+                n, n_supervised = _estimate(example, options.train_on_inputs)
         except UnicodeDecodeError as exc:
             report.add_error(lineno, f"invalid UTF-8 at byte {exc.start}")
             continue
@@ -134,7 +170,26 @@ def validate_jsonl(chunks: Iterable[bytes], counter: TokenCounter, max_line_byte
             report.add_error(lineno, str(exc))
             continue
         report.n_examples += 1
-        report.tokens += counter.count(pieces)
+        digest = hashlib.blake2b(msgspec.json.encode(obj, order="sorted"), digest_size=8).digest()
+        report.digests.append(digest)
+        if digest in seen:
+            report.n_duplicates += 1
+        seen.add(digest)
+        report.tokens += n
+        if n > options.max_seq_length:
+            report.n_overlong += 1
+            if options.overlong_examples == DROP:
+                continue
+            n_supervised = min(n_supervised, options.max_seq_length)
+        trained = min(n, options.max_seq_length)
+        lengths.append(trained)
+        report.supervised_tokens += n_supervised
+        report.context_tokens += trained - n_supervised
+    report.lengths = LengthStats.of(lengths)
+    if report.n_overlong:
+        what = "dropped" if options.overlong_examples == DROP else "truncated"
+        report.warnings.append(f"{report.n_overlong} examples are longer than max_seq_length "
+                               f"({options.max_seq_length} tokens) and will be {what}")
     if report.ok and report.n_examples < WARN_EXAMPLES:
         report.warnings.append(
             f"only {report.n_examples} examples; {WARN_EXAMPLES} or more usually train better"
@@ -142,11 +197,26 @@ def validate_jsonl(chunks: Iterable[bytes], counter: TokenCounter, max_line_byte
     return report
 
 
+def auto_validation_size(n_examples: int) -> int:
+    if n_examples < WARN_EXAMPLES:
+        return 0
+    return min(MAX_SPLIT_ROWS, max(1, int(n_examples * SPLIT_FRACTION)))
+
+
 def split_sizes(n_train_file: int, n_validation_file: int | None) -> tuple[int, int, str]:
-    """(n_train, n_validation, source): split 10% off when no validation file and >= 50 examples."""
+    """(n_train, n_validation, source): an explicit validation file is used as given; else
+    auto_validation_size rows are split off."""
     if n_validation_file is not None:
         return n_train_file, n_validation_file, "file"
-    if n_train_file >= WARN_EXAMPLES:
-        n_val = max(1, int(n_train_file * SPLIT_FRACTION))
-        return n_train_file - n_val, n_val, "split"
-    return n_train_file, 0, "none"
+    n_val = auto_validation_size(n_train_file)
+    return n_train_file - n_val, n_val, "split" if n_val else "none"
+
+
+def validation_overlap(train: list[bytes], validation: list[bytes] | None, seed: int) -> int:
+    """Validation rows that are also training rows: in the file given, or in the seeded split."""
+    if validation is not None:
+        seen = set(train)
+        return sum(1 for d in validation if d in seen)
+    held = validation_indices(len(train), auto_validation_size(len(train)), seed)
+    trained = {d for i, d in enumerate(train) if i not in held}
+    return sum(1 for i in held if train[i] in trained)

@@ -48,6 +48,8 @@ class Hyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     # Mid-epoch resume points every N optimizer steps: a crash then loses at most N steps, not
     # an epoch. They are for resuming only; servable checkpoints stay one per epoch.
     checkpoint_interval_steps: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    # Examples longer than max_seq_length: cut to it (the end is lost) or left out entirely.
+    overlong_examples: Literal["truncate", "drop"] = "truncate"
 
 
 Metadata = Annotated[
@@ -80,14 +82,33 @@ class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     line: int | None = None
 
 
+class LengthStats(msgspec.Struct, kw_only=True):
+    mean: float
+    p50: int
+    p95: int
+    max: int
+
+
 class DatasetSummary(msgspec.Struct, kw_only=True):
-    format: str
+    """What validation found, and what training will do with it (README: Training data)."""
+
+    format: str  # chat, sharegpt, instruction, prompt_completion or text
     n_examples: int
     n_train: int
     n_validation: int
+    # file: the validation_file as given; split: held out of the training file (10%, at most
+    # 1,000 rows); none: fewer than 50 examples and no validation file.
     validation_source: Literal["file", "split", "none"]
-    tokens: int
-    tokens_estimated: bool
+    tokens: int  # every token of the training file's examples, before truncation
+    tokens_estimated: bool  # true when the base model's tokenizer is not local (bytes / 4)
+    supervised_tokens: int | None = None  # loss-bearing tokens per epoch, as trained
+    context_tokens: int | None = None  # tokens seen but not trained on (prompts, weight 0, ...)
+    n_blank_lines: int = 0
+    n_overlong: int = 0  # examples over max_seq_length
+    overlong_policy: Literal["truncate", "drop"] = "truncate"
+    n_duplicates: int = 0  # examples identical to an earlier one in the training file
+    n_validation_in_train: int = 0  # validation examples that also appear in the training data
+    lengths: LengthStats | None = None  # tokens per example as trained
     warnings: list[str] = []
 
 
@@ -235,7 +256,7 @@ class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
     hyperparameters: Hyperparameters
     train: ObjectRef
     validation: ObjectRef | None = None
-    validation_split: float = 0.0
+    validation_rows: int = 0  # how many rows the seeded automatic split holds out
     artifact_bucket: str
     output_prefix: str  # jobs/{id}
     resume_from: ObjectRef | None = None  # a checkpoint prefix (…/checkpoints/epoch-N)

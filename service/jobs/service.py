@@ -9,7 +9,14 @@ import anyio
 import msgspec
 import structlog
 
-from service.datasets.validate import Report, TokenCounter, split_sizes, validate_jsonl
+from service.datasets.template import local_tokens
+from service.datasets.validate import (
+    Options,
+    Report,
+    split_sizes,
+    validate_jsonl,
+    validation_overlap,
+)
 from service.errors import InvalidTransition, NotFound, Unprocessable
 from service.ids import new_id
 from service.jobs import schema as s
@@ -115,11 +122,14 @@ class JobService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _validate_object(self, bucket: str, key: str, fmt: str | None, base: str) -> Report:
-        entry = self.settings.base_model(base)
-        counter = TokenCounter(entry.local_path if entry else None)
+    def _validate_object(self, bucket: str, key: str, fmt: str | None, job: s.Job) -> Report:
+        entry = self.settings.base_model(job.base_model)
+        tokens = local_tokens(entry.local_path if entry else None)
+        hp = job.hyperparameters
+        options = Options(max_seq_length=hp.max_seq_length, train_on_inputs=hp.train_on_inputs,
+                          overlong_examples=hp.overlong_examples)
         chunks = self.objects.iter_bytes(bucket, key)
-        return validate_jsonl(chunks, counter, self.settings.max_line_bytes, fmt)
+        return validate_jsonl(chunks, tokens, self.settings.max_line_bytes, options, fmt)
 
     async def validate(self, job_id: str) -> None:
         bound = log.bind(job_id=job_id)
@@ -129,13 +139,11 @@ class JobService:
         tenant = await self.store.job_tenant(job_id)
         try:
             bucket, key = await self.locate(tenant, job.training_file, "training_file")
-            train = await anyio.to_thread.run_sync(self._validate_object, bucket, key, None,
-                                                   job.base_model)
+            train = await anyio.to_thread.run_sync(self._validate_object, bucket, key, None, job)
             val = None
             if train.ok and job.validation_file:
                 vb, vk = await self.locate(tenant, job.validation_file, "validation_file")
-                val = await anyio.to_thread.run_sync(self._validate_object, vb, vk, train.format,
-                                                     job.base_model)
+                val = await anyio.to_thread.run_sync(self._validate_object, vb, vk, train.format, job)
         except Exception as exc:  # noqa: BLE001 - the job records the failure, the API stays up
             bound.exception("validation crashed")
             await self._fail(job_id, "file_unreadable", f"could not read the data: {exc}", None, {})
@@ -149,20 +157,32 @@ class JobService:
                                   "errors": msgspec.to_builtins(report.errors)}, param=name)
                 return
         n_train, n_val, source = split_sizes(train.n_examples, val.n_examples if val else None)
+        overlap = validation_overlap(train.digests, val.digests if val else None,
+                                     job.hyperparameters.seed)
+        warnings = list(train.warnings)
+        if overlap:
+            warnings.append(f"{overlap} validation examples also appear in the training data; "
+                            "their validation loss will look better than it is")
         summary = s.DatasetSummary(
             format=train.format or "", n_examples=train.n_examples, n_train=n_train,
             n_validation=n_val, validation_source=source,
             tokens=train.tokens, tokens_estimated=train.tokens_estimated,
-            warnings=train.warnings,
+            supervised_tokens=train.supervised_tokens, context_tokens=train.context_tokens,
+            n_blank_lines=train.n_blank_lines, n_overlong=train.n_overlong,
+            overlong_policy=job.hyperparameters.overlong_examples,
+            n_duplicates=train.n_duplicates, n_validation_in_train=overlap,
+            lengths=msgspec.convert(msgspec.to_builtins(train.lengths), s.LengthStats | None),
+            warnings=warnings,
         )
         data = msgspec.to_builtins(summary)
         try:
             await self.store.set_status(
                 job_id, s.Status.queued,
-                f"files validated: {n_train} training and {n_val} validation examples, "
-                f"{train.tokens} tokens{' (estimated)' if train.tokens_estimated else ''}",
+                f"files validated ({train.format}): {n_train} training and {n_val} validation "
+                f"examples, {train.supervised_tokens} trained and {train.context_tokens} context "
+                f"tokens per epoch{' (estimated)' if train.tokens_estimated else ''}",
                 data=data, dataset=data,
-                extra_rows=tuple(event_row(job_id, "warning", w, "warning") for w in train.warnings),
+                extra_rows=tuple(event_row(job_id, "warning", w, "warning") for w in warnings),
             )
         except (InvalidTransition, NotFound):  # cancelled while validating: nothing to do
             bound.info("job changed during validation")

@@ -143,12 +143,12 @@ class JobRun:
         entry = self.settings.base_model(job.base_model)
         if entry is None:
             raise LookupError(f"base model {job.base_model!r} is no longer in the registry")
-        split = 0.1 if job.dataset and job.dataset.validation_source == "split" else 0.0
+        split = job.dataset.n_validation if job.dataset and job.dataset.validation_source == "split" else 0
         return s.TrainingSpec(
             job_id=job.id, base_model=job.base_model, base_model_source=entry.source,
             hyperparameters=job.hyperparameters,
             train=s.ObjectRef(bucket=bucket, key=key), validation=validation,
-            validation_split=split, artifact_bucket=self.settings.artifact_bucket,
+            validation_rows=split, artifact_bucket=self.settings.artifact_bucket,
             output_prefix=f"jobs/{job.id}", resume_from=resume, max_micro_batch_size=max_micro_batch,
             work_dir=str(self.work_dir / "work"), deterministic=self.settings.deterministic_training,
         )

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import msgspec
 
-from service.datasets.render import Collator, Renderer, read_jsonl, split_examples
+from service.datasets.formats import detect_format, parse_example
+from service.datasets.jsonl import read_jsonl
+from service.datasets.render import Collator, Renderer, fit, split_examples
+from service.datasets.template import HFTokens
 from service.jobs.schema import MemoryPlan, TrainingSpec
 from service.storage import ObjectStore, download_prefix, upload_dir
 from service.training import backends
@@ -46,11 +49,22 @@ def build_datasets(spec: TrainingSpec, objects: ObjectStore, tokenizer, work: Pa
         objects.download(spec.validation.bucket, spec.validation.key, work / "validation.jsonl")
         train_rows, val_rows = rows, list(read_jsonl(work / "validation.jsonl"))
     else:
-        train_rows, val_rows = split_examples(rows, spec.validation_split, hp.seed)
-    renderer = Renderer(tokenizer, hp.max_seq_length, hp.train_on_inputs)
-    train = Dataset.from_list([renderer.encode(r) for r in train_rows])
-    val = Dataset.from_list([renderer.encode(r) for r in val_rows]) if val_rows else None
-    return train, val
+        train_rows, val_rows = split_examples(rows, spec.validation_rows, hp.seed)
+    renderer = Renderer(HFTokens(tokenizer), hp.train_on_inputs)
+
+    def encode(rows: list[dict]) -> list[dict]:
+        out = []
+        for row in rows:
+            ids, labels = renderer.encode(parse_example(row, detect_format(row)))
+            if (fitted := fit(ids, labels, hp.max_seq_length, hp.overlong_examples)) is not None:
+                out.append(fitted)
+        return out
+
+    train = encode(train_rows)
+    if not train:  # validation refuses such a file; a changed base model could still get here
+        raise ValueError("no training example fits max_seq_length")
+    val = encode(val_rows)
+    return Dataset.from_list(train), Dataset.from_list(val) if val else None
 
 
 def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:

@@ -11,12 +11,7 @@ from litestar.testing import AsyncTestClient
 from service.app import create_app
 from service.settings import BaseModelEntry
 from tests.conftest import Api
-from tests.support import test_model, tiny_llama
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir() -> Path:
-    return test_model.build()
+from tests.support import tiny_llama
 
 
 @pytest.fixture(scope="session")

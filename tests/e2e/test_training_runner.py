@@ -27,9 +27,21 @@ def code_word_rows(n: int) -> list[dict]:
             for i in range(n)]
 
 
-async def submit(api: Api, s3, n_examples: int = 40, **hp: object) -> dict:  # noqa: ANN001
+def windows_file(rows: list[dict]) -> bytes:
+    """The rows as an editor on Windows saves them: a UTF-8 BOM, CRLF endings, a blank line, and
+    OpenAI's content-parts form for every user message."""
+    for row in rows:
+        for m in row["messages"]:
+            if m["role"] == "user":
+                m["content"] = [{"type": "text", "text": m["content"]}]
+    lines = jsonl(rows).decode().splitlines()
+    return b"\xef\xbb\xbf" + "\r\n".join([*lines[:5], "", *lines[5:]]).encode() + b"\r\n"
+
+
+async def submit(api: Api, s3, n_examples: int = 40, body: bytes | None = None,
+                 **hp: object) -> dict:  # noqa: ANN001
     key = f"e2e/{time.monotonic_ns()}.jsonl"
-    s3.put_object(Bucket=DATASETS, Key=key, Body=jsonl(code_word_rows(n_examples)))
+    s3.put_object(Bucket=DATASETS, Key=key, Body=body or jsonl(code_word_rows(n_examples)))
     hyper = {"n_epochs": 2, "learning_rate": 2e-3, "batch_size": 4, "max_seq_length": 128, **hp}
     r = await api.client.post("/jobs", json={"base_model": "smollm2", "suffix": "codeword",
                                              "training_file": f"s3://{DATASETS}/{key}",
@@ -73,9 +85,12 @@ async def train_to_the_end(api: Api, settings, job_id: str, log) -> dict:  # noq
 
 async def test_job_trains_checkpoints_every_epoch_and_adapter_changes_output(
         e2e_api: Api, e2e_settings, s3, smollm2_dir, tmp_path) -> None:  # noqa: ANN001
-    job = await submit(e2e_api, s3)
+    job = await submit(e2e_api, s3, body=windows_file(code_word_rows(40)))
     done = await train_to_the_end(e2e_api, e2e_settings, job["id"], tmp_path / "runner.log")
     assert done["fine_tuned_model"] == f"ft:smollm2:codeword:{job['id']}"
+    ds = done["dataset"]
+    assert (ds["format"], ds["n_examples"], ds["n_blank_lines"], ds["tokens_estimated"]) == ("chat", 40, 1, False)
+    assert 0 < ds["supervised_tokens"] < ds["context_tokens"]
     assert done["trained_tokens"] > 0 and done["plan"]["device"] == "cpu"
     ckpts = (await e2e_api.client.get(f"/jobs/{job['id']}/checkpoints", headers=e2e_api.auth())).json()["data"]
     assert [c["epoch"] for c in ckpts] == [1, 2]

@@ -27,6 +27,34 @@ class Deployment(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
+class LengthStats(msgspec.Struct, kw_only=True):
+    mean: float
+    p50: int
+    p95: int
+    max: int
+
+
+class DatasetSummary(msgspec.Struct, kw_only=True):
+    """What validation found in the data, and what training does with it."""
+
+    format: str
+    n_examples: int
+    n_train: int
+    n_validation: int
+    validation_source: str
+    tokens: int
+    tokens_estimated: bool
+    supervised_tokens: int | None = None
+    context_tokens: int | None = None
+    n_blank_lines: int = 0
+    n_overlong: int = 0
+    overlong_policy: str = "truncate"
+    n_duplicates: int = 0
+    n_validation_in_train: int = 0
+    lengths: LengthStats | None = None
+    warnings: list[str] = []
+
+
 class Job(msgspec.Struct, kw_only=True):
     id: str
     status: str
@@ -46,7 +74,7 @@ class Job(msgspec.Struct, kw_only=True):
     trained_tokens: int | None = None
     estimated_finish: int | None = None
     progress: Progress | None = None
-    dataset: dict[str, Any] | None = None
+    dataset: DatasetSummary | None = None
     plan: dict[str, Any] | None = None
     deployment: Deployment | None = None
 

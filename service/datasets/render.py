@@ -102,6 +102,31 @@ def supervised(labels: list[int]) -> int:
     return sum(1 for t in labels if t != IGNORE)
 
 
+class FlatCollator:
+    """Padding-free: the micro-batch's examples end to end in one row of exactly their tokens.
+
+    Positions restart at each example, which is how both backends keep attention inside it
+    (transformers builds a block-diagonal causal mask from restarting position ids; Unsloth reads
+    the lengths from them for its varlen kernels). The first token of each example carries no
+    label, so no example is trained to predict from the one before it (padded rows never use
+    that label either)."""
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for x in batch:
+            ids += x["input_ids"]
+            labels += [IGNORE, *x["labels"][1:]]
+            positions += range(len(x["input_ids"]))
+        # use_cache=False: transformers reads packed sequences from position ids only when no KV
+        # cache is passed, and a model whose config says use_cache makes one even in training.
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([positions]), "use_cache": False}
+
+
 class Collator:
     """Pads a batch to its longest row; labels pad with -100."""
 

@@ -50,6 +50,14 @@ class Hyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     checkpoint_interval_steps: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
     # Examples longer than max_seq_length: cut to it (the end is lost) or left out entirely.
     overlong_examples: Literal["truncate", "drop"] = "truncate"
+    # How examples of different lengths share a micro-batch (README: Packing). Each optimizer
+    # step still takes batch_size examples in every mode; only the padding differs.
+    #   padding_free    the micro-batch's examples end to end in one row, attention kept within
+    #                   each example (positions restart); no padding at all
+    #   length_grouped  padded rows, but each micro-batch drawn from examples of similar length
+    #   off             padded to the longest example of a randomly drawn micro-batch
+    #   auto            the mode bench/mixed_lengths.py measured fastest (padding_free)
+    packing: Literal["auto", "padding_free", "length_grouped", "off"] = "auto"
 
 
 Metadata = Annotated[
@@ -126,6 +134,10 @@ class MemoryPlan(msgspec.Struct, kw_only=True):
     estimated_peak_bytes: int
     available_bytes: int | None
     breakdown: dict[str, int] = {}
+    packing: str | None = None  # the packing mode the job trains with (auto resolved)
+    # Tokens per example the estimate assumes: the dataset's p95 length when padding-free, its
+    # longest (the padded width) otherwise, max_seq_length when the lengths are unknown.
+    row_tokens: int | None = None
 
 
 class Deployment(msgspec.Struct, kw_only=True):
@@ -257,6 +269,7 @@ class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
     train: ObjectRef
     validation: ObjectRef | None = None
     validation_rows: int = 0  # how many rows the seeded automatic split holds out
+    example_lengths: LengthStats | None = None  # the training file's, from validation
     artifact_bucket: str
     output_prefix: str  # jobs/{id}
     resume_from: ObjectRef | None = None  # a checkpoint prefix (…/checkpoints/epoch-N)

@@ -148,7 +148,9 @@ class JobRun:
             job_id=job.id, base_model=job.base_model, base_model_source=entry.source,
             hyperparameters=job.hyperparameters,
             train=s.ObjectRef(bucket=bucket, key=key), validation=validation,
-            validation_rows=split, artifact_bucket=self.settings.artifact_bucket,
+            validation_rows=split,
+            example_lengths=job.dataset.lengths if job.dataset else None,
+            artifact_bucket=self.settings.artifact_bucket,
             output_prefix=f"jobs/{job.id}", resume_from=resume, max_micro_batch_size=max_micro_batch,
             work_dir=str(self.work_dir / "work"), deterministic=self.settings.deterministic_training,
         )
@@ -352,7 +354,7 @@ class JobRun:
         if msg.get("loss") is not None:
             data = {k: msg.get(k) for k in ("step", "total_steps", "epoch", "loss", "learning_rate",
                                              "tokens_per_second", "step_seconds", "gpu_memory_bytes",
-                                             "trained_tokens")}
+                                             "trained_tokens", "supervised_tokens")}
             await self.store.add_event(self.job.id, "metrics",
                                        f"step {step}/{total}: loss {msg['loss']:.4f}",
                                        data={**data, "attempt": self.job.attempt}, lease=self.lease)
@@ -372,7 +374,9 @@ class JobRun:
                 job.id, s.Status.succeeded,
                 f"training finished; the adapter is at s3://{result['bucket']}/{result['prefix']}/",
                 data={"fine_tuned_model": name, "train_loss": result.get("train_loss"),
-                      "best_checkpoint": result.get("best_checkpoint")},
+                      "best_checkpoint": result.get("best_checkpoint"),
+                      "trained_tokens": result.get("trained_tokens"),
+                      "supervised_tokens": result.get("supervised_tokens")},
                 lease=self.lease, fine_tuned_model=name, extra_rows=extra,
                 trained_tokens=result.get("trained_tokens"),
                 deployment={"status": "pending"} if job.deploy else None)

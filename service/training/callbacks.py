@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -20,8 +21,9 @@ def _gpu_memory() -> int | None:
 class ProgressCallback(TrainerCallback):
     """A metrics event at every log: loss, learning rate, tokens/s, GPU memory, trained tokens."""
 
-    def __init__(self, emit: Emitter) -> None:
+    def __init__(self, emit: Emitter, tally: Any = None) -> None:
         self.emit = emit
+        self.tally = tally  # recipe.Tally: supervised tokens so far (this attempt)
         self._last: tuple[float, int, int] | None = None
 
     def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
@@ -42,6 +44,7 @@ class ProgressCallback(TrainerCallback):
         self.emit.emit("progress", step=step, total_steps=state.max_steps,
                        epoch=state.epoch, loss=logs["loss"], learning_rate=logs.get("learning_rate"),
                        tokens_per_second=rate, step_seconds=step_s, trained_tokens=seen,
+                       supervised_tokens=self.tally.supervised if self.tally else None,
                        gpu_memory_bytes=_gpu_memory())
 
 

@@ -39,13 +39,14 @@ class PlanError(RuntimeError):
     pass
 
 
-def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str) -> dict[str, int]:
-    """Peak bytes by part for one micro-batch of max_seq_length tokens."""
+def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str,
+             row_tokens: int | None = None) -> dict[str, int]:
+    """Peak bytes by part for one micro-batch of `row_tokens` (default max_seq_length) per row."""
     linears = shape.linears()
     lora_params = shape.layers * sum(hp.lora_r * (a + b) for name, (a, b) in linears.items()
                                      if name in hp.target_modules)
     weight_bytes = NF4_BYTES if hp.load_in_4bit else 2
-    tokens = micro_batch * hp.max_seq_length
+    tokens = micro_batch * (row_tokens or hp.max_seq_length)
     saved = shape.layers * tokens * shape.hidden * 2 * SAVED_INPUTS_ON_GPU[backend]
     layer = tokens * (LAYER_HIDDEN_FACTOR * shape.hidden + LAYER_INTER_FACTOR * shape.intermediate)
     logits = tokens * shape.vocab * LOGIT_BYTES[backend]
@@ -61,7 +62,8 @@ def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str) 
 
 
 def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend: str,
-              device: str, max_micro_batch: int | None = None) -> MemoryPlan:
+              device: str, max_micro_batch: int | None = None, row_tokens: int | None = None,
+              packing: str | None = None) -> MemoryPlan:
     """The largest micro-batch dividing batch_size whose estimate fits `available` with a margin.
 
     `max_micro_batch` caps it after an out-of-memory retry; the plan still takes the largest
@@ -74,14 +76,14 @@ def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend:
         candidates = [hp.micro_batch_size]
     best = None
     for mb in candidates:
-        parts = estimate(shape, hp, mb, backend)
+        parts = estimate(shape, hp, mb, backend, row_tokens)
         peak = sum(parts.values())
         if available is None or peak * (1 + MARGIN) <= available:
             best = (mb, parts, peak)
             break
     if best is None:
         mb = candidates[-1]
-        parts = estimate(shape, hp, mb, backend)
+        parts = estimate(shape, hp, mb, backend, row_tokens)
         peak = sum(parts.values())
         raise PlanError(
             f"the job needs about {peak / GiB:.1f} GiB at micro-batch {mb} "
@@ -92,4 +94,5 @@ def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend:
     mb, parts, peak = best
     return MemoryPlan(device=device, micro_batch_size=mb,
                       gradient_accumulation_steps=math.ceil(hp.batch_size / mb),
-                      estimated_peak_bytes=peak, available_bytes=available, breakdown=parts)
+                      estimated_peak_bytes=peak, available_bytes=available, breakdown=parts,
+                      packing=packing, row_tokens=row_tokens or hp.max_seq_length)

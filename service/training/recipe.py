@@ -13,7 +13,7 @@ import msgspec
 
 from service.datasets.formats import detect_format, parse_example
 from service.datasets.jsonl import read_jsonl
-from service.datasets.render import Collator, Renderer, fit, split_examples
+from service.datasets.render import IGNORE, Collator, FlatCollator, Renderer, fit, split_examples
 from service.datasets.template import HFTokens
 from service.jobs.schema import MemoryPlan, TrainingSpec
 from service.storage import ObjectStore, download_prefix, upload_dir
@@ -29,14 +29,53 @@ from service.shapes import Shape, read_config
 from service.training.plan import make_plan
 
 
-def plan_memory(spec: TrainingSpec, backend: str, device: str) -> MemoryPlan:
+# What packing "auto" trains with: the fastest mode in bench/mixed_lengths.py on both the H100
+# (Unsloth) and the CPU (PEFT); bench/RESULTS.md, "Packing".
+AUTO_PACKING = "padding_free"
+
+
+def resolve_packing(spec: TrainingSpec) -> str:
+    mode = spec.hyperparameters.packing
+    return AUTO_PACKING if mode == "auto" else mode
+
+
+def plan_memory(spec: TrainingSpec, backend: str, device: str, packing: str) -> MemoryPlan:
+    hp = spec.hyperparameters
     shape = Shape.from_config(read_config(spec.base_model_source))
     available = None
     if device == "cuda":
         import torch
 
         available = torch.cuda.mem_get_info()[0]
-    return make_plan(shape, spec.hyperparameters, available, backend, device, spec.max_micro_batch_size)
+    # The real lengths, not max_seq_length for every row: padding-free micro-batches hold their
+    # examples' tokens (p95 per row: rarely are all rows of one micro-batch longer); padded
+    # ones are as wide as their longest row, and some micro-batch holds the file's longest.
+    row_tokens = None
+    if (lengths := spec.example_lengths) is not None:
+        row_tokens = min(hp.max_seq_length, lengths.p95 if packing == "padding_free" else lengths.max)
+    return make_plan(shape, hp, available, backend, device, spec.max_micro_batch_size,
+                     row_tokens=row_tokens, packing=packing)
+
+
+class Tally:
+    """Tokens the optimizer actually saw, counted per micro-batch: real (no padding) and
+    supervised (loss-bearing). Shared by the trainer, which counts, and ProgressCallback."""
+
+    def __init__(self) -> None:
+        self.supervised = 0
+
+    def trainer_class(self, base: type) -> type:
+        tally = self
+
+        class CountingTrainer(base):  # type: ignore[misc, valid-type]
+            # transformers counts every input id, padding included; count what was trained on.
+            def _track_num_input_tokens(self, inputs: dict) -> None:
+                mask = inputs.get("attention_mask")
+                real = mask.sum() if mask is not None else inputs["input_ids"].numel()
+                self.state.num_input_tokens_seen += int(real)
+                tally.supervised += int((inputs["labels"] != IGNORE).sum())
+
+        return CountingTrainer
 
 
 def build_datasets(spec: TrainingSpec, objects: ObjectStore, tokenizer, work: Path):  # noqa: ANN001, ANN201
@@ -60,7 +99,7 @@ def build_datasets(spec: TrainingSpec, objects: ObjectStore, tokenizer, work: Pa
                 out.append(fitted)
         return out
 
-    train = encode(train_rows)
+    train = [{**x, "length": len(x["input_ids"])} for x in encode(train_rows)]
     if not train:  # validation refuses such a file; a changed base model could still get here
         raise ValueError("no training example fits max_seq_length")
     val = encode(val_rows)
@@ -75,7 +114,8 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     if device == "cpu" and hp.load_in_4bit:
         emit.emit("warning", message="4-bit loading needs CUDA; training fp32 LoRA on the CPU")
 
-    plan = plan_memory(spec, backend, device)
+    packing = resolve_packing(spec)
+    plan = plan_memory(spec, backend, device, packing)
     emit.emit("plan", plan=msgspec.to_builtins(plan))
 
     work = Path(spec.work_dir)
@@ -127,22 +167,25 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
         gradient_checkpointing=False,  # each backend turns on its own (Unsloth's is offloaded)
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
-        include_num_input_tokens_seen=True,
+        include_num_input_tokens_seen=True,  # counted by Tally's trainer: real tokens only
+        train_sampling_strategy="group_by_length" if packing == "length_grouped" else "random",
         dataloader_num_workers=0,
         report_to=[],
         disable_tqdm=True,
         max_length=None,
     )
-    callbacks = [ProgressCallback(emit),
+    tally = Tally()
+    callbacks = [ProgressCallback(emit, tally),
                  CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix)]
     if hp.checkpoint_interval_steps:
         callbacks.append(ResumePointCallback(hp.checkpoint_interval_steps))
     callbacks.append(StopOnSignal())  # after CheckpointCallback: it stops once the save is uploaded
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                         data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-                         callbacks=callbacks)
+    collator = FlatCollator() if packing == "padding_free" else Collator(tokenizer.pad_token_id)
+    trainer = tally.trainer_class(SFTTrainer)(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+        data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
 
     resume_dir = None
     if spec.resume_from is not None:
@@ -156,7 +199,7 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     upload_dir(objects, spec.artifact_bucket, adapter_prefix, adapter)
     best = trainer.state.best_model_checkpoint
     emit.emit("result", bucket=spec.artifact_bucket, prefix=adapter_prefix,
-              trained_tokens=trainer.state.num_input_tokens_seen,
+              trained_tokens=trainer.state.num_input_tokens_seen, supervised_tokens=tally.supervised,
               train_loss=result.training_loss, global_step=trainer.state.global_step,
               best_checkpoint=Path(best).name if best else None)
 

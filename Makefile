@@ -46,6 +46,7 @@ bench: model
 	$(PY) bench/api_load.py --out bench/RESULTS.md
 	$(PY) bench/servable.py --out bench/RESULTS.md
 	$(PY) bench/gateway.py --out bench/RESULTS.md
+	$(PY) bench/mixed_lengths.py --cpu --out bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .data

@@ -1,9 +1,12 @@
 """A bare training script, with no tunedock code: the baseline the runner is measured against.
 
-    python bench/bare_train.py --model DIR --data rows.jsonl --backend unsloth|peft [--steps N]
+    python bench/bare_train.py --model DIR --data rows.jsonl --backend unsloth|peft [--packing]
 Same hyperparameters as the benchmark job (QLoRA r=16 on all linear layers, batch 8 x 1024, lr 2e-4,
-2 epochs). Prints one JSON line: steady tokens/s (median of per-step rates after warm-up) and peak
-reserved GPU memory.
+2 epochs). Rows are {"text"} or {"messages"} (rendered with the tokenizer's chat template).
+--packing: TRL's own packing (best-fit into rows of --seq tokens, padding-free). Prints one JSON
+line: steady tokens/s (median of per-step rates after warm-up), steady real tokens/s (tokens over
+time after warm-up: the mean rate), and peak reserved GPU memory. Without CUDA (peft only): fp32
+LoRA on the CPU.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--max-steps", type=int, default=-1)
     ap.add_argument("--warmup-steps", type=int, default=10)
+    ap.add_argument("--packing", action="store_true")
     args = ap.parse_args()
 
     if args.backend == "unsloth":
@@ -45,6 +49,14 @@ def main() -> None:
                                                  target_modules=ALL_LINEAR, bias="none",
                                                  use_gradient_checkpointing="unsloth",
                                                  random_state=3407)
+    elif not torch.cuda.is_available():
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0,
+                                                 target_modules=ALL_LINEAR, task_type="CAUSAL_LM"))
     else:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -63,9 +75,17 @@ def main() -> None:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     rows = [json.loads(line) for line in open(args.data)]
-    encoded = [tok(r["text"] + tok.eos_token, add_special_tokens=False, truncation=True,
+    def text(r: dict) -> str:
+        if "messages" in r:
+            return tok.apply_chat_template(r["messages"], tokenize=False)
+        return r["text"] + tok.eos_token
+
+    encoded = [tok(text(r), add_special_tokens=False, truncation=True,
                    max_length=args.seq)["input_ids"] for r in rows]
-    ds = Dataset.from_list([{"input_ids": ids, "labels": ids} for ids in encoded])
+    if args.packing:  # TRL tokenizes nothing (input_ids given), packs and collates itself
+        ds = Dataset.from_list([{"input_ids": ids} for ids in encoded])
+    else:
+        ds = Dataset.from_list([{"input_ids": ids, "labels": ids} for ids in encoded])
 
     def collate(batch):  # noqa: ANN001, ANN202
         n = max(len(x["input_ids"]) for x in batch)
@@ -81,6 +101,7 @@ def main() -> None:
 
     rates: list[float] = []
     step_times: list[float] = []
+    seen_at: list[int] = []
 
     class Rate(TrainerCallback):
         last = None
@@ -90,27 +111,36 @@ def main() -> None:
             if self.last and logs and "loss" in logs:
                 rates.append((seen - self.last[1]) / (now - self.last[0]))
                 step_times.append(now - self.last[0])
+                seen_at.append(seen)
             self.last = (now, seen)
 
         on_train_begin = on_log
 
+    cuda = torch.cuda.is_available()
+    packing = dict(packing=True, padding_free=True, max_length=args.seq) if args.packing else dict(
+        dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
     cfg = SFTConfig(output_dir="/tmp/bare-out", num_train_epochs=args.epochs, max_steps=args.max_steps,
                     per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
                     learning_rate=2e-4, warmup_steps=0.03, weight_decay=0.01, lr_scheduler_type="linear",
-                    seed=3407, logging_steps=1, save_strategy="no", bf16=True,
+                    seed=3407, logging_steps=1, save_strategy="no", bf16=cuda, use_cpu=not cuda,
                     gradient_checkpointing=False, remove_unused_columns=False,
-                    dataset_kwargs={"skip_prepare_dataset": True}, include_num_input_tokens_seen=True,
-                    report_to=[], disable_tqdm=True, max_length=None)
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, data_collator=collate,
+                    include_num_input_tokens_seen=True,
+                    report_to=[], disable_tqdm=True, **packing)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds,
+                         **({} if args.packing else {"data_collator": collate}),
                          processing_class=tok, callbacks=[Rate()])
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     trainer.train()
     steady = rates[args.warmup_steps:] or rates
+    w = min(args.warmup_steps, len(seen_at) - 2)
+    real_rate = (seen_at[-1] - seen_at[w]) / sum(step_times[w + 1:])
     print(json.dumps({"backend": args.backend, "steps": trainer.state.global_step,
                       "steady_tokens_per_s": statistics.median(steady),
                       "median_step_s": statistics.median(step_times[args.warmup_steps:] or step_times),
-                      "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
-                      "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
+                      "steady_real_tokens_per_s": real_rate,
+                      "peak_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else 0,
+                      "peak_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
                       "load_s": load_s}), flush=True)
 
 

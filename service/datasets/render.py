@@ -109,7 +109,11 @@ class FlatCollator:
     (transformers builds a block-diagonal causal mask from restarting position ids; Unsloth reads
     the lengths from them for its varlen kernels). The first token of each example carries no
     label, so no example is trained to predict from the one before it (padded rows never use
-    that label either)."""
+    that label either). With `with_lengths` (Unsloth) the example lengths are passed as well,
+    as Unsloth's own TRL integration does, so its kernels need not infer them on the GPU."""
+
+    def __init__(self, with_lengths: bool = False) -> None:
+        self.with_lengths = with_lengths
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
@@ -123,8 +127,12 @@ class FlatCollator:
             positions += range(len(x["input_ids"]))
         # use_cache=False: transformers reads packed sequences from position ids only when no KV
         # cache is passed, and a model whose config says use_cache makes one even in training.
-        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                "position_ids": torch.tensor([positions]), "use_cache": False}
+        out = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+               "position_ids": torch.tensor([positions]), "use_cache": False}
+        if self.with_lengths:
+            out["packed_seq_lengths"] = torch.tensor([len(x["input_ids"]) for x in batch],
+                                                     dtype=torch.int32)
+        return out
 
 
 class Collator:

@@ -56,7 +56,7 @@ class Hyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     #                   each example (positions restart); no padding at all
     #   length_grouped  padded rows, but each micro-batch drawn from examples of similar length
     #   off             padded to the longest example of a randomly drawn micro-batch
-    #   auto            the mode bench/mixed_lengths.py measured fastest (padding_free)
+    #   auto            the mode bench/mixed_lengths.py measured fastest (length_grouped)
     packing: Literal["auto", "padding_free", "length_grouped", "off"] = "auto"
 
 

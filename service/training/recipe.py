@@ -29,9 +29,12 @@ from service.shapes import Shape, read_config
 from service.training.plan import make_plan
 
 
-# What packing "auto" trains with: the fastest mode in bench/mixed_lengths.py on both the H100
-# (Unsloth) and the CPU (PEFT); bench/RESULTS.md, "Packing".
-AUTO_PACKING = "padding_free"
+# What packing "auto" trains with: the fastest mode in bench/mixed_lengths.py at batch 8 on both
+# the H100 (Unsloth: 16.2k real tokens/s vs 12.6k padding-free, 14.7k padded) and the CPU (PEFT:
+# 205 vs 157 and 131). Padding-free keeps fewer tokens per forward than it saves: a QLoRA step
+# pays its dequantisation per forward, and on the CPU SDPA masks the whole flattened row.
+# bench/RESULTS.md, "Packing".
+AUTO_PACKING = "length_grouped"
 
 
 def resolve_packing(spec: TrainingSpec) -> str:
@@ -182,7 +185,8 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     callbacks.append(StopOnSignal())  # after CheckpointCallback: it stops once the save is uploaded
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
-    collator = FlatCollator() if packing == "padding_free" else Collator(tokenizer.pad_token_id)
+    collator = (FlatCollator(with_lengths=backend == "unsloth") if packing == "padding_free"
+                else Collator(tokenizer.pad_token_id))
     trainer = tally.trainer_class(SFTTrainer)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
         data_collator=collator, processing_class=tokenizer, callbacks=callbacks)

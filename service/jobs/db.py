@@ -68,6 +68,8 @@ class JobRow(Base):
     deployment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The latest mid-epoch resume point ({uri, step, epoch}): for resuming only, never served.
     resume_point: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Set when early stopping ended the job before its last epoch (schema.EarlyStopping).
+    early_stopping: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Set by POST …/pause on a running job; the runner checkpoints, stops the child, pauses it.
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     __table_args__ = (

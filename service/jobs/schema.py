@@ -146,6 +146,18 @@ class Deployment(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
+class EarlyStopping(msgspec.Struct, kw_only=True):
+    """Why a job ended before its last epoch, and which epoch's adapter it kept."""
+
+    reason: str  # in words, e.g. "validation loss did not improve for 1 epoch (patience 1)"
+    stopped_after_epoch: int
+    n_epochs: int  # as asked
+    chosen_epoch: int  # the lowest validation loss: its adapter is the job's final one
+    best_valid_loss: float
+    valid_losses: list[float]  # per epoch, as evaluated
+    step: int  # the optimizer step training stopped at
+
+
 class Job(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -169,6 +181,7 @@ class Job(msgspec.Struct, kw_only=True):
     dataset: DatasetSummary | None
     plan: MemoryPlan | None
     deployment: Deployment | None
+    early_stopping: EarlyStopping | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):

@@ -65,6 +65,7 @@ def job_from_row(row: JobRow | Mapping[str, Any]) -> s.Job:
         dataset=_json(r["dataset"], s.DatasetSummary),
         plan=_json(r["plan"], s.MemoryPlan),
         deployment=_json(r["deployment"], s.Deployment),
+        early_stopping=_json(r["early_stopping"], s.EarlyStopping),
     )
 
 

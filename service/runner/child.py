@@ -369,6 +369,19 @@ class JobRun:
             tenant = await self.store.job_tenant(job.id)
             extra = (deployment_request(job, tenant, name, result["bucket"], result["prefix"],
                                         kind="final", folder=job.id),)
+        finish: dict[str, Any] = {}
+        if (stop := result.get("early_stop")) is not None:
+            # The progress ends where training did (21/21, not 21/56); the event says why.
+            last = (await self.store.get_job(None, job.id)).progress
+            finish = {"early_stopping": stop,
+                      "progress": {"epoch": float(stop["stopped_after_epoch"]), "step": stop["step"],
+                                   "total_steps": stop["step"], "loss": last.loss if last else None}}
+            losses = ", ".join(f"{v:.4f}" for v in stop["valid_losses"])
+            await self.store.add_event(
+                job.id, "early_stopped",
+                f"stopped early after epoch {stop['stopped_after_epoch']} of {stop['n_epochs']}: "
+                f"{stop['reason']}; validation losses {losses}; the final adapter is epoch "
+                f"{stop['chosen_epoch']}'s", data=stop, lease=self.lease)
         try:
             await self.store.set_status(
                 job.id, s.Status.succeeded,
@@ -379,7 +392,7 @@ class JobRun:
                       "supervised_tokens": result.get("supervised_tokens")},
                 lease=self.lease, fine_tuned_model=name, extra_rows=extra,
                 trained_tokens=result.get("trained_tokens"),
-                deployment={"status": "pending"} if job.deploy else None)
+                deployment={"status": "pending"} if job.deploy else None, **finish)
         except InvalidTransition:
             self.log.info("job changed before it could succeed")
 

@@ -202,7 +202,18 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     adapter_prefix = f"{spec.output_prefix}/adapter"
     upload_dir(objects, spec.artifact_bucket, adapter_prefix, adapter)
     best = trainer.state.best_model_checkpoint
-    emit.emit("result", bucket=spec.artifact_bucket, prefix=adapter_prefix,
+    state = trainer.state
+    early_stop = None
+    if early and state.global_step < state.max_steps:  # train() returned early: the callback stopped it
+        losses = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
+        chosen = losses.index(min(losses)) + 1
+        early_stop = {
+            "reason": f"validation loss did not improve for {hp.early_stopping_patience} epoch(s) "
+                      f"after epoch {chosen} (patience {hp.early_stopping_patience})",
+            "stopped_after_epoch": round(state.epoch), "n_epochs": hp.n_epochs,
+            "chosen_epoch": chosen, "best_valid_loss": min(losses), "valid_losses": losses,
+            "step": state.global_step}
+    emit.emit("result", bucket=spec.artifact_bucket, prefix=adapter_prefix, early_stop=early_stop,
               trained_tokens=trainer.state.num_input_tokens_seen, supervised_tokens=tally.supervised,
               train_loss=result.training_loss, global_step=trainer.state.global_step,
               best_checkpoint=Path(best).name if best else None)

@@ -39,12 +39,13 @@ def windows_file(rows: list[dict]) -> bytes:
 
 
 async def submit(api: Api, s3, n_examples: int = 40, body: bytes | None = None,
-                 **hp: object) -> dict:  # noqa: ANN001
+                 validation_file: str | None = None, **hp: object) -> dict:  # noqa: ANN001
     key = f"e2e/{time.monotonic_ns()}.jsonl"
     s3.put_object(Bucket=DATASETS, Key=key, Body=body or jsonl(code_word_rows(n_examples)))
     hyper = {"n_epochs": 2, "learning_rate": 2e-3, "batch_size": 4, "max_seq_length": 128, **hp}
     r = await api.client.post("/jobs", json={"base_model": "smollm2", "suffix": "codeword",
                                              "training_file": f"s3://{DATASETS}/{key}",
+                                             "validation_file": validation_file,
                                              "hyperparameters": hyper, "deploy": False},
                               headers=api.auth())
     assert r.status_code == 201, r.text
@@ -255,3 +256,31 @@ async def test_out_of_memory_halves_the_micro_batch_and_finishes(e2e_settings, t
         assert all("allocate" in e["message"] for e in evs if e["type"] == "oom_retry"), evs
         assert (done["plan"]["micro_batch_size"], done["plan"]["gradient_accumulation_steps"]) == (8, 4)
         assert done["attempt"] == 1
+
+
+async def test_early_stopping_says_why_and_which_epoch_it_kept(e2e_api: Api, e2e_settings, s3,
+                                                               tmp_path) -> None:  # noqa: ANN001
+    """The validation set contradicts the training set (another code word), so validation loss
+    rises once the model has learned the training answer: early stopping must end the job, say
+    why, keep the best epoch's adapter and end the progress where training ended."""
+    contradicting = [{"messages": [m if m["role"] == "user" else
+                                   {"role": "assistant", "content": "The code word is HERON-3."}
+                                   for m in row["messages"]]} for row in code_word_rows(12)]
+    key = f"e2e/val-{time.monotonic_ns()}.jsonl"
+    s3.put_object(Bucket=DATASETS, Key=key, Body=jsonl(contradicting))
+    job = await submit(e2e_api, s3, n_epochs=5, early_stopping_patience=1,
+                       validation_file=f"s3://{DATASETS}/{key}")
+    done = await train_to_the_end(e2e_api, e2e_settings, job["id"], tmp_path / "runner.log")
+    stop = done["early_stopping"]
+    assert stop is not None, done
+    losses = stop["valid_losses"]
+    print(f"\nvalidation losses {losses}; stopped after epoch {stop['stopped_after_epoch']}")
+    assert stop["stopped_after_epoch"] < 5 and stop["n_epochs"] == 5
+    assert len(losses) == stop["stopped_after_epoch"] and losses[-1] > min(losses)
+    assert stop["chosen_epoch"] == losses.index(min(losses)) + 1
+    assert done["progress"]["step"] == done["progress"]["total_steps"] == stop["step"]
+    evs = await events(e2e_api, job["id"])
+    said = next(e for e in evs if e["type"] == "early_stopped")
+    assert f"the final adapter is epoch {stop['chosen_epoch']}'s" in said["message"]
+    ckpts = (await e2e_api.client.get(f"/jobs/{job['id']}/checkpoints", headers=e2e_api.auth())).json()["data"]
+    assert [c["epoch"] for c in ckpts] == list(range(1, stop["stopped_after_epoch"] + 1))

@@ -55,6 +55,18 @@ class DatasetSummary(msgspec.Struct, kw_only=True):
     warnings: list[str] = []
 
 
+class EarlyStopping(msgspec.Struct, kw_only=True):
+    """Why a job ended before its last epoch, and which epoch's adapter it kept."""
+
+    reason: str
+    stopped_after_epoch: int
+    n_epochs: int
+    chosen_epoch: int
+    best_valid_loss: float
+    valid_losses: list[float] = []
+    step: int = 0
+
+
 class Job(msgspec.Struct, kw_only=True):
     id: str
     status: str
@@ -77,6 +89,7 @@ class Job(msgspec.Struct, kw_only=True):
     dataset: DatasetSummary | None = None
     plan: dict[str, Any] | None = None
     deployment: Deployment | None = None
+    early_stopping: EarlyStopping | None = None
 
     @property
     def done(self) -> bool:

@@ -1,4 +1,5 @@
-"""/jobs: create, list, get, cancel, events (JSON pages or a live event stream), checkpoints."""
+"""/jobs: create, list, get, cancel, events (JSON pages or a live event stream), checkpoints,
+the per-step results CSV."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from litestar.response import Response, ServerSentEvent
 from service.api.openapi import AUTHED, errors
 from service.jobs import schema as s
 from service.jobs.deployments import Deployments
+from service.jobs.results import results_csv
 from service.jobs.service import JobService
 from service.jobs.store import MAX_PAGE, Store, request_hash
 
@@ -70,6 +72,14 @@ class JobsController(Controller):
                                 deployments: Deployments) -> s.ModelInfo:
         """Serve an epoch checkpoint as `<fine_tuned_model>:ckpt-<epoch>`."""
         return await deployments.deploy_checkpoint(store, tenant, job_id, epoch)
+
+    @get("/{job_id:str}/results", responses=errors(*AUTHED, 404), media_type="text/csv")
+    async def results(self, job_id: str, tenant: str, store: Store) -> Response[str]:
+        """The per-step metrics as CSV (step, epoch, train_loss, valid_loss, learning_rate,
+        trained_tokens, supervised_tokens, tokens_per_second); rows so far on a running job."""
+        body = await results_csv(store, tenant, job_id)
+        return Response(body, media_type="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="{job_id}-results.csv"'})
 
     @get("/{job_id:str}/events", responses=errors(*AUTHED, 404))
     async def list_events(self, request: Request, job_id: str, tenant: str, store: Store,

@@ -4,6 +4,8 @@ every epoch in S3, resume after kill -9, and cancel."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import os
 import signal
 import time
@@ -284,3 +286,16 @@ async def test_early_stopping_says_why_and_which_epoch_it_kept(e2e_api: Api, e2e
     assert f"the final adapter is epoch {stop['chosen_epoch']}'s" in said["message"]
     ckpts = (await e2e_api.client.get(f"/jobs/{job['id']}/checkpoints", headers=e2e_api.auth())).json()["data"]
     assert [c["epoch"] for c in ckpts] == list(range(1, stop["stopped_after_epoch"] + 1))
+
+    # The result file: one CSV row per step, validation loss on each epoch's last step.
+    r = await e2e_api.client.get(f"/jobs/{job['id']}/results", headers=e2e_api.auth())
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [int(x["step"]) for x in rows] == list(range(1, stop["step"] + 1))
+    by_step = {int(x["step"]): x for x in rows}
+    for c in ckpts:
+        assert float(by_step[c["step"]]["valid_loss"]) == pytest.approx(c["metrics"]["valid_loss"])
+    tokens = [int(x["trained_tokens"]) for x in rows]
+    assert tokens == sorted(tokens) and tokens[-1] == done["trained_tokens"]
+    other = await e2e_api.client.get(f"/jobs/{job['id']}/results", headers=e2e_api.auth("globex"))
+    assert other.status_code == 404

@@ -115,6 +115,10 @@ class Jobs:
     def checkpoints(self, job_id: str) -> list[Checkpoint]:
         return list(_pages(self._c, f"/jobs/{job_id}/checkpoints", Checkpoint, {}))
 
+    def results(self, job_id: str) -> str:
+        """The per-step metrics CSV (step, epoch, train_loss, valid_loss, learning_rate, ...)."""
+        return self._c.request("GET", f"/jobs/{job_id}/results", idempotent=True).text
+
     def events(self, job_id: str, *, stream: bool = False) -> Iterator[Event]:
         """Every event so far; with stream=True, then new ones as they happen until the job ends."""
         if not stream:
@@ -288,6 +292,10 @@ class AsyncJobs:
 
     async def checkpoints(self, job_id: str) -> list[Checkpoint]:
         return [c async for c in _apages(self._c, f"/jobs/{job_id}/checkpoints", Checkpoint, {})]
+
+    async def results(self, job_id: str) -> str:
+        """The per-step metrics CSV (step, epoch, train_loss, valid_loss, learning_rate, ...)."""
+        return (await self._c.request("GET", f"/jobs/{job_id}/results", idempotent=True)).text
 
     async def events(self, job_id: str, *, stream: bool = False) -> AsyncIterator[Event]:
         if not stream:

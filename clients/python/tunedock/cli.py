@@ -89,6 +89,13 @@ def run(args: argparse.Namespace, client: Client) -> int:
             return EXIT_JOB_FAILED
     elif cmd == ("jobs", "checkpoints"):
         _out(args, client.jobs.checkpoints(args.job_id), ["id", "epoch", "step", "uri", "metrics"])
+    elif cmd == ("jobs", "results"):
+        csv_text = client.jobs.results(args.job_id)
+        if args.output:
+            with open(args.output, "w") as f:
+                f.write(csv_text)
+        else:
+            print(csv_text, end="")
     elif args.command == "models":
         _out(args, client.models.list(), ["id", "kind", "served", "status"])
     elif args.command == "chat":
@@ -139,6 +146,9 @@ def parser() -> argparse.ArgumentParser:
     for name, text in (("get", "show a job"), ("cancel", "cancel a job"),
                        ("wait", "wait for a job to end"), ("checkpoints", "list a job's checkpoints")):
         jsub.add_parser(name, help=text).add_argument("job_id")
+    res = jsub.add_parser("results", help="a job's per-step metrics as CSV")
+    res.add_argument("job_id")
+    res.add_argument("-o", "--output", help="write the CSV here instead of to stdout")
     ev = jsub.add_parser("events", help="a job's events")
     ev.add_argument("job_id")
     ev.add_argument("--follow", action="store_true", help="stream new events until the job ends")

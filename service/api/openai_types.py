@@ -15,13 +15,13 @@ from service.jobs import schema as s
 
 # OpenAI's learning_rate_multiplier scales this (the native API's default learning rate).
 BASE_LEARNING_RATE = 2e-4
-AUTO_N_EPOCHS, AUTO_BATCH_SIZE = 3, 8
 
 Auto = Literal["auto"]
 
 
 class OpenAIHyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """`"auto"` resolves to n_epochs 3, batch_size 8 and a multiplier of 1 (learning rate 2e-4)."""
+    """`"auto"` n_epochs and batch_size are resolved from the training set's size (README:
+    Hyperparameters); an "auto" multiplier is 1 (learning rate 2e-4)."""
 
     n_epochs: Annotated[int, Meta(ge=1, le=50)] | Auto = "auto"
     batch_size: Annotated[int, Meta(ge=1, le=1024)] | Auto = "auto"
@@ -70,8 +70,8 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
         if self.method is not None and self.method.supervised is not None:
             oai = self.method.supervised.hyperparameters
         hp: dict[str, Any] = {
-            "n_epochs": AUTO_N_EPOCHS if oai.n_epochs == "auto" else oai.n_epochs,
-            "batch_size": AUTO_BATCH_SIZE if oai.batch_size == "auto" else oai.batch_size,
+            "n_epochs": oai.n_epochs,  # "auto" is resolved from the data once it is validated
+            "batch_size": oai.batch_size,
             "learning_rate": BASE_LEARNING_RATE * (1.0 if oai.learning_rate_multiplier == "auto"
                                                    else oai.learning_rate_multiplier),
         }
@@ -97,8 +97,8 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
 
 
 class ResolvedHyperparameters(msgspec.Struct, kw_only=True):
-    n_epochs: int
-    batch_size: int
+    n_epochs: int | Auto  # "auto" until the training file is validated
+    batch_size: int | Auto
     learning_rate_multiplier: float
 
 

@@ -28,10 +28,15 @@ LoraModule = Annotated[str, Meta(pattern=LORA_MODULE_PATTERN)]
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+Auto = Literal["auto"]
+
+
 class Hyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    n_epochs: Annotated[int, Meta(ge=1, le=50)] = 3
+    # "auto": resolved from the training set's size when its validation ends, and recorded on
+    # the job in place of "auto" (service/jobs/service.py, resolve_auto; README).
+    n_epochs: Annotated[int, Meta(ge=1, le=50)] | Auto = 3
     learning_rate: Annotated[float, Meta(gt=0, le=1)] = 2e-4
-    batch_size: Annotated[int, Meta(ge=1, le=1024)] = 8
+    batch_size: Annotated[int, Meta(ge=1, le=1024)] | Auto = 8
     micro_batch_size: Annotated[int, Meta(ge=1, le=1024)] | None = None
     max_seq_length: Annotated[int, Meta(ge=16, le=131072)] = 2048
     lora_r: Annotated[int, Meta(ge=1, le=256)] = 16

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
+
+from typing import Any
 
 import anyio
 import msgspec
@@ -175,15 +178,23 @@ class JobService:
             warnings=warnings,
         )
         data = msgspec.to_builtins(summary)
+        fields: dict[str, Any] = {}
+        event_data = data
+        resolved = resolve_auto(job.hyperparameters, n_train)
+        if resolved != job.hyperparameters:
+            fields["hyperparameters"] = msgspec.to_builtins(resolved)
+            event_data = {**data, "resolved": {k: fields["hyperparameters"][k]
+                                               for k in ("n_epochs", "batch_size")
+                                               if getattr(job.hyperparameters, k) == "auto"}}
         try:
             await self.store.set_status(
                 job_id, s.Status.queued,
                 f"files validated ({train.format}): {n_train} training and {n_val} validation "
                 f"examples, {train.supervised_tokens} trained and {train.context_tokens} context "
                 f"tokens per epoch{' (estimated)' if train.tokens_estimated else ''}",
-                data=data, dataset=data,
+                data=event_data, dataset=data,
                 extra_rows=tuple(event_row(job_id, "warning", w, "warning") for w in warnings),
-            )
+                **fields)
         except (InvalidTransition, NotFound):  # cancelled while validating: nothing to do
             bound.info("job changed during validation")
             return
@@ -197,6 +208,29 @@ class JobService:
                                         data={"error": error, **data}, error=error)
         except (InvalidTransition, NotFound):  # cancelled meanwhile
             log.info("job changed during validation", job_id=job_id)
+
+
+# OpenAI's documented defaults for "auto": about 3 epochs, more for a small set and fewer for a
+# large one so that epochs x examples stays within [100, 25,000], between 1 and 25 epochs; a batch
+# of about 0.2% of the examples (here the nearest power of two), at most 256.
+AUTO_TARGET_EPOCHS, AUTO_MIN_EXAMPLES, AUTO_MAX_EXAMPLES = 3, 100, 25_000
+AUTO_MAX_EPOCHS, AUTO_MAX_BATCH = 25, 256
+
+
+def resolve_auto(hp: s.Hyperparameters, n_train: int) -> s.Hyperparameters:
+    """`hp` with "auto" n_epochs and batch_size replaced by the rule above."""
+    changes: dict[str, int] = {}
+    if hp.n_epochs == "auto":
+        epochs = AUTO_TARGET_EPOCHS
+        if n_train * epochs < AUTO_MIN_EXAMPLES:
+            epochs = min(AUTO_MAX_EPOCHS, AUTO_MIN_EXAMPLES // max(1, n_train))
+        elif n_train * epochs > AUTO_MAX_EXAMPLES:
+            epochs = max(1, AUTO_MAX_EXAMPLES // n_train)
+        changes["n_epochs"] = epochs
+    if hp.batch_size == "auto":
+        target = max(1.0, 0.002 * n_train)
+        changes["batch_size"] = min(AUTO_MAX_BATCH, 2 ** round(math.log2(target)))
+    return msgspec.structs.replace(hp, **changes) if changes else hp
 
 
 def _unreadable(ref: str, param: str) -> NotFound:

@@ -33,7 +33,8 @@ def test_openai_sdk_files_and_fine_tuning_jobs(make_settings) -> None:  # noqa: 
             extra_body={"lora_r": 8, "max_seq_length": 128})
         assert job.id.startswith("ftjob-") and job.status == "validating_files" and job.model == "tiny"
         hp = job.method.supervised.hyperparameters
-        assert (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier) == (2, 8, 2.0)
+        # "auto" stays "auto" until the data is validated (then: README, Hyperparameters)
+        assert (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier) == (2, "auto", 2.0)
         assert job.seed == 5 and job.user_provided_suffix == "sdk"
         native = client.get(f"/fine_tuning/jobs/{job.id}", cast_to=object)["tunedock"]
         assert native["hyperparameters"]["lora_r"] == 8 and native["hyperparameters"]["learning_rate"] == 4e-4

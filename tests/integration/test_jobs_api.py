@@ -156,3 +156,19 @@ async def test_health_ready_metrics_and_openapi(api: Api) -> None:
 async def test_request_id_is_echoed(api: Api) -> None:
     r = await api.client.get("/healthz", headers={"X-Request-ID": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
+
+
+async def test_auto_hyperparameters_are_resolved_and_recorded(api: Api, s3) -> None:  # noqa: ANN001
+    s3.put_object(Bucket=DATASETS, Key="auto/train.jsonl", Body=jsonl(chat_rows(20)))
+    r = await api.client.post("/jobs", json={
+        "base_model": "tiny", "training_file": f"s3://{DATASETS}/auto/train.jsonl",
+        "hyperparameters": {"n_epochs": "auto", "batch_size": "auto"}}, headers=api.auth())
+    assert r.status_code == 201, r.text
+    assert r.json()["hyperparameters"]["n_epochs"] == "auto"
+    done = await api.wait_status(r.json()["id"], {"queued", "failed"})
+    assert done["status"] == "queued", done
+    # 20 examples: 100 // 20 = 5 epochs (at least 100 examples seen); 0.2% of 20 -> batch 1.
+    assert (done["hyperparameters"]["n_epochs"], done["hyperparameters"]["batch_size"]) == (5, 1)
+    events = (await api.client.get(f"/jobs/{done['id']}/events", headers=api.auth())).json()["data"]
+    queued = next(e for e in events if e["type"] == "status" and e["data"].get("status") == "queued")
+    assert queued["data"]["resolved"] == {"n_epochs": 5, "batch_size": 1}

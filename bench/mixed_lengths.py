@@ -108,7 +108,9 @@ def service_runs(model: str, data: Path, validation: Path, work: Path, modes: li
             out[mode] = {"real_tokens_per_s": steady_rate(metrics), "steps": len(metrics),
                          "trained_tokens": job["trained_tokens"],
                          "peak_bytes": max(m["gpu_memory_bytes"] or 0 for m in metrics),
-                         "plan": job["plan"], "dataset": job["dataset"]}
+                         "plan": job["plan"], "dataset": job["dataset"],
+                         "samples": [c.get("samples") for c in
+                                     c.get(f"/jobs/{job['id']}/checkpoints").json()["data"]]}
             print(json.dumps({mode: {k: v for k, v in out[mode].items() if k != "dataset"}}), flush=True)
     finally:
         for p in (runner, api):
@@ -136,6 +138,8 @@ def main() -> None:
     ap.add_argument("--modes", default="auto,off,padding_free")
     ap.add_argument("--skip-bare", action="store_true", help="service runs only")
     ap.add_argument("--batch", type=int, default=8, help="the service jobs' batch_size")
+    ap.add_argument("--rows", type=int, help="training rows (default 1200; CPU 240)")
+    ap.add_argument("--hp", default="{}", help="extra hyperparameters (JSON) for the service jobs")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.cpu:
@@ -150,7 +154,8 @@ def main() -> None:
     data, validation = work / "train.jsonl", work / "val.jsonl"
     write_jsonl(str(data), long_tailed_rows(n_rows, median, cap))
     write_jsonl(str(validation), long_tailed_rows(16, median, cap, seed=1))
-    hp = {"n_epochs": 1, "batch_size": args.batch, "max_seq_length": seq, "lora_r": 16, "lora_alpha": 16}
+    n_rows = args.rows or n_rows
+    hp = {**json.loads(args.hp), "n_epochs": 1, "batch_size": args.batch, "max_seq_length": seq, "lora_r": 16, "lora_alpha": 16}
     modes = args.modes.split(",")
     runs = service_runs(model, data, validation, work, modes, hp)
     if args.skip_bare:

@@ -97,6 +97,8 @@ class CheckpointRow(Base):
     step: Mapped[int] = mapped_column(Integer)
     uri: Mapped[str] = mapped_column(String(1024))
     metrics: Mapped[dict[str, Any]]
+    # The epoch's greedy answers to the job's eval prompts: [{"prompt", "answer"}].
+    samples: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_checkpoints_job_epoch"),)
 

@@ -63,6 +63,11 @@ class Hyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     #   off             padded to the longest example of a randomly drawn micro-batch
     #   auto            the mode bench/mixed_lengths.py measured fastest (length_grouped)
     packing: Literal["auto", "padding_free", "length_grouped", "off"] = "auto"
+    # Each epoch's adapter answers these greedily before its checkpoint is recorded; without
+    # them, the prompts of the first eval_samples validation examples (up to the last answer).
+    eval_prompts: Annotated[Sequence[Annotated[str, Meta(min_length=1, max_length=4000)]],
+                            Meta(max_length=16)] = ()
+    eval_samples: Annotated[int, Meta(ge=0, le=16)] = 0
 
 
 Metadata = Annotated[
@@ -199,6 +204,11 @@ class Event(msgspec.Struct, kw_only=True):
     data: dict[str, Any] | None = None
 
 
+class EvalSample(msgspec.Struct, kw_only=True):
+    prompt: str
+    answer: str  # the epoch's adapter, greedy
+
+
 class Checkpoint(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
@@ -208,6 +218,7 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     uri: str
     metrics: dict[str, float]
     created_at: int
+    samples: list[EvalSample] | None = None  # answers to the eval prompts at this epoch
 
 
 class File(msgspec.Struct, kw_only=True):

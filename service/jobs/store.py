@@ -106,6 +106,7 @@ def checkpoint_from_row(row: CheckpointRow) -> s.Checkpoint:
         step=row.step,
         uri=row.uri,
         metrics=dict(row.metrics),
+        samples=[s.EvalSample(**x) for x in row.samples] if row.samples else None,
         created_at=unix(row.created_at),
     )
 
@@ -429,11 +430,11 @@ class Store:
         return _page([event_from_row(r) for r in rows], limit)
 
     async def record_checkpoint(self, job_id: str, epoch: int, step: int, uri: str,
-                                metrics: dict[str, float], *, lease: Lease | None = None
-                                ) -> s.Checkpoint | None:
+                                metrics: dict[str, float], *, lease: Lease | None = None,
+                                samples: list[dict[str, str]] | None = None) -> s.Checkpoint | None:
         """Record a checkpoint whose files are already uploaded; None when that epoch exists."""
         row = CheckpointRow(id=new_id("ftckpt"), job_id=job_id, epoch=epoch, step=step, uri=uri,
-                            metrics=metrics)
+                            metrics=metrics, samples=samples)
         try:
             async with self.db.write() as ses:
                 await self._hold(ses, job_id, lease)

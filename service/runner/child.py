@@ -325,7 +325,7 @@ class JobRun:
         elif kind == "checkpoint":
             uri = f"s3://{msg['bucket']}/{msg['prefix']}/"
             await self.store.record_checkpoint(job_id, msg["epoch"], msg["step"], uri, msg["metrics"],
-                                               lease=self.lease)
+                                               lease=self.lease, samples=msg.get("samples"))
         elif kind == "resume_point":
             await self.store.set_resume_point(job_id, self.lease, f"s3://{msg['bucket']}/{msg['prefix']}/",
                                               msg["step"], msg["epoch"])

@@ -52,7 +52,9 @@ class CheckpointCallback(TrainerCallback):
     """After the Trainer saves an epoch's checkpoint: upload it, then report it (in that order,
     so a recorded checkpoint always points at complete files)."""
 
-    def __init__(self, emit: Emitter, objects: ObjectStore, bucket: str, prefix: str) -> None:
+    def __init__(self, emit: Emitter, objects: ObjectStore, bucket: str, prefix: str,
+                 sampler: Any = None) -> None:
+        self.sampler = sampler  # samples.Sampler: the epoch's answers to the eval prompts
         self.emit = emit
         self.objects = objects
         self.bucket = bucket
@@ -68,9 +70,11 @@ class CheckpointCallback(TrainerCallback):
                            bucket=self.bucket, prefix=key_prefix)
             return
         key_prefix = f"{self.prefix}/checkpoints/epoch-{epoch}"
+        samples = self.sampler.answer(kw["model"]) if self.sampler else None
         upload_dir(self.objects, self.bucket, key_prefix, folder)
         self.emit.emit("checkpoint", epoch=epoch, step=state.global_step,
-                       bucket=self.bucket, prefix=key_prefix, metrics=_epoch_metrics(state, epoch))
+                       bucket=self.bucket, prefix=key_prefix, metrics=_epoch_metrics(state, epoch),
+                       samples=samples)
 
 
 class ResumePointCallback(TrainerCallback):

@@ -27,6 +27,7 @@ from service.training.callbacks import (
 from service.training.events import Emitter
 from service.shapes import Shape, read_config
 from service.training.plan import make_plan
+from service.training.samples import Sampler, eval_prompts
 
 
 # What packing "auto" trains with: the fastest mode in bench/mixed_lengths.py at batch 8 on both
@@ -106,7 +107,7 @@ def build_datasets(spec: TrainingSpec, objects: ObjectStore, tokenizer, work: Pa
     if not train:  # validation refuses such a file; a changed base model could still get here
         raise ValueError("no training example fits max_seq_length")
     val = encode(val_rows)
-    return Dataset.from_list(train), Dataset.from_list(val) if val else None
+    return Dataset.from_list(train), Dataset.from_list(val) if val else None, val_rows
 
 
 def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
@@ -137,7 +138,9 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     emit.emit("loaded", seconds=round(time.perf_counter() - load_started, 2))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_ds, val_ds = build_datasets(spec, objects, tokenizer, work)
+    train_ds, val_ds, val_rows = build_datasets(spec, objects, tokenizer, work)
+    prompts = eval_prompts(spec, HFTokens(tokenizer), val_rows)
+    sampler = Sampler(prompts, tokenizer, backend) if prompts else None
 
     from transformers import EarlyStoppingCallback
     from trl import SFTConfig, SFTTrainer
@@ -179,7 +182,7 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     )
     tally = Tally()
     callbacks = [ProgressCallback(emit, tally),
-                 CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix)]
+                 CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix, sampler)]
     if hp.checkpoint_interval_steps:
         callbacks.append(ResumePointCallback(hp.checkpoint_interval_steps))
     callbacks.append(StopOnSignal())  # after CheckpointCallback: it stops once the save is uploaded

@@ -88,7 +88,8 @@ async def train_to_the_end(api: Api, settings, job_id: str, log) -> dict:  # noq
 
 async def test_job_trains_checkpoints_every_epoch_and_adapter_changes_output(
         e2e_api: Api, e2e_settings, s3, smollm2_dir, tmp_path) -> None:  # noqa: ANN001
-    job = await submit(e2e_api, s3, body=windows_file(code_word_rows(40)))
+    job = await submit(e2e_api, s3, body=windows_file(code_word_rows(40)),
+                       eval_prompts=["What is the secret code word?"])
     done = await train_to_the_end(e2e_api, e2e_settings, job["id"], tmp_path / "runner.log")
     assert done["fine_tuned_model"] == f"ft:smollm2:codeword:{job['id']}"
     ds = done["dataset"]
@@ -97,6 +98,11 @@ async def test_job_trains_checkpoints_every_epoch_and_adapter_changes_output(
     assert done["trained_tokens"] > 0 and done["plan"]["device"] == "cpu"
     ckpts = (await e2e_api.client.get(f"/jobs/{job['id']}/checkpoints", headers=e2e_api.auth())).json()["data"]
     assert [c["epoch"] for c in ckpts] == [1, 2]
+    # Eval samples: each epoch's adapter answered the prompt before its checkpoint was recorded.
+    answers = [c["samples"][0]["answer"] for c in ckpts]
+    print(f"\neval samples by epoch: {answers}")
+    assert all(c["samples"][0]["prompt"] == "What is the secret code word?" for c in ckpts)
+    assert CODE_WORD in answers[-1]
     for c in ckpts:
         assert c["metrics"]["train_loss"] > 0
         prefix = c["uri"].removeprefix(f"s3://{ARTIFACTS}/")
@@ -270,7 +276,7 @@ async def test_early_stopping_says_why_and_which_epoch_it_kept(e2e_api: Api, e2e
                                    for m in row["messages"]]} for row in code_word_rows(12)]
     key = f"e2e/val-{time.monotonic_ns()}.jsonl"
     s3.put_object(Bucket=DATASETS, Key=key, Body=jsonl(contradicting))
-    job = await submit(e2e_api, s3, n_epochs=5, early_stopping_patience=1,
+    job = await submit(e2e_api, s3, n_epochs=5, early_stopping_patience=1, eval_samples=2,
                        validation_file=f"s3://{DATASETS}/{key}")
     done = await train_to_the_end(e2e_api, e2e_settings, job["id"], tmp_path / "runner.log")
     stop = done["early_stopping"]
@@ -286,6 +292,9 @@ async def test_early_stopping_says_why_and_which_epoch_it_kept(e2e_api: Api, e2e
     assert f"the final adapter is epoch {stop['chosen_epoch']}'s" in said["message"]
     ckpts = (await e2e_api.client.get(f"/jobs/{job['id']}/checkpoints", headers=e2e_api.auth())).json()["data"]
     assert [c["epoch"] for c in ckpts] == list(range(1, stop["stopped_after_epoch"] + 1))
+    # eval_samples=2: the prompts of the first two validation examples, answered every epoch.
+    assert all([x["prompt"] for x in c["samples"]] == [contradicting[i]["messages"][0]["content"]
+                                                       for i in range(2)] for c in ckpts)
 
     # The result file: one CSV row per step, validation loss on each epoch's last step.
     r = await e2e_api.client.get(f"/jobs/{job['id']}/results", headers=e2e_api.auth())

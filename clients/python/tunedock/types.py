@@ -105,6 +105,11 @@ class Event(msgspec.Struct, kw_only=True):
     data: dict[str, Any] | None = None
 
 
+class EvalSample(msgspec.Struct, kw_only=True):
+    prompt: str
+    answer: str
+
+
 class Checkpoint(msgspec.Struct, kw_only=True):
     id: str
     job_id: str
@@ -113,6 +118,7 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     uri: str
     metrics: dict[str, float]
     created_at: int
+    samples: list[EvalSample] | None = None  # the epoch's greedy answers to the eval prompts
 
 
 class File(msgspec.Struct, kw_only=True):

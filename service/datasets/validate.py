@@ -28,6 +28,7 @@ from service.datasets.formats import (
 from service.datasets.jsonl import iter_lines
 from service.datasets.render import DROP, TRUNCATE, Renderer, supervised, validation_indices
 from service.datasets.template import TemplateTokens
+from service.jobs.schema import LengthStats
 
 MAX_REPORTED_ERRORS = 20
 MIN_EXAMPLES = 10
@@ -45,22 +46,17 @@ class LineError(msgspec.Struct, frozen=True):
     message: str
 
 
-class LengthStats(msgspec.Struct, kw_only=True, frozen=True):
+def length_stats(lengths: list[int]) -> LengthStats | None:
     """Tokens per example as trained (after truncation; dropped rows excluded)."""
+    if not lengths:
+        return None
+    ordered = sorted(lengths)
 
-    mean: float
-    p50: int
-    p95: int
-    max: int
+    def at(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    @classmethod
-    def of(cls, lengths: list[int]) -> LengthStats | None:
-        if not lengths:
-            return None
-        ordered = sorted(lengths)
-        at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-        return cls(mean=round(sum(ordered) / len(ordered), 1), p50=at(0.5), p95=at(0.95),
-                   max=ordered[-1])
+    return LengthStats(mean=round(sum(ordered) / len(ordered), 1), p50=at(0.5), p95=at(0.95),
+                       max=ordered[-1])
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -185,7 +181,7 @@ def validate_jsonl(chunks: Iterable[bytes], tokens: TemplateTokens | None, max_l
         lengths.append(trained)
         report.supervised_tokens += n_supervised
         report.context_tokens += trained - n_supervised
-    report.lengths = LengthStats.of(lengths)
+    report.lengths = length_stats(lengths)
     if report.n_overlong:
         what = "dropped" if options.overlong_examples == DROP else "truncated"
         report.warnings.append(f"{report.n_overlong} examples are longer than max_seq_length "

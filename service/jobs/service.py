@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass, field
-
 from typing import Any
 
 import anyio
@@ -163,6 +162,11 @@ class JobService:
         overlap = validation_overlap(train.digests, val.digests if val else None,
                                      job.hyperparameters.seed)
         warnings = list(train.warnings)
+        hp = job.hyperparameters
+        if hp.eval_samples and not hp.eval_prompts and n_val == 0:
+            warnings.append(f"eval_samples is {hp.eval_samples} but there are no validation "
+                            "examples to take prompts from (under 50 examples and no "
+                            "validation_file); give eval_prompts or a validation_file")
         if overlap:
             warnings.append(f"{overlap} validation examples also appear in the training data; "
                             "their validation loss will look better than it is")
@@ -174,7 +178,7 @@ class JobService:
             n_blank_lines=train.n_blank_lines, n_overlong=train.n_overlong,
             overlong_policy=job.hyperparameters.overlong_examples,
             n_duplicates=train.n_duplicates, n_validation_in_train=overlap,
-            lengths=msgspec.convert(msgspec.to_builtins(train.lengths), s.LengthStats | None),
+            lengths=train.lengths,
             warnings=warnings,
         )
         data = msgspec.to_builtins(summary)

@@ -149,7 +149,9 @@ class JobRun:
             hyperparameters=job.hyperparameters,
             train=s.ObjectRef(bucket=bucket, key=key), validation=validation,
             validation_rows=split,
-            example_lengths=job.dataset.lengths if job.dataset else None,
+            # Lengths estimated from bytes (no local tokenizer) could under-plan memory.
+            example_lengths=(job.dataset.lengths if job.dataset and not job.dataset.tokens_estimated
+                             else None),
             artifact_bucket=self.settings.artifact_bucket,
             output_prefix=f"jobs/{job.id}", resume_from=resume, max_micro_batch_size=max_micro_batch,
             work_dir=str(self.work_dir / "work"), deterministic=self.settings.deterministic_training,

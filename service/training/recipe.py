@@ -30,11 +30,11 @@ from service.training.plan import make_plan
 from service.training.samples import Sampler, eval_prompts
 
 
-# What packing "auto" trains with: the fastest mode in bench/mixed_lengths.py at batch 8 on both
-# the H100 (Unsloth: 16.2k real tokens/s vs 12.6k padding-free, 14.7k padded) and the CPU (PEFT:
-# 205 vs 157 and 131). Padding-free keeps fewer tokens per forward than it saves: a QLoRA step
-# pays its dequantisation per forward, and on the CPU SDPA masks the whole flattened row.
-# bench/RESULTS.md, "Packing".
+# What packing "auto" trains with, from bench/mixed_lengths.py: on the CPU (PEFT) the fastest
+# (205 real tokens/s vs 157 padding-free, 131 padded); on the H100 (Unsloth) within noise of
+# padded at batch 8 (1.11x, 0.91x, 1.10x over three runs) and 1.91x padded at batch 32, while
+# padding-free was 0.57-0.60x padded (a QLoRA step pays its dequantisation per forward, and on
+# the CPU SDPA masks the whole flattened row). bench/RESULTS.md, "Packing".
 AUTO_PACKING = "length_grouped"
 
 

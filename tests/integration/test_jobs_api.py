@@ -162,7 +162,8 @@ async def test_auto_hyperparameters_are_resolved_and_recorded(api: Api, s3) -> N
     s3.put_object(Bucket=DATASETS, Key="auto/train.jsonl", Body=jsonl(chat_rows(20)))
     r = await api.client.post("/jobs", json={
         "base_model": "tiny", "training_file": f"s3://{DATASETS}/auto/train.jsonl",
-        "hyperparameters": {"n_epochs": "auto", "batch_size": "auto"}}, headers=api.auth())
+        "hyperparameters": {"n_epochs": "auto", "batch_size": "auto", "eval_samples": 2}},
+        headers=api.auth())
     assert r.status_code == 201, r.text
     assert r.json()["hyperparameters"]["n_epochs"] == "auto"
     done = await api.wait_status(r.json()["id"], {"queued", "failed"})
@@ -172,3 +173,5 @@ async def test_auto_hyperparameters_are_resolved_and_recorded(api: Api, s3) -> N
     events = (await api.client.get(f"/jobs/{done['id']}/events", headers=api.auth())).json()["data"]
     queued = next(e for e in events if e["type"] == "status" and e["data"].get("status") == "queued")
     assert queued["data"]["resolved"] == {"n_epochs": 5, "batch_size": 1}
+    # 20 examples hold no validation split, so eval_samples has nothing to sample: it says so.
+    assert any("no validation examples" in w for w in done["dataset"]["warnings"])

@@ -1,7 +1,11 @@
-"""Prefixed opaque ids (ftjob-…, file-…, ftckpt-…, ftevent-…) and API keys."""
+"""Prefixed opaque ids (ftjob-…, file-…, ftckpt-…, ftevent-…), fine-tuned model names and API keys."""
 
 import hashlib
+import re
 import secrets
+
+_MODEL_NAME = re.compile(r"^ft:(?P<base>[^:]+):(?P<suffix>[a-z0-9-]*):(?P<job>ftjob-[0-9a-f]{24})"
+                         r"(?::ckpt-(?P<epoch>[0-9]{1,3}))?$")
 
 
 def new_id(prefix: str) -> str:
@@ -14,3 +18,17 @@ def new_api_key() -> str:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def model_name(base: str, suffix: str | None, job_id: str, epoch: int | None = None) -> str:
+    """A fine-tuned model's name: the job's final adapter, or one epoch's checkpoint."""
+    name = f"ft:{base}:{suffix or ''}:{job_id}"
+    return name if epoch is None else f"{name}:ckpt-{epoch}"
+
+
+def parse_model_name(name: str) -> tuple[str, str, int | None] | None:
+    """(base alias, job id, checkpoint epoch or None) of an `ft:` name, or None."""
+    m = _MODEL_NAME.match(name)
+    if m is None:
+        return None
+    return m["base"], m["job"], int(m["epoch"]) if m["epoch"] else None

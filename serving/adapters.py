@@ -15,21 +15,11 @@ from service.shapes import Shape
 from service.storage import ObjectStore
 
 WANTED = ("adapter_config.json", "adapter_model.safetensors")
-_MODEL_NAME = re.compile(r"^ft:(?P<base>[^:]+):(?P<suffix>[a-z0-9-]*):(?P<job>ftjob-[0-9a-f]{24})"
-                         r"(?::ckpt-(?P<epoch>[0-9]{1,3}))?$")
 _TENSOR = re.compile(r"layers\.(?P<layer>\d+)\..*?(?P<proj>[a-z_]+_proj)\.lora_(?P<ab>[AB])\.")
 
 
 class AdapterError(ValueError):
     pass
-
-
-def parse_model_name(name: str) -> tuple[str, str, int | None] | None:
-    """(base alias, job id, checkpoint epoch or None) of an `ft:` name, or None."""
-    m = _MODEL_NAME.match(name)
-    if m is None:
-        return None
-    return m["base"], m["job"], int(m["epoch"]) if m["epoch"] else None
 
 
 def location(job_id: str, epoch: int | None) -> tuple[str, str]:

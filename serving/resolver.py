@@ -14,6 +14,7 @@ import httpx
 from vllm.lora.request import LoRARequest
 from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
+from service.ids import parse_model_name
 from service.settings import load_settings
 from service.shapes import Shape, read_config
 from service.storage import make_store
@@ -38,7 +39,7 @@ class TunedockResolver(LoRAResolver):
         return self._shapes[alias]
 
     async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
-        parsed = adapters.parse_model_name(lora_name)
+        parsed = parse_model_name(lora_name)
         if parsed is None:
             return None
         base, job_id, epoch = parsed

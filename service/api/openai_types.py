@@ -11,6 +11,7 @@ import msgspec
 from msgspec import Meta
 
 from service.errors import InvalidRequest
+from service.ids import model_name
 from service.jobs import schema as s
 
 # OpenAI's learning_rate_multiplier scales this (the native API's default learning rate).
@@ -40,7 +41,7 @@ class Method(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
 class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """OpenAI's create body; tunedock's own knobs come as extra top-level fields (`extra_body`)."""
 
-    model: Annotated[str, Meta(min_length=1, max_length=128)]
+    model: Annotated[str, Meta(min_length=1, max_length=256)]
     training_file: s.FileRef
     validation_file: s.FileRef | None = None
     suffix: s.Suffix | None = None
@@ -151,7 +152,8 @@ def job_out(job: s.Job, tenant: str) -> FineTuningJob:
              if job.error else None)
     return FineTuningJob(
         id=job.id, created_at=job.created_at, error=error, fine_tuned_model=job.fine_tuned_model,
-        finished_at=job.finished_at, hyperparameters=resolved, model=job.base_model,
+        finished_at=job.finished_at, hyperparameters=resolved,
+        model=job.continued_from.model if job.continued_from else job.base_model,
         organization_id=tenant, result_files=[], seed=hp.seed, status=job.status.value,
         trained_tokens=job.trained_tokens, training_file=job.training_file,
         validation_file=job.validation_file, estimated_finish=job.estimated_finish, integrations=[],
@@ -195,9 +197,9 @@ class JobCheckpoint(msgspec.Struct, kw_only=True):
 
 def checkpoint_out(job: s.Job, ckpt: s.Checkpoint) -> JobCheckpoint:
     # The name it is (or would be) served under: POST /jobs/{id}/checkpoints/{epoch}/deploy.
-    model = job.fine_tuned_model or f"ft:{job.base_model}:{job.suffix or ''}:{job.id}"
+    name = model_name(job.base_model, job.suffix, job.id, ckpt.epoch)
     return JobCheckpoint(
-        id=ckpt.id, created_at=ckpt.created_at, fine_tuned_model_checkpoint=f"{model}:ckpt-{ckpt.epoch}",
+        id=ckpt.id, created_at=ckpt.created_at, fine_tuned_model_checkpoint=name,
         fine_tuning_job_id=job.id, step_number=ckpt.step, epoch=ckpt.epoch,
         metrics=CheckpointMetrics(step=ckpt.step, train_loss=ckpt.metrics.get("train_loss"),
                                   valid_loss=ckpt.metrics.get("valid_loss")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy import UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -70,6 +70,10 @@ class JobRow(Base):
     resume_point: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Set when early stopping ended the job before its last epoch (schema.EarlyStopping).
     early_stopping: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Continued training: the parent model, its adapter and the lineage (schema.ContinuedFrom).
+    continued_from: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The duration estimated when validation ended, and the actual one at success (schema.Estimate).
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Set by POST …/pause on a running job; the runner checkpoints, stops the child, pauses it.
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     __table_args__ = (
@@ -101,6 +105,22 @@ class CheckpointRow(Base):
     samples: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_checkpoints_job_epoch"),)
+
+
+class ThroughputRow(Base):
+    """One finished job's measured speed: what duration estimates are calibrated from, per
+    device and model shape. Runners add a row when a job succeeds in one uninterrupted attempt."""
+
+    __tablename__ = "throughput"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(String(128))  # "cpu", or the GPU's name
+    shape: Mapped[str] = mapped_column(String(128))  # service.shapes.Shape.label
+    job_id: Mapped[str] = mapped_column(String(40))
+    tokens: Mapped[int] = mapped_column(BigInteger)  # real tokens trained, every epoch
+    train_seconds: Mapped[float] = mapped_column(Float)  # the Trainer's loop, evals included
+    startup_seconds: Mapped[float] = mapped_column(Float)  # claim to the first step, and the end
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (Index("ix_throughput_shape_device", "shape", "device", "created_at"),)
 
 
 class IdempotencyRow(Base):

@@ -84,13 +84,19 @@ FileRef = Annotated[str, Meta(min_length=1, max_length=1024,
 
 
 class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    base_model: Annotated[str, Meta(min_length=1, max_length=128)]
+    base_model: Annotated[str, Meta(
+        min_length=1, max_length=256,
+        description="a base model's alias (GET /models), or a fine-tuned model to continue "
+                    "training from: ft:<base>:<suffix>:<job id>, or a checkpoint's …:ckpt-<epoch>")]
     training_file: FileRef
     validation_file: FileRef | None = None
     suffix: Suffix | None = None
     hyperparameters: Hyperparameters = Hyperparameters()
     metadata: Metadata = {}
     deploy: bool = True
+    # Check the data and answer with the dataset summary, memory plan and estimated duration
+    # (JobEstimate, status 200) instead of creating a job.
+    dry_run: bool = False
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -168,6 +174,43 @@ class EarlyStopping(msgspec.Struct, kw_only=True):
     step: int  # the optimizer step training stopped at
 
 
+class Estimate(msgspec.Struct, kw_only=True):
+    """How long a job should take on a runner's device: its real tokens over the throughput that
+    jobs of the same model shape measured there (README: Duration estimates)."""
+
+    shape: str  # the base model's shape, e.g. llama-h576-i1536-l30-kv3-v49152
+    tokens: int  # real tokens to train: (supervised + context) per epoch x epochs
+    device: str | None = None  # where the calibration was measured; None: nowhere yet
+    tokens_per_second: float | None = None
+    startup_seconds: float | None = None  # claim to first step, plus saving at the end
+    seconds: float | None = None  # startup + tokens / tokens_per_second
+    calibration_jobs: int = 0  # finished jobs the figures come from
+    message: str | None = None  # why there is no estimate, when there is none
+    actual_seconds: float | None = None  # on a succeeded job: its last attempt, start to end
+
+
+class JobEstimate(msgspec.Struct, kw_only=True):
+    """What POST /jobs answers with dry_run: the data checked, no job created."""
+
+    object: Literal["fine_tuning.job.estimate"] = "fine_tuning.job.estimate"
+    base_model: str
+    dataset: DatasetSummary
+    hyperparameters: Hyperparameters  # "auto" resolved, LoRA shape inherited when continuing
+    plan: MemoryPlan | None  # on the calibrated device; None before any job has run there
+    estimate: Estimate
+
+
+class ContinuedFrom(msgspec.Struct, kw_only=True):
+    """The fine-tuned model a job continues: training starts from its adapter's weights."""
+
+    model: str  # as asked: ft:<base>:<suffix>:<job id>, or a checkpoint's …:ckpt-<epoch>
+    job_id: str
+    checkpoint_epoch: int | None = None  # None: that job's final adapter
+    adapter: str  # s3:// prefix of the adapter the weights come from
+    # The models this one descends from, the base model first and `model` last.
+    lineage: list[str]
+
+
 class Job(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -192,6 +235,10 @@ class Job(msgspec.Struct, kw_only=True):
     plan: MemoryPlan | None
     deployment: Deployment | None
     early_stopping: EarlyStopping | None = None
+    # Set when the job was created from a fine-tuned model (base_model: "ft:…"); base_model is
+    # then the base model at the root of its lineage.
+    continued_from: ContinuedFrom | None = None
+    estimate: Estimate | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):
@@ -302,6 +349,9 @@ class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
     artifact_bucket: str
     output_prefix: str  # jobs/{id}
     resume_from: ObjectRef | None = None  # a checkpoint prefix (…/checkpoints/epoch-N)
+    # Continued training: the parent adapter (a prefix holding adapter_model.safetensors) whose
+    # weights the new adapter starts from.
+    init_adapter: ObjectRef | None = None
     max_micro_batch_size: int | None = None  # a cap after an out-of-memory retry
     backend: Literal["auto", "unsloth", "peft"] = "auto"
     metrics_every_steps: int = 1

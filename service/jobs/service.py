@@ -20,7 +20,7 @@ from service.datasets.validate import (
     validation_overlap,
 )
 from service.errors import InvalidTransition, NotFound, Unprocessable
-from service.ids import new_id
+from service.ids import model_name, new_id, parse_model_name
 from service.jobs import schema as s
 from service.jobs.db import JobRow
 from service.jobs.store import Store, event_row
@@ -59,12 +59,17 @@ class JobService:
         if await anyio.to_thread.run_sync(self.objects.size, bucket, key) is None:
             raise _unreadable(ref, param)
 
-    async def create(self, tenant: str, req: s.JobCreate, req_hash: str,
-                     idempotency_key: str | None) -> tuple[s.Job, bool]:
-        if self.settings.base_model(req.base_model) is None:
+    async def check(self, tenant: str, req: s.JobCreate) -> tuple[s.JobCreate, s.ContinuedFrom | None]:
+        """`req` as it will train (a continued job: the root base model, the parent's LoRA
+        shape), or the 4xx that says why it cannot."""
+        continued = None
+        if req.base_model.startswith("ft:"):
+            continued, hp = await self._parent(tenant, req.base_model, req.hyperparameters)
+            req = msgspec.structs.replace(req, base_model=continued.lineage[0], hyperparameters=hp)
+        elif self.settings.base_model(req.base_model) is None:
             known = ", ".join(m.alias for m in self.settings.base_models) or "none configured"
-            raise NotFound(f"base_model {req.base_model!r} is not in the registry ({known})",
-                           param="base_model", code="model_not_found")
+            raise NotFound(f"base_model {req.base_model!r} is not in the registry ({known}), "
+                           "nor a fine-tuned model (ft:…)", param="base_model", code="model_not_found")
         if (req.deploy and self.settings.serving_url
                 and req.base_model not in self.settings.served_models):
             raise Unprocessable(
@@ -78,12 +83,55 @@ class JobService:
         await self._check_readable(tenant, req.training_file, "training_file")
         if req.validation_file:
             await self._check_readable(tenant, req.validation_file, "validation_file")
+        return req, continued
+
+    async def _parent(self, tenant: str, name: str,
+                      hp: s.Hyperparameters) -> tuple[s.ContinuedFrom, s.Hyperparameters]:
+        """The fine-tuned model a job continues, and `hp` with the parent adapter's LoRA shape.
+        Another tenant's model is answered like one that does not exist."""
+        missing = NotFound(f"base_model {name!r}: no fine-tuned model or checkpoint of that name "
+                           "for this API key", param="base_model", code="model_not_found")
+        parsed = parse_model_name(name)
+        if parsed is None:
+            raise missing
+        _, job_id, epoch = parsed
+        try:
+            parent = await self.store.get_job(tenant, job_id)
+        except NotFound:
+            raise missing from None
+        if name != model_name(parent.base_model, parent.suffix, parent.id, epoch):
+            raise missing
+        if epoch is None:
+            if parent.status is not s.Status.succeeded:
+                raise Unprocessable(
+                    f"base_model {name!r}: job {job_id} is {parent.status.value}, so it has no final "
+                    "adapter yet; continue from one of its checkpoints (…:ckpt-<epoch>) or wait",
+                    param="base_model", code="model_not_ready")
+            adapter = f"s3://{self.settings.artifact_bucket}/jobs/{job_id}/adapter"
+        else:
+            ckpt = next((c for c in await self.store.list_checkpoints(tenant, job_id)
+                         if c.epoch == epoch), None)
+            if ckpt is None:
+                raise missing
+            adapter = ckpt.uri.rstrip("/")
+        if self.settings.base_model(parent.base_model) is None:
+            raise NotFound(f"base_model {name!r} was trained on {parent.base_model!r}, which is no "
+                           "longer in the registry", param="base_model", code="model_not_found")
+        lineage = parent.continued_from.lineage if parent.continued_from else [parent.base_model]
+        return (s.ContinuedFrom(model=name, job_id=job_id, checkpoint_epoch=epoch, adapter=adapter,
+                                lineage=[*lineage, name]),
+                inherit_lora_shape(hp, parent.hyperparameters))
+
+    async def create(self, tenant: str, req: s.JobCreate, req_hash: str,
+                     idempotency_key: str | None) -> tuple[s.Job, bool]:
+        req, continued = await self.check(tenant, req)
         row = JobRow(
             id=new_id("ftjob"), tenant=tenant, status=s.Status.validating_files.value,
             base_model=req.base_model, training_file=req.training_file,
             validation_file=req.validation_file, suffix=req.suffix,
             hyperparameters=msgspec.to_builtins(req.hyperparameters),
             metadata_=dict(req.metadata), deploy=req.deploy, attempt=0,
+            continued_from=msgspec.to_builtins(continued) if continued else None,
         )
         job, created = await self.store.create_job(row, idempotency_key, req_hash)
         if created:
@@ -234,6 +282,29 @@ def resolve_auto(hp: s.Hyperparameters, n_train: int) -> s.Hyperparameters:
     if hp.batch_size == "auto":
         target = max(1.0, 0.002 * n_train)
         changes["batch_size"] = min(AUTO_MAX_BATCH, 2 ** round(math.log2(target)))
+    return msgspec.structs.replace(hp, **changes) if changes else hp
+
+
+LORA_SHAPE = ("lora_r", "lora_alpha", "target_modules")
+
+
+def inherit_lora_shape(hp: s.Hyperparameters, parent: s.Hyperparameters) -> s.Hyperparameters:
+    """A continued adapter keeps its parent's rank, alpha and target modules: its weights are
+    the parent's. A value left at its default is taken from the parent; any other that differs
+    is refused (raising it silently would train something other than what was asked)."""
+    defaults, changes = s.Hyperparameters(), {}
+    for name in LORA_SHAPE:
+        mine, theirs = getattr(hp, name), getattr(parent, name)
+        if name == "target_modules":
+            mine, theirs = tuple(mine), tuple(theirs)
+        if mine == theirs:
+            continue
+        default = getattr(defaults, name)
+        if mine != (tuple(default) if name == "target_modules" else default):
+            raise Unprocessable(
+                f"hyperparameters.{name} is {mine!r} but the adapter being continued has {theirs!r}; "
+                f"a continued adapter keeps its shape, so leave {name} out", param=f"hyperparameters.{name}")
+        changes[name] = theirs
     return msgspec.structs.replace(hp, **changes) if changes else hp
 
 

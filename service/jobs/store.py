@@ -66,6 +66,8 @@ def job_from_row(row: JobRow | Mapping[str, Any]) -> s.Job:
         plan=_json(r["plan"], s.MemoryPlan),
         deployment=_json(r["deployment"], s.Deployment),
         early_stopping=_json(r["early_stopping"], s.EarlyStopping),
+        continued_from=_json(r["continued_from"], s.ContinuedFrom),
+        estimate=_json(r["estimate"], s.Estimate),
     )
 
 

@@ -18,6 +18,7 @@ import msgspec
 import structlog
 
 from service.errors import InvalidTransition, LeaseLost, NotFound
+from service.ids import model_name
 from service.jobs import schema as s
 from service.jobs.deployments import deployment_request
 from service.jobs.service import JobService
@@ -143,6 +144,10 @@ class JobRun:
         entry = self.settings.base_model(job.base_model)
         if entry is None:
             raise LookupError(f"base model {job.base_model!r} is no longer in the registry")
+        init_adapter = None
+        if job.continued_from is not None:
+            ab, _, ak = job.continued_from.adapter.removeprefix("s3://").partition("/")
+            init_adapter = s.ObjectRef(bucket=ab, key=ak)
         split = job.dataset.n_validation if job.dataset and job.dataset.validation_source == "split" else 0
         return s.TrainingSpec(
             job_id=job.id, base_model=job.base_model, base_model_source=entry.source,
@@ -153,7 +158,8 @@ class JobRun:
             example_lengths=(job.dataset.lengths if job.dataset and not job.dataset.tokens_estimated
                              else None),
             artifact_bucket=self.settings.artifact_bucket,
-            output_prefix=f"jobs/{job.id}", resume_from=resume, max_micro_batch_size=max_micro_batch,
+            output_prefix=f"jobs/{job.id}", resume_from=resume, init_adapter=init_adapter,
+            max_micro_batch_size=max_micro_batch,
             work_dir=str(self.work_dir / "work"), deterministic=self.settings.deterministic_training,
         )
 
@@ -331,7 +337,7 @@ class JobRun:
         elif kind == "resume_point":
             await self.store.set_resume_point(job_id, self.lease, f"s3://{msg['bucket']}/{msg['prefix']}/",
                                               msg["step"], msg["epoch"])
-        elif kind in ("warning", "resumed", "stopped"):
+        elif kind in ("warning", "resumed", "stopped", "continued"):
             text = msg.get("message") or f"resumed from {msg.get('checkpoint')}"
             await self.store.add_event(job_id, kind, text, "warning" if kind == "warning" else "info",
                                        data={k: v for k, v in msg.items() if k not in ("type", "time")},
@@ -364,7 +370,7 @@ class JobRun:
     # -- endings --------------------------------------------------------------------------
     async def _succeed(self, result: dict[str, Any]) -> None:
         job = self.job
-        name = f"ft:{job.base_model}:{job.suffix or ''}:{job.id}"
+        name = model_name(job.base_model, job.suffix, job.id)
         # The deployment request is written with the success, so no adapter is ever forgotten.
         extra = ()
         if job.deploy:

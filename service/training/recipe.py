@@ -15,7 +15,7 @@ from service.datasets.formats import detect_format, parse_example
 from service.datasets.jsonl import read_jsonl
 from service.datasets.render import IGNORE, Collator, FlatCollator, Renderer, fit, split_examples
 from service.datasets.template import HFTokens
-from service.jobs.schema import MemoryPlan, TrainingSpec
+from service.jobs.schema import MemoryPlan, ObjectRef, TrainingSpec
 from service.storage import ObjectStore, download_prefix, upload_dir
 from service.training import backends
 from service.training.callbacks import (
@@ -135,6 +135,10 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
 
     set_seed(hp.seed, deterministic=spec.deterministic)
     model, tokenizer = backends.load(backend, spec.base_model_source, hp)
+    if spec.init_adapter is not None:
+        load_parent_adapter(model, spec.init_adapter, objects, work)
+        emit.emit("continued", message=f"adapter weights loaded from {spec.init_adapter.key}",
+                  prefix=spec.init_adapter.key)
     emit.emit("loaded", seconds=round(time.perf_counter() - load_started, 2))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -220,6 +224,23 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
               trained_tokens=trainer.state.num_input_tokens_seen, supervised_tokens=tally.supervised,
               train_loss=result.training_loss, global_step=trainer.state.global_step,
               best_checkpoint=Path(best).name if best else None)
+
+
+def load_parent_adapter(model, ref: ObjectRef, objects: ObjectStore, work: Path) -> None:  # noqa: ANN001
+    """Continued training: start the new adapter (same rank and modules, API-checked) from the
+    parent's weights. Every LoRA weight must be filled: a partial load would train from noise."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = work / "parent-adapter" / "adapter_model.safetensors"
+    objects.download(ref.bucket, f"{ref.key}/adapter_model.safetensors", path)
+    weights = load_file(str(path))
+    result = set_peft_model_state_dict(model, weights)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise ValueError(f"the parent adapter does not fit this model: {len(missing)} LoRA weights "
+                         f"missing, {len(result.unexpected_keys)} unexpected "
+                         f"(e.g. {(missing or result.unexpected_keys)[0]})")
 
 
 def _fetch_checkpoint(spec: TrainingSpec, objects: ObjectStore, work: Path) -> Path:

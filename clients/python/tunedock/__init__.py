@@ -20,11 +20,12 @@ from tunedock.errors import (
     ServerError,
     TunedockError,
 )
-from tunedock.types import Checkpoint, Event, File, Job, Model
+from tunedock.types import Checkpoint, Event, File, Job, JobEstimate, Model
 
 __all__ = [
     "APIConnectionError", "APIError", "AsyncClient", "AuthenticationError", "BadRequestError",
-    "Checkpoint", "Client", "ConflictError", "Event", "File", "Job", "JobFailed", "Model",
+    "Checkpoint", "Client", "ConflictError", "Event", "File", "Job", "JobEstimate", "JobFailed",
+    "Model",
     "NotFoundError", "PermissionDeniedError", "RateLimitError", "ServerError", "TunedockError",
 ]
 __version__ = "0.1.0"

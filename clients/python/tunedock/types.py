@@ -67,6 +67,40 @@ class EarlyStopping(msgspec.Struct, kw_only=True):
     step: int = 0
 
 
+class ContinuedFrom(msgspec.Struct, kw_only=True):
+    """The fine-tuned model a job continues (base_model "ft:…"), and the models it descends from."""
+
+    model: str
+    job_id: str
+    adapter: str
+    lineage: list[str]  # the base model first, `model` last
+    checkpoint_epoch: int | None = None
+
+
+class Estimate(msgspec.Struct, kw_only=True):
+    """How long training should take on the calibrated device (and, when done, how long it did)."""
+
+    shape: str
+    tokens: int
+    device: str | None = None
+    tokens_per_second: float | None = None
+    startup_seconds: float | None = None
+    seconds: float | None = None
+    calibration_jobs: int = 0
+    message: str | None = None
+    actual_seconds: float | None = None
+
+
+class JobEstimate(msgspec.Struct, kw_only=True):
+    """A dry run: the data checked, a memory plan and an estimated duration; no job created."""
+
+    base_model: str
+    dataset: DatasetSummary
+    hyperparameters: dict[str, Any]
+    estimate: Estimate
+    plan: dict[str, Any] | None = None
+
+
 class Job(msgspec.Struct, kw_only=True):
     id: str
     status: str
@@ -90,6 +124,8 @@ class Job(msgspec.Struct, kw_only=True):
     plan: dict[str, Any] | None = None
     deployment: Deployment | None = None
     early_stopping: EarlyStopping | None = None
+    continued_from: ContinuedFrom | None = None
+    estimate: Estimate | None = None
 
     @property
     def done(self) -> bool:

@@ -28,6 +28,12 @@ class Shape:
                    kv_heads=cfg.get("num_key_value_heads") or heads, vocab=cfg["vocab_size"],
                    tied=bool(cfg.get("tie_word_embeddings", False)))
 
+    @property
+    def label(self) -> str:
+        """What duration estimates are calibrated by: models of one label train alike."""
+        return (f"llama-h{self.hidden}-i{self.intermediate}-l{self.layers}-a{self.heads}"
+                f"-kv{self.kv_heads}-v{self.vocab}")
+
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear in one decoder layer."""
         h, i = self.hidden, self.intermediate
@@ -56,3 +62,13 @@ def read_config(source: str) -> dict[str, Any]:
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(source).to_dict()
+
+
+def local_shape(folder: str | None) -> Shape | None:
+    """The shape of a local model folder; None for a hub id (its config is not read here)."""
+    if folder is None or not (Path(folder) / "config.json").is_file():
+        return None
+    try:
+        return Shape.from_config(read_config(folder))
+    except (KeyError, TypeError, ValueError):  # not a decoder config this service can size
+        return None

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
@@ -30,9 +31,16 @@ class JobsController(Controller):
     path = "/jobs"
     tags = ["jobs"]
 
-    @post("/", responses=errors(*AUTHED, 404, 409, 422))
+    @post("/", responses={**errors(*AUTHED, 404, 409, 422), 200: ResponseSpec(
+        data_container=s.JobEstimate, generate_examples=False,
+        description="dry_run: the data checked, the memory plan and the estimated duration; "
+                    "no job was created")})
     async def create_job(self, request: Request, data: s.JobCreate, tenant: str, jobs: JobService,
                          idempotency_key: IdempotencyKey = None) -> Response[s.Job]:
+        """Create a job (201), or with `dry_run: true` check it and estimate it (200, JobEstimate).
+        A dry run reads the whole training file before it answers."""
+        if data.dry_run:
+            return Response(await jobs.dry_run(tenant, data), status_code=200)  # type: ignore[arg-type]
         body = await request.body()
         job, created = await jobs.create(tenant, data, request_hash(body), idempotency_key)
         return Response(job, status_code=201, headers={"Idempotent-Replayed": str(not created).lower()})

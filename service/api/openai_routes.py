@@ -17,6 +17,7 @@ from service.api.files import receive_upload
 from service.api.gateway import model_not_found
 from service.api.openapi import AUTHED, MultipartUpload, errors
 from service.errors import InvalidRequest
+from service.jobs import schema as s
 from service.jobs.deployments import Deployments
 from service.jobs.files import FileService
 from service.jobs.service import JobService
@@ -84,7 +85,10 @@ class V1FineTuningController(Controller):
 
     @post("/", responses=errors(*AUTHED, 404, 409, 422), status_code=200)
     async def create_job(self, request: Request, data: o.FineTuningJobCreate, tenant: str,
-                         jobs: JobService) -> o.FineTuningJob:
+                         jobs: JobService) -> o.FineTuningJob | s.JobEstimate:
+        """OpenAI's create; with tunedock's `dry_run: true` (extra_body), a JobEstimate instead."""
+        if data.dry_run:
+            return await jobs.dry_run(tenant, data.to_native())
         body = await request.body()
         job, _ = await jobs.create(tenant, data.to_native(), request_hash(body),
                                    request.headers.get("idempotency-key"))

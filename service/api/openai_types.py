@@ -64,6 +64,8 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     train_on_inputs: bool | None = None
     early_stopping_patience: Annotated[int, Meta(ge=1, le=50)] | None = None
     checkpoint_interval_steps: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    # Check the data and answer with the dataset summary, plan and duration; create nothing.
+    dry_run: bool = False
 
     def to_native(self) -> s.JobCreate:
         """The same job on the native API; raises InvalidRequest for what tunedock cannot do."""
@@ -94,7 +96,7 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
         return s.JobCreate(base_model=self.model, training_file=self.training_file,
                            validation_file=self.validation_file, suffix=self.suffix,
                            hyperparameters=hyperparameters, metadata=self.metadata or {},
-                           deploy=self.deploy)
+                           deploy=self.deploy, dry_run=self.dry_run)
 
 
 class ResolvedHyperparameters(msgspec.Struct, kw_only=True):

@@ -115,6 +115,8 @@ class ThroughputRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device: Mapped[str] = mapped_column(String(128))  # "cpu", or the GPU's name
     shape: Mapped[str] = mapped_column(String(128))  # service.shapes.Shape.label
+    backend: Mapped[str] = mapped_column(String(32))  # unsloth | peft
+    available_bytes: Mapped[int | None] = mapped_column(BigInteger)  # GPU memory free at its start
     job_id: Mapped[str] = mapped_column(String(40))
     tokens: Mapped[int] = mapped_column(BigInteger)  # real tokens trained, every epoch
     train_seconds: Mapped[float] = mapped_column(Float)  # the Trainer's loop, evals included

@@ -198,6 +198,7 @@ class JobEstimate(msgspec.Struct, kw_only=True):
     hyperparameters: Hyperparameters  # "auto" resolved, LoRA shape inherited when continuing
     plan: MemoryPlan | None  # on the calibrated device; None before any job has run there
     estimate: Estimate
+    continued_from: ContinuedFrom | None = None
 
 
 class ContinuedFrom(msgspec.Struct, kw_only=True):

@@ -23,9 +23,12 @@ from service.errors import InvalidTransition, NotFound, Unprocessable
 from service.ids import model_name, new_id, parse_model_name
 from service.jobs import schema as s
 from service.jobs.db import JobRow
+from service.jobs.estimate import Throughput, estimate_duration, training_tokens
 from service.jobs.store import Store, event_row
 from service.settings import Settings
+from service.shapes import local_shape
 from service.storage import ObjectStore, is_safe_key, parse_s3_uri
+from service.training.plan import PlanError, make_plan, resolve_packing, row_tokens
 
 log = structlog.get_logger()
 
@@ -172,14 +175,64 @@ class JobService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _validate_object(self, bucket: str, key: str, fmt: str | None, job: s.Job) -> Report:
-        entry = self.settings.base_model(job.base_model)
+    def _validate_object(self, bucket: str, key: str, fmt: str | None, base_model: str,
+                         hp: s.Hyperparameters) -> Report:
+        entry = self.settings.base_model(base_model)
         tokens = local_tokens(entry.local_path if entry else None)
-        hp = job.hyperparameters
         options = Options(max_seq_length=hp.max_seq_length, train_on_inputs=hp.train_on_inputs,
                           overlong_examples=hp.overlong_examples)
         chunks = self.objects.iter_bytes(bucket, key)
         return validate_jsonl(chunks, tokens, self.settings.max_line_bytes, options, fmt)
+
+    async def _read_files(self, tenant: str, training_file: str, validation_file: str | None,
+                          base_model: str, hp: s.Hyperparameters) -> tuple[Report, Report | None]:
+        """Stream and check the training file, then the validation file (in its format)."""
+        bucket, key = await self.locate(tenant, training_file, "training_file")
+        train = await anyio.to_thread.run_sync(self._validate_object, bucket, key, None, base_model, hp)
+        val = None
+        if train.ok and validation_file:
+            vb, vk = await self.locate(tenant, validation_file, "validation_file")
+            val = await anyio.to_thread.run_sync(self._validate_object, vb, vk, train.format,
+                                                 base_model, hp)
+        return train, val
+
+    async def estimate(self, base_model: str, hp: s.Hyperparameters,
+                       summary: s.DatasetSummary) -> tuple[s.Estimate, s.MemoryPlan | None]:
+        """The duration on the device this model shape last trained on, and the memory plan
+        there (None before any job has calibrated it). Raises PlanError if it cannot fit."""
+        entry = self.settings.base_model(base_model)
+        shape = local_shape(entry.local_path if entry else None)
+        label = shape.label if shape else f"model:{base_model}"
+        rows = await Throughput(self.store.db).latest(label)
+        found = estimate_duration(label, training_tokens(summary, int(hp.n_epochs)), rows)
+        plan = None
+        if shape is not None and rows:
+            packing = resolve_packing(hp.packing)
+            calibrated = rows[0]
+            plan = make_plan(shape, hp, calibrated.available_bytes, calibrated.backend,
+                             "cpu" if calibrated.device == "cpu" else "cuda",
+                             row_tokens=row_tokens(summary.lengths if not summary.tokens_estimated
+                                                   else None, hp.max_seq_length, packing),
+                             packing=packing)
+        return found, plan
+
+    async def dry_run(self, tenant: str, req: s.JobCreate) -> s.JobEstimate:
+        """What POST /jobs would train, checked now and answered without creating a job."""
+        req, continued = await self.check(tenant, req)
+        train, val = await self._read_files(tenant, req.training_file, req.validation_file,
+                                            req.base_model, req.hyperparameters)
+        if (bad := first_invalid(train, val)) is not None:
+            name, report = bad
+            raise Unprocessable(f"{name}: {report.failure_message()}", param=name,
+                                code="invalid_training_file")
+        summary = summarize(train, val, req.hyperparameters)
+        hp = resolve_auto(req.hyperparameters, summary.n_train)
+        try:
+            found, plan = await self.estimate(req.base_model, hp, summary)
+        except PlanError as exc:
+            raise Unprocessable(str(exc), param="hyperparameters", code="does_not_fit") from None
+        return s.JobEstimate(base_model=req.base_model, dataset=summary, hyperparameters=hp,
+                             plan=plan, estimate=found, continued_from=continued)
 
     async def validate(self, job_id: str) -> None:
         bound = log.bind(job_id=job_id)
@@ -188,64 +241,44 @@ class JobService:
             return
         tenant = await self.store.job_tenant(job_id)
         try:
-            bucket, key = await self.locate(tenant, job.training_file, "training_file")
-            train = await anyio.to_thread.run_sync(self._validate_object, bucket, key, None, job)
-            val = None
-            if train.ok and job.validation_file:
-                vb, vk = await self.locate(tenant, job.validation_file, "validation_file")
-                val = await anyio.to_thread.run_sync(self._validate_object, vb, vk, train.format, job)
+            train, val = await self._read_files(tenant, job.training_file, job.validation_file,
+                                                job.base_model, job.hyperparameters)
         except Exception as exc:  # noqa: BLE001 - the job records the failure, the API stays up
             bound.exception("validation crashed")
             await self._fail(job_id, "file_unreadable", f"could not read the data: {exc}", None, {})
             return
-        for name, report in (("training_file", train), ("validation_file", val)):
-            if report is not None and not report.ok:
-                first = report.errors[0].line if report.errors else None
-                await self._fail(job_id, "invalid_training_file",
-                                 f"{name}: {report.failure_message()}", first,
-                                 {"file": name, "n_errors": report.n_errors,
-                                  "errors": msgspec.to_builtins(report.errors)}, param=name)
-                return
-        n_train, n_val, source = split_sizes(train.n_examples, val.n_examples if val else None)
-        overlap = validation_overlap(train.digests, val.digests if val else None,
-                                     job.hyperparameters.seed)
-        warnings = list(train.warnings)
-        hp = job.hyperparameters
-        if hp.eval_samples and not hp.eval_prompts and n_val == 0:
-            warnings.append(f"eval_samples is {hp.eval_samples} but there are no validation "
-                            "examples to take prompts from (under 50 examples and no "
-                            "validation_file); give eval_prompts or a validation_file")
-        if overlap:
-            warnings.append(f"{overlap} validation examples also appear in the training data; "
-                            "their validation loss will look better than it is")
-        summary = s.DatasetSummary(
-            format=train.format or "", n_examples=train.n_examples, n_train=n_train,
-            n_validation=n_val, validation_source=source,
-            tokens=train.tokens, tokens_estimated=train.tokens_estimated,
-            supervised_tokens=train.supervised_tokens, context_tokens=train.context_tokens,
-            n_blank_lines=train.n_blank_lines, n_overlong=train.n_overlong,
-            overlong_policy=job.hyperparameters.overlong_examples,
-            n_duplicates=train.n_duplicates, n_validation_in_train=overlap,
-            lengths=train.lengths,
-            warnings=warnings,
-        )
+        if (bad := first_invalid(train, val)) is not None:
+            name, report = bad
+            first = report.errors[0].line if report.errors else None
+            await self._fail(job_id, "invalid_training_file",
+                             f"{name}: {report.failure_message()}", first,
+                             {"file": name, "n_errors": report.n_errors,
+                              "errors": msgspec.to_builtins(report.errors)}, param=name)
+            return
+        summary = summarize(train, val, job.hyperparameters)
         data = msgspec.to_builtins(summary)
         fields: dict[str, Any] = {}
         event_data = data
-        resolved = resolve_auto(job.hyperparameters, n_train)
+        resolved = resolve_auto(job.hyperparameters, summary.n_train)
         if resolved != job.hyperparameters:
             fields["hyperparameters"] = msgspec.to_builtins(resolved)
             event_data = {**data, "resolved": {k: fields["hyperparameters"][k]
                                                for k in ("n_epochs", "batch_size")
                                                if getattr(job.hyperparameters, k) == "auto"}}
         try:
+            found, _ = await self.estimate(job.base_model, resolved, summary)
+            fields["estimate"] = msgspec.to_builtins(found)
+        except PlanError:  # the runner's own plan says so, with the memory it really has
+            pass
+        try:
             await self.store.set_status(
                 job_id, s.Status.queued,
-                f"files validated ({train.format}): {n_train} training and {n_val} validation "
-                f"examples, {train.supervised_tokens} trained and {train.context_tokens} context "
-                f"tokens per epoch{' (estimated)' if train.tokens_estimated else ''}",
+                f"files validated ({train.format}): {summary.n_train} training and "
+                f"{summary.n_validation} validation examples, {train.supervised_tokens} trained and "
+                f"{train.context_tokens} context tokens per epoch"
+                f"{' (estimated)' if train.tokens_estimated else ''}",
                 data=event_data, dataset=data,
-                extra_rows=tuple(event_row(job_id, "warning", w, "warning") for w in warnings),
+                extra_rows=tuple(event_row(job_id, "warning", w, "warning") for w in summary.warnings),
                 **fields)
         except (InvalidTransition, NotFound):  # cancelled while validating: nothing to do
             bound.info("job changed during validation")
@@ -260,6 +293,37 @@ class JobService:
                                         data={"error": error, **data}, error=error)
         except (InvalidTransition, NotFound):  # cancelled meanwhile
             log.info("job changed during validation", job_id=job_id)
+
+
+def first_invalid(train: Report, val: Report | None) -> tuple[str, Report] | None:
+    for name, report in (("training_file", train), ("validation_file", val)):
+        if report is not None and not report.ok:
+            return name, report
+    return None
+
+
+def summarize(train: Report, val: Report | None, hp: s.Hyperparameters) -> s.DatasetSummary:
+    """What validation found, with the warnings a user should read before training."""
+    n_train, n_val, source = split_sizes(train.n_examples, val.n_examples if val else None)
+    overlap = validation_overlap(train.digests, val.digests if val else None, hp.seed)
+    warnings = list(train.warnings)
+    if hp.eval_samples and not hp.eval_prompts and n_val == 0:
+        warnings.append(f"eval_samples is {hp.eval_samples} but there are no validation "
+                        "examples to take prompts from (under 50 examples and no "
+                        "validation_file); give eval_prompts or a validation_file")
+    if overlap:
+        warnings.append(f"{overlap} validation examples also appear in the training data; "
+                        "their validation loss will look better than it is")
+    return s.DatasetSummary(
+        format=train.format or "", n_examples=train.n_examples, n_train=n_train,
+        n_validation=n_val, validation_source=source,
+        tokens=train.tokens, tokens_estimated=train.tokens_estimated,
+        supervised_tokens=train.supervised_tokens, context_tokens=train.context_tokens,
+        n_blank_lines=train.n_blank_lines, n_overlong=train.n_overlong,
+        overlong_policy=hp.overlong_examples,
+        n_duplicates=train.n_duplicates, n_validation_in_train=overlap,
+        lengths=train.lengths, warnings=warnings,
+    )
 
 
 # OpenAI's documented defaults for "auto": about 3 epochs, more for a small set and fewer for a

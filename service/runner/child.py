@@ -20,7 +20,9 @@ import structlog
 from service.errors import InvalidTransition, LeaseLost, NotFound
 from service.ids import model_name
 from service.jobs import schema as s
+from service.jobs.db import ThroughputRow
 from service.jobs.deployments import deployment_request
+from service.jobs.estimate import Throughput
 from service.jobs.service import JobService
 from service.jobs.store import Lease, Store
 from service.settings import Settings
@@ -169,6 +171,7 @@ class JobRun:
 
     # -- the attempt ----------------------------------------------------------------------
     async def run(self) -> None:
+        began = time.monotonic()
         micro_batch: int | None = None
         for oom_retry in range(self.settings.max_oom_retries + 1):
             try:
@@ -189,6 +192,9 @@ class JobRun:
                 return
             if attempt.code == EXIT_OK and attempt.result is not None:
                 await self._succeed(attempt.result)
+                # Only a whole run in one go says how fast this device trains this shape.
+                if oom_retry == 0 and spec.resume_from is None:
+                    await self._calibrate(attempt.result, time.monotonic() - began)
                 return
             error = attempt.error or {"code": "training_error",
                                       "message": f"the training process exited with {attempt.code}"}
@@ -390,6 +396,10 @@ class JobRun:
                 f"stopped early after epoch {stop['stopped_after_epoch']} of {stop['n_epochs']}: "
                 f"{stop['reason']}; validation losses {losses}; the final adapter is epoch "
                 f"{stop['chosen_epoch']}'s", data=stop, lease=self.lease)
+        if job.estimate is not None:
+            actual = time.time() - job.started_at if job.started_at else None
+            finish["estimate"] = {**msgspec.to_builtins(job.estimate),
+                                  "actual_seconds": round(actual, 1) if actual else None}
         try:
             await self.store.set_status(
                 job.id, s.Status.succeeded,
@@ -403,6 +413,20 @@ class JobRun:
                 deployment={"status": "pending"} if job.deploy else None, **finish)
         except InvalidTransition:
             self.log.info("job changed before it could succeed")
+
+    async def _calibrate(self, result: dict[str, Any], wall_seconds: float) -> None:
+        """Add this job's throughput to the table duration estimates are made from."""
+        if not result.get("trained_tokens") or not result.get("train_seconds"):
+            return
+        row = ThroughputRow(
+            device=result["device_name"], shape=result["shape"], backend=result["backend"],
+            available_bytes=result.get("available_bytes"), job_id=self.job.id,
+            tokens=result["trained_tokens"], train_seconds=result["train_seconds"],
+            startup_seconds=max(0.0, wall_seconds - result["train_seconds"]))
+        try:
+            await Throughput(self.store.db).record(row)
+        except Exception:  # noqa: BLE001 - a missed calibration must not touch the finished job
+            self.log.warning("throughput not recorded", exc_info=True)
 
     async def _pause(self) -> None:
         point = await self.store.resume_point(self.job.id)

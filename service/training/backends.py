@@ -22,6 +22,13 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def device_name() -> str:
+    """"cpu", or the GPU's name as CUDA reports it (e.g. "NVIDIA H100 80GB HBM3")."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def choose_backend(requested: str) -> str:
     if requested != "auto":
         return requested

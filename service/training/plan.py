@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from service.jobs.schema import Hyperparameters, MemoryPlan
+from service.jobs.schema import Hyperparameters, LengthStats, MemoryPlan
 from service.shapes import Shape
 
 GiB = 1 << 30
@@ -35,8 +35,30 @@ SAVED_INPUTS_ON_GPU = {"unsloth": 0.1, "peft": 1.0}
 LOGIT_BYTES = {"unsloth": 0.5, "peft": 6.0}
 
 
+# What packing "auto" trains with, from bench/mixed_lengths.py: on the CPU (PEFT) the fastest
+# (205 real tokens/s vs 157 padding-free, 131 padded); on the H100 (Unsloth) within noise of
+# padded at batch 8 (1.11x, 0.91x, 1.10x over three runs) and 1.91x padded at batch 32, while
+# padding-free was 0.57-0.60x padded (a QLoRA step pays its dequantisation per forward, and on
+# the CPU SDPA masks the whole flattened row). bench/RESULTS.md, "Packing".
+AUTO_PACKING = "length_grouped"
+
+
 class PlanError(RuntimeError):
     pass
+
+
+def resolve_packing(mode: str) -> str:
+    return AUTO_PACKING if mode == "auto" else mode
+
+
+def row_tokens(lengths: LengthStats | None, max_seq_length: int, packing: str) -> int | None:
+    """Tokens per row the plan sizes for: the real lengths, not max_seq_length for every row.
+    Padding-free micro-batches hold their examples' tokens (p95 per row: rarely are all rows of
+    one micro-batch longer); padded ones are as wide as their longest row, and some micro-batch
+    holds the file's longest. None when the lengths are unknown."""
+    if lengths is None:
+        return None
+    return min(max_seq_length, lengths.p95 if packing == "padding_free" else lengths.max)
 
 
 def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str,

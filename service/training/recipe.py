@@ -26,39 +26,20 @@ from service.training.callbacks import (
 )
 from service.training.events import Emitter
 from service.shapes import Shape, read_config
-from service.training.plan import make_plan
+from service.training.plan import make_plan, resolve_packing, row_tokens
 from service.training.samples import Sampler, eval_prompts
 
 
-# What packing "auto" trains with, from bench/mixed_lengths.py: on the CPU (PEFT) the fastest
-# (205 real tokens/s vs 157 padding-free, 131 padded); on the H100 (Unsloth) within noise of
-# padded at batch 8 (1.11x, 0.91x, 1.10x over three runs) and 1.91x padded at batch 32, while
-# padding-free was 0.57-0.60x padded (a QLoRA step pays its dequantisation per forward, and on
-# the CPU SDPA masks the whole flattened row). bench/RESULTS.md, "Packing".
-AUTO_PACKING = "length_grouped"
-
-
-def resolve_packing(spec: TrainingSpec) -> str:
-    mode = spec.hyperparameters.packing
-    return AUTO_PACKING if mode == "auto" else mode
-
-
-def plan_memory(spec: TrainingSpec, backend: str, device: str, packing: str) -> MemoryPlan:
-    hp = spec.hyperparameters
-    shape = Shape.from_config(read_config(spec.base_model_source))
+def plan_memory(spec: TrainingSpec, shape: Shape, backend: str, device: str, packing: str) -> MemoryPlan:
     available = None
     if device == "cuda":
         import torch
 
         available = torch.cuda.mem_get_info()[0]
-    # The real lengths, not max_seq_length for every row: padding-free micro-batches hold their
-    # examples' tokens (p95 per row: rarely are all rows of one micro-batch longer); padded
-    # ones are as wide as their longest row, and some micro-batch holds the file's longest.
-    row_tokens = None
-    if (lengths := spec.example_lengths) is not None:
-        row_tokens = min(hp.max_seq_length, lengths.p95 if packing == "padding_free" else lengths.max)
+    hp = spec.hyperparameters
     return make_plan(shape, hp, available, backend, device, spec.max_micro_batch_size,
-                     row_tokens=row_tokens, packing=packing)
+                     row_tokens=row_tokens(spec.example_lengths, hp.max_seq_length, packing),
+                     packing=packing)
 
 
 class Tally:
@@ -118,8 +99,9 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     if device == "cpu" and hp.load_in_4bit:
         emit.emit("warning", message="4-bit loading needs CUDA; training fp32 LoRA on the CPU")
 
-    packing = resolve_packing(spec)
-    plan = plan_memory(spec, backend, device, packing)
+    packing = resolve_packing(hp.packing)
+    shape = Shape.from_config(read_config(spec.base_model_source))
+    plan = plan_memory(spec, shape, backend, device, packing)
     emit.emit("plan", plan=msgspec.to_builtins(plan))
 
     work = Path(spec.work_dir)
@@ -202,7 +184,9 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     if spec.resume_from is not None:
         resume_dir = _fetch_checkpoint(spec, objects, work)
         emit.emit("resumed", prefix=spec.resume_from.key, checkpoint=resume_dir.name)
+    train_started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    train_seconds = time.perf_counter() - train_started
 
     adapter = work / "adapter"
     trainer.save_model(str(adapter))
@@ -223,7 +207,11 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     emit.emit("result", bucket=spec.artifact_bucket, prefix=adapter_prefix, early_stop=early_stop,
               trained_tokens=trainer.state.num_input_tokens_seen, supervised_tokens=tally.supervised,
               train_loss=result.training_loss, global_step=trainer.state.global_step,
-              best_checkpoint=Path(best).name if best else None)
+              best_checkpoint=Path(best).name if best else None,
+              # What duration estimates are calibrated from (service/jobs/estimate.py).
+              train_seconds=round(train_seconds, 3), shape=shape.label,
+              device_name=backends.device_name(), available_bytes=plan.available_bytes,
+              backend=backend)
 
 
 def load_parent_adapter(model, ref: ObjectRef, objects: ObjectStore, work: Path) -> None:  # noqa: ANN001

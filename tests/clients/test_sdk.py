@@ -34,6 +34,10 @@ def test_files_and_jobs_round_trip(client: tunedock.Client, tmp_path) -> None:  
     assert f.id.startswith("file-") and f.filename == "chat.jsonl"
     assert client.files.get(f.id) == f
     assert [x.id for x in client.files.list()] == [f.id]
+    dry = client.jobs.estimate(base_model="tiny", training_file=f.id, hyperparameters={"n_epochs": 1})
+    assert isinstance(dry, tunedock.JobEstimate) and dry.dataset.n_examples == 12
+    assert dry.estimate.seconds is None and dry.estimate.tokens > 0  # nothing calibrated yet
+    assert list(client.jobs.list()) == []  # a dry run creates no job
     job = client.jobs.create(base_model="tiny", training_file=path, suffix="sdk",
                              hyperparameters={"n_epochs": 1}, metadata={"team": "a"})
     assert job.status == "validating_files" and job.hyperparameters["n_epochs"] == 1

@@ -13,7 +13,7 @@ import msgspec
 
 from tunedock import _base as b
 from tunedock.errors import JobFailed
-from tunedock.types import Checkpoint, Event, File, Job, Model
+from tunedock.types import Checkpoint, Event, File, Job, JobEstimate, Model
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -101,6 +101,18 @@ class Jobs:
                           suffix, hyperparameters, metadata, deploy)
         headers = {"Idempotency-Key": idempotency_key or b.new_idempotency_key()}
         return b.decode(self._c.request("POST", "/jobs", idempotent=True, json=body, headers=headers), Job)
+
+    def estimate(self, *, base_model: str, training_file: str | Path,
+                 validation_file: str | Path | None = None, hyperparameters: dict[str, Any] | None = None,
+                 deploy: bool = True) -> JobEstimate:
+        """A dry run: the data checked, the memory plan and the estimated duration; no job made."""
+        if b.is_local_path(training_file):
+            training_file = self._c.files.upload(training_file).id
+        if validation_file is not None and b.is_local_path(validation_file):
+            validation_file = self._c.files.upload(validation_file).id
+        body = b.job_body(base_model, str(training_file), validation_file and str(validation_file),
+                          None, hyperparameters, None, deploy) | {"dry_run": True}
+        return b.decode(self._c.request("POST", "/jobs", idempotent=True, json=body), JobEstimate)
 
     def get(self, job_id: str) -> Job:
         return b.decode(self._c.request("GET", f"/jobs/{job_id}", idempotent=True), Job)
@@ -279,6 +291,19 @@ class AsyncJobs:
         headers = {"Idempotency-Key": idempotency_key or b.new_idempotency_key()}
         r = await self._c.request("POST", "/jobs", idempotent=True, json=body, headers=headers)
         return b.decode(r, Job)
+
+    async def estimate(self, *, base_model: str, training_file: str | Path,
+                       validation_file: str | Path | None = None,
+                       hyperparameters: dict[str, Any] | None = None, deploy: bool = True) -> JobEstimate:
+        """A dry run: the data checked, the memory plan and the estimated duration; no job made."""
+        if b.is_local_path(training_file):
+            training_file = (await self._c.files.upload(training_file)).id
+        if validation_file is not None and b.is_local_path(validation_file):
+            validation_file = (await self._c.files.upload(validation_file)).id
+        body = b.job_body(base_model, str(training_file), validation_file and str(validation_file),
+                          None, hyperparameters, None, deploy) | {"dry_run": True}
+        r = await self._c.request("POST", "/jobs", idempotent=True, json=body)
+        return b.decode(r, JobEstimate)
 
     async def get(self, job_id: str) -> Job:
         return b.decode(await self._c.request("GET", f"/jobs/{job_id}", idempotent=True), Job)

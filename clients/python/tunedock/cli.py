@@ -16,6 +16,7 @@ import msgspec
 
 from tunedock import Client
 from tunedock.errors import APIConnectionError, APIError, JobFailed
+from tunedock.types import JobEstimate
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
 
@@ -58,12 +59,37 @@ def _hyper(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
+def _estimate_text(found: JobEstimate) -> str:
+    d, e = found.dataset, found.estimate
+    lines = [f"data: {d.format}, {d.n_train} training + {d.n_validation} validation examples, "
+             f"{d.tokens} tokens", *(f"warning: {w}" for w in d.warnings)]
+    if found.plan:
+        p = found.plan
+        lines.append(f"memory plan ({p['device']}): micro-batch {p['micro_batch_size']} x "
+                     f"{p['gradient_accumulation_steps']}, about {p['estimated_peak_bytes'] / 2**30:.2f} GiB")
+    if e.seconds is not None:
+        lines.append(f"estimate on {e.device}: {e.seconds:.0f} s ({e.tokens} tokens at "
+                     f"{e.tokens_per_second} tokens/s + {e.startup_seconds} s startup; "
+                     f"from {e.calibration_jobs} finished job(s))")
+    else:
+        lines.append(f"estimate: none yet ({e.message})")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace, client: Client) -> int:
     cmd = (args.command, getattr(args, "action", None))
     if cmd == ("files", "upload"):
         _out(args, client.files.upload(args.path), ["id", "filename", "bytes", "uri"])
     elif cmd == ("files", "list"):
         _out(args, list(client.files.list()), ["id", "filename", "bytes", "uri"])
+    elif cmd == ("jobs", "create") and args.dry_run:
+        found = client.jobs.estimate(base_model=args.model, training_file=args.train,
+                                     validation_file=args.validation, hyperparameters=_hyper(args),
+                                     deploy=not args.no_deploy)
+        if args.json:
+            print(msgspec.json.encode(found).decode())
+        else:
+            print(_estimate_text(found))
     elif cmd == ("jobs", "create"):
         job = client.jobs.create(base_model=args.model, training_file=args.train,
                                  validation_file=args.validation, suffix=args.suffix,
@@ -130,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="create and follow fine-tuning jobs")
     jsub = jobs.add_subparsers(dest="action", required=True)
     c = jsub.add_parser("create", help="create a job (a local --train file is uploaded first)")
-    c.add_argument("--model", required=True, help="base model alias")
+    c.add_argument("--model", required=True, help="base model alias, or ft:… to continue a fine-tuned model")
     c.add_argument("--train", required=True, help="local JSONL path, file- id or s3:// URI")
     c.add_argument("--validation", help="local JSONL path, file- id or s3:// URI")
     c.add_argument("--suffix")
@@ -141,6 +167,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--max-seq-length", type=int)
     c.add_argument("--no-deploy", action="store_true", help="do not load the adapter into vLLM")
     c.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
+    c.add_argument("--dry-run", action="store_true",
+                   help="check the data and show the memory plan and estimated duration; create nothing")
     lst = jsub.add_parser("list", help="list jobs")
     lst.add_argument("--status")
     for name, text in (("get", "show a job"), ("cancel", "cancel a job"),

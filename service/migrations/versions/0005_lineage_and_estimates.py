@@ -24,6 +24,8 @@ def upgrade() -> None:
         sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
         sa.Column('device', sa.String(length=128), nullable=False),
         sa.Column('shape', sa.String(length=128), nullable=False),
+        sa.Column('backend', sa.String(length=32), nullable=False),
+        sa.Column('available_bytes', sa.BigInteger(), nullable=True),
         sa.Column('job_id', sa.String(length=40), nullable=False),
         sa.Column('tokens', sa.BigInteger(), nullable=False),
         sa.Column('train_seconds', sa.Float(), nullable=False),

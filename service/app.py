@@ -66,7 +66,7 @@ _PATTERN_HINTS = {
     "training_file": "training_file must be a file- id from POST /files or an s3://bucket/key URI",
     "validation_file": "validation_file must be a file- id from POST /files or an s3://bucket/key URI",
     "suffix": "suffix may hold only lowercase letters, digits and '-', at most 40 characters",
-    "method.type": "method.type must be 'supervised': tunedock trains supervised fine-tuning jobs",
+    "method.type": "method.type must be 'supervised' or 'dpo'",
     "purpose": "purpose must be 'fine-tune': tunedock stores training data only",
 }
 

@@ -33,9 +33,19 @@ class Supervised(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     hyperparameters: OpenAIHyperparameters = OpenAIHyperparameters()
 
 
+class OpenAIDpoHyperparameters(OpenAIHyperparameters, kw_only=True, forbid_unknown_fields=True,
+                               frozen=True):
+    beta: Annotated[float, Meta(gt=0, le=10)] | Auto = "auto"  # "auto": 0.1
+
+
+class DpoOpenAI(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    hyperparameters: OpenAIDpoHyperparameters = OpenAIDpoHyperparameters()
+
+
 class Method(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    type: Literal["supervised"]  # tunedock trains supervised jobs (no "dpo" or "reinforcement" yet)
+    type: Literal["supervised", "dpo"]  # no "reinforcement"
     supervised: Supervised | None = None
+    dpo: DpoOpenAI | None = None
 
 
 class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -64,14 +74,30 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     train_on_inputs: bool | None = None
     early_stopping_patience: Annotated[int, Meta(ge=1, le=50)] | None = None
     checkpoint_interval_steps: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    eval_prompts: Annotated[list[Annotated[str, Meta(min_length=1, max_length=4000)]],
+                            Meta(max_length=16)] | None = None
+    eval_samples: Annotated[int, Meta(ge=0, le=16)] | None = None
     # Check the data and answer with the dataset summary, plan and duration; create nothing.
     dry_run: bool = False
 
     def to_native(self) -> s.JobCreate:
         """The same job on the native API; raises InvalidRequest for what tunedock cannot do."""
-        oai = self.hyperparameters or OpenAIHyperparameters()
-        if self.method is not None and self.method.supervised is not None:
-            oai = self.method.supervised.hyperparameters
+        oai: OpenAIHyperparameters = self.hyperparameters or OpenAIHyperparameters()
+        method = s.Method()
+        if self.method is not None and self.method.type == "dpo":
+            if self.method.supervised is not None:
+                raise InvalidRequest("method.supervised is given but method.type is 'dpo'",
+                                     param="method.type")
+            dpo = (self.method.dpo or DpoOpenAI()).hyperparameters
+            oai = dpo
+            beta = s.DpoHyperparameters().beta if dpo.beta == "auto" else dpo.beta
+            method = s.Method(type="dpo", dpo=s.Dpo(hyperparameters=s.DpoHyperparameters(beta=beta)))
+        elif self.method is not None:
+            if self.method.dpo is not None:
+                raise InvalidRequest("method.dpo is given but method.type is 'supervised'",
+                                     param="method.type")
+            if self.method.supervised is not None:
+                oai = self.method.supervised.hyperparameters
         hp: dict[str, Any] = {
             "n_epochs": oai.n_epochs,  # "auto" is resolved from the data once it is validated
             "batch_size": oai.batch_size,
@@ -85,7 +111,8 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
             hp["seed"] = self.seed
         for name in ("learning_rate", "micro_batch_size", "max_seq_length", "lora_r", "lora_alpha",
                      "lora_dropout", "target_modules", "load_in_4bit", "warmup_ratio", "weight_decay",
-                     "train_on_inputs", "early_stopping_patience", "checkpoint_interval_steps"):
+                     "train_on_inputs", "early_stopping_patience", "checkpoint_interval_steps",
+                     "eval_prompts", "eval_samples"):
             if (value := getattr(self, name)) is not None:
                 hp[name] = value
         try:
@@ -95,8 +122,8 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
                                  param="hyperparameters") from None
         return s.JobCreate(base_model=self.model, training_file=self.training_file,
                            validation_file=self.validation_file, suffix=self.suffix,
-                           hyperparameters=hyperparameters, metadata=self.metadata or {},
-                           deploy=self.deploy, dry_run=self.dry_run)
+                           hyperparameters=hyperparameters, method=method,
+                           metadata=self.metadata or {}, deploy=self.deploy, dry_run=self.dry_run)
 
 
 class ResolvedHyperparameters(msgspec.Struct, kw_only=True):
@@ -109,9 +136,18 @@ class SupervisedResolved(msgspec.Struct, kw_only=True):
     hyperparameters: ResolvedHyperparameters
 
 
-class MethodResolved(msgspec.Struct, kw_only=True):
-    type: Literal["supervised"] = "supervised"
-    supervised: SupervisedResolved
+class DpoResolvedHyperparameters(ResolvedHyperparameters, kw_only=True):
+    beta: float
+
+
+class DpoResolved(msgspec.Struct, kw_only=True):
+    hyperparameters: DpoResolvedHyperparameters
+
+
+class MethodResolved(msgspec.Struct, kw_only=True, omit_defaults=True):
+    type: Literal["supervised", "dpo"] = "supervised"
+    supervised: SupervisedResolved | None = None
+    dpo: DpoResolved | None = None
 
 
 class JobError(msgspec.Struct, kw_only=True):
@@ -160,7 +196,10 @@ def job_out(job: s.Job, tenant: str) -> FineTuningJob:
         trained_tokens=job.trained_tokens, training_file=job.training_file,
         validation_file=job.validation_file, estimated_finish=job.estimated_finish, integrations=[],
         metadata=job.metadata or None,
-        method=MethodResolved(supervised=SupervisedResolved(hyperparameters=resolved)),
+        method=(MethodResolved(type="dpo", dpo=DpoResolved(hyperparameters=DpoResolvedHyperparameters(
+                    **msgspec.structs.asdict(resolved), beta=job.method.beta)))
+                if job.method.type == "dpo"
+                else MethodResolved(supervised=SupervisedResolved(hyperparameters=resolved))),
         user_provided_suffix=job.suffix, tunedock=job)
 
 

@@ -8,8 +8,14 @@
   prompt_completion  {"prompt", "completion"}
   text               {"text"}                                                  (all of it trained)
 
-chat and sharegpt become a Chat; instruction and prompt_completion a Pair; text a Text. What each
-trains on is decided in render.py.
+Preference pairs, for DPO jobs (method.type "dpo"):
+  preference         {"input": {"messages": [...], "tools"?}, "preferred_output": [assistant],
+                      "non_preferred_output": [assistant]}                     (OpenAI's DPO format)
+  chosen_rejected    {"prompt", "chosen", "rejected"}: strings (raw text, as TRL reads them), or
+                     a list of messages for the prompt and one assistant message for each answer
+
+chat and sharegpt become a Chat; instruction and prompt_completion a Pair; text a Text; the two
+preference shapes a Preference. What each trains on is decided in render.py.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 
 CHAT, SHAREGPT, INSTRUCTION, PROMPT_COMPLETION, TEXT = (
     "chat", "sharegpt", "instruction", "prompt_completion", "text")
+PREFERENCE, CHOSEN_REJECTED = "preference", "chosen_rejected"
+PREFERENCE_FORMATS = frozenset({PREFERENCE, CHOSEN_REJECTED})
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant"}
@@ -53,7 +61,17 @@ class Text:
     text: str
 
 
-Example = Chat | Pair | Text
+@dataclass
+class Preference:
+    """A prompt and two answers, the first preferred. A Chat prompt (no final answer) is
+    rendered with the chat template; a string prompt is raw text."""
+
+    prompt: Chat | str
+    chosen: str
+    rejected: str
+
+
+Example = Chat | Pair | Text | Preference
 
 
 def detect_format(obj: Any) -> str:
@@ -61,6 +79,10 @@ def detect_format(obj: Any) -> str:
     if not isinstance(obj, dict):
         raise ExampleError("each line must be a JSON object")
     keys = set(obj)
+    if {"input", "preferred_output", "non_preferred_output"} <= keys:
+        return PREFERENCE
+    if {"prompt", "chosen", "rejected"} <= keys:
+        return CHOSEN_REJECTED
     if "messages" in keys:
         return CHAT
     if "conversations" in keys:
@@ -73,7 +95,8 @@ def detect_format(obj: Any) -> str:
         return TEXT
     raise ExampleError(
         "unknown format: expected 'messages' (OpenAI chat), 'conversations' (ShareGPT), "
-        "'instruction'+'output' (Alpaca), 'prompt'+'completion' or 'text', "
+        "'instruction'+'output' (Alpaca), 'prompt'+'completion' or 'text'; for DPO, "
+        "'input'+'preferred_output'+'non_preferred_output' or 'prompt'+'chosen'+'rejected'; "
         f"got keys {sorted(keys)[:8]}"
     )
 
@@ -197,8 +220,58 @@ def _sharegpt(turns: Any) -> Chat:
     return _chat(messages, None, "conversations")
 
 
+def _prompt(messages: Any, tools: Any, key: str) -> Chat:
+    """The conversation a preference pair answers: it must not end with an answer."""
+    if not isinstance(messages, list) or not messages:
+        raise ExampleError(f"'{key}' must be a non-empty list of messages")
+    chat = Chat([_message(m, i) for i, m in enumerate(messages)], _tools(tools))
+    if chat.messages[-1]["role"] == "assistant":
+        raise ExampleError(f"'{key}' ends with an assistant message; the answers belong in the "
+                           "preferred and non-preferred outputs")
+    return chat
+
+
+def _answer(value: Any, key: str) -> str:
+    """One answer of a pair: a string, or a list holding one assistant message (OpenAI)."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        m = value[0]
+        if m.get("role") != "assistant":
+            raise ExampleError(f"'{key}' must be one assistant message")
+        if m.get("tool_calls"):
+            raise ExampleError(f"'{key}': tool calls cannot be compared; give text answers")
+        text = _content(m.get("content"), key, optional=False)
+    else:
+        raise ExampleError(f"'{key}' must be a string or a list with one assistant message")
+    if not text.strip():
+        raise ExampleError(f"'{key}' must not be empty")
+    return text
+
+
+def _preference(obj: dict, fmt: str) -> Preference:
+    if fmt == PREFERENCE:
+        source = obj["input"]
+        if not isinstance(source, dict):
+            raise ExampleError("'input' must be an object with 'messages'")
+        prompt: Chat | str = _prompt(source.get("messages"), source.get("tools"), "input.messages")
+        chosen = _answer(obj["preferred_output"], "preferred_output")
+        rejected = _answer(obj["non_preferred_output"], "non_preferred_output")
+    else:
+        raw = obj["prompt"]
+        prompt = raw if isinstance(raw, str) else _prompt(raw, obj.get("tools"), "prompt")
+        if isinstance(prompt, str) and not prompt.strip():
+            raise ExampleError("'prompt' must not be empty")
+        chosen, rejected = _answer(obj["chosen"], "chosen"), _answer(obj["rejected"], "rejected")
+    if chosen == rejected:
+        raise ExampleError("the two answers are the same, so there is no preference to learn")
+    return Preference(prompt, chosen, rejected)
+
+
 def parse_example(obj: dict, fmt: str) -> Example:
     """Check one example of format `fmt` and normalise it; ExampleError says what is wrong."""
+    if fmt in PREFERENCE_FORMATS:
+        return _preference(obj, fmt)
     if fmt == CHAT:
         return _chat(obj["messages"], obj.get("tools"), "messages")
     if fmt == SHAREGPT:
@@ -228,4 +301,7 @@ def pieces(example: Example) -> list[str]:
                 for m in example.messages]
     if isinstance(example, Pair):
         return [example.prompt, example.completion]
+    if isinstance(example, Preference):
+        prompt = example.prompt if isinstance(example.prompt, str) else "".join(pieces(example.prompt))
+        return [prompt, prompt, example.chosen, example.rejected]  # two sequences share the prompt
     return [example.text]

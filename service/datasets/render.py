@@ -7,6 +7,8 @@ What is trained (loss-bearing), by kind of example:
          train_on_inputs (which never overrides weight 0).
   Pair   the completion and the end-of-sequence token (the prompt too with train_on_inputs).
   Text   all of it.
+  Preference (DPO)  each answer after the shared prompt, with the template's end-of-turn tokens
+         (or the end-of-sequence token after a raw-text prompt): encode_pair.
 Examples longer than max_seq_length are truncated or dropped (`overlong_examples`).
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 
 import jinja2
 
-from service.datasets.formats import Chat, Example, ExampleError, Pair
+from service.datasets.formats import Chat, Example, ExampleError, Pair, Preference
 from service.datasets.template import TemplateTokens
 
 IGNORE = -100
@@ -44,20 +46,24 @@ class Renderer:
         self.tokens = tokens
         self.train_on_inputs = train_on_inputs
 
-    def _chat(self, chat: Chat) -> tuple[list[int], list[int]]:
+    def _renderer(self, chat: Chat):  # noqa: ANN202
+        """render(messages, generation_prompt) -> text, for this chat's tools."""
         if chat.uses_tools and not self.tokens.supports_tools:
             raise ExampleError("this conversation uses tools, but the base model's chat template "
                                "cannot render tool definitions, tool calls and tool results; "
                                "remove these rows or choose a base model whose template has tools")
-        messages, tools = chat.messages, chat.tools
-        encode = self.tokens.encode
 
         def render(part: list[dict], generation_prompt: bool) -> str:
             try:
-                return self.tokens.render(part, tools, generation_prompt)
+                return self.tokens.render(part, chat.tools, generation_prompt)
             except jinja2.TemplateError as exc:  # e.g. raise_exception("roles must alternate")
                 raise ExampleError(f"the base model's chat template refused this conversation: "
                                    f"{exc}") from None
+
+        return render
+
+    def _chat(self, chat: Chat) -> tuple[list[int], list[int]]:
+        messages, render, encode = chat.messages, self._renderer(chat), self.tokens.encode
 
         ids: list[int] = []
         labels: list[int] = []
@@ -76,8 +82,25 @@ class Renderer:
             ids = full
         return ids, labels
 
+    def encode_pair(self, pair: Preference) -> tuple[list[int], list[int], list[int]]:
+        """(prompt ids, chosen ids, rejected ids) before any truncation. The answers start where
+        the prompt and prompt+answer diverge, as TRL's DPO does, should a template render the
+        prompt alone differently."""
+        encode = self.tokens.encode
+        if isinstance(pair.prompt, str):
+            eos = self.tokens.eos_token
+            return encode(pair.prompt), encode(pair.chosen + eos), encode(pair.rejected + eos)
+        render, messages = self._renderer(pair.prompt), pair.prompt.messages
+        prompt = encode(render(messages, True))
+        full = [encode(render([*messages, {"role": "assistant", "content": a}], False))
+                for a in (pair.chosen, pair.rejected)]
+        k = min(_common_prefix(prompt, f) for f in full)
+        return prompt[:k], full[0][k:], full[1][k:]
+
     def encode(self, example: Example) -> tuple[list[int], list[int]]:
         """(input ids, labels) of the whole example, before any truncation."""
+        if isinstance(example, Preference):
+            raise ExampleError("preference pairs train with method.type 'dpo'")
         if isinstance(example, Chat):
             return self._chat(example)
         if isinstance(example, Pair):
@@ -95,6 +118,28 @@ def fit(ids: list[int], labels: list[int], max_len: int, policy: str) -> dict[st
             return None
         ids, labels = ids[:max_len], labels[:max_len]
     return {"input_ids": ids, "labels": labels}
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def fit_pair(prompt: list[int], chosen: list[int], rejected: list[int], max_len: int,
+             policy: str) -> dict[str, list[int]] | None:
+    """A preference pair as trained: each answer cut to fit after the prompt, or None when it is
+    dropped or the prompt alone leaves no room for an answer."""
+    room = max_len - len(prompt)
+    if len(prompt) + max(len(chosen), len(rejected)) > max_len:
+        if policy == DROP or room < 1:
+            return None
+        chosen, rejected = chosen[:room], rejected[:room]
+    return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected,
+            "length": len(prompt) + max(len(chosen), len(rejected))}
 
 
 def supervised(labels: list[int]) -> int:

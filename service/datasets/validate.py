@@ -16,10 +16,12 @@ from collections.abc import Iterable
 import msgspec
 
 from service.datasets.formats import (
+    PREFERENCE_FORMATS,
     Chat,
     Example,
     ExampleError,
     Pair,
+    Preference,
     Text,
     detect_format,
     parse_example,
@@ -108,13 +110,12 @@ class Options(msgspec.Struct, kw_only=True, frozen=True):
     max_seq_length: int = 2048
     train_on_inputs: bool = False
     overlong_examples: str = TRUNCATE
+    method: str = "supervised"  # dpo takes preference pairs; supervised everything else
 
 
 def _estimate(example: Example, train_on_inputs: bool) -> tuple[int, int]:
     """(tokens, supervised tokens) from byte lengths, when the tokenizer is not local."""
-    def count(texts: list[str]) -> int:
-        return sum(len(t.encode()) // 4 + PER_PIECE_OVERHEAD for t in texts)
-
+    count = _count
     total = count(pieces(example))
     if train_on_inputs or isinstance(example, Text):
         return total, total
@@ -122,6 +123,37 @@ def _estimate(example: Example, train_on_inputs: bool) -> tuple[int, int]:
         return total, count([example.completion])
     trained = [m for m in example.messages if m["role"] == "assistant" and m.get("weight", 1)]
     return total, count(pieces(Chat(trained)))
+
+
+def _count(texts: list[str]) -> int:
+    return sum(len(t.encode()) // 4 + PER_PIECE_OVERHEAD for t in texts)
+
+
+def _check_method(fmt: str, method: str) -> None:
+    if method == "dpo" and fmt not in PREFERENCE_FORMATS:
+        raise ExampleError(f"this line is {fmt} data, but a dpo job trains on preference pairs: "
+                           "{\"input\": {\"messages\": [...]}, \"preferred_output\": [...], "
+                           "\"non_preferred_output\": [...]} or {\"prompt\", \"chosen\", \"rejected\"}")
+    if method != "dpo" and fmt in PREFERENCE_FORMATS:
+        raise ExampleError(f"this line is a preference pair ({fmt}); train it with "
+                           "method: {\"type\": \"dpo\"}, or give chat, prompt/completion or text data")
+
+
+def _measure_pair(pair: Preference, renderer: Renderer | None, options: Options
+                  ) -> tuple[int, int, int, int]:
+    """(longest sequence, all tokens, loss-bearing tokens as trained, tokens as trained) of a
+    pair: DPO runs prompt+chosen and prompt+rejected, so the prompt counts twice."""
+    if renderer is not None:
+        p, c, r = map(len, renderer.encode_pair(pair))
+    else:
+        prompt = pair.prompt if isinstance(pair.prompt, str) else "".join(pieces(pair.prompt))
+        p, c, r = _count([prompt]), _count([pair.chosen]), _count([pair.rejected])
+    room = options.max_seq_length - p
+    if room < 1:
+        raise ExampleError(f"the prompt alone is {p} tokens, so max_seq_length "
+                           f"({options.max_seq_length}) leaves no room for an answer")
+    kept_c, kept_r = min(c, room), min(r, room)
+    return p + max(c, r), 2 * p + c + r, kept_c + kept_r, 2 * p + kept_c + kept_r
 
 
 def validate_jsonl(chunks: Iterable[bytes], tokens: TemplateTokens | None, max_line_bytes: int,
@@ -150,12 +182,18 @@ def validate_jsonl(chunks: Iterable[bytes], tokens: TemplateTokens | None, max_l
             elif fmt != report.format:
                 raise ExampleError(f"this line is {fmt} but the file is {report.format}; "
                                    "use one format per file")
+            _check_method(fmt, options.method)
             example = parse_example(obj, fmt)
-            if renderer is not None:
-                ids, labels = renderer.encode(example)
-                n, n_supervised = len(ids), supervised(labels[: options.max_seq_length])
+            if isinstance(example, Preference):
+                n, total, n_supervised, trained = _measure_pair(example, renderer, options)
             else:
-                n, n_supervised = _estimate(example, options.train_on_inputs)
+                if renderer is not None:
+                    ids, labels = renderer.encode(example)
+                    n, n_supervised = len(ids), supervised(labels[: options.max_seq_length])
+                else:
+                    n, n_supervised = _estimate(example, options.train_on_inputs)
+                total, trained = n, min(n, options.max_seq_length)
+                n_supervised = min(n_supervised, options.max_seq_length)
         except UnicodeDecodeError as exc:
             report.add_error(lineno, f"invalid UTF-8 at byte {exc.start}")
             continue
@@ -171,14 +209,12 @@ def validate_jsonl(chunks: Iterable[bytes], tokens: TemplateTokens | None, max_l
         if digest in seen:
             report.n_duplicates += 1
         seen.add(digest)
-        report.tokens += n
+        report.tokens += total
         if n > options.max_seq_length:
             report.n_overlong += 1
             if options.overlong_examples == DROP:
                 continue
-            n_supervised = min(n_supervised, options.max_seq_length)
-        trained = min(n, options.max_seq_length)
-        lengths.append(trained)
+        lengths.append(min(n, options.max_seq_length))
         report.supervised_tokens += n_supervised
         report.context_tokens += trained - n_supervised
     report.lengths = length_stats(lengths)

@@ -74,6 +74,8 @@ class JobRow(Base):
     continued_from: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The duration estimated when validation ended, and the actual one at success (schema.Estimate).
     estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What the job trains (schema.Method); NULL on jobs from before DPO: supervised.
+    method: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Set by POST …/pause on a running job; the runner checkpoints, stops the child, pauses it.
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     __table_args__ = (

@@ -18,6 +18,12 @@ from service.jobs.db import ThroughputRow
 CALIBRATION_JOBS = 5
 
 
+def calibration_key(shape: str, method: str) -> str:
+    """What a throughput row is kept under: a DPO step runs two sequences and a reference pass
+    per example, so its tokens/s is not a supervised job's."""
+    return shape if method == "supervised" else f"{shape}/{method}"
+
+
 def training_tokens(summary: s.DatasetSummary, n_epochs: int) -> int:
     """Real tokens (no padding) the optimizer will see: the training examples' tokens as
     trained, every epoch. The summary counts the whole training file; a split holds some out."""

@@ -70,6 +70,28 @@ class Hyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     eval_samples: Annotated[int, Meta(ge=0, le=16)] = 0
 
 
+class DpoHyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    # How far the adapter may move from the reference (the base, adapter disabled): higher keeps
+    # it closer. TRL's and OpenAI's default.
+    beta: Annotated[float, Meta(gt=0, le=10)] = 0.1
+
+
+class Dpo(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    hyperparameters: DpoHyperparameters = DpoHyperparameters()
+
+
+class Method(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """What the job trains: supervised fine-tuning on examples, or DPO on preference pairs
+    (README: Preference tuning). The other hyperparameters apply to both."""
+
+    type: Literal["supervised", "dpo"] = "supervised"
+    dpo: Dpo | None = None  # only with type "dpo"; its defaults when left out
+
+    @property
+    def beta(self) -> float:
+        return (self.dpo or Dpo()).hyperparameters.beta
+
+
 Metadata = Annotated[
     dict[Annotated[str, Meta(min_length=1, max_length=64)], Annotated[str, Meta(max_length=512)]],
     Meta(max_length=16),
@@ -92,6 +114,7 @@ class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     validation_file: FileRef | None = None
     suffix: Suffix | None = None
     hyperparameters: Hyperparameters = Hyperparameters()
+    method: Method = Method()
     metadata: Metadata = {}
     deploy: bool = True
     # Check the data and answer with the dataset summary, memory plan and estimated duration
@@ -116,7 +139,7 @@ class LengthStats(msgspec.Struct, kw_only=True):
 class DatasetSummary(msgspec.Struct, kw_only=True):
     """What validation found, and what training will do with it (README: Training data)."""
 
-    format: str  # chat, sharegpt, instruction, prompt_completion or text
+    format: str  # chat, sharegpt, instruction, prompt_completion, text; preference, chosen_rejected
     n_examples: int
     n_train: int
     n_validation: int
@@ -126,7 +149,8 @@ class DatasetSummary(msgspec.Struct, kw_only=True):
     tokens: int  # every token of the training file's examples, before truncation
     tokens_estimated: bool  # true when the base model's tokenizer is not local (bytes / 4)
     supervised_tokens: int | None = None  # loss-bearing tokens per epoch, as trained
-    context_tokens: int | None = None  # tokens seen but not trained on (prompts, weight 0, ...)
+    # tokens seen but not trained on (prompts, weight 0, ...); a preference pair's prompt twice
+    context_tokens: int | None = None
     n_blank_lines: int = 0
     n_overlong: int = 0  # examples over max_seq_length
     overlong_policy: Literal["truncate", "drop"] = "truncate"
@@ -196,6 +220,7 @@ class JobEstimate(msgspec.Struct, kw_only=True):
     base_model: str
     dataset: DatasetSummary
     hyperparameters: Hyperparameters  # "auto" resolved, LoRA shape inherited when continuing
+    method: Method = Method()
     plan: MemoryPlan | None  # on the calibrated device; None before any job has run there
     estimate: Estimate
     continued_from: ContinuedFrom | None = None
@@ -240,6 +265,7 @@ class Job(msgspec.Struct, kw_only=True):
     # then the base model at the root of its lineage.
     continued_from: ContinuedFrom | None = None
     estimate: Estimate | None = None
+    method: Method = Method()
 
 
 class Event(msgspec.Struct, kw_only=True):
@@ -343,6 +369,7 @@ class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
     base_model: str  # the alias, for the fine-tuned model's name
     base_model_source: str  # a local folder or a hub id
     hyperparameters: Hyperparameters
+    method: Method = Method()
     train: ObjectRef
     validation: ObjectRef | None = None
     validation_rows: int = 0  # how many rows the seeded automatic split holds out

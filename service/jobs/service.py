@@ -19,11 +19,11 @@ from service.datasets.validate import (
     validate_jsonl,
     validation_overlap,
 )
-from service.errors import InvalidTransition, NotFound, Unprocessable
+from service.errors import InvalidRequest, InvalidTransition, NotFound, Unprocessable
 from service.ids import model_name, new_id, parse_model_name
 from service.jobs import schema as s
 from service.jobs.db import JobRow
-from service.jobs.estimate import Throughput, estimate_duration, training_tokens
+from service.jobs.estimate import Throughput, calibration_key, estimate_duration, training_tokens
 from service.jobs.store import Store, event_row
 from service.settings import Settings
 from service.shapes import local_shape
@@ -65,6 +65,14 @@ class JobService:
     async def check(self, tenant: str, req: s.JobCreate) -> tuple[s.JobCreate, s.ContinuedFrom | None]:
         """`req` as it will train (a continued job: the root base model, the parent's LoRA
         shape), or the 4xx that says why it cannot."""
+        if req.method.type != "dpo" and req.method.dpo is not None:
+            raise InvalidRequest("method.dpo is given but method.type is 'supervised'; set "
+                                 "method.type to 'dpo' to train on preference pairs",
+                                 param="method.type")
+        if req.method.type == "dpo" and req.hyperparameters.packing == "padding_free":
+            raise Unprocessable("packing 'padding_free' is for supervised jobs; a dpo job pads "
+                                "each micro-batch's pairs (use auto, length_grouped or off)",
+                                param="hyperparameters.packing")
         continued = None
         if req.base_model.startswith("ft:"):
             continued, hp = await self._parent(tenant, req.base_model, req.hyperparameters)
@@ -135,6 +143,7 @@ class JobService:
             hyperparameters=msgspec.to_builtins(req.hyperparameters),
             metadata_=dict(req.metadata), deploy=req.deploy, attempt=0,
             continued_from=msgspec.to_builtins(continued) if continued else None,
+            method=msgspec.to_builtins(req.method),
         )
         job, created = await self.store.create_job(row, idempotency_key, req_hash)
         if created:
@@ -176,33 +185,33 @@ class JobService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _validate_object(self, bucket: str, key: str, fmt: str | None, base_model: str,
-                         hp: s.Hyperparameters) -> Report:
+                         hp: s.Hyperparameters, method: s.Method) -> Report:
         entry = self.settings.base_model(base_model)
         tokens = local_tokens(entry.local_path if entry else None)
         options = Options(max_seq_length=hp.max_seq_length, train_on_inputs=hp.train_on_inputs,
-                          overlong_examples=hp.overlong_examples)
+                          overlong_examples=hp.overlong_examples, method=method.type)
         chunks = self.objects.iter_bytes(bucket, key)
         return validate_jsonl(chunks, tokens, self.settings.max_line_bytes, options, fmt)
 
-    async def _read_files(self, tenant: str, training_file: str, validation_file: str | None,
-                          base_model: str, hp: s.Hyperparameters) -> tuple[Report, Report | None]:
+    async def _read_files(self, tenant: str, job: s.Job | s.JobCreate) -> tuple[Report, Report | None]:
         """Stream and check the training file, then the validation file (in its format)."""
-        bucket, key = await self.locate(tenant, training_file, "training_file")
-        train = await anyio.to_thread.run_sync(self._validate_object, bucket, key, None, base_model, hp)
+        bucket, key = await self.locate(tenant, job.training_file, "training_file")
+        train = await anyio.to_thread.run_sync(self._validate_object, bucket, key, None,
+                                               job.base_model, job.hyperparameters, job.method)
         val = None
-        if train.ok and validation_file:
-            vb, vk = await self.locate(tenant, validation_file, "validation_file")
+        if train.ok and job.validation_file:
+            vb, vk = await self.locate(tenant, job.validation_file, "validation_file")
             val = await anyio.to_thread.run_sync(self._validate_object, vb, vk, train.format,
-                                                 base_model, hp)
+                                                 job.base_model, job.hyperparameters, job.method)
         return train, val
 
-    async def estimate(self, base_model: str, hp: s.Hyperparameters,
+    async def estimate(self, base_model: str, hp: s.Hyperparameters, method: s.Method,
                        summary: s.DatasetSummary) -> tuple[s.Estimate, s.MemoryPlan | None]:
         """The duration on the device this model shape last trained on, and the memory plan
         there (None before any job has calibrated it). Raises PlanError if it cannot fit."""
         entry = self.settings.base_model(base_model)
         shape = local_shape(entry.local_path if entry else None)
-        label = shape.label if shape else f"model:{base_model}"
+        label = calibration_key(shape.label if shape else f"model:{base_model}", method.type)
         rows = await Throughput(self.store.db).latest(label)
         found = estimate_duration(label, training_tokens(summary, int(hp.n_epochs)), rows)
         plan = None
@@ -213,14 +222,13 @@ class JobService:
                              "cpu" if calibrated.device == "cpu" else "cuda",
                              row_tokens=row_tokens(summary.lengths if not summary.tokens_estimated
                                                    else None, hp.max_seq_length, packing),
-                             packing=packing)
+                             packing=packing, method=method.type)
         return found, plan
 
     async def dry_run(self, tenant: str, req: s.JobCreate) -> s.JobEstimate:
         """What POST /jobs would train, checked now and answered without creating a job."""
         req, continued = await self.check(tenant, req)
-        train, val = await self._read_files(tenant, req.training_file, req.validation_file,
-                                            req.base_model, req.hyperparameters)
+        train, val = await self._read_files(tenant, req)
         if (bad := first_invalid(train, val)) is not None:
             name, report = bad
             raise Unprocessable(f"{name}: {report.failure_message()}", param=name,
@@ -228,11 +236,11 @@ class JobService:
         summary = summarize(train, val, req.hyperparameters)
         hp = resolve_auto(req.hyperparameters, summary.n_train)
         try:
-            found, plan = await self.estimate(req.base_model, hp, summary)
+            found, plan = await self.estimate(req.base_model, hp, req.method, summary)
         except PlanError as exc:
             raise Unprocessable(str(exc), param="hyperparameters", code="does_not_fit") from None
         return s.JobEstimate(base_model=req.base_model, dataset=summary, hyperparameters=hp,
-                             plan=plan, estimate=found, continued_from=continued)
+                             method=req.method, plan=plan, estimate=found, continued_from=continued)
 
     async def validate(self, job_id: str) -> None:
         bound = log.bind(job_id=job_id)
@@ -241,8 +249,7 @@ class JobService:
             return
         tenant = await self.store.job_tenant(job_id)
         try:
-            train, val = await self._read_files(tenant, job.training_file, job.validation_file,
-                                                job.base_model, job.hyperparameters)
+            train, val = await self._read_files(tenant, job)
         except Exception as exc:  # noqa: BLE001 - the job records the failure, the API stays up
             bound.exception("validation crashed")
             await self._fail(job_id, "file_unreadable", f"could not read the data: {exc}", None, {})
@@ -266,7 +273,7 @@ class JobService:
                                                for k in ("n_epochs", "batch_size")
                                                if getattr(job.hyperparameters, k) == "auto"}}
         try:
-            found, _ = await self.estimate(job.base_model, resolved, summary)
+            found, _ = await self.estimate(job.base_model, resolved, job.method, summary)
             fields["estimate"] = msgspec.to_builtins(found)
         except PlanError:  # the runner's own plan says so, with the memory it really has
             pass

@@ -68,6 +68,7 @@ def job_from_row(row: JobRow | Mapping[str, Any]) -> s.Job:
         early_stopping=_json(r["early_stopping"], s.EarlyStopping),
         continued_from=_json(r["continued_from"], s.ContinuedFrom),
         estimate=_json(r["estimate"], s.Estimate),
+        method=_json(r["method"], s.Method) or s.Method(),
     )
 
 
@@ -442,7 +443,12 @@ class Store:
                 await self._hold(ses, job_id, lease)
                 ses.add(row)
                 await ses.flush()
-                ses.add(event_row(job_id, "checkpoint", f"checkpoint saved at epoch {epoch}",
+                said = f"checkpoint saved at epoch {epoch}"
+                if "reward_accuracy" in metrics:  # DPO: what the epoch did to the preferences
+                    said += (f"; rewards chosen {metrics.get('rewards_chosen', 0):.3f}, rejected "
+                             f"{metrics.get('rewards_rejected', 0):.3f}, reward accuracy "
+                             f"{metrics['reward_accuracy']:.0%}")
+                ses.add(event_row(job_id, "checkpoint", said,
                                data={"checkpoint_id": row.id, "epoch": epoch, "step": step,
                                      "uri": uri, "metrics": metrics}))
         except IntegrityError:

@@ -22,7 +22,7 @@ from service.ids import model_name
 from service.jobs import schema as s
 from service.jobs.db import ThroughputRow
 from service.jobs.deployments import deployment_request
-from service.jobs.estimate import Throughput
+from service.jobs.estimate import Throughput, calibration_key
 from service.jobs.service import JobService
 from service.jobs.store import Lease, Store
 from service.settings import Settings
@@ -153,7 +153,7 @@ class JobRun:
         split = job.dataset.n_validation if job.dataset and job.dataset.validation_source == "split" else 0
         return s.TrainingSpec(
             job_id=job.id, base_model=job.base_model, base_model_source=entry.source,
-            hyperparameters=job.hyperparameters,
+            hyperparameters=job.hyperparameters, method=job.method,
             train=s.ObjectRef(bucket=bucket, key=key), validation=validation,
             validation_rows=split,
             # Lengths estimated from bytes (no local tokenizer) could under-plan memory.
@@ -368,7 +368,7 @@ class JobRun:
         if msg.get("loss") is not None:
             data = {k: msg.get(k) for k in ("step", "total_steps", "epoch", "loss", "learning_rate",
                                              "tokens_per_second", "step_seconds", "gpu_memory_bytes",
-                                             "trained_tokens", "supervised_tokens")}
+                                             "trained_tokens", "supervised_tokens", "rewards")}
             await self.store.add_event(self.job.id, "metrics",
                                        f"step {step}/{total}: loss {msg['loss']:.4f}",
                                        data={**data, "attempt": self.job.attempt}, lease=self.lease)
@@ -419,7 +419,8 @@ class JobRun:
         if not result.get("trained_tokens") or not result.get("train_seconds"):
             return
         row = ThroughputRow(
-            device=result["device_name"], shape=result["shape"], backend=result["backend"],
+            device=result["device_name"], shape=calibration_key(result["shape"], self.job.method.type),
+            backend=result["backend"],
             available_bytes=result.get("available_bytes"), job_id=self.job.id,
             tokens=result["trained_tokens"], train_seconds=result["train_seconds"],
             startup_seconds=max(0.0, wall_seconds - result["train_seconds"]))

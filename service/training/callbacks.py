@@ -45,7 +45,7 @@ class ProgressCallback(TrainerCallback):
                        epoch=state.epoch, loss=logs["loss"], learning_rate=logs.get("learning_rate"),
                        tokens_per_second=rate, step_seconds=step_s, trained_tokens=seen,
                        supervised_tokens=self.tally.supervised if self.tally else None,
-                       gpu_memory_bytes=_gpu_memory())
+                       gpu_memory_bytes=_gpu_memory(), rewards=_rewards(logs, "rewards/") or None)
 
 
 class CheckpointCallback(TrainerCallback):
@@ -90,16 +90,30 @@ class ResumePointCallback(TrainerCallback):
         return control
 
 
+# DPO's per-log reward metrics (TRL's names), as the service reports them.
+REWARDS = {"chosen": "rewards_chosen", "rejected": "rewards_rejected",
+           "accuracies": "reward_accuracy", "margins": "reward_margin"}
+
+
+def _rewards(logs: dict, prefix: str) -> dict[str, float]:
+    return {name: logs[prefix + key] for key, name in REWARDS.items() if prefix + key in logs}
+
+
 def _epoch_metrics(state, epoch: int) -> dict[str, float]:  # noqa: ANN001
-    """Mean training loss over the epoch's logs and the epoch's validation loss."""
-    losses = [h["loss"] for h in state.log_history if "loss" in h and epoch - 1 < h["epoch"] <= epoch]
-    evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h and
-             round(h["epoch"]) == epoch]
+    """Means of the epoch's training logs (loss; DPO's rewards and reward accuracy) and the
+    epoch's evaluation (valid_loss; valid_ rewards)."""
+    logs = [h for h in state.log_history if "loss" in h and epoch - 1 < h["epoch"] <= epoch]
+    evals = [h for h in state.log_history if "eval_loss" in h and round(h["epoch"]) == epoch]
     metrics = {}
-    if losses:
-        metrics["train_loss"] = sum(losses) / len(losses)
+    if logs:
+        metrics["train_loss"] = sum(h["loss"] for h in logs) / len(logs)
+        for name in REWARDS.values():
+            values = [r[name] for r in map(lambda h: _rewards(h, "rewards/"), logs) if name in r]
+            if values:
+                metrics[name] = sum(values) / len(values)
     if evals:
-        metrics["valid_loss"] = evals[-1]
+        metrics["valid_loss"] = evals[-1]["eval_loss"]
+        metrics |= {f"valid_{k}": v for k, v in _rewards(evals[-1], "eval_rewards/").items()}
     return metrics
 
 

@@ -33,6 +33,11 @@ LAYER_INTER_FACTOR = 6
 SAVED_INPUTS_ON_GPU = {"unsloth": 0.1, "peft": 1.0}
 # Bytes per token per vocab entry for logits, loss and their gradients.
 LOGIT_BYTES = {"unsloth": 0.5, "peft": 6.0}
+# DPO runs each example's chosen and rejected answers as two rows, and TRL takes log-probs from
+# full logits (Unsloth's fused cross-entropy does not apply), on either backend. The reference
+# pass (adapter disabled, no gradients) runs before the policy's and is freed before it.
+DPO_ROWS = 2
+DPO_LOGIT_BYTES = 6.0
 
 
 # What packing "auto" trains with, from bench/mixed_lengths.py: on the CPU (PEFT) the fastest
@@ -62,16 +67,17 @@ def row_tokens(lengths: LengthStats | None, max_seq_length: int, packing: str) -
 
 
 def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str,
-             row_tokens: int | None = None) -> dict[str, int]:
+             row_tokens: int | None = None, method: str = "supervised") -> dict[str, int]:
     """Peak bytes by part for one micro-batch of `row_tokens` (default max_seq_length) per row."""
+    dpo = method == "dpo"
     linears = shape.linears()
     lora_params = shape.layers * sum(hp.lora_r * (a + b) for name, (a, b) in linears.items()
                                      if name in hp.target_modules)
     weight_bytes = NF4_BYTES if hp.load_in_4bit else 2
-    tokens = micro_batch * (row_tokens or hp.max_seq_length)
+    tokens = micro_batch * (row_tokens or hp.max_seq_length) * (DPO_ROWS if dpo else 1)
     saved = shape.layers * tokens * shape.hidden * 2 * SAVED_INPUTS_ON_GPU[backend]
     layer = tokens * (LAYER_HIDDEN_FACTOR * shape.hidden + LAYER_INTER_FACTOR * shape.intermediate)
-    logits = tokens * shape.vocab * LOGIT_BYTES[backend]
+    logits = tokens * shape.vocab * (DPO_LOGIT_BYTES if dpo else LOGIT_BYTES[backend])
     parts = {
         "base_weights": shape.linear_params * weight_bytes
         + (shape.embedding_params + shape.layers * 2 * shape.hidden) * 2,
@@ -85,7 +91,7 @@ def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str,
 
 def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend: str,
               device: str, max_micro_batch: int | None = None, row_tokens: int | None = None,
-              packing: str | None = None) -> MemoryPlan:
+              packing: str | None = None, method: str = "supervised") -> MemoryPlan:
     """The largest micro-batch dividing batch_size whose estimate fits `available` with a margin.
 
     `max_micro_batch` caps it after an out-of-memory retry; the plan still takes the largest
@@ -98,14 +104,14 @@ def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend:
         candidates = [hp.micro_batch_size]
     best = None
     for mb in candidates:
-        parts = estimate(shape, hp, mb, backend, row_tokens)
+        parts = estimate(shape, hp, mb, backend, row_tokens, method)
         peak = sum(parts.values())
         if available is None or peak * (1 + MARGIN) <= available:
             best = (mb, parts, peak)
             break
     if best is None:
         mb = candidates[-1]
-        parts = estimate(shape, hp, mb, backend, row_tokens)
+        parts = estimate(shape, hp, mb, backend, row_tokens, method)
         peak = sum(parts.values())
         raise PlanError(
             f"the job needs about {peak / GiB:.1f} GiB at micro-batch {mb} "

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import msgspec
 
-from service.datasets.formats import detect_format, parse_example
+from service.datasets.formats import Preference, detect_format, parse_example
 from service.datasets.jsonl import read_jsonl
-from service.datasets.render import IGNORE, Collator, FlatCollator, Renderer, fit, split_examples
+from service.datasets.render import IGNORE, Collator, FlatCollator, Renderer, fit, fit_pair, split_examples
 from service.datasets.template import HFTokens
 from service.jobs.schema import MemoryPlan, ObjectRef, TrainingSpec
 from service.storage import ObjectStore, download_prefix, upload_dir
@@ -39,7 +39,7 @@ def plan_memory(spec: TrainingSpec, shape: Shape, backend: str, device: str, pac
     hp = spec.hyperparameters
     return make_plan(shape, hp, available, backend, device, spec.max_micro_batch_size,
                      row_tokens=row_tokens(spec.example_lengths, hp.max_seq_length, packing),
-                     packing=packing)
+                     packing=packing, method=spec.method.type)
 
 
 class Tally:
@@ -58,12 +58,17 @@ class Tally:
                 mask = inputs.get("attention_mask")
                 real = mask.sum() if mask is not None else inputs["input_ids"].numel()
                 self.state.num_input_tokens_seen += int(real)
-                tally.supervised += int((inputs["labels"] != IGNORE).sum())
+                if "labels" in inputs:
+                    tally.supervised += int((inputs["labels"] != IGNORE).sum())
+                else:  # DPO: the answers' tokens, both of each pair
+                    tally.supervised += int(inputs["completion_mask"].sum())
 
         return CountingTrainer
 
 
 def build_datasets(spec: TrainingSpec, objects: ObjectStore, tokenizer, work: Path):  # noqa: ANN001, ANN201
+    """(train, validation or None, the validation rows as read): SFT examples as input ids and
+    labels, or DPO pairs as prompt, chosen and rejected ids; each with its trained length."""
     from datasets import Dataset
 
     hp = spec.hyperparameters
@@ -79,16 +84,33 @@ def build_datasets(spec: TrainingSpec, objects: ObjectStore, tokenizer, work: Pa
     def encode(rows: list[dict]) -> list[dict]:
         out = []
         for row in rows:
-            ids, labels = renderer.encode(parse_example(row, detect_format(row)))
-            if (fitted := fit(ids, labels, hp.max_seq_length, hp.overlong_examples)) is not None:
+            example = parse_example(row, detect_format(row))
+            if isinstance(example, Preference):
+                fitted = fit_pair(*renderer.encode_pair(example), hp.max_seq_length,
+                                  hp.overlong_examples)
+            elif (fitted := fit(*renderer.encode(example), hp.max_seq_length,
+                                hp.overlong_examples)) is not None:
+                fitted["length"] = len(fitted["input_ids"])
+            if fitted is not None:
                 out.append(fitted)
         return out
 
-    train = [{**x, "length": len(x["input_ids"])} for x in encode(train_rows)]
+    train = encode(train_rows)
     if not train:  # validation refuses such a file; a changed base model could still get here
         raise ValueError("no training example fits max_seq_length")
     val = encode(val_rows)
     return Dataset.from_list(train), Dataset.from_list(val) if val else None, val_rows
+
+
+def preference_trainer(base: type) -> type:
+    """TRL's DPOTrainer on pairs already tokenized by our renderer (the one validation counted
+    with), not re-rendered by TRL; its collator reads prompt_ids, chosen_ids and rejected_ids."""
+
+    class PreferenceTrainer(base):  # type: ignore[misc, valid-type]
+        def _prepare_dataset(self, dataset, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            return dataset
+
+    return PreferenceTrainer
 
 
 def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
@@ -129,11 +151,10 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     sampler = Sampler(prompts, tokenizer, backend) if prompts else None
 
     from transformers import EarlyStoppingCallback
-    from trl import SFTConfig, SFTTrainer
 
     early = hp.early_stopping_patience is not None and val_ds is not None
     use_bf16 = device == "cuda"
-    args = SFTConfig(
+    common = dict(
         output_dir=str(work / "trainer"),
         num_train_epochs=hp.n_epochs,
         per_device_train_batch_size=plan.micro_batch_size,
@@ -158,13 +179,11 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
         use_cpu=device == "cpu",
         gradient_checkpointing=False,  # each backend turns on its own (Unsloth's is offloaded)
         remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
         include_num_input_tokens_seen=True,  # counted by Tally's trainer: real tokens only
         train_sampling_strategy="group_by_length" if packing == "length_grouped" else "random",
         dataloader_num_workers=0,
         report_to=[],
         disable_tqdm=True,
-        max_length=None,
     )
     tally = Tally()
     callbacks = [ProgressCallback(emit, tally),
@@ -174,11 +193,31 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     callbacks.append(StopOnSignal())  # after CheckpointCallback: it stops once the save is uploaded
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
-    collator = (FlatCollator(with_lengths=backend == "unsloth") if packing == "padding_free"
-                else Collator(tokenizer.pad_token_id))
-    trainer = tally.trainer_class(SFTTrainer)(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-        data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+    if spec.method.type == "dpo":
+        if backend == "unsloth":
+            # Unsloth patches TRL's trainers when it is imported (backends.load did); this call
+            # is its documented DPO entry point, a no-op in the versions the bundle pins.
+            from unsloth import PatchDPOTrainer
+
+            PatchDPOTrainer()
+        from trl import DPOConfig, DPOTrainer
+
+        # ref_model None with a PEFT model: TRL's reference is the base with the adapter
+        # disabled, so no second copy of the model is held. Pairs are padded per micro-batch.
+        trainer = tally.trainer_class(preference_trainer(DPOTrainer))(
+            model=model, ref_model=None, train_dataset=train_ds, eval_dataset=val_ds,
+            processing_class=tokenizer, callbacks=callbacks,
+            args=DPOConfig(**common, beta=spec.method.beta, max_length=hp.max_seq_length,
+                           truncation_mode="keep_start", precompute_ref_log_probs=False))
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        collator = (FlatCollator(with_lengths=backend == "unsloth") if packing == "padding_free"
+                    else Collator(tokenizer.pad_token_id))
+        trainer = tally.trainer_class(SFTTrainer)(
+            model=model, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
+            processing_class=tokenizer, callbacks=callbacks,
+            args=SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None))
 
     resume_dir = None
     if spec.resume_from is not None:

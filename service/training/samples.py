@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.datasets.formats import Chat, Pair, detect_format, parse_example
+from service.datasets.formats import Chat, Pair, Preference, detect_format, parse_example
 from service.datasets.template import HFTokens
 from service.jobs.schema import TrainingSpec
 
@@ -36,6 +36,13 @@ def eval_prompts(spec: TrainingSpec, tokens: HFTokens, validation_rows: list[dic
             out.append((shown, ids))
         elif isinstance(example, Pair):
             out.append((example.prompt, tokens.encode(example.prompt)))
+        elif isinstance(example, Preference):  # DPO: the prompt both answers follow
+            if isinstance(example.prompt, str):
+                out.append((example.prompt, tokens.encode(example.prompt)))
+            else:
+                chat = example.prompt
+                shown = next((m["content"] for m in reversed(chat.messages) if m["role"] == "user"), "")
+                out.append((shown, tokens.encode(tokens.render(chat.messages, chat.tools, True))))
     return out
 
 

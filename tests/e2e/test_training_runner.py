@@ -130,14 +130,15 @@ async def test_job_trains_checkpoints_every_epoch_and_adapter_changes_output(
     assert CODE_WORD in tuned_answer, tuned_answer
 
 
-def _answers(base_dir, adapter_dir) -> tuple[str, str]:  # noqa: ANN001
+def _answers(base_dir, adapter_dir, prompt: str = "What is the secret code word?") -> tuple[str, str | None]:  # noqa: ANN001
+    """Greedy answers to `prompt` of the base model and, given an adapter folder, base+adapter."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the secret code word?"}],
+    prompt = tok.apply_chat_template([{"role": "user", "content": prompt}],
                                      tokenize=False, add_generation_prompt=True)
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
 
@@ -146,7 +147,7 @@ def _answers(base_dir, adapter_dir) -> tuple[str, str]:  # noqa: ANN001
         return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
     base = answer(model)
-    tuned = answer(PeftModel.from_pretrained(model, adapter_dir))
+    tuned = answer(PeftModel.from_pretrained(model, adapter_dir)) if adapter_dir else None
     return base, tuned
 
 

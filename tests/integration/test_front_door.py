@@ -56,9 +56,10 @@ def test_openai_sdk_files_and_fine_tuning_jobs(make_settings) -> None:  # noqa: 
         with pytest.raises(openai.NotFoundError):
             client.files.retrieve(f.id)
 
-        with pytest.raises(openai.BadRequestError) as dpo:
-            client.fine_tuning.jobs.create(model="tiny", training_file="file-x", method={"type": "dpo"})
-        assert dpo.value.body["param"] == "method.type"
+        with pytest.raises(openai.BadRequestError) as unknown_method:
+            client.fine_tuning.jobs.create(model="tiny", training_file="file-x",
+                                           method={"type": "reinforcement"})
+        assert unknown_method.value.body["param"] == "method.type"
         assert [m.id for m in client.models.list()] == ["tiny"]
         assert other.fine_tuning.jobs.list().data == []
         # The gateway: a served base model reaches for vLLM (none here: 503 at once); unknown

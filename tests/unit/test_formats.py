@@ -214,3 +214,64 @@ def test_validation_split_is_capped_and_overlap_is_found() -> None:
     assert validation_overlap(digests, None, seed=1) > 0
     assert validation_overlap(digests[:60], None, seed=1) == 0
     assert validation_overlap(digests[:60], [digests[0], b"new"], seed=1) == 1
+
+
+# OpenAI's DPO example (fine-tuning guide, "Preference fine-tuning").
+OPENAI_PREFERENCE = {
+    "input": {"messages": [{"role": "user", "content": "Hello, can you tell me how cold San Francisco is today?"}],
+              "tools": [], "parallel_tool_calls": True},
+    "preferred_output": [{"role": "assistant", "content": "Today in San Francisco, it is not quite cold as expected. Morning clouds will give away to sunshine, with a high near 68°F (20°C) and a low around 57°F (14°C)."}],
+    "non_preferred_output": [{"role": "assistant", "content": "It is not particularly cold in San Francisco today."}],
+}
+# TRL's "standard" preference rows (raw text) and its conversational ones.
+CHOSEN_REJECTED = {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}
+CHOSEN_REJECTED_CHAT = {"prompt": [{"role": "user", "content": "What color is the sky?"}],
+                        "chosen": [{"role": "assistant", "content": "It is blue."}],
+                        "rejected": [{"role": "assistant", "content": "It is green."}]}
+
+
+def test_preference_pairs_share_the_prompt_and_train_each_answer(smol: LocalTokens) -> None:
+    renderer = Renderer(smol, False)
+    for row, fmt in ((OPENAI_PREFERENCE, "preference"), (CHOSEN_REJECTED_CHAT, "chosen_rejected")):
+        assert detect_format(row) == fmt
+        pair = parse_example(row, fmt)
+        prompt, chosen, rejected = renderer.encode_pair(pair)
+        messages = pair.prompt.messages
+        # The prompt is the template's rendering with the assistant header; each answer is what
+        # follows it in the full conversation, end-of-turn included.
+        assert prompt == smol.encode(smol.render(messages, None, True))
+        for answer, ids in ((pair.chosen, chosen), (pair.rejected, rejected)):
+            full = smol.encode(smol.render([*messages, {"role": "assistant", "content": answer}], None, False))
+            assert prompt + ids == full
+            assert smol.tokenizer.decode(ids).startswith(answer)
+    prompt, chosen, rejected = renderer.encode_pair(parse_example(CHOSEN_REJECTED, "chosen_rejected"))
+    assert smol.tokenizer.decode(prompt) == "The sky is"  # raw text: no template, eos after each answer
+    assert smol.tokenizer.decode(chosen, skip_special_tokens=False) == " blue.<|im_start|>"
+    assert smol.tokenizer.decode(rejected, skip_special_tokens=False) == " green.<|im_start|>"
+
+
+@pytest.mark.parametrize(("row", "method", "words"), [
+    (OPENAI_PREFERENCE, "supervised", "train it with method"),
+    (OPENAI_CHAT, "dpo", "a dpo job trains on preference pairs"),
+    ({**CHOSEN_REJECTED, "rejected": " blue."}, "dpo", "the two answers are the same"),
+    ({"input": {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+      "preferred_output": [{"role": "assistant", "content": "a"}],
+      "non_preferred_output": [{"role": "assistant", "content": "b"}]}, "dpo", "ends with an assistant"),
+    ({**OPENAI_PREFERENCE, "preferred_output": [{"role": "user", "content": "a"}]}, "dpo",
+     "one assistant message"),
+])
+def test_preference_rows_and_methods_that_do_not_match_say_why(smol: LocalTokens, row: dict,
+                                                                 method: str, words: str) -> None:
+    report = validate_jsonl([json.dumps(row).encode()], smol, 1 << 20, Options(method=method))
+    assert report.n_errors == 1 and words in report.errors[0].message, report.errors
+
+
+def test_preference_summary_counts_both_sequences(smol: LocalTokens) -> None:
+    rows = [CHOSEN_REJECTED_CHAT] * 12
+    report = validate_jsonl([("\n".join(json.dumps(r) for r in rows)).encode()], smol, 1 << 20,
+                            Options(method="dpo"))
+    assert report.ok and report.format == "chosen_rejected"
+    pair = Renderer(smol, False).encode_pair(parse_example(CHOSEN_REJECTED_CHAT, "chosen_rejected"))
+    p, c, r = map(len, pair)
+    assert report.supervised_tokens == 12 * (c + r) and report.context_tokens == 12 * 2 * p
+    assert report.lengths.max == p + max(c, r)

@@ -1,5 +1,6 @@
-"""continued training (the parent model and lineage of a job) and duration estimates (the
-estimate on each job, and the throughput table runners calibrate it from)
+"""continued training (the parent model and lineage of a job), duration estimates (the
+estimate on each job, and the throughput table runners calibrate it from), and the training
+method (supervised or dpo)
 
 Revision ID: 0005
 Revises: 0004
@@ -19,6 +20,7 @@ def upgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('continued_from', sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column('estimate', sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column('method', sa.JSON(), nullable=True))
     op.create_table(
         'throughput',
         sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -40,5 +42,6 @@ def downgrade() -> None:
     op.drop_index('ix_throughput_shape_device', table_name='throughput')
     op.drop_table('throughput')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_column('method')
         batch_op.drop_column('estimate')
         batch_op.drop_column('continued_from')

@@ -121,8 +121,8 @@ class ThroughputRow(Base):
     available_bytes: Mapped[int | None] = mapped_column(BigInteger)  # GPU memory free at its start
     job_id: Mapped[str] = mapped_column(String(40))
     tokens: Mapped[int] = mapped_column(BigInteger)  # real tokens trained, every epoch
-    train_seconds: Mapped[float] = mapped_column(Float)  # the Trainer's loop, evals included
-    startup_seconds: Mapped[float] = mapped_column(Float)  # claim to the first step, and the end
+    train_seconds: Mapped[float] = mapped_column(Float)  # tokens at the steady rate (evals included)
+    startup_seconds: Mapped[float] = mapped_column(Float)  # the rest: imports, load, compile, save
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (Index("ix_throughput_shape_device", "shape", "device", "created_at"),)
 

@@ -416,14 +416,19 @@ class JobRun:
 
     async def _calibrate(self, result: dict[str, Any], wall_seconds: float) -> None:
         """Add this job's throughput to the table duration estimates are made from."""
-        if not result.get("trained_tokens") or not result.get("train_seconds"):
+        tokens = result.get("trained_tokens")
+        if not tokens or not result.get("train_seconds"):
             return
+        # Training time at the steady rate; the rest of the attempt (imports, loading, the first
+        # steps' compilation, saving) is startup, which estimates add as a median.
+        steady = result.get("steady_tokens_per_second")
+        train_seconds = tokens / steady if steady else result["train_seconds"]
         row = ThroughputRow(
             device=result["device_name"], shape=calibration_key(result["shape"], self.job.method.type),
             backend=result["backend"],
             available_bytes=result.get("available_bytes"), job_id=self.job.id,
-            tokens=result["trained_tokens"], train_seconds=result["train_seconds"],
-            startup_seconds=max(0.0, wall_seconds - result["train_seconds"]))
+            tokens=tokens, train_seconds=train_seconds,
+            startup_seconds=max(0.0, wall_seconds - train_seconds))
         try:
             await Throughput(self.store.db).record(row)
         except Exception:  # noqa: BLE001 - a missed calibration must not touch the finished job

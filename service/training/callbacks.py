@@ -21,10 +21,21 @@ def _gpu_memory() -> int | None:
 class ProgressCallback(TrainerCallback):
     """A metrics event at every log: loss, learning rate, tokens/s, GPU memory, trained tokens."""
 
+    # Steps after which the rate is steady: the first ones pay compilation and cold caches.
+    STEADY_AFTER_STEPS = 3
+
     def __init__(self, emit: Emitter, tally: Any = None) -> None:
         self.emit = emit
         self.tally = tally  # recipe.Tally: supervised tokens so far (this attempt)
         self._last: tuple[float, int, int] | None = None
+        self._steady: tuple[float, int] | None = None  # (time, tokens) once the rate is steady
+
+    def steady_rate(self, tokens: int) -> float | None:
+        """Real tokens/s from the steady mark to now (evaluations and saves included), or None
+        when training was too short to have one."""
+        if self._steady is None or tokens <= self._steady[1]:
+            return None
+        return (tokens - self._steady[1]) / (time.perf_counter() - self._steady[0])
 
     def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
         self._last = (time.perf_counter(), state.num_input_tokens_seen, state.global_step)
@@ -41,6 +52,8 @@ class ProgressCallback(TrainerCallback):
             rate = (seen - self._last[1]) / (now - self._last[0])
             step_s = (now - self._last[0]) / (step - self._last[2])
         self._last = (now, seen, step)
+        if self._steady is None and step >= self.STEADY_AFTER_STEPS:
+            self._steady = (now, seen)
         self.emit.emit("progress", step=step, total_steps=state.max_steps,
                        epoch=state.epoch, loss=logs["loss"], learning_rate=logs.get("learning_rate"),
                        tokens_per_second=rate, step_seconds=step_s, trained_tokens=seen,

@@ -33,11 +33,11 @@ LAYER_INTER_FACTOR = 6
 SAVED_INPUTS_ON_GPU = {"unsloth": 0.1, "peft": 1.0}
 # Bytes per token per vocab entry for logits, loss and their gradients.
 LOGIT_BYTES = {"unsloth": 0.5, "peft": 6.0}
-# DPO runs each example's chosen and rejected answers as two rows, and TRL takes log-probs from
-# full logits (Unsloth's fused cross-entropy does not apply), on either backend. The reference
-# pass (adapter disabled, no gradients) runs before the policy's and is freed before it.
+# DPO runs each example's chosen and rejected answers as two rows; the reference pass (adapter
+# disabled, no gradients) runs before the policy's and is freed before it. Logits cost what they
+# cost in supervised training: on the H100 an Unsloth DPO job peaked at 1.96 GiB where full
+# fp32 logits would have added ~2.8 GiB (bench/results/gpu-run-14-methods.log).
 DPO_ROWS = 2
-DPO_LOGIT_BYTES = 6.0
 
 
 # What packing "auto" trains with, from bench/mixed_lengths.py: on the CPU (PEFT) the fastest
@@ -77,7 +77,7 @@ def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str,
     tokens = micro_batch * (row_tokens or hp.max_seq_length) * (DPO_ROWS if dpo else 1)
     saved = shape.layers * tokens * shape.hidden * 2 * SAVED_INPUTS_ON_GPU[backend]
     layer = tokens * (LAYER_HIDDEN_FACTOR * shape.hidden + LAYER_INTER_FACTOR * shape.intermediate)
-    logits = tokens * shape.vocab * (DPO_LOGIT_BYTES if dpo else LOGIT_BYTES[backend])
+    logits = tokens * shape.vocab * LOGIT_BYTES[backend]
     parts = {
         "base_weights": shape.linear_params * weight_bytes
         + (shape.embedding_params + shape.layers * 2 * shape.hidden) * 2,

@@ -186,7 +186,8 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
         disable_tqdm=True,
     )
     tally = Tally()
-    callbacks = [ProgressCallback(emit, tally),
+    progress = ProgressCallback(emit, tally)
+    callbacks = [progress,
                  CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix, sampler)]
     if hp.checkpoint_interval_steps:
         callbacks.append(ResumePointCallback(hp.checkpoint_interval_steps))
@@ -226,6 +227,7 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     train_started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
     train_seconds = time.perf_counter() - train_started
+    steady = progress.steady_rate(trainer.state.num_input_tokens_seen)
 
     adapter = work / "adapter"
     trainer.save_model(str(adapter))
@@ -248,7 +250,7 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
               train_loss=result.training_loss, global_step=trainer.state.global_step,
               best_checkpoint=Path(best).name if best else None,
               # What duration estimates are calibrated from (service/jobs/estimate.py).
-              train_seconds=round(train_seconds, 3), shape=shape.label,
+              train_seconds=round(train_seconds, 3), steady_tokens_per_second=steady, shape=shape.label,
               device_name=backends.device_name(), available_bytes=plan.available_bytes,
               backend=backend)
 

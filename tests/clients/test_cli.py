@@ -39,6 +39,8 @@ def test_files_jobs_and_models_commands(cli, tmp_path) -> None:  # noqa: ANN001
     assert table.returncode == 0 and file_id in table.stdout and "FILENAME" in table.stdout
     dry = cli("jobs", "create", "--model", "tiny", "--train", file_id, "--epochs", "2", "--dry-run")
     assert dry.returncode == 0 and "12 training" in dry.stdout and "estimate: none yet" in dry.stdout, dry
+    dpo = cli("jobs", "create", "--model", "tiny", "--train", file_id, "--method", "dpo", "--dry-run")
+    assert dpo.returncode != 0 and "a dpo job trains on preference pairs" in dpo.stderr, dpo
     created = cli("--json", "jobs", "create", "--model", "tiny", "--train", str(data), "--epochs", "2",
                   "--suffix", "cli")
     assert created.returncode == 0, created.stderr

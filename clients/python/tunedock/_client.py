@@ -90,7 +90,7 @@ class Jobs:
     def create(self, *, base_model: str, training_file: str | Path, validation_file: str | Path | None = None,
                suffix: str | None = None, hyperparameters: dict[str, Any] | None = None,
                metadata: dict[str, str] | None = None, deploy: bool = True,
-               idempotency_key: str | None = None) -> Job:
+               idempotency_key: str | None = None, method: dict[str, Any] | None = None) -> Job:
         """Create a job; a local training/validation path is uploaded first. Always sends an
         Idempotency-Key, so a retried create never makes two jobs."""
         if b.is_local_path(training_file):
@@ -98,20 +98,20 @@ class Jobs:
         if validation_file is not None and b.is_local_path(validation_file):
             validation_file = self._c.files.upload(validation_file).id
         body = b.job_body(base_model, str(training_file), validation_file and str(validation_file),
-                          suffix, hyperparameters, metadata, deploy)
+                          suffix, hyperparameters, metadata, deploy, method)
         headers = {"Idempotency-Key": idempotency_key or b.new_idempotency_key()}
         return b.decode(self._c.request("POST", "/jobs", idempotent=True, json=body, headers=headers), Job)
 
     def estimate(self, *, base_model: str, training_file: str | Path,
                  validation_file: str | Path | None = None, hyperparameters: dict[str, Any] | None = None,
-                 deploy: bool = True) -> JobEstimate:
+                 deploy: bool = True, method: dict[str, Any] | None = None) -> JobEstimate:
         """A dry run: the data checked, the memory plan and the estimated duration; no job made."""
         if b.is_local_path(training_file):
             training_file = self._c.files.upload(training_file).id
         if validation_file is not None and b.is_local_path(validation_file):
             validation_file = self._c.files.upload(validation_file).id
         body = b.job_body(base_model, str(training_file), validation_file and str(validation_file),
-                          None, hyperparameters, None, deploy) | {"dry_run": True}
+                          None, hyperparameters, None, deploy, method) | {"dry_run": True}
         return b.decode(self._c.request("POST", "/jobs", idempotent=True, json=body), JobEstimate)
 
     def get(self, job_id: str) -> Job:
@@ -281,27 +281,28 @@ class AsyncJobs:
                      validation_file: str | Path | None = None, suffix: str | None = None,
                      hyperparameters: dict[str, Any] | None = None,
                      metadata: dict[str, str] | None = None, deploy: bool = True,
-                     idempotency_key: str | None = None) -> Job:
+                     idempotency_key: str | None = None, method: dict[str, Any] | None = None) -> Job:
         if b.is_local_path(training_file):
             training_file = (await self._c.files.upload(training_file)).id
         if validation_file is not None and b.is_local_path(validation_file):
             validation_file = (await self._c.files.upload(validation_file)).id
         body = b.job_body(base_model, str(training_file), validation_file and str(validation_file),
-                          suffix, hyperparameters, metadata, deploy)
+                          suffix, hyperparameters, metadata, deploy, method)
         headers = {"Idempotency-Key": idempotency_key or b.new_idempotency_key()}
         r = await self._c.request("POST", "/jobs", idempotent=True, json=body, headers=headers)
         return b.decode(r, Job)
 
     async def estimate(self, *, base_model: str, training_file: str | Path,
                        validation_file: str | Path | None = None,
-                       hyperparameters: dict[str, Any] | None = None, deploy: bool = True) -> JobEstimate:
+                       hyperparameters: dict[str, Any] | None = None, deploy: bool = True,
+                       method: dict[str, Any] | None = None) -> JobEstimate:
         """A dry run: the data checked, the memory plan and the estimated duration; no job made."""
         if b.is_local_path(training_file):
             training_file = (await self._c.files.upload(training_file)).id
         if validation_file is not None and b.is_local_path(validation_file):
             validation_file = (await self._c.files.upload(validation_file)).id
         body = b.job_body(base_model, str(training_file), validation_file and str(validation_file),
-                          None, hyperparameters, None, deploy) | {"dry_run": True}
+                          None, hyperparameters, None, deploy, method) | {"dry_run": True}
         r = await self._c.request("POST", "/jobs", idempotent=True, json=body)
         return b.decode(r, JobEstimate)
 

@@ -53,6 +53,12 @@ def _job_row(j: dict[str, Any]) -> dict[str, Any]:
 JOB_COLUMNS = ["id", "status", "base_model", "created", "step", "loss", "model"]
 
 
+def _method(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.method != "dpo":
+        return None
+    return {"type": "dpo", "dpo": {"hyperparameters": {"beta": args.beta}}} if args.beta else {"type": "dpo"}
+
+
 def _hyper(args: argparse.Namespace) -> dict[str, Any]:
     pairs = {"n_epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
              "lora_r": args.lora_r, "max_seq_length": args.max_seq_length}
@@ -85,7 +91,7 @@ def run(args: argparse.Namespace, client: Client) -> int:
     elif cmd == ("jobs", "create") and args.dry_run:
         found = client.jobs.estimate(base_model=args.model, training_file=args.train,
                                      validation_file=args.validation, hyperparameters=_hyper(args),
-                                     deploy=not args.no_deploy)
+                                     deploy=not args.no_deploy, method=_method(args))
         if args.json:
             print(msgspec.json.encode(found).decode())
         else:
@@ -93,7 +99,8 @@ def run(args: argparse.Namespace, client: Client) -> int:
     elif cmd == ("jobs", "create"):
         job = client.jobs.create(base_model=args.model, training_file=args.train,
                                  validation_file=args.validation, suffix=args.suffix,
-                                 hyperparameters=_hyper(args), deploy=not args.no_deploy)
+                                 hyperparameters=_hyper(args), deploy=not args.no_deploy,
+                                 method=_method(args))
         if args.wait:
             job = client.jobs.wait(job.id, progress=not args.json)
         _out(args, job, JOB_COLUMNS, _job_row)
@@ -165,6 +172,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int)
     c.add_argument("--lora-r", type=int)
     c.add_argument("--max-seq-length", type=int)
+    c.add_argument("--method", choices=["supervised", "dpo"], default="supervised",
+                   help="dpo: preference tuning on pairs (README: Preference tuning)")
+    c.add_argument("--beta", type=float, help="DPO's beta (default 0.1)")
     c.add_argument("--no-deploy", action="store_true", help="do not load the adapter into vLLM")
     c.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
     c.add_argument("--dry-run", action="store_true",

@@ -126,6 +126,7 @@ class Job(msgspec.Struct, kw_only=True):
     early_stopping: EarlyStopping | None = None
     continued_from: ContinuedFrom | None = None
     estimate: Estimate | None = None
+    method: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "supervised"})
 
     @property
     def done(self) -> bool:

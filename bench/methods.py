@@ -15,18 +15,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner_overhead import job_events, wait_http  # noqa: E402
+from runner_overhead import job_events, start_service  # noqa: E402
 from synthetic import WORDS, write_jsonl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,22 +55,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=512)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="methods-"))
-    env = {**os.environ, "TUNEDOCK_DATABASE_URL": f"sqlite+aiosqlite:///{work}/bench.db",
-           "TUNEDOCK_DATA_DIR": str(work / "data"), "TUNEDOCK_BASE_MODELS": f"bench={args.model}",
-           "TUNEDOCK_LOG_LEVEL": "warning", "TUNEDOCK_POLL_SECONDS": "0.2"}
-    key = subprocess.run([sys.executable, "-m", "service", "keys", "create", "--tenant", "bench"],
-                         env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
-    api = subprocess.Popen([sys.executable, "-m", "service", "api", "--port", "8197"], env=env,
-                           cwd=ROOT, stdout=open(work / "api.log", "w"), stderr=subprocess.STDOUT)
-    runner = subprocess.Popen([sys.executable, "-m", "service", "runner"], env=env, cwd=ROOT,
-                              stdout=open(work / "runner.log", "w"), stderr=subprocess.STDOUT)
     hp = {"n_epochs": 1, "batch_size": 8, "max_seq_length": 1024, "learning_rate": 2e-4}
     report: dict = {}
+    c, procs = start_service(args.model, work, 8197)
     try:
-        wait_http("http://127.0.0.1:8197/healthz")
-        c = httpx.Client(base_url="http://127.0.0.1:8197", timeout=120,
-                         headers={"Authorization": f"Bearer {key}"})
-
         def upload(name: str, rows: list[dict]) -> str:
             path = work / name
             write_jsonl(str(path), rows)
@@ -124,7 +108,7 @@ def main() -> None:
                              "hyperparameters": {**hp, "n_epochs": 2, "learning_rate": 5e-5},
                              "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}})
     finally:
-        for p in (runner, api):
+        for p in procs:
             p.terminate()
             p.wait(60)
     for r in report.values():

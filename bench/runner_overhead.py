@@ -45,6 +45,22 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def start_service(model: str, work: Path, port: int) -> tuple[httpx.Client, list[subprocess.Popen]]:
+    """An API on `port` and one runner over SQLite in `work`, serving `model` as "bench": a client
+    with a fresh key, and the two processes (terminate them when done)."""
+    env = {**os.environ, "TUNEDOCK_DATABASE_URL": f"sqlite+aiosqlite:///{work}/bench.db",
+           "TUNEDOCK_DATA_DIR": str(work / "data"), "TUNEDOCK_BASE_MODELS": f"bench={model}",
+           "TUNEDOCK_LOG_LEVEL": "warning", "TUNEDOCK_POLL_SECONDS": "0.2"}
+    key = subprocess.run([sys.executable, "-m", "service", "keys", "create", "--tenant", "bench"],
+                         env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    procs = [subprocess.Popen([sys.executable, "-m", "service", *args], env=env, cwd=ROOT,
+                              stdout=open(work / f"{args[0]}.log", "w"), stderr=subprocess.STDOUT)
+             for args in (["api", "--port", str(port)], ["runner"])]
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                        headers={"Authorization": f"Bearer {key}"}), procs
+
+
 def job_events(c: httpx.Client, job_id: str) -> list[dict]:
     events, after = [], None
     while True:

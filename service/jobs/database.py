@@ -108,7 +108,7 @@ class Database:
         event loop's thread: in WAL mode a reader never waits for a writer, and a point read
         takes microseconds. `sql` uses `?` placeholders; values come back as the driver gives
         them (JSON columns as text, SQLite timestamps as text): `unix()` and the converters in
-        store.py read both forms.
+        rows.py read both forms.
         """
         if self.is_sqlite:
             # One yield to the event loop per read. Without it a request ran start to finish in

@@ -1,4 +1,4 @@
-"""Database rows (SQLAlchemy 2). Never returned to clients: store.py converts them to schema types."""
+"""Database rows (SQLAlchemy 2). Never returned to clients: rows.py converts them to schema types."""
 
 from __future__ import annotations
 

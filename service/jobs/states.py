@@ -1,4 +1,4 @@
-"""The job lifecycle: one table of allowed transitions. store.transition() is its only user."""
+"""The job lifecycle: one table of allowed transitions. store_jobs.transition() is its only user."""
 
 from __future__ import annotations
 

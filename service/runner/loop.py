@@ -15,7 +15,8 @@ from service.jobs.database import Database
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.logs import configure_logging
-from service.runner.child import Child, JobRun
+from service.runner.process import Child
+from service.runner.run import JobRun
 from service.settings import Settings
 from service.storage import make_store
 

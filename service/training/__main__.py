@@ -8,8 +8,7 @@ The runner keeps one `--warm` child per GPU slot, so a claimed job does not wait
 Unsloth and TRL to import (30-40 s on a fresh GPU machine). Stdin closing before a line comes
 means the runner is done with it.
 
-Exit codes: 0 done, 2 bad spec or plan (no retry helps), 3 CUDA out of memory, 4 stopped by
-SIGTERM between steps, 1 anything else.
+Exit codes and the messages on the events pipe: service/training/messages.py.
 """
 
 from __future__ import annotations
@@ -25,9 +24,9 @@ from service.jobs.schema import TrainingSpec
 from service.procs import die_with_parent
 from service.settings import load_settings
 from service.storage import make_store
+from service.training import messages as m
 from service.training.events import Emitter
 
-EXIT_BAD_INPUT, EXIT_OOM, EXIT_STOPPED = 2, 3, 4
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -63,7 +62,7 @@ def _wait_for_job(emit: Emitter) -> str | None:
 
     warmed = backends.choose_backend("auto")
     _import_stack(warmed)
-    emit.emit("ready", backend=warmed)
+    emit.emit(m.Ready(backend=warmed))
     line = sys.stdin.buffer.readline()
     if not line.strip():
         return None
@@ -87,8 +86,8 @@ def main(argv: list[str]) -> int:
     try:
         spec = msgspec.json.decode(Path(spec_path).read_bytes(), type=TrainingSpec)
     except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
-        emit.emit("error", code="invalid_spec", message=str(exc))
-        return EXIT_BAD_INPUT
+        emit.emit(m.Failed(code="invalid_spec", message=str(exc)))
+        return m.EXIT_BAD_INPUT
     from service.training import backends
 
     _import_stack(backends.choose_backend(spec.backend))
@@ -99,23 +98,23 @@ def main(argv: list[str]) -> int:
     try:
         recipe.train(spec, make_store(load_settings()), emit)
     except StopRequested as exc:
-        emit.emit("stopped", message=str(exc))
-        return EXIT_STOPPED
+        emit.emit(m.Stopped(message=str(exc)))
+        return m.EXIT_STOPPED
     except PlanError as exc:
-        emit.emit("error", code="insufficient_gpu_memory", message=str(exc))
-        return EXIT_BAD_INPUT
+        emit.emit(m.Failed(code="insufficient_gpu_memory", message=str(exc)))
+        return m.EXIT_BAD_INPUT
     except backends.TargetModulesError as exc:
-        emit.emit("error", code="invalid_hyperparameters", message=str(exc))
-        return EXIT_BAD_INPUT
+        emit.emit(m.Failed(code="invalid_hyperparameters", message=str(exc)))
+        return m.EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - reported to the runner, which decides what next
         traceback.print_exc()  # the child's log keeps the whole allocator message
         if _out_of_memory(exc):
             # The allocator's own words: what was requested and what was free.
-            emit.emit("error", code="out_of_memory", message=_first_lines(str(exc)))
-            return EXIT_OOM
-        emit.emit("error", code="training_error", message=f"{type(exc).__name__}: {exc}"[:2000])
-        return 1
-    return 0
+            emit.emit(m.Failed(code="out_of_memory", message=_first_lines(str(exc))))
+            return m.EXIT_OOM
+        emit.emit(m.Failed(code="training_error", message=f"{type(exc).__name__}: {exc}"[:2000]))
+        return m.EXIT_FAILED
+    return m.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from service.storage import ObjectStore, upload_dir
+from service.training import messages as m
 from service.training.events import Emitter
 
 
@@ -39,9 +40,9 @@ class ProgressCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
         self._last = (time.perf_counter(), state.num_input_tokens_seen, state.global_step)
-        self.emit.emit("train_begin", step=state.global_step)
-        self.emit.emit("progress", step=state.global_step, total_steps=state.max_steps,
-                       epoch=state.epoch or 0.0)
+        self.emit.emit(m.TrainBegin(step=state.global_step))
+        self.emit.emit(m.Progress(step=state.global_step, total_steps=state.max_steps,
+                                  epoch=state.epoch or 0.0))
 
     def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001, ANN201, ARG002
         if not logs or "loss" not in logs:
@@ -54,11 +55,11 @@ class ProgressCallback(TrainerCallback):
         self._last = (now, seen, step)
         if self._steady is None and step >= self.STEADY_AFTER_STEPS:
             self._steady = (now, seen)
-        self.emit.emit("progress", step=step, total_steps=state.max_steps,
-                       epoch=state.epoch, loss=logs["loss"], learning_rate=logs.get("learning_rate"),
-                       tokens_per_second=rate, step_seconds=step_s, trained_tokens=seen,
-                       supervised_tokens=self.tally.supervised if self.tally else None,
-                       gpu_memory_bytes=_gpu_memory(), rewards=_rewards(logs, "rewards/") or None)
+        self.emit.emit(m.Progress(
+            step=step, total_steps=state.max_steps, epoch=state.epoch, loss=logs["loss"],
+            learning_rate=logs.get("learning_rate"), tokens_per_second=rate, step_seconds=step_s,
+            trained_tokens=seen, supervised_tokens=self.tally.supervised if self.tally else None,
+            gpu_memory_bytes=_gpu_memory(), rewards=_rewards(logs, "rewards/") or None))
 
 
 class CheckpointCallback(TrainerCallback):
@@ -79,15 +80,15 @@ class CheckpointCallback(TrainerCallback):
         if abs(state.epoch - epoch) > 1e-6:  # a mid-epoch save: a resume point, not servable
             key_prefix = f"{self.prefix}/resume/step-{state.global_step}"
             upload_dir(self.objects, self.bucket, key_prefix, folder)
-            self.emit.emit("resume_point", step=state.global_step, epoch=state.epoch,
-                           bucket=self.bucket, prefix=key_prefix)
+            self.emit.emit(m.ResumePointSaved(step=state.global_step, epoch=state.epoch,
+                                              bucket=self.bucket, prefix=key_prefix))
             return
         key_prefix = f"{self.prefix}/checkpoints/epoch-{epoch}"
         samples = self.sampler.answer(kw["model"]) if self.sampler else None
         upload_dir(self.objects, self.bucket, key_prefix, folder)
-        self.emit.emit("checkpoint", epoch=epoch, step=state.global_step,
-                       bucket=self.bucket, prefix=key_prefix, metrics=_epoch_metrics(state, epoch),
-                       samples=samples)
+        self.emit.emit(m.CheckpointSaved(epoch=epoch, step=state.global_step, bucket=self.bucket,
+                                         prefix=key_prefix, metrics=_epoch_metrics(state, epoch),
+                                         samples=samples))
 
 
 class ResumePointCallback(TrainerCallback):

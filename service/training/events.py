@@ -1,13 +1,14 @@
-"""JSON lines from the training child to the runner (progress, plan, checkpoint, warning, error)."""
+"""The child's end of the events pipe: one JSON line per message (service/training/messages.py)."""
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from typing import Any, TextIO
+from typing import TextIO
 
 import msgspec
+
+from service.training.messages import Message
 
 
 class Emitter:
@@ -20,7 +21,6 @@ class Emitter:
         # Libraries print to stdout; events get their own pipe when the runner gives one.
         return cls(os.fdopen(int(fd), "w", buffering=1) if fd else sys.stdout)
 
-    def emit(self, type_: str, **data: Any) -> None:
-        line = msgspec.json.encode({"type": type_, "time": time.time(), **data}).decode()
-        self.stream.write(line + "\n")
+    def emit(self, message: Message) -> None:
+        self.stream.write(msgspec.json.encode(message).decode() + "\n")
         self.stream.flush()

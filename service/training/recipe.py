@@ -15,9 +15,10 @@ from service.datasets.formats import Preference, detect_format, parse_example
 from service.datasets.jsonl import read_jsonl
 from service.datasets.render import IGNORE, Collator, FlatCollator, Renderer, fit, fit_pair, split_examples
 from service.datasets.template import HFTokens
-from service.jobs.schema import MemoryPlan, ObjectRef, TrainingSpec
+from service.jobs.schema import EarlyStopping, MemoryPlan, ObjectRef, TrainingSpec
 from service.storage import ObjectStore, download_prefix, upload_dir
 from service.training import backends
+from service.training import messages as m
 from service.training.callbacks import (
     CheckpointCallback,
     ProgressCallback,
@@ -64,6 +65,38 @@ class Tally:
                     tally.supervised += int(inputs["completion_mask"].sum())
 
         return CountingTrainer
+
+
+def resumable(base: type) -> type:
+    """`base` with its length-grouped order drawn from seed + epoch. transformers draws it from
+    the global RNG, which resuming mid-epoch restores to the checkpoint's later state: a job
+    resumed in its second epoch trained on another order than the one it was killed in."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class EpochSeededSampler(LengthGroupedSampler):
+        def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch: int) -> None:  # the Trainer calls it before every epoch
+            self.epoch = epoch
+
+        def __iter__(self):  # noqa: ANN204
+            import torch
+
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    class ResumableTrainer(base):  # type: ignore[misc, valid-type]
+        def _get_train_sampler(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            sampler = super()._get_train_sampler(*args, **kwargs)
+            if type(sampler) is LengthGroupedSampler:
+                return EpochSeededSampler(sampler.lengths, sampler.batch_size,
+                                          self.args.data_seed if self.args.data_seed is not None
+                                          else self.args.seed)
+            return sampler
+
+    return ResumableTrainer
 
 
 def build_datasets(spec: TrainingSpec, objects: ObjectStore, tokenizer, work: Path):  # noqa: ANN001, ANN201
@@ -117,14 +150,14 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     hp = spec.hyperparameters
     backend = backends.choose_backend(spec.backend)
     device = "cuda" if backends.cuda_available() else "cpu"
-    emit.emit("started", backend=backend, device=device, versions=backends.versions())
+    emit.emit(m.Started(backend=backend, device=device, versions=backends.versions()))
     if device == "cpu" and hp.load_in_4bit:
-        emit.emit("warning", message="4-bit loading needs CUDA; training fp32 LoRA on the CPU")
+        emit.emit(m.Warned(message="4-bit loading needs CUDA; training fp32 LoRA on the CPU"))
 
     packing = resolve_packing(hp.packing)
     shape = Shape.from_config(read_config(spec.base_model_source))
     plan = plan_memory(spec, shape, backend, device, packing)
-    emit.emit("plan", plan=msgspec.to_builtins(plan))
+    emit.emit(m.Planned(plan=plan))
 
     work = Path(spec.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -141,20 +174,61 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     model, tokenizer = backends.load(backend, spec.base_model_source, hp)
     if spec.init_adapter is not None:
         load_parent_adapter(model, spec.init_adapter, objects, work)
-        emit.emit("continued", message=f"adapter weights loaded from {spec.init_adapter.key}",
-                  prefix=spec.init_adapter.key)
-    emit.emit("loaded", seconds=round(time.perf_counter() - load_started, 2))
+        emit.emit(m.Continued(message=f"adapter weights loaded from {spec.init_adapter.key}",
+                              prefix=spec.init_adapter.key))
+    emit.emit(m.Loaded(seconds=round(time.perf_counter() - load_started, 2)))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     train_ds, val_ds, val_rows = build_datasets(spec, objects, tokenizer, work)
     prompts = eval_prompts(spec, HFTokens(tokenizer), val_rows)
     sampler = Sampler(prompts, tokenizer, backend) if prompts else None
 
-    from transformers import EarlyStoppingCallback
-
     early = hp.early_stopping_patience is not None and val_ds is not None
-    use_bf16 = device == "cuda"
-    common = dict(
+    tally = Tally()
+    progress = ProgressCallback(emit, tally)
+    callbacks = [progress,
+                 CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix, sampler)]
+    if hp.checkpoint_interval_steps:
+        callbacks.append(ResumePointCallback(hp.checkpoint_interval_steps))
+    callbacks.append(StopOnSignal())  # after CheckpointCallback: it stops once the save is uploaded
+    if early:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
+    args = training_arguments(spec, plan, device, packing, work, early, has_eval=val_ds is not None)
+    trainer = make_trainer(spec, backend, packing, args, tally, model, tokenizer, train_ds, val_ds,
+                           callbacks)
+
+    resume_dir = None
+    if spec.resume_from is not None:
+        resume_dir = _fetch_checkpoint(spec, objects, work)
+        emit.emit(m.Resumed(prefix=spec.resume_from.key, checkpoint=resume_dir.name))
+    train_started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    train_seconds = time.perf_counter() - train_started
+    steady = progress.steady_rate(trainer.state.num_input_tokens_seen)
+
+    adapter = work / "adapter"
+    trainer.save_model(str(adapter))
+    adapter_prefix = f"{spec.output_prefix}/adapter"
+    upload_dir(objects, spec.artifact_bucket, adapter_prefix, adapter)
+    state = trainer.state
+    best = state.best_model_checkpoint
+    early_stop = early_stop_outcome(state, hp) if early else None
+    emit.emit(m.Result(
+        bucket=spec.artifact_bucket, prefix=adapter_prefix, early_stop=early_stop,
+        trained_tokens=state.num_input_tokens_seen, supervised_tokens=tally.supervised,
+        train_loss=result.training_loss, global_step=state.global_step,
+        best_checkpoint=Path(best).name if best else None,
+        train_seconds=round(train_seconds, 3), steady_tokens_per_second=steady, shape=shape.label,
+        device_name=backends.device_name(), available_bytes=plan.available_bytes, backend=backend))
+
+
+def training_arguments(spec: TrainingSpec, plan: MemoryPlan, device: str, packing: str, work: Path,
+                       early: bool, has_eval: bool) -> dict:
+    """The Trainer arguments both methods share (SFTConfig and DPOConfig take them alike)."""
+    hp = spec.hyperparameters
+    return dict(
         output_dir=str(work / "trainer"),
         num_train_epochs=hp.n_epochs,
         per_device_train_batch_size=plan.micro_batch_size,
@@ -169,12 +243,12 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
         full_determinism=spec.deterministic,
         logging_steps=spec.metrics_every_steps,
         save_strategy="epoch",
-        eval_strategy="epoch" if val_ds is not None else "no",
+        eval_strategy="epoch" if has_eval else "no",
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,
         # bf16 mixed precision on CUDA; plain fp32 on the CPU (TRL defaults to bf16 everywhere).
-        bf16=use_bf16,
+        bf16=device == "cuda",
         fp16=False,
         use_cpu=device == "cpu",
         gradient_checkpointing=False,  # each backend turns on its own (Unsloth's is offloaded)
@@ -185,15 +259,12 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
         report_to=[],
         disable_tqdm=True,
     )
-    tally = Tally()
-    progress = ProgressCallback(emit, tally)
-    callbacks = [progress,
-                 CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix, sampler)]
-    if hp.checkpoint_interval_steps:
-        callbacks.append(ResumePointCallback(hp.checkpoint_interval_steps))
-    callbacks.append(StopOnSignal())  # after CheckpointCallback: it stops once the save is uploaded
-    if early:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
+
+
+def make_trainer(spec: TrainingSpec, backend: str, packing: str, args: dict, tally: Tally,  # noqa: PLR0913
+                 model, tokenizer, train_ds, val_ds, callbacks: list):  # noqa: ANN001, ANN201
+    """TRL's SFTTrainer, or its DPOTrainer for method "dpo", counting real tokens (Tally)."""
+    hp = spec.hyperparameters
     if spec.method.type == "dpo":
         if backend == "unsloth":
             # Unsloth patches TRL's trainers when it is imported (backends.load did); this call
@@ -205,54 +276,33 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
 
         # ref_model None with a PEFT model: TRL's reference is the base with the adapter
         # disabled, so no second copy of the model is held. Pairs are padded per micro-batch.
-        trainer = tally.trainer_class(preference_trainer(DPOTrainer))(
+        return tally.trainer_class(resumable(preference_trainer(DPOTrainer)))(
             model=model, ref_model=None, train_dataset=train_ds, eval_dataset=val_ds,
             processing_class=tokenizer, callbacks=callbacks,
-            args=DPOConfig(**common, beta=spec.method.beta, max_length=hp.max_seq_length,
+            args=DPOConfig(**args, beta=spec.method.beta, max_length=hp.max_seq_length,
                            truncation_mode="keep_start", precompute_ref_log_probs=False))
-    else:
-        from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer
 
-        collator = (FlatCollator(with_lengths=backend == "unsloth") if packing == "padding_free"
-                    else Collator(tokenizer.pad_token_id))
-        trainer = tally.trainer_class(SFTTrainer)(
-            model=model, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
-            processing_class=tokenizer, callbacks=callbacks,
-            args=SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None))
+    collator = (FlatCollator(with_lengths=backend == "unsloth") if packing == "padding_free"
+                else Collator(tokenizer.pad_token_id))
+    return tally.trainer_class(resumable(SFTTrainer))(
+        model=model, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
+        processing_class=tokenizer, callbacks=callbacks,
+        args=SFTConfig(**args, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None))
 
-    resume_dir = None
-    if spec.resume_from is not None:
-        resume_dir = _fetch_checkpoint(spec, objects, work)
-        emit.emit("resumed", prefix=spec.resume_from.key, checkpoint=resume_dir.name)
-    train_started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
-    train_seconds = time.perf_counter() - train_started
-    steady = progress.steady_rate(trainer.state.num_input_tokens_seen)
 
-    adapter = work / "adapter"
-    trainer.save_model(str(adapter))
-    adapter_prefix = f"{spec.output_prefix}/adapter"
-    upload_dir(objects, spec.artifact_bucket, adapter_prefix, adapter)
-    best = trainer.state.best_model_checkpoint
-    state = trainer.state
-    early_stop = None
-    if early and state.global_step < state.max_steps:  # train() returned early: the callback stopped it
-        losses = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
-        chosen = losses.index(min(losses)) + 1
-        early_stop = {
-            "reason": f"validation loss did not improve for {hp.early_stopping_patience} epoch(s) "
-                      f"after epoch {chosen} (patience {hp.early_stopping_patience})",
-            "stopped_after_epoch": round(state.epoch), "n_epochs": hp.n_epochs,
-            "chosen_epoch": chosen, "best_valid_loss": min(losses), "valid_losses": losses,
-            "step": state.global_step}
-    emit.emit("result", bucket=spec.artifact_bucket, prefix=adapter_prefix, early_stop=early_stop,
-              trained_tokens=trainer.state.num_input_tokens_seen, supervised_tokens=tally.supervised,
-              train_loss=result.training_loss, global_step=trainer.state.global_step,
-              best_checkpoint=Path(best).name if best else None,
-              # What duration estimates are calibrated from (service/jobs/estimate.py).
-              train_seconds=round(train_seconds, 3), steady_tokens_per_second=steady, shape=shape.label,
-              device_name=backends.device_name(), available_bytes=plan.available_bytes,
-              backend=backend)
+def early_stop_outcome(state, hp) -> EarlyStopping | None:  # noqa: ANN001
+    """Why training ended before its last step, if the early-stopping callback ended it."""
+    if state.global_step >= state.max_steps:
+        return None
+    losses = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
+    chosen = losses.index(min(losses)) + 1
+    return EarlyStopping(
+        reason=f"validation loss did not improve for {hp.early_stopping_patience} epoch(s) "
+               f"after epoch {chosen} (patience {hp.early_stopping_patience})",
+        stopped_after_epoch=round(state.epoch), n_epochs=int(hp.n_epochs),
+        chosen_epoch=chosen, best_valid_loss=min(losses), valid_losses=losses,
+        step=state.global_step)
 
 
 def load_parent_adapter(model, ref: ObjectRef, objects: ObjectStore, work: Path) -> None:  # noqa: ANN001

@@ -5,7 +5,6 @@ adapter is ever asked to be served; no multipart upload is left open."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import msgspec

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from service.runner.child import Child
+from service.runner.process import Child
 from service.runner.loop import gpu_slots
 
 

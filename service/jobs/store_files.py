@@ -1,0 +1,83 @@
+"""Uploaded files: rows, idempotent inserts, deletion, and their keyset-paginated list."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from service.errors import NotFound
+from service.jobs import schema as s
+from service.jobs.db import FileRow, IdempotencyRow, JobRow
+from service.jobs.rows import file_from_row, page
+from service.jobs.store_keys import KeysStore
+
+
+class FilesStore(KeysStore):
+    # -- files ----------------------------------------------------------------------------
+    async def find_idempotent_file(self, tenant: str, key: str | None, req_hash: str) -> s.File | None:
+        async with self.db.read() as ses:
+            found = await self._idempotent(ses, tenant, "files", key, req_hash)
+        return await self.get_file(tenant, found) if found else None
+
+    async def insert_file(
+        self, row: FileRow, idempotency_key: str | None, req_hash: str
+    ) -> tuple[s.File, bool]:
+        """Insert the file row; (file, created). With a known key: the first file, created=False."""
+        try:
+            async with self.db.write() as ses:
+                found = await self._idempotent(ses, row.tenant, "files", idempotency_key, req_hash)
+                if found is None:
+                    ses.add(row)
+                    if idempotency_key:
+                        ses.add(IdempotencyRow(tenant=row.tenant, endpoint="files", key=idempotency_key,
+                                               request_hash=req_hash, resource_id=row.id))
+        except IntegrityError:
+            found = await self.find_idempotent_file(row.tenant, idempotency_key, req_hash)
+            if found is None:
+                raise
+            return found, False
+        if found is not None:
+            return await self.get_file(row.tenant, found), False
+        return file_from_row(row), True
+
+    async def get_file(self, tenant: str, file_id: str) -> s.File:
+        return file_from_row(await self.file_row(tenant, file_id))
+
+    async def file_row(self, tenant: str, file_id: str) -> FileRow:
+        """A detached row, read on the driver path (every POST /jobs naming a file reads it)."""
+        found = await self.db.rows("SELECT * FROM files WHERE id = ?", file_id)
+        if not found or found[0]["tenant"] != tenant:
+            raise NotFound(f"no file {file_id!r}", param="file_id")
+        return FileRow(**found[0])
+
+    async def file_in_use(self, tenant: str, file_id: str) -> bool:
+        """Whether a job that has not ended reads this file."""
+        live = [st.value for st in s.Status if st not in s.TERMINAL]
+        async with self.db.read() as ses:
+            found = await ses.scalar(select(JobRow.id).where(
+                JobRow.tenant == tenant, JobRow.status.in_(live),
+                (JobRow.training_file == file_id) | (JobRow.validation_file == file_id)).limit(1))
+        return found is not None
+
+    async def delete_file(self, tenant: str, file_id: str) -> None:
+        """Delete the row, and the Idempotency-Key records that would replay it."""
+        async with self.db.write() as ses:
+            row = await ses.get(FileRow, file_id)
+            if row is None or row.tenant != tenant:
+                raise NotFound(f"no file {file_id!r}", param="file_id")
+            await ses.delete(row)
+            await ses.execute(delete(IdempotencyRow).where(
+                IdempotencyRow.tenant == tenant, IdempotencyRow.endpoint == "files",
+                IdempotencyRow.resource_id == file_id))
+
+    async def list_files(self, tenant: str, after: str | None, limit: int) -> s.Page:
+        async with self.db.read() as ses:
+            q = select(FileRow).where(FileRow.tenant == tenant)
+            if after:
+                anchor = await ses.get(FileRow, after)
+                if anchor is None or anchor.tenant != tenant:
+                    raise NotFound(f"no file {after!r}", param="after")
+                q = q.where((FileRow.created_at, FileRow.id) < (anchor.created_at, anchor.id))
+            rows = (await ses.scalars(q.order_by(FileRow.created_at.desc(), FileRow.id.desc())
+                                      .limit(limit + 1))).all()
+        return page([file_from_row(r) for r in rows], limit)

@@ -1,0 +1,278 @@
+"""Jobs: the only writer of job rows. Creation, reads (on the driver path), the user's pause,
+resume and cancel, status transitions through the state table, and the runner's half: claim
+with a lease, heartbeat, release, requeue of expired leases, and fenced writes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.errors import InvalidTransition, LeaseLost, NotFound
+from service.jobs import schema as s
+from service.jobs.db import IdempotencyRow, JobRow, utcnow
+from service.jobs.rows import JOB_SELECT, Lease, event_row, job_from_row, json_value, page
+from service.jobs.states import check_transition
+from service.jobs.store_keys import KeysStore
+
+
+async def transition(
+    session: AsyncSession,
+    job: JobRow,
+    to: s.Status,
+    *,
+    message: str,
+    data: dict[str, Any] | None = None,
+    level: str = "info",
+    lease: Lease | None = None,
+    **fields: Any,
+) -> None:
+    """Move `job` to `to` if the state table allows it and nobody moved it first; write the event.
+
+    The UPDATE is conditional on the status we read (and on the lease when given), so a racing
+    cancel, claim or finish can never be overwritten; the loser gets InvalidTransition.
+    """
+    current, to = s.Status(job.status), s.Status(to)
+    check_transition(current, to)
+    now = utcnow()
+    values: dict[str, Any] = {"status": to.value, **fields}
+    if to is s.Status.running and job.started_at is None:
+        values["started_at"] = now
+    if to in s.TERMINAL:
+        values["finished_at"] = now
+    if to is not s.Status.running:
+        values.update(lease_owner=None, lease_expires_at=None)
+    cond = [JobRow.id == job.id, JobRow.status == current.value]
+    if lease is not None:
+        cond.extend(lease.conditions())
+    result = await session.execute(update(JobRow).where(*cond).values(**values))
+    if result.rowcount != 1:
+        raise InvalidTransition(f"job {job.id} changed while moving to {to.value}", param="status")
+    for key, value in values.items():
+        setattr(job, key, value)
+    session.add(event_row(job.id, "status", message, level, {"status": to.value, **(data or {})}))
+
+
+class JobsStore(KeysStore):
+    # -- jobs -----------------------------------------------------------------------------
+    async def create_job(
+        self, row: JobRow, idempotency_key: str | None, req_hash: str
+    ) -> tuple[s.Job, bool]:
+        """Insert a validating_files job and its first event; idempotent like insert_file."""
+        try:
+            async with self.db.write() as ses:
+                found = await self._idempotent(ses, row.tenant, "jobs", idempotency_key, req_hash)
+                if found is None:
+                    ses.add(row)
+                    await ses.flush()
+                    ses.add(event_row(row.id, "status", "job created; validating files",
+                                   data={"status": row.status}))
+                    if idempotency_key:
+                        ses.add(IdempotencyRow(tenant=row.tenant, endpoint="jobs", key=idempotency_key,
+                                               request_hash=req_hash, resource_id=row.id))
+        except IntegrityError:
+            async with self.db.read() as ses:
+                found = await self._idempotent(ses, row.tenant, "jobs", idempotency_key, req_hash)
+            if found is None:
+                raise
+        if found is not None:
+            return await self.get_job(row.tenant, found), False
+        return job_from_row(row), True
+
+    async def job_row(self, ses: AsyncSession, tenant: str | None, job_id: str) -> JobRow:
+        row = await ses.get(JobRow, job_id)
+        if row is None or (tenant is not None and row.tenant != tenant):
+            raise NotFound(f"no job {job_id!r}", param="job_id")
+        return row
+
+    async def job_tenant(self, job_id: str) -> str:
+        return (await self._job_values(None, job_id))["tenant"]
+
+    async def get_job(self, tenant: str | None, job_id: str) -> s.Job:
+        return job_from_row(await self._job_values(tenant, job_id))
+
+    async def _job_values(self, tenant: str | None, job_id: str) -> Mapping[str, Any]:
+        found = await self.db.rows(f"{JOB_SELECT} WHERE id = ?", job_id)
+        if not found or (tenant is not None and found[0]["tenant"] != tenant):
+            raise NotFound(f"no job {job_id!r}", param="job_id")
+        return found[0]
+
+    async def list_jobs(
+        self, tenant: str, after: str | None, limit: int, status: s.Status | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> s.Page:
+        """Newest first; `after` is the last id of the previous page (keyset pagination);
+        `metadata` keeps jobs whose metadata has every one of those key/value pairs."""
+        sql, params = f"{JOB_SELECT} WHERE tenant = ?", [tenant]
+        if status is not None:
+            sql, params = sql + " AND status = ?", [*params, status.value]
+        for key, value in (metadata or {}).items():
+            if self.db.is_sqlite:
+                sql, params = sql + " AND json_extract(metadata, ?) = ?", [*params, f'$."{key}"', value]
+            else:
+                sql, params = sql + " AND (metadata::jsonb ->> ?) = ?", [*params, key, value]
+        if after:
+            anchor = await self._job_values(tenant, after)
+            sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            params += [anchor["created_at"], anchor["created_at"], anchor["id"]]
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        rows = await self.db.rows(sql, *params, limit + 1)
+        return page([job_from_row(r) for r in rows], limit)
+
+    async def jobs_in_status(self, status: s.Status) -> list[str]:
+        async with self.db.read() as ses:
+            return list((await ses.scalars(select(JobRow.id).where(JobRow.status == status.value))).all())
+
+    async def count_by_status(self) -> dict[str, int]:
+        async with self.db.read() as ses:
+            rows = await ses.execute(select(JobRow.status, func.count()).group_by(JobRow.status))
+            return {st: n for st, n in rows.all()}
+
+    async def pause_job(self, tenant: str, job_id: str) -> s.Job:
+        """A queued job pauses at once; a running one is asked to (its runner saves a resume point
+        at the next step boundary, frees the GPU and pauses it). Idempotent."""
+        async with self.db.write() as ses:
+            row = await self.job_row(ses, tenant, job_id)
+            status = s.Status(row.status)
+            if status is s.Status.queued:
+                await transition(ses, row, s.Status.paused, message="job paused by the user")
+            elif status is s.Status.running and not row.pause_requested:
+                row.pause_requested = True
+                ses.add(event_row(job_id, "pause_requested", "pause requested; the job will save a "
+                                  "resume point at the next step boundary and free its GPU"))
+            elif status not in (s.Status.running, s.Status.paused):
+                raise InvalidTransition(f"a {status.value} job cannot be paused; only queued and "
+                                        "running jobs can", param="status")
+            return job_from_row(row)
+
+    async def resume_job(self, tenant: str, job_id: str) -> s.Job:
+        """A paused job goes back to the queue and continues from where it paused."""
+        async with self.db.write() as ses:
+            row = await self.job_row(ses, tenant, job_id)
+            if s.Status(row.status) is not s.Status.paused:
+                raise InvalidTransition(f"a {row.status} job cannot be resumed; only paused jobs can",
+                                        param="status")
+            await transition(ses, row, s.Status.queued, message="job resumed by the user; it continues "
+                             "from its latest resume point", pause_requested=False)
+            return job_from_row(row)
+
+    async def pause_requested(self, job_id: str) -> bool:
+        return bool((await self._job_values(None, job_id))["pause_requested"])
+
+    async def cancel_job(self, tenant: str, job_id: str) -> s.Job:
+        async with self.db.write() as ses:
+            row = await self.job_row(ses, tenant, job_id)
+            if row.status != s.Status.cancelled.value:
+                await transition(ses, row, s.Status.cancelled, message="job cancelled by the user")
+            return job_from_row(row)
+
+    async def set_status(
+        self, job_id: str, to: s.Status, message: str, *, level: str = "info",
+        data: dict[str, Any] | None = None, lease: Lease | None = None,
+        extra_rows: tuple[Any, ...] = (), **fields: Any,
+    ) -> s.Job:
+        """Transition one job by id in its own transaction (validation, runner); `extra_rows`
+        (warning events, a deployment request) are written in the same transaction."""
+        async with self.db.write() as ses:
+            row = await self.job_row(ses, None, job_id)
+            await transition(ses, row, to, message=message, level=level, data=data,
+                             lease=lease, **fields)
+            ses.add_all(extra_rows)
+            return job_from_row(row)
+
+    async def update_job(self, job_id: str, *, lease: Lease | None = None, **fields: Any) -> None:
+        """Fields that are not the status (progress, plan, deployment); with `lease`, only while
+        that lease holds (else LeaseLost)."""
+        assert "status" not in fields, "status changes go through transition()"
+        async with self.db.write() as ses:
+            cond = [JobRow.id == job_id, *(lease.conditions() if lease else ())]
+            result = await ses.execute(update(JobRow).where(*cond).values(**fields))
+            if lease is not None and result.rowcount != 1:
+                raise LeaseLost(f"job {job_id} is no longer leased to {lease.owner}")
+
+    @staticmethod
+    async def _hold(ses: AsyncSession, job_id: str, lease: Lease | None) -> None:
+        """Inside a write: lock the job row and check the lease still holds (fencing)."""
+        if lease is None:
+            return
+        q = select(JobRow.id).where(JobRow.id == job_id, *lease.conditions()).with_for_update()
+        if await ses.scalar(q) is None:
+            raise LeaseLost(f"job {job_id} is no longer leased to {lease.owner}")
+
+    async def set_resume_point(self, job_id: str, lease: Lease, uri: str, step: int,
+                               epoch: float) -> None:
+        """Remember the latest mid-epoch resume point (its files are already uploaded)."""
+        await self.update_job(job_id, lease=lease,
+                              resume_point={"uri": uri, "step": step, "epoch": epoch})
+
+    async def resume_point(self, job_id: str) -> dict[str, Any] | None:
+        return json_value((await self._job_values(None, job_id))["resume_point"], dict[str, Any])
+
+    # -- the runner's half ----------------------------------------------------------------
+    async def claim(self, runner_id: str, lease_s: float) -> s.Job | None:
+        """Take the oldest queued job with a lease. Postgres skips rows other claimers hold."""
+        async with self.db.write() as ses:
+            q = (select(JobRow).where(JobRow.status == s.Status.queued.value)
+                 .order_by(JobRow.created_at, JobRow.id).limit(1)
+                 .with_for_update(skip_locked=True))
+            row = await ses.scalar(q)
+            if row is None:
+                return None
+            attempt = row.attempt + 1
+            await transition(
+                ses, row, s.Status.running, message=f"runner {runner_id} started attempt {attempt}",
+                data={"runner": runner_id, "attempt": attempt}, lease_owner=runner_id,
+                lease_expires_at=utcnow() + timedelta(seconds=lease_s), attempt=attempt,
+            )
+            return job_from_row(row)
+
+    async def heartbeat(self, job_id: str, lease: Lease, lease_s: float) -> bool:
+        """Extend the lease; False when the job is no longer ours (cancelled, lease lost). A lease
+        that has already expired is not extended, even if nobody has requeued the job yet: its
+        holder may have been frozen past it, and the sweep may be about to hand the job on."""
+        now = utcnow()
+        async with self.db.write() as ses:
+            result = await ses.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, *lease.conditions(), JobRow.lease_expires_at >= now)
+                .values(lease_expires_at=now + timedelta(seconds=lease_s))
+            )
+            return result.rowcount == 1
+
+    async def release(self, job_id: str, lease: Lease, message: str) -> None:
+        """Hand a running job back to the queue (graceful runner stop); it resumes elsewhere."""
+        try:
+            await self.set_status(job_id, s.Status.queued, message, lease=lease)
+        except (InvalidTransition, NotFound):
+            pass
+
+    async def requeue_expired(self, max_attempts: int) -> list[str]:
+        """Jobs whose lease ran out go back to queued, or fail once their attempts are used up."""
+        now = utcnow()
+        moved = []
+        async with self.db.write() as ses:
+            q = (select(JobRow).where(JobRow.status == s.Status.running.value,
+                                      JobRow.lease_expires_at < now)
+                 .with_for_update(skip_locked=True))
+            for row in (await ses.scalars(q)).all():
+                owner = row.lease_owner
+                if row.attempt >= max_attempts:
+                    last = (row.error or {}).get("message", "the runner stopped heartbeating")
+                    await transition(
+                        ses, row, s.Status.failed, level="error",
+                        message=f"attempt {row.attempt} of {max_attempts} lost its lease; giving up",
+                        error={"code": "max_attempts_exceeded",
+                               "message": f"{row.attempt} attempts failed; last: {last}"},
+                    )
+                else:
+                    await transition(
+                        ses, row, s.Status.queued, level="warning",
+                        message=f"runner {owner} lost its lease; the job will resume from its "
+                                "latest checkpoint", data={"attempt": row.attempt},
+                    )
+                moved.append(row.id)
+        return moved

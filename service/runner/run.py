@@ -1,0 +1,173 @@
+"""One claimed job on one runner slot: build the spec, start the training child (or hand it to
+the slot's warm one), heartbeat the lease while it runs, read its messages, then act on how it
+ended. The parts: spec.py (what the child is told), process.py (the child as a process),
+report.py (what is written), policy.py (what happens next)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from service.errors import LeaseLost, NotFound
+from service.jobs import schema as s
+from service.jobs.service import JobService
+from service.jobs.store import Lease, Store
+from service.runner.policy import Attempt, decide
+from service.runner.process import Child, send, terminate
+from service.runner.report import Reporter
+from service.runner.spec import build_spec
+from service.settings import Settings
+from service.training import messages as m
+
+
+@dataclass
+class JobRun:
+    settings: Settings
+    store: Store
+    jobs: JobService
+    job: s.Job
+    owner: str
+    gpu: str | None
+    stopping: asyncio.Event
+    warm: Child | None = None  # a child that has imported the training stack, if the slot has one
+    log: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.log = structlog.get_logger().bind(job_id=self.job.id, attempt=self.job.attempt)
+        self.lease = Lease(self.owner, self.job.attempt)
+        self.report = Reporter(self.store, self.job, self.lease, self.log)
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.settings.data_dir).resolve() / "runs" / self.job.id / f"attempt-{self.job.attempt}"
+
+    async def run(self) -> None:
+        began = time.monotonic()
+        micro_batch: int | None = None
+        for oom_retry in range(self.settings.max_oom_retries + 1):
+            try:
+                spec = await build_spec(self.settings, self.store, self.jobs, self.job, micro_batch,
+                                        self.work_dir)
+            except (LookupError, NotFound) as exc:
+                await self.report.fail("training_error", str(exc))
+                return
+            attempt = await self._spawn(spec, oom_retry)
+            decision = decide(attempt, stopping=self.stopping.is_set(), oom_retry=oom_retry,
+                              max_oom_retries=self.settings.max_oom_retries, micro_batch=micro_batch,
+                              job_attempt=self.job.attempt, max_attempts=self.settings.max_attempts)
+            match decision.action:
+                case "forget":
+                    self.log.info("job no longer ours; child stopped")
+                case "pause":
+                    await self.report.pause()
+                case "release":
+                    await self.report.release("runner stopping; the job will resume from its "
+                                              "latest checkpoint")
+                case "succeed":
+                    assert attempt.result is not None
+                    await self.report.succeed(attempt.result)
+                    # Only a whole run in one go says how fast this device trains this shape.
+                    if oom_retry == 0 and spec.resume_from is None:
+                        await self.report.calibrate(attempt.result, time.monotonic() - began)
+                case "retry_smaller":
+                    try:
+                        await self.report.smaller_micro_batch(decision, oom_retry)
+                    except LeaseLost:  # the job went elsewhere meanwhile: no retry here
+                        return
+                    micro_batch = decision.micro_batch
+                    continue
+                case "retry_elsewhere":
+                    assert decision.error is not None
+                    await self.report.retry_elsewhere(decision.error)
+                case "fail":
+                    assert decision.error is not None
+                    await self.report.fail(decision.error.code, decision.error.message)
+            return
+
+    async def _spawn(self, spec: s.TrainingSpec, oom_retry: int) -> Attempt:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = self.work_dir / f"spec-{oom_retry}.json"
+        spec_path.write_bytes(msgspec.json.encode(spec))
+        log_path = self.work_dir / f"child-{oom_retry}.log"
+        child, self.warm = self.warm, None
+        # A warm child imported for backend "auto"; Unsloth's patches cannot be undone.
+        if child is not None and spec.backend == "auto" and await child.hand(spec_path, log_path):
+            self.log.info("job handed to the warm child", pid=child.proc.pid, gpu=self.gpu)
+        else:
+            if child is not None:
+                await child.close()
+            child = await Child.start(self.settings, self.gpu, [str(spec_path)], log_path)
+            self.log.info("child started", pid=child.proc.pid, gpu=self.gpu,
+                          max_micro_batch=spec.max_micro_batch_size)
+        proc = child.proc
+        attempt = Attempt()
+        reader = asyncio.create_task(self._read_messages(child.events_fd, attempt, proc))
+        watcher = asyncio.create_task(self._watch(proc, attempt))
+        try:
+            attempt.code = await proc.wait()
+            await reader
+        finally:
+            watcher.cancel()
+            reader.cancel()
+            if proc.returncode is None:
+                send(proc, signal.SIGKILL)
+        return attempt
+
+    async def _watch(self, proc: asyncio.subprocess.Process, attempt: Attempt) -> None:
+        """Heartbeat the lease; stop the child on cancel, lost lease or runner shutdown."""
+        stop_sent = False
+        while proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.stopping.wait(), self.settings.heartbeat_seconds)
+            except TimeoutError:
+                pass
+            if self.stopping.is_set() and not stop_sent:
+                # Graceful: the child finishes any checkpoint upload, stops at the next step.
+                send(proc, signal.SIGTERM)
+                stop_sent = True
+            try:
+                ours = await self.store.heartbeat(self.job.id, self.lease, self.settings.lease_seconds)
+            except Exception:  # noqa: BLE001 - a database blip; the lease has slack
+                self.log.warning("heartbeat failed", exc_info=True)
+                continue
+            if not ours:
+                attempt.lost = True
+                await terminate(proc, self.settings.cancel_grace_seconds)
+                return
+            if not stop_sent and await self.store.pause_requested(self.job.id):
+                # The child saves a resume point at the next step boundary, then exits.
+                send(proc, signal.SIGTERM)
+                attempt.pausing = stop_sent = True
+
+    async def _read_messages(self, fd: int, attempt: Attempt, proc: asyncio.subprocess.Process) -> None:
+        loop = asyncio.get_running_loop()
+        stream = asyncio.StreamReader(limit=1 << 20, loop=loop)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(fd, "rb", 0))
+        started = time.monotonic()
+        try:
+            while line := await stream.readline():
+                try:
+                    msg = m.decode(line)
+                except msgspec.DecodeError:
+                    self.log.warning("unreadable message from the training child", line=line[:200])
+                    continue
+                try:
+                    await self.report.handle(msg, attempt, started)
+                except LeaseLost:
+                    # Fenced: the job went to another attempt while this runner could not
+                    # heartbeat (frozen, partitioned). Nothing more of this child is recorded.
+                    self.log.warning("lease lost; stopping the child")
+                    attempt.lost = True
+                    await terminate(proc, self.settings.cancel_grace_seconds)
+                    return
+        finally:
+            transport.close()

@@ -1,0 +1,133 @@
+"""Every message from the training child to the runner, one JSON line each on the events pipe,
+as one tagged union (the `type` field), and the child's exit codes. Both sides import this
+module: the child encodes these structs, the runner decodes with `decode` and matches on type,
+so a renamed field fails in the type checker and the unit tests, not in an e2e run."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from service.jobs.schema import EarlyStopping, EvalSample, MemoryPlan
+
+# The child's exit status: 0 done; 2 bad spec, data or plan (no retry helps); 3 out of memory
+# (the runner retries with a smaller micro-batch); 4 stopped by SIGTERM between steps (pause,
+# cancel or runner shutdown); 1 anything else (retried up to max_attempts).
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_OOM, EXIT_STOPPED = 0, 1, 2, 3, 4
+
+
+class Message(msgspec.Struct, tag_field="type", kw_only=True, frozen=True):
+    time: float = msgspec.field(default_factory=time.time)
+
+
+class Ready(Message, tag="ready", kw_only=True):
+    """A warm child has imported the training stack for `backend` and waits for a job."""
+
+    backend: str
+
+
+class Started(Message, tag="started", kw_only=True):
+    backend: str  # unsloth | peft
+    device: str  # cuda | cpu
+    versions: dict[str, str]
+
+
+class Planned(Message, tag="plan", kw_only=True):
+    plan: MemoryPlan
+
+
+class Loaded(Message, tag="loaded", kw_only=True):
+    seconds: float
+
+
+class Continued(Message, tag="continued", kw_only=True):
+    """Continued training: the parent adapter's weights were loaded."""
+
+    message: str
+    prefix: str
+
+
+class TrainBegin(Message, tag="train_begin", kw_only=True):
+    step: int
+
+
+class Progress(Message, tag="progress", kw_only=True):
+    step: int
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None  # None on the first progress of an attempt (step 0)
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None  # real tokens, since the previous log
+    step_seconds: float | None = None
+    trained_tokens: int | None = None
+    supervised_tokens: int | None = None
+    gpu_memory_bytes: int | None = None
+    rewards: dict[str, float] | None = None  # DPO: chosen, rejected, accuracy, margin
+
+
+class CheckpointSaved(Message, tag="checkpoint", kw_only=True):
+    """An epoch's checkpoint, already uploaded under `prefix`."""
+
+    epoch: int
+    step: int
+    bucket: str
+    prefix: str
+    metrics: dict[str, float]
+    samples: list[EvalSample] | None = None
+
+
+class ResumePointSaved(Message, tag="resume_point", kw_only=True):
+    step: int
+    epoch: float
+    bucket: str
+    prefix: str
+
+
+class Resumed(Message, tag="resumed", kw_only=True):
+    prefix: str
+    checkpoint: str
+
+
+class Warned(Message, tag="warning", kw_only=True):
+    message: str
+
+
+class Stopped(Message, tag="stopped", kw_only=True):
+    message: str
+
+
+class Result(Message, tag="result", kw_only=True):
+    """Training finished and the final adapter is uploaded under `prefix`."""
+
+    bucket: str
+    prefix: str
+    trained_tokens: int
+    supervised_tokens: int
+    train_loss: float
+    global_step: int
+    best_checkpoint: str | None = None
+    early_stop: EarlyStopping | None = None
+    # What duration estimates are calibrated from (service/jobs/estimate.py).
+    train_seconds: float
+    steady_tokens_per_second: float | None = None
+    shape: str
+    device_name: str
+    available_bytes: int | None = None
+    backend: str
+
+
+class Failed(Message, tag="error", kw_only=True):
+    code: str  # invalid_spec, insufficient_gpu_memory, invalid_hyperparameters, out_of_memory, training_error
+    message: str
+
+
+ChildMessage = (Ready | Started | Planned | Loaded | Continued | TrainBegin | Progress
+                | CheckpointSaved | ResumePointSaved | Resumed | Warned | Stopped | Result | Failed)
+_decoder = msgspec.json.Decoder(ChildMessage)
+
+
+def decode(line: bytes) -> ChildMessage:
+    """One line of the events pipe; msgspec.DecodeError (ValidationError included) if it is not
+    a message of this union."""
+    return _decoder.decode(line)

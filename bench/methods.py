@@ -18,11 +18,10 @@ import json
 import random
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner_overhead import job_events, start_service  # noqa: E402
+from runner_overhead import finished_job, job_events, start_service  # noqa: E402
 from synthetic import WORDS, write_jsonl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,15 +67,7 @@ def main() -> None:
         def run(body: dict) -> dict:
             r = c.post("/jobs", json={"base_model": "bench", "deploy": False, **body})
             assert r.status_code == 201, r.text
-            job = r.json()
-            while (job := c.get(f"/jobs/{job['id']}").json())["status"] not in (
-                    "succeeded", "failed", "cancelled"):
-                time.sleep(1)
-            if job["status"] != "succeeded":
-                print((work / "runner.log").read_text()[-4000:])
-                for log in (work / "data" / "runs").rglob("child-*.log"):
-                    print(log.read_text()[-6000:])
-                raise RuntimeError(f"job ended {job['status']}: {job.get('error')}")
+            job = finished_job(c, r.json()["id"], work)
             metrics = [e["data"] for e in job_events(c, job["id"]) if e["type"] == "metrics"]
             checkpoints = c.get(f"/jobs/{job['id']}/checkpoints").json()["data"]
             summary = {"backend": next(e["data"]["backend"] for e in job_events(c, job["id"])

@@ -24,13 +24,12 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runner_overhead import job_events, wait_http  # noqa: E402
+from runner_overhead import finished_job, job_events, wait_http  # noqa: E402
 from synthetic import WORDS, write_jsonl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,14 +93,7 @@ def service_runs(model: str, data: Path, validation: Path, work: Path, modes: li
                                         "hyperparameters": {
                                             **hp, "packing": "off" if mode == "warm-up" else packing,
                                             **({"batch_size": int(batch)} if batch else {})}}).json()
-            while (job := c.get(f"/jobs/{job['id']}").json())["status"] not in (
-                    "succeeded", "failed", "cancelled"):
-                time.sleep(1)
-            if job["status"] != "succeeded":
-                print((work / "runner.log").read_text()[-4000:])
-                for log in (work / "data" / "runs").rglob("child-*.log"):
-                    print(log.read_text()[-4000:])
-                raise RuntimeError(f"{mode}: job ended {job['status']}: {job.get('error')}")
+            job = finished_job(c, job["id"], work, mode)
             if mode == "warm-up":
                 continue
             metrics = [e["data"] for e in job_events(c, job["id"]) if e["type"] == "metrics"]

@@ -61,6 +61,19 @@ def start_service(model: str, work: Path, port: int) -> tuple[httpx.Client, list
                         headers={"Authorization": f"Bearer {key}"}), procs
 
 
+def finished_job(c: httpx.Client, job_id: str, work: Path, what: str = "job") -> dict:
+    """Wait for the job to end; if it did not succeed, print the runner's and children's logs
+    (under `work`, as start_service lays them out) and raise."""
+    while (job := c.get(f"/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(1)
+    if job["status"] != "succeeded":
+        print((work / "runner.log").read_text()[-4000:])
+        for log in (work / "data" / "runs").rglob("child-*.log"):
+            print(log.read_text()[-6000:])
+        raise RuntimeError(f"{what}: job ended {job['status']}: {job.get('error')}")
+    return job
+
+
 def job_events(c: httpx.Client, job_id: str) -> list[dict]:
     events, after = [], None
     while True:

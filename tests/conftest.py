@@ -191,3 +191,7 @@ async def api_client(settings: Settings) -> AsyncIterator[Api]:
         keys = {t: await Store(db).create_api_key(t) for t in ("acme", "globex")}
         await db.close()
         yield Api(client, keys)
+
+
+# The session's serving stack (API, runner, vLLM) as a fixture; imported last, as it reads this module.
+from tests.support.stack import stack  # noqa: E402, F401

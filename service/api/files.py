@@ -138,6 +138,14 @@ class FilesController(Controller):
     async def get_file(self, file_id: str, tenant: str, store: Store) -> s.File:
         return await store.get_file(tenant, file_id)
 
+    @post("/{file_id:str}/preview", status_code=200, responses=errors(*AUTHED, 404, 422))
+    async def preview_file(self, file_id: str, data: s.PreviewRequest, tenant: str,
+                           files: FileService) -> s.FilePreview:
+        """Check the whole file as a job on `base_model` would (every bad line, by number) and
+        render its first `n_rows` examples with the model's chat template, split into trained
+        and context text. Nothing is created; a file with bad lines answers 200, `valid: false`."""
+        return await files.preview(tenant, file_id, data)
+
     @delete("/{file_id:str}", status_code=204, responses=errors(*AUTHED, 404, 409))
     async def delete_file(self, file_id: str, tenant: str, files: FileService) -> None:
         """Refused (409) while a job that has not ended reads the file."""

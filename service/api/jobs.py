@@ -13,6 +13,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
 
+from service.api.deps import metadata_filter
 from service.api.openapi import AUTHED, errors
 from service.jobs import schema as s
 from service.jobs.deployments import Deployments
@@ -46,9 +47,10 @@ class JobsController(Controller):
         return Response(job, status_code=201, headers={"Idempotent-Replayed": str(not created).lower()})
 
     @get("/", responses=errors(*AUTHED, 404))
-    async def list_jobs(self, tenant: str, store: Store, after: str | None = None,
+    async def list_jobs(self, request: Request, tenant: str, store: Store, after: str | None = None,
                         limit: Limit = 20, status: s.Status | None = None) -> s.Page:
-        return await store.list_jobs(tenant, after, limit, status)
+        """Newest first; filter by `status`, and by metadata with `metadata[key]=value`."""
+        return await store.list_jobs(tenant, after, limit, status, metadata=metadata_filter(request))
 
     @get("/{job_id:str}", responses=errors(*AUTHED, 404))
     async def get_job(self, job_id: str, tenant: str, store: Store) -> s.Job:

@@ -5,7 +5,6 @@ openai_types.py."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from litestar import Controller, Request, delete, get, post
@@ -13,10 +12,10 @@ from litestar.params import Parameter
 from litestar.response import Response, Stream
 
 from service.api import openai_types as o
+from service.api.deps import metadata_filter
 from service.api.files import receive_upload
 from service.api.gateway import model_not_found
 from service.api.openapi import AUTHED, MultipartUpload, errors
-from service.errors import InvalidRequest
 from service.jobs import schema as s
 from service.jobs.deployments import Deployments
 from service.jobs.files import FileService
@@ -26,22 +25,6 @@ from service.settings import Settings
 
 Limit = Annotated[int, Parameter(ge=1, le=MAX_PAGE)]
 EventCursor = Annotated[str | None, Parameter(pattern=r"^ftevent-[0-9]{1,18}$")]
-_METADATA_PARAM = re.compile(r"^metadata\[([A-Za-z0-9_.:-]{1,64})\]$")
-
-
-def metadata_filter(request: Request) -> dict[str, str]:
-    """`metadata[k]=v` query parameters (OpenAI's filter on list)."""
-    found = {}
-    for name, value in request.query_params.items():
-        if name.startswith("metadata"):
-            m = _METADATA_PARAM.match(name)
-            if m is None:
-                raise InvalidRequest(f"filter on metadata as metadata[key]=value; {name!r} is not that",
-                                     param=name)
-            found[m.group(1)] = value
-    return found
-
-
 class V1FilesController(Controller):
     path = "/v1/files"
     tags = ["openai: files"]

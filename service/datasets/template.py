@@ -109,6 +109,10 @@ class LocalTokens:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def decode(self, ids: list[int]) -> str:
+        """The text of `ids`, special tokens included (the preview shows them)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
     @cached_property
     def supports_tools(self) -> bool:
         return _probe(self)

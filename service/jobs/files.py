@@ -1,4 +1,5 @@
-"""What the files API does: store an uploaded JSONL in the artifact bucket and record it."""
+"""What the files API does: store an uploaded JSONL in the artifact bucket and record it; check
+and preview it for a base model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import BinaryIO
 
 import anyio
 
-from service.errors import Conflict
+from service.datasets.preview import preview_rows
+from service.datasets.template import local_tokens
+from service.datasets.validate import Options, validate_jsonl
+from service.errors import Conflict, NotFound, Unprocessable
 from service.ids import new_id
 from service.jobs import schema as s
 from service.jobs.db import FileRow
@@ -57,3 +61,35 @@ class FileService:
 
     def content(self, row: FileRow) -> Iterator[bytes]:
         return self.objects.iter_bytes(row.bucket, row.key)
+
+    async def preview(self, tenant: str, file_id: str, req: s.PreviewRequest) -> s.FilePreview:
+        """Validate the whole file as a job on `req.base_model` would, and render its first
+        rows with that model's chat template. Bad lines are part of the answer, not an error."""
+        row = await self.store.file_row(tenant, file_id)
+        entry = self.settings.base_model(req.base_model)
+        if entry is None:
+            known = ", ".join(m.alias for m in self.settings.base_models) or "none configured"
+            raise NotFound(f"base_model {req.base_model!r} is not in the registry ({known})",
+                           param="base_model", code="model_not_found")
+        tokens = local_tokens(entry.local_path)
+        if tokens is None:
+            raise Unprocessable(f"base model {req.base_model!r} has no local tokenizer, so its chat "
+                                "template cannot be rendered here; a job on it still trains",
+                                param="base_model", code="preview_unavailable")
+        options = Options(max_seq_length=req.max_seq_length, train_on_inputs=req.train_on_inputs,
+                          method=req.method)
+
+        def check() -> s.FilePreview:
+            limit = self.settings.max_line_bytes
+            report = validate_jsonl(self.content(row), tokens, limit, options)
+            rows = preview_rows(self.content(row), tokens, limit, req.n_rows, req.train_on_inputs,
+                                req.max_seq_length) if report.n_examples else []
+            return s.FilePreview(
+                file_id=file_id, base_model=req.base_model, valid=report.ok, format=report.format,
+                n_examples=report.n_examples, n_errors=report.n_errors,
+                errors=[s.ErrorInfo(code="invalid_line", message=e.message, line=e.line)
+                        for e in report.errors],
+                message=None if report.ok else report.failure_message(),
+                warnings=report.warnings, rows=rows)
+
+        return await anyio.to_thread.run_sync(check)

@@ -304,6 +304,48 @@ class File(msgspec.Struct, kw_only=True):
     created_at: int
 
 
+class PreviewRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """POST /files/{id}/preview: check a file for a base model and render its first rows."""
+
+    base_model: Annotated[str, Meta(min_length=1, max_length=256,
+                                    description="a base model's alias (GET /models)")]
+    n_rows: Annotated[int, Meta(ge=1, le=20)] = 3
+    method: Literal["supervised", "dpo"] = "supervised"
+    train_on_inputs: bool = False
+    max_seq_length: Annotated[int, Meta(ge=16, le=131072)] = 2048
+
+
+class PreviewSegment(msgspec.Struct, kw_only=True):
+    text: str
+    trained: bool  # loss-bearing: the model learns to write this
+    tokens: int
+
+
+class PreviewRow(msgspec.Struct, kw_only=True):
+    line: int
+    tokens: int  # before truncation
+    trained_tokens: int  # as trained (after truncation)
+    truncated: bool  # longer than max_seq_length
+    segments: list[PreviewSegment]  # the example as rendered; a preference pair: prompt + chosen
+    rejected_segments: list[PreviewSegment] | None = None  # a preference pair: prompt + rejected
+
+
+class FilePreview(msgspec.Struct, kw_only=True):
+    """The whole file checked as a job would check it, and its first rows as trained."""
+
+    object: Literal["file.preview"] = "file.preview"
+    file_id: str
+    base_model: str
+    valid: bool  # a job on this file would pass validation
+    format: str | None
+    n_examples: int
+    n_errors: int
+    errors: list[ErrorInfo]  # the first errors, each with its line
+    message: str | None = None  # why the file would fail, in words; None when valid
+    warnings: list[str] = []
+    rows: list[PreviewRow] = []
+
+
 class Page(msgspec.Struct, kw_only=True):
     object: Literal["list"] = "list"
     data: list[Any]

@@ -77,3 +77,32 @@ def test_exit_codes(cli) -> None:  # noqa: ANN001
 def test_every_command_has_help(command: list[str]) -> None:
     out = subprocess.run([TUNEDOCK, *command, "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "usage: tunedock" in out.stdout
+
+
+def test_files_preview_shows_errors_by_line_and_marks_trained_text(make_settings, smollm2_dir,  # noqa: ANN001
+                                                                    tmp_path) -> None:  # noqa: ANN001
+    from service.settings import BaseModelEntry
+
+    import tunedock
+
+    settings = make_settings(base_models=(BaseModelEntry(alias="smollm2", source=str(smollm2_dir)),))
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_bytes(jsonl(chat_rows(12)))
+    bad.write_bytes(jsonl(chat_rows(12))[:-40] + b"\n{oops\n")
+    with serve(settings) as (url, keys):
+        env = {**os.environ, "TUNEDOCK_BASE_URL": url, "TUNEDOCK_API_KEY": keys["acme"]}
+        ok = subprocess.run([TUNEDOCK, "files", "preview", str(good), "--model", "smollm2", "--rows", "2"],
+                            env=env, capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.startswith("valid: 12 examples (chat) for smollm2")
+        assert ok.stdout.count("--- line ") == 2 and "[[" in ok.stdout and "<|im_end|>\n]]" in ok.stdout
+        failed = subprocess.run([TUNEDOCK, "files", "preview", str(bad), "--model", "smollm2"],
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert failed.returncode == 2 and "invalid:" in failed.stdout
+        assert "line 12:" in failed.stdout and "line 13:" in failed.stdout, failed.stdout
+        # The SDK answers the same, typed.
+        with tunedock.Client(url, keys["acme"]) as client:
+            file_id = client.files.upload(good).id
+            found = client.files.preview(file_id, base_model="smollm2", n_rows=1)
+        assert found.valid and len(found.rows) == 1
+        assert found.rows[0].marked().count("[[") == 1

@@ -13,14 +13,11 @@ import time
 import pytest
 
 from tests.conftest import ARTIFACTS, DATASETS, Api
-from tests.support.data import jsonl
+from tests.support.data import QUESTIONS, jsonl
 from tests.support.processes import alive, start_runner, training_children
 
 pytestmark = pytest.mark.slow
 CODE_WORD = "PELICAN-7"
-QUESTIONS = ["What is the secret code word?", "Tell me the code word.", "Which code word do we use?",
-             "Say the password.", "What's the code?", "Remind me of the code word please.",
-             "Code word?", "What is our secret word?"]
 
 
 def code_word_rows(n: int) -> list[dict]:

@@ -16,5 +16,10 @@ def chat_rows(n: int, answer: str = "Blue.") -> list[dict]:
     ]
 
 
+QUESTIONS = ["What is the secret code word?", "Tell me the code word.", "Which code word do we use?",
+             "Say the password.", "What's the code?", "Remind me of the code word please.",
+             "Code word?", "What is our secret word?"]
+
+
 def jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()

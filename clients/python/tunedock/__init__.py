@@ -20,9 +20,10 @@ from tunedock.errors import (
     ServerError,
     TunedockError,
 )
-from tunedock.types import Checkpoint, Event, File, Job, JobEstimate, Model
+from tunedock.types import Checkpoint, Event, File, FilePreview, Job, JobEstimate, Model
 
 __all__ = [
+    "FilePreview",
     "APIConnectionError", "APIError", "AsyncClient", "AuthenticationError", "BadRequestError",
     "Checkpoint", "Client", "ConflictError", "Event", "File", "Job", "JobEstimate", "JobFailed",
     "Model",

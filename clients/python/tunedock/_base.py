@@ -131,3 +131,9 @@ def progress_text(job: Any) -> str:
 def v1_url(config: Config) -> str:
     """The service's OpenAI-compatible front door."""
     return config.base_url.rstrip("/") + "/v1"
+
+
+def preview_body(n_rows: int, base_model: str, method: str, train_on_inputs: bool,
+                 max_seq_length: int) -> dict[str, Any]:
+    return {"base_model": base_model, "n_rows": n_rows, "method": method,
+            "train_on_inputs": train_on_inputs, "max_seq_length": max_seq_length}

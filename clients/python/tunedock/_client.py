@@ -13,7 +13,7 @@ import msgspec
 
 from tunedock import _base as b
 from tunedock.errors import JobFailed
-from tunedock.types import Checkpoint, Event, File, Job, JobEstimate, Model
+from tunedock.types import Checkpoint, Event, File, FilePreview, Job, JobEstimate, Model
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -81,6 +81,14 @@ class Files:
 
     def list(self, *, limit: int = 100) -> Iterator[File]:
         yield from _pages(self._c, "/files", File, {"limit": limit})
+
+    def preview(self, file_id: str, *, base_model: str, n_rows: int = 3, method: str = "supervised",
+                train_on_inputs: bool = False, max_seq_length: int = 2048) -> FilePreview:
+        """Check the whole file for `base_model` (bad lines by number) and render its first rows
+        with the model's chat template, trained text marked; nothing is created."""
+        body = b.preview_body(n_rows, base_model, method, train_on_inputs, max_seq_length)
+        r = self._c.request("POST", f"/files/{file_id}/preview", idempotent=True, json=body)
+        return b.decode(r, FilePreview)
 
 
 class Jobs:
@@ -271,6 +279,14 @@ class AsyncFiles:
 
     def list(self, *, limit: int = 100) -> AsyncIterator[File]:
         return _apages(self._c, "/files", File, {"limit": limit})
+
+    async def preview(self, file_id: str, *, base_model: str, n_rows: int = 3,
+                      method: str = "supervised", train_on_inputs: bool = False,
+                      max_seq_length: int = 2048) -> FilePreview:
+        """Check the whole file for `base_model` and render its first rows (see Files.preview)."""
+        body = b.preview_body(n_rows, base_model, method, train_on_inputs, max_seq_length)
+        r = await self._c.request("POST", f"/files/{file_id}/preview", idempotent=True, json=body)
+        return b.decode(r, FilePreview)
 
 
 class AsyncJobs:

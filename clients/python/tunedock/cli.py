@@ -16,7 +16,7 @@ import msgspec
 
 from tunedock import Client
 from tunedock.errors import APIConnectionError, APIError, JobFailed
-from tunedock.types import JobEstimate
+from tunedock.types import FilePreview, JobEstimate
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
 
@@ -82,12 +82,44 @@ def _estimate_text(found: JobEstimate) -> str:
     return "\n".join(lines)
 
 
+def _is_path(ref: str) -> bool:
+    return not ref.startswith(("file-", "s3://"))
+
+
+def _preview_text(found: FilePreview) -> str:
+    """The check in words, then each row with its trained text in reverse video on a terminal
+    (between [[ and ]] when piped)."""
+    if found.valid:
+        lines = [f"valid: {found.n_examples} examples ({found.format}) for {found.base_model}"]
+    else:
+        lines = [f"invalid: {found.message}",
+                 *(f"  line {e.line}: {e.message}" for e in found.errors)]
+        if found.n_errors > len(found.errors):
+            lines.append(f"  ... and {found.n_errors - len(found.errors)} more")
+    lines += [f"warning: {w}" for w in found.warnings]
+    start, end = ("\x1b[7m", "\x1b[0m") if sys.stdout.isatty() else ("[[", "]]")
+    for row in found.rows:
+        lines += ["", f"--- line {row.line}: {row.tokens} tokens, {row.trained_tokens} trained"
+                      f"{' (truncated)' if row.truncated else ''}", row.marked(start, end)]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace, client: Client) -> int:
     cmd = (args.command, getattr(args, "action", None))
     if cmd == ("files", "upload"):
         _out(args, client.files.upload(args.path), ["id", "filename", "bytes", "uri"])
     elif cmd == ("files", "list"):
         _out(args, list(client.files.list()), ["id", "filename", "bytes", "uri"])
+    elif cmd == ("files", "preview"):
+        file_id = client.files.upload(args.file).id if _is_path(args.file) else args.file
+        found = client.files.preview(file_id, base_model=args.model, n_rows=args.rows,
+                                     method=args.method, max_seq_length=args.max_seq_length)
+        if args.json:
+            print(msgspec.json.encode(found).decode())
+        else:
+            print(_preview_text(found))
+        if not found.valid:
+            return EXIT_USAGE
     elif cmd == ("jobs", "create") and args.dry_run:
         found = client.jobs.estimate(base_model=args.model, training_file=args.train,
                                      validation_file=args.validation, hyperparameters=_hyper(args),
@@ -159,6 +191,13 @@ def parser() -> argparse.ArgumentParser:
     up = fsub.add_parser("upload", help="upload a JSONL file")
     up.add_argument("path")
     fsub.add_parser("list", help="list uploaded files")
+    pv = fsub.add_parser("preview", help="check a file for a base model and show its first rows "
+                                         "as trained (a local path is uploaded first)")
+    pv.add_argument("file", help="local JSONL path or file- id")
+    pv.add_argument("--model", required=True, help="base model alias")
+    pv.add_argument("--rows", type=int, default=3)
+    pv.add_argument("--method", choices=["supervised", "dpo"], default="supervised")
+    pv.add_argument("--max-seq-length", type=int, default=2048)
 
     jobs = sub.add_parser("jobs", help="create and follow fine-tuning jobs")
     jsub = jobs.add_subparsers(dest="action", required=True)

@@ -166,6 +166,40 @@ class File(msgspec.Struct, kw_only=True):
     created_at: int
 
 
+class PreviewSegment(msgspec.Struct, kw_only=True):
+    text: str
+    trained: bool  # loss-bearing: the model learns to write this
+    tokens: int
+
+
+class PreviewRow(msgspec.Struct, kw_only=True):
+    line: int
+    tokens: int
+    trained_tokens: int
+    truncated: bool
+    segments: list[PreviewSegment]
+    rejected_segments: list[PreviewSegment] | None = None
+
+    def marked(self, start: str = "[[", end: str = "]]") -> str:
+        """The rendered row with trained text between `start` and `end`."""
+        return "".join(f"{start}{s.text}{end}" if s.trained else s.text for s in self.segments)
+
+
+class FilePreview(msgspec.Struct, kw_only=True):
+    """A file checked for a base model, and its first rows as that model will be trained on them."""
+
+    file_id: str
+    base_model: str
+    valid: bool
+    format: str | None
+    n_examples: int
+    n_errors: int
+    errors: list[ErrorInfo]
+    message: str | None = None
+    warnings: list[str] = []
+    rows: list[PreviewRow] = []
+
+
 class Model(msgspec.Struct, kw_only=True):
     """A base model, or a fine-tuned adapter with its deployment status."""
 

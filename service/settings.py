@@ -1,9 +1,13 @@
-"""Service settings: one struct, read once from TUNEDOCK_* environment variables at start-up."""
+"""Service settings: one struct, read once from TUNEDOCK_* environment variables at start-up, each
+field documented where it is declared (its role and meaning); `python -m service.settings` prints
+the README's configuration tables from those docs, and a test checks the README against them."""
 
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
@@ -26,70 +30,104 @@ class TenantBucket(msgspec.Struct, frozen=True, kw_only=True):
     prefix: str = ""
 
 
+# The role a setting is for. Every process reads the same TUNEDOCK_* environment, so the settings
+# stay one flat struct (one name per variable); the roles group their declarations below and the
+# README's configuration tables, which `python -m service.settings` writes from these docs.
+STORAGE, API, RUNNER, SERVING = "storage", "api", "runner", "serving"
+ROLES = {
+    STORAGE: "Storage (every role): the database and the object store",
+    API: "API: the HTTP front door, data checks, the gateway",
+    RUNNER: "Runner: claiming, supervising and training jobs",
+    SERVING: "Serving: the vLLM sidecar and the LoRA resolver",
+}
+
+
+def doc(role: str, text: str, default: str | None = None) -> msgspec.Meta:
+    """A setting's role and meaning (and its default in words, where the value says too little)."""
+    extra = {"role": role, **({"default": default} if default is not None else {})}
+    return msgspec.Meta(description=text, extra=extra)
+
+
 class Settings(msgspec.Struct, kw_only=True):
-    database_url: str = "sqlite+aiosqlite:///.data/tunedock.db"
-    data_dir: str = ".data"
-    # Object store: S3 when an endpoint or bucket credentials are given, else a local folder.
-    s3_endpoint_url: str | None = None
-    s3_region: str = "us-east-1"
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
-    s3_path_style: bool = True
-    artifact_bucket: str = "tunedock"
-    # Buckets every tenant's training_file / validation_file may name by s3:// URI. The
-    # artifact bucket is never one: uploads are reached by their file- ids only.
-    readable_buckets: tuple[str, ...] = ()
-    # Per-tenant grants (`tenant=bucket[/prefix],…`): what one tenant may name by s3:// URI.
-    tenant_buckets: tuple[TenantBucket, ...] = ()
-    max_upload_bytes: int = 1 << 30
-    max_line_bytes: int = 4 << 20
-    base_models: tuple[BaseModelEntry, ...] = ()
-    # Base aliases some vLLM instance serves; empty means "serving not configured".
-    served_models: tuple[str, ...] = ()
-    serving_url: str | None = None
-    serving_api_key: str | None = None
-    # The serving side (python -m serving, the resolver plugin) asks the API which adapters to
-    # serve at api_url, with internal_api_key; the API answers /internal only with that key.
-    api_url: str = "http://127.0.0.1:8080"
-    internal_api_key: str | None = None
-    # Serving (python -m serving): the base alias this vLLM serves, and how.
-    serve_model: str | None = None
-    vllm_host: str = "127.0.0.1"
-    vllm_port: int = 8000
-    vllm_max_loras: int = 4
-    vllm_max_cpu_loras: int = 16
-    vllm_memory_fraction: float | None = None
-    # An absolute KV cache size (GiB). On vLLM's CPU backend a fraction is taken of NUMA node 0,
-    # which on a fresh VM reports far less than the machine has, so CPU set-ups size it this way.
-    vllm_kv_cache_gib: float | None = None
-    vllm_max_model_len: int | None = None
-    vllm_extra_args: str = ""
-    max_lora_rank: int = 64
-    adapter_dir: str = ".data/adapters"
-    reconcile_seconds: float = 10.0
-    host: str = "127.0.0.1"
-    port: int = 8080
-    log_json: bool = True
-    log_level: str = "info"
-    # Runner
-    runner_gpus: str | None = None
-    lease_seconds: float = 60.0
-    heartbeat_seconds: float = 5.0
-    max_attempts: int = 3
-    # How often the API requeues jobs whose lease expired (runners also do it before each claim).
-    sweep_seconds: float = 5.0
-    poll_seconds: float = 1.0
-    cancel_grace_seconds: float = 5.0
-    max_oom_retries: int = 2
-    # Keep a training child per slot that has already imported torch/Unsloth/TRL, so a claimed
-    # job starts without waiting for the imports.
-    warm_child: bool = True
-    # Bitwise-reproducible training (torch's deterministic algorithms, one CPU thread): slower;
-    # for checking that a resumed job retraces an uninterrupted one.
-    deterministic_training: bool = False
-    # Address-space cap for each training child (CPU runners: keeps one job from taking the
-    # machine; going over it is handled like a CUDA out-of-memory).
-    training_memory_limit_bytes: int | None = None
+    # -- storage ---------------------------------------------------------------------------------
+    database_url: Annotated[str, doc(STORAGE, "SQLAlchemy URL; `postgresql+asyncpg://…` at scale")] = (
+        "sqlite+aiosqlite:///.data/tunedock.db")
+    data_dir: Annotated[str, doc(STORAGE, "local artifacts (when no S3), runner work folders, the dev key")] = ".data"
+    s3_endpoint_url: Annotated[str | None, doc(
+        STORAGE, "S3 endpoint (MinIO, R2, …); S3 is used when this or a key is set, else a local folder")] = None
+    s3_region: Annotated[str, doc(STORAGE, "region")] = "us-east-1"
+    s3_access_key_id: Annotated[str | None, doc(STORAGE, "access key (else boto3's chain)")] = None
+    s3_secret_access_key: Annotated[str | None, doc(STORAGE, "secret key (else boto3's chain)")] = None
+    s3_path_style: Annotated[bool, doc(STORAGE, "path-style addressing (MinIO)")] = True
+    artifact_bucket: Annotated[str, doc(STORAGE, "uploads, checkpoints and adapters")] = "tunedock"
+    # -- api -------------------------------------------------------------------------------------
+    host: Annotated[str, doc(API, "where the API listens")] = "127.0.0.1"
+    port: Annotated[int, doc(API, "where the API listens")] = 8080
+    log_json: Annotated[bool, doc(API, "structlog JSON lines (every role)")] = True
+    log_level: Annotated[str, doc(API, "log level (every role)")] = "info"
+    readable_buckets: Annotated[tuple[str, ...], doc(
+        API, "comma list of buckets every tenant's `training_file` may name by `s3://` URI (never the "
+             "artifact bucket: uploads are reached by their file- ids only)")] = ()
+    tenant_buckets: Annotated[tuple[TenantBucket, ...], doc(
+        API, "per-tenant grants `tenant=bucket[/prefix],…`: what one tenant may name by `s3://` URI")] = ()
+    max_upload_bytes: Annotated[int, doc(API, "`POST /files` limit (413 beyond)")] = 1 << 30
+    max_line_bytes: Annotated[int, doc(API, "longest JSONL line validation accepts")] = 4 << 20
+    base_models: Annotated[tuple[BaseModelEntry, ...], doc(
+        API, "registry `alias=folder-or-hub-id,…` (`make up` sets `smollm2=…`); runners read it too")] = ()
+    served_models: Annotated[tuple[str, ...], doc(
+        API, "base aliases some vLLM instance serves (with `SERVING_URL`, jobs on others need "
+             "`deploy: false`); empty: serving not configured")] = ()
+    serving_url: Annotated[str | None, doc(
+        API, "vLLM's internal `/v1` URL(s), comma-separated for several replicas (model names are "
+             "hashed over them): only the API's gateway uses them")] = None
+    serving_api_key: Annotated[str | None, doc(API, "the key vLLM expects (the gateway's and the sidecar's)")] = None
+    internal_api_key: Annotated[str | None, doc(
+        API, "the key of the API's `/internal` endpoint, which the serving side asks what to serve "
+             "(the API answers `/internal` only with it; `service up` makes one per start)")] = None
+    sweep_seconds: Annotated[float, doc(
+        API, "how often the API requeues jobs whose lease expired (so a dead runner's job resumes "
+             "even with no other runner up; runners also do it before each claim)")] = 5.0
+    # -- runner ----------------------------------------------------------------------------------
+    runner_gpus: Annotated[str | None, doc(
+        RUNNER, "GPU indices for `python -m service runner`, one job each", "all visible")] = None
+    lease_seconds: Annotated[float, doc(RUNNER, "a job's lease")] = 60.0
+    heartbeat_seconds: Annotated[float, doc(RUNNER, "how often the lease is renewed")] = 5.0
+    max_attempts: Annotated[int, doc(RUNNER, "attempts before a job whose runner keeps dying fails")] = 3
+    poll_seconds: Annotated[float, doc(RUNNER, "how often an idle runner looks for a queued job")] = 1.0
+    cancel_grace_seconds: Annotated[float, doc(RUNNER, "SIGTERM → SIGKILL grace on cancel")] = 5.0
+    max_oom_retries: Annotated[int, doc(
+        RUNNER, "out-of-memory retries, each capped at half the micro-batch that failed; the retry's "
+                "plan takes the largest micro-batch under the cap that fits the memory free then, down to 1")] = 2
+    warm_child: Annotated[bool, doc(
+        RUNNER, "keep one training child per slot with torch/Unsloth/TRL already imported, so a "
+                "claimed job skips the imports")] = True
+    deterministic_training: Annotated[bool, doc(
+        RUNNER, "torch's deterministic algorithms and one CPU thread: bitwise-repeatable runs (slower); "
+                "for checking that a resumed job retraces an uninterrupted one")] = False
+    training_memory_limit_bytes: Annotated[int | None, doc(
+        RUNNER, "address-space cap per training child (CPU runners: keeps one job from taking the "
+                "machine); hitting it is retried like a CUDA OOM")] = None
+    # -- serving ---------------------------------------------------------------------------------
+    api_url: Annotated[str, doc(
+        SERVING, "where the serving side (`python -m serving`, the resolver plugin) reaches the API; "
+                 "it never opens the database")] = "http://127.0.0.1:8080"
+    serve_model: Annotated[str | None, doc(SERVING, "the base alias this vLLM serves")] = None
+    vllm_host: Annotated[str, doc(SERVING, "where vLLM listens (internal only)")] = "127.0.0.1"
+    vllm_port: Annotated[int, doc(SERVING, "where vLLM listens (internal only)")] = 8000
+    vllm_max_loras: Annotated[int, doc(SERVING, "adapters vLLM holds on the GPU at once")] = 4
+    vllm_max_cpu_loras: Annotated[int, doc(SERVING, "adapters vLLM keeps in CPU memory")] = 16
+    vllm_memory_fraction: Annotated[float | None, doc(SERVING, "vLLM's GPU memory fraction")] = None
+    vllm_kv_cache_gib: Annotated[float | None, doc(
+        SERVING, "an absolute KV cache size in GiB; use it on CPU, where a fraction is taken of NUMA "
+                 "node 0, which reads low on a fresh VM")] = None
+    vllm_max_model_len: Annotated[int | None, doc(SERVING, "vLLM's context length")] = None
+    vllm_extra_args: Annotated[str, doc(SERVING, "more arguments for vLLM's OpenAI server")] = ""
+    max_lora_rank: Annotated[int, doc(
+        SERVING, "the largest LoRA rank vLLM is started for; jobs with a larger `lora_r` and "
+                 "`deploy: true` are refused")] = 64
+    adapter_dir: Annotated[str, doc(SERVING, "where the sidecar keeps fetched adapters")] = ".data/adapters"
+    reconcile_seconds: Annotated[float, doc(
+        SERVING, "how often the sidecar compares what vLLM serves with what the API wants")] = 10.0
 
     @property
     def uses_s3(self) -> bool:
@@ -155,3 +193,30 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
     raw.update(overrides)
     # strict=False turns "8080" into 8080 and "false" into False.
     return msgspec.convert(raw, Settings, strict=False)
+
+
+def _default(field: msgspec.structs.FieldInfo, meta: dict) -> str:
+    if "default" in meta:
+        return meta["default"]
+    value = field.default
+    if value in (None, (), ""):
+        return "–"
+    return f"`{str(value).lower() if isinstance(value, bool) else value}`"
+
+
+def markdown() -> str:
+    """The README's configuration tables: one per role, each variable with its default and meaning."""
+    hints = typing.get_type_hints(Settings, include_extras=True)
+    by_role: dict[str, list[str]] = {role: [] for role in ROLES}
+    for field in msgspec.structs.fields(Settings):
+        meta = next(m for m in typing.get_args(hints[field.name])[1:] if isinstance(m, msgspec.Meta))
+        by_role[meta.extra["role"]].append(
+            f"| `TUNEDOCK_{field.name.upper()}` | {_default(field, meta.extra)} | {meta.description} |")
+    out = []
+    for role, title in ROLES.items():
+        out += [f"**{title}**", "", "| variable | default | meaning |", "|---|---|---|", *by_role[role], ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

@@ -40,11 +40,12 @@ class InternalController(Controller):
         _check(request, settings)
         return await deployments.specs(*(status or ()))
 
-    @post("/deployments/{name:str}", status_code=204, responses=errors(400, 401, 500))
+    @post("/deployments/{name:str}", status_code=204, responses=errors(400, 401, 409, 500))
     async def report(self, request: Request, name: str, data: s.DeploymentReport, settings: Settings,
                      deployments: Deployments) -> None:
         """The sidecar reports a load: loading, loaded (with seconds since the job succeeded), or
-        failed (with why)."""
+        failed (with why). 409 when the deployment's state table refuses the move, e.g. a load
+        that finished after the user unloaded the model (it stays unloaded)."""
         _check(request, settings)
         loaded_at = utcnow() if data.status == "loaded" else None  # on the API's clock
         await deployments.mark(name, data.status, error=data.error, loaded_at=loaded_at,

@@ -1,8 +1,9 @@
 """Deployments: which adapters the service wants vLLM to serve, by model name, and how that went.
 
 The API requests and unloads; the serving process (serving/) moves a deployment through
-pending -> loading -> loaded | failed, and unloaded when the API asks. For a job's final adapter
-the job's own `deployment` field mirrors the row, in the same transaction.
+pending -> loading -> loaded | failed, and unloaded when the API asks. Every change goes through
+transition() and the table in states.py, and writes an event. For a job's final adapter the job's
+own `deployment` field mirrors the row in the same transaction, written by the job store.
 """
 
 from __future__ import annotations
@@ -10,15 +11,34 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.errors import InvalidRequest, NotFound
 from service.jobs import schema as s
 from service.jobs.database import Database, as_utc, unix
 from service.jobs.db import DeploymentRow, JobRow
+from service.jobs.states import check_deployment_transition
 from service.jobs.store import Store, event_row
+from service.jobs.store_jobs import mirror_deployment
 
-ACTIVE = ("pending", "loading", "loaded")
+D = s.DeploymentStatus
+ACTIVE = (D.pending.value, D.loading.value, D.loaded.value)
+
+
+async def transition(ses: AsyncSession, row: DeploymentRow, to: s.DeploymentStatus, message: str,
+                     *, error: str | None = None, data: dict[str, Any] | None = None) -> None:
+    """Move `row` to `to` if the table allows it; mirror it onto a final adapter's job; write the
+    event. InvalidTransition otherwise, and nothing is written."""
+    check_deployment_transition(D(row.status), to)
+    row.status, row.error = to.value, error
+    if row.kind == "final":
+        await mirror_deployment(ses, row.job_id, {"status": to.value, "loaded_at": unix(row.loaded_at),
+                                                  "error": error})
+    event = {"model": row.name, "status": to.value, **(data or {})}
+    if error:
+        event["error"] = error
+    ses.add(event_row(row.job_id, "deployment", message, "error" if to is D.failed else "info", event))
 
 
 def model_from_row(row: DeploymentRow) -> s.ModelInfo:
@@ -41,13 +61,17 @@ class Deployments:
         """Ask for an adapter to be served; asking again for a failed or unloaded one retries."""
         async with self.db.write() as ses:
             found = await ses.get(DeploymentRow, row.name)
+            said = f"deployment of {row.name} requested"
             if found is None:
                 ses.add(row)
                 found = row
+                if row.kind == "final":
+                    await mirror_deployment(ses, row.job_id, {"status": D.pending.value,
+                                                              "loaded_at": None, "error": None})
+                ses.add(event_row(row.job_id, "deployment", said,
+                                  data={"model": row.name, "status": D.pending.value}))
             elif found.status not in ACTIVE:
-                found.status, found.error = "pending", None
-            ses.add(event_row(row.job_id, "deployment", f"deployment of {row.name} requested",
-                              data={"model": row.name}))
+                await transition(ses, found, D.pending, said)
             return model_from_row(found)
 
     async def specs(self, *statuses: str) -> list[s.DeploymentSpec]:
@@ -73,25 +97,17 @@ class Deployments:
     async def mark(self, name: str, status: str, *, error: str | None = None,
                    loaded_at: datetime | None = None, load_seconds: float | None = None,
                    message: str | None = None) -> None:
+        """What the serving sidecar reports; InvalidTransition (409) when the table refuses it,
+        e.g. a load finishing after the user unloaded the model."""
         async with self.db.write() as ses:
             row = await ses.get(DeploymentRow, name)
             if row is None:
                 return
-            row.status, row.error = status, error
             if loaded_at is not None:
                 row.loaded_at, row.load_seconds = loaded_at, load_seconds
-            if row.kind == "final":
-                mirror = {"status": status, "loaded_at": unix(row.loaded_at), "error": error}
-                await ses.execute(update(JobRow).where(JobRow.id == row.job_id)
-                                  .values(deployment=mirror))
-            if message:
-                data: dict[str, Any] = {"model": name, "status": status}
-                if load_seconds is not None:
-                    data["seconds_from_success"] = load_seconds
-                if error:
-                    data["error"] = error
-                ses.add(event_row(row.job_id, "deployment", message,
-                                  "error" if status == "failed" else "info", data))
+            data = {"seconds_from_success": load_seconds} if load_seconds is not None else {}
+            await transition(ses, row, D(status), message or f"{name} is {status}", error=error,
+                             data=data)
 
     async def for_tenant(self, tenant: str) -> list[s.ModelInfo]:
         async with self.db.read() as ses:
@@ -111,12 +127,9 @@ class Deployments:
             row = await ses.get(DeploymentRow, name)
             if row is None or row.tenant != tenant:
                 raise NotFound(f"no deployed model {name!r}", param="name")
-            row.status, row.error = "unloaded", None
-            if row.kind == "final":
-                await ses.execute(update(JobRow).where(JobRow.id == row.job_id).values(
-                    deployment={"status": "unloaded", "loaded_at": None, "error": None}))
-            ses.add(event_row(row.job_id, "deployment", f"{name} unloaded on request",
-                              data={"model": name, "status": "unloaded"}))
+            if row.status != D.unloaded.value:
+                row.loaded_at = None
+                await transition(ses, row, D.unloaded, f"{name} unloaded on request")
             return model_from_row(row)
 
     async def deploy_checkpoint(self, store: Store, tenant: str, job_id: str, epoch: int) -> s.ModelInfo:

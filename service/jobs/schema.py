@@ -22,6 +22,16 @@ class Status(StrEnum):
 
 TERMINAL = frozenset({Status.succeeded, Status.failed, Status.cancelled})
 
+
+class DeploymentStatus(StrEnum):
+    """Where an adapter's deployment stands (service/jobs/states.py has the table)."""
+
+    pending = "pending"  # asked for; the serving sidecar has not picked it up yet
+    loading = "loading"  # the sidecar is fetching it and loading it into vLLM
+    loaded = "loaded"  # vLLM serves it
+    failed = "failed"  # it could not be loaded (see error); asking again retries
+    unloaded = "unloaded"  # no longer served, at the user's request; the files are kept
+
 Suffix = Annotated[str, Meta(max_length=40, pattern=r"^[a-z0-9-]*$")]
 LORA_MODULE_PATTERN = r"^[A-Za-z0-9_.]{1,64}$"
 LoraModule = Annotated[str, Meta(pattern=LORA_MODULE_PATTERN)]
@@ -181,7 +191,7 @@ class MemoryPlan(msgspec.Struct, kw_only=True):
 
 
 class Deployment(msgspec.Struct, kw_only=True):
-    status: Literal["pending", "loading", "loaded", "failed", "unloaded"]
+    status: DeploymentStatus
     loaded_at: int | None = None
     error: str | None = None
 
@@ -377,7 +387,7 @@ class DeploymentSpec(msgspec.Struct, kw_only=True, frozen=True):
     prefix: str
     folder: str
     kind: Literal["final", "checkpoint"]
-    status: Literal["pending", "loading", "loaded", "failed", "unloaded"]
+    status: DeploymentStatus
     job_finished_at: float | None = None  # Unix seconds, for "servable N s after success"
 
 
@@ -397,33 +407,3 @@ class Serving(msgspec.Struct, kw_only=True):
 
 class ErrorBody(msgspec.Struct):
     error: ErrorInfo
-
-
-class ObjectRef(msgspec.Struct, kw_only=True, frozen=True):
-    bucket: str
-    key: str
-
-
-class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
-    """What the runner hands the training child (service/training) as a JSON file."""
-
-    job_id: str
-    base_model: str  # the alias, for the fine-tuned model's name
-    base_model_source: str  # a local folder or a hub id
-    hyperparameters: Hyperparameters
-    method: Method = Method()
-    train: ObjectRef
-    validation: ObjectRef | None = None
-    validation_rows: int = 0  # how many rows the seeded automatic split holds out
-    example_lengths: LengthStats | None = None  # the training file's, from validation
-    artifact_bucket: str
-    output_prefix: str  # jobs/{id}
-    resume_from: ObjectRef | None = None  # a checkpoint prefix (…/checkpoints/epoch-N)
-    # Continued training: the parent adapter (a prefix holding adapter_model.safetensors) whose
-    # weights the new adapter starts from.
-    init_adapter: ObjectRef | None = None
-    max_micro_batch_size: int | None = None  # a cap after an out-of-memory retry
-    backend: Literal["auto", "unsloth", "peft"] = "auto"
-    metrics_every_steps: int = 1
-    deterministic: bool = False
-    work_dir: str

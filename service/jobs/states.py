@@ -1,9 +1,10 @@
-"""The job lifecycle: one table of allowed transitions. store_jobs.transition() is its only user."""
+"""The job and deployment lifecycles: one table of allowed transitions each. store_jobs.transition()
+and deployments.transition() are their only users."""
 
 from __future__ import annotations
 
 from service.errors import InvalidTransition
-from service.jobs.schema import Status
+from service.jobs.schema import DeploymentStatus, Status
 
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.validating_files: frozenset({Status.queued, Status.failed, Status.cancelled}),
@@ -23,3 +24,24 @@ def check_transition(current: Status, to: Status) -> None:
     """Raise InvalidTransition unless `current -> to` is in the table."""
     if to not in ALLOWED[current]:
         raise InvalidTransition(f"a {current.value} job cannot become {to.value}", param="status")
+
+
+D = DeploymentStatus
+DEPLOYMENT_ALLOWED: dict[DeploymentStatus, frozenset[DeploymentStatus]] = {
+    # pending -> loaded: a sidecar may report the load without reporting loading first.
+    D.pending: frozenset({D.loading, D.loaded, D.failed, D.unloaded}),
+    D.loading: frozenset({D.loaded, D.failed, D.unloaded}),
+    # loaded -> failed: vLLM restarted and the re-load failed.
+    D.loaded: frozenset({D.failed, D.unloaded}),
+    # failed / unloaded -> pending: the user asked for it again.
+    D.failed: frozenset({D.pending, D.unloaded}),
+    D.unloaded: frozenset({D.pending}),
+}
+
+
+def check_deployment_transition(current: DeploymentStatus, to: DeploymentStatus) -> None:
+    """Raise InvalidTransition unless `current -> to` is in the deployment table: e.g. a load
+    reported after the user unloaded the model must not bring it back."""
+    if to not in DEPLOYMENT_ALLOWED[current]:
+        raise InvalidTransition(f"a {current.value} deployment cannot become {to.value}",
+                                param="status")

@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from service.errors import NotFound
 from service.jobs import schema as s
 from service.jobs.db import FileRow, IdempotencyRow, JobRow
-from service.jobs.rows import file_from_row, page
+from service.jobs.rows import file_from_row, newest_first, page
 from service.jobs.store_keys import KeysStore
 
 
@@ -71,13 +71,12 @@ class FilesStore(KeysStore):
                 IdempotencyRow.resource_id == file_id))
 
     async def list_files(self, tenant: str, after: str | None, limit: int) -> s.Page:
-        async with self.db.read() as ses:
-            q = select(FileRow).where(FileRow.tenant == tenant)
-            if after:
-                anchor = await ses.get(FileRow, after)
-                if anchor is None or anchor.tenant != tenant:
-                    raise NotFound(f"no file {after!r}", param="after")
-                q = q.where((FileRow.created_at, FileRow.id) < (anchor.created_at, anchor.id))
-            rows = (await ses.scalars(q.order_by(FileRow.created_at.desc(), FileRow.id.desc())
-                                      .limit(limit + 1))).all()
-        return page([file_from_row(r) for r in rows], limit)
+        """Newest first, on the driver path like the jobs list, with the same keyset page."""
+        anchor = None
+        if after:
+            found = await self.db.rows("SELECT * FROM files WHERE id = ?", after)
+            if not found or found[0]["tenant"] != tenant:
+                raise NotFound(f"no file {after!r}", param="after")
+            anchor = found[0]
+        sql, params = newest_first("SELECT * FROM files WHERE tenant = ?", [tenant], anchor, limit)
+        return page([file_from_row(FileRow(**r)) for r in await self.db.rows(sql, *params)], limit)

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.errors import InvalidTransition, LeaseLost, NotFound
 from service.jobs import schema as s
 from service.jobs.db import IdempotencyRow, JobRow, utcnow
-from service.jobs.rows import JOB_SELECT, Lease, event_row, job_from_row, json_value, page
+from service.jobs.rows import JOB_SELECT, Lease, event_row, job_from_row, json_value, newest_first, page
 from service.jobs.states import check_transition
 from service.jobs.store_keys import KeysStore
 
@@ -55,6 +55,12 @@ async def transition(
     for key, value in values.items():
         setattr(job, key, value)
     session.add(event_row(job.id, "status", message, level, {"status": to.value, **(data or {})}))
+
+
+async def mirror_deployment(session: AsyncSession, job_id: str, deployment: dict[str, Any]) -> None:
+    """The job's copy of its final adapter's deployment (service/jobs/deployments.py moves the
+    deployment itself), written in the caller's transaction."""
+    await session.execute(update(JobRow).where(JobRow.id == job_id).values(deployment=deployment))
 
 
 class JobsStore(KeysStore):
@@ -115,13 +121,9 @@ class JobsStore(KeysStore):
                 sql, params = sql + " AND json_extract(metadata, ?) = ?", [*params, f'$."{key}"', value]
             else:
                 sql, params = sql + " AND (metadata::jsonb ->> ?) = ?", [*params, key, value]
-        if after:
-            anchor = await self._job_values(tenant, after)
-            sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
-            params += [anchor["created_at"], anchor["created_at"], anchor["id"]]
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        rows = await self.db.rows(sql, *params, limit + 1)
-        return page([job_from_row(r) for r in rows], limit)
+        anchor = await self._job_values(tenant, after) if after else None
+        sql, params = newest_first(sql, params, anchor, limit)
+        return page([job_from_row(r) for r in await self.db.rows(sql, *params)], limit)
 
     async def jobs_in_status(self, status: s.Status) -> list[str]:
         async with self.db.read() as ses:

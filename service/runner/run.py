@@ -92,7 +92,7 @@ class JobRun:
                     await self.report.fail(decision.error.code, decision.error.message)
             return
 
-    async def _spawn(self, spec: s.TrainingSpec, oom_retry: int) -> Attempt:
+    async def _spawn(self, spec: m.TrainingSpec, oom_retry: int) -> Attempt:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         spec_path = self.work_dir / f"spec-{oom_retry}.json"
         spec_path.write_bytes(msgspec.json.encode(spec))

@@ -10,23 +10,24 @@ from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.settings import Settings
 from service.storage import parse_s3_uri
+from service.training.messages import ObjectRef, TrainingSpec
 
 
-def object_ref(uri: str) -> s.ObjectRef:
+def object_ref(uri: str) -> ObjectRef:
     """An s3:// URI the service wrote itself (checkpoint, resume point, adapter) as an ObjectRef."""
     bucket, key = parse_s3_uri(uri, "uri")
-    return s.ObjectRef(bucket=bucket, key=key.rstrip("/"))
+    return ObjectRef(bucket=bucket, key=key.rstrip("/"))
 
 
 async def build_spec(settings: Settings, store: Store, jobs: JobService, job: s.Job,
-                     max_micro_batch: int | None, work_dir: Path) -> s.TrainingSpec:
+                     max_micro_batch: int | None, work_dir: Path) -> TrainingSpec:
     """LookupError when the base model left the registry; NotFound when a file is gone."""
     tenant = await store.job_tenant(job.id)
     bucket, key = await jobs.locate(tenant, job.training_file, "training_file")
     validation = None
     if job.validation_file:
         vb, vk = await jobs.locate(tenant, job.validation_file, "validation_file")
-        validation = s.ObjectRef(bucket=vb, key=vk)
+        validation = ObjectRef(bucket=vb, key=vk)
     # Resume from whichever is later: the last epoch checkpoint or the last resume point.
     points = [(c.step, c.uri) for c in await store.list_checkpoints(None, job.id)]
     if (point := await store.resume_point(job.id)) is not None:
@@ -35,10 +36,10 @@ async def build_spec(settings: Settings, store: Store, jobs: JobService, job: s.
     if entry is None:
         raise LookupError(f"base model {job.base_model!r} is no longer in the registry")
     dataset = job.dataset
-    return s.TrainingSpec(
+    return TrainingSpec(
         job_id=job.id, base_model=job.base_model, base_model_source=entry.source,
         hyperparameters=job.hyperparameters, method=job.method,
-        train=s.ObjectRef(bucket=bucket, key=key), validation=validation,
+        train=ObjectRef(bucket=bucket, key=key), validation=validation,
         validation_rows=dataset.n_validation if dataset and dataset.validation_source == "split" else 0,
         # Lengths estimated from bytes (no local tokenizer) could under-plan memory.
         example_lengths=dataset.lengths if dataset and not dataset.tokens_estimated else None,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from service.jobs.schema import TrainingSpec
+from service.training.messages import TrainingSpec
 from service.procs import die_with_parent
 from service.settings import load_settings
 from service.storage import make_store

@@ -1,7 +1,8 @@
-"""Every message from the training child to the runner, one JSON line each on the events pipe,
-as one tagged union (the `type` field), and the child's exit codes. Both sides import this
-module: the child encodes these structs, the runner decodes with `decode` and matches on type,
-so a renamed field fails in the type checker and the unit tests, not in an e2e run."""
+"""What crosses between the runner and its training child: the TrainingSpec the runner writes
+for one attempt (a JSON file), every message back from the child (one JSON line each on the
+events pipe, one tagged union on the `type` field), and the child's exit codes. Both sides import
+this module: the child encodes these structs, the runner decodes with `decode` and matches on
+type, so a renamed field fails in the type checker and the unit tests, not in an e2e run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,39 @@ import time
 
 import msgspec
 
-from service.jobs.schema import EarlyStopping, EvalSample, MemoryPlan
+from typing import Literal
+
+from service.jobs.schema import EarlyStopping, EvalSample, Hyperparameters, LengthStats, MemoryPlan, Method
+
+class ObjectRef(msgspec.Struct, kw_only=True, frozen=True):
+    bucket: str
+    key: str
+
+
+class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """What the runner hands the training child (service/training) as a JSON file."""
+
+    job_id: str
+    base_model: str  # the alias, for the fine-tuned model's name
+    base_model_source: str  # a local folder or a hub id
+    hyperparameters: Hyperparameters
+    method: Method = Method()
+    train: ObjectRef
+    validation: ObjectRef | None = None
+    validation_rows: int = 0  # how many rows the seeded automatic split holds out
+    example_lengths: LengthStats | None = None  # the training file's, from validation
+    artifact_bucket: str
+    output_prefix: str  # jobs/{id}
+    resume_from: ObjectRef | None = None  # a checkpoint prefix (…/checkpoints/epoch-N)
+    # Continued training: the parent adapter (a prefix holding adapter_model.safetensors) whose
+    # weights the new adapter starts from.
+    init_adapter: ObjectRef | None = None
+    max_micro_batch_size: int | None = None  # a cap after an out-of-memory retry
+    backend: Literal["auto", "unsloth", "peft"] = "auto"
+    metrics_every_steps: int = 1
+    deterministic: bool = False
+    work_dir: str
+
 
 # The child's exit status: 0 done; 2 bad spec, data or plan (no retry helps); 3 out of memory
 # (the runner retries with a smaller micro-batch); 4 stopped by SIGTERM between steps (pause,

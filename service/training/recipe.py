@@ -15,7 +15,8 @@ from service.datasets.formats import Preference, detect_format, parse_example
 from service.datasets.jsonl import read_jsonl
 from service.datasets.render import IGNORE, Collator, FlatCollator, Renderer, fit, fit_pair, split_examples
 from service.datasets.template import HFTokens
-from service.jobs.schema import EarlyStopping, MemoryPlan, ObjectRef, TrainingSpec
+from service.jobs.schema import EarlyStopping, MemoryPlan
+from service.training.messages import ObjectRef, TrainingSpec
 from service.storage import ObjectStore, download_prefix, upload_dir
 from service.training import backends
 from service.training import messages as m

@@ -148,3 +148,46 @@ def test_async_client_same_surface(server, tmp_path) -> None:  # noqa: ANN001
                 await c.jobs.get("ftjob-nope")
 
     asyncio.run(scenario())
+
+
+def test_sync_and_async_clients_have_one_surface() -> None:
+    """Both are shells over tunedock/_ops.py: the same resources, methods and parameters."""
+    import inspect
+
+    from tunedock import _client
+
+    def surface(obj: type) -> dict[str, list[tuple[str, object, object]]]:
+        return {name: [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+                for name, fn in inspect.getmembers(obj, inspect.isfunction) if not name.startswith("_")}
+
+    pairs = [(_client.Files, _client.AsyncFiles), (_client.Jobs, _client.AsyncJobs),
+             (_client.Models, _client.AsyncModels)]
+    for sync, asyn in pairs:
+        assert surface(sync) == surface(asyn), (sync, asyn)
+    client_surface = {k: v for k, v in surface(_client.Client).items() if k not in ("close",)}
+    assert client_surface == {k: v for k, v in surface(_client.AsyncClient).items() if k != "close"}
+    # Every public call is an op of tunedock/_ops.py; no resource touches HTTP itself.
+    for cls in (cls for pair in pairs for cls in pair):
+        for name, fn in inspect.getmembers(cls, inspect.isfunction):
+            if not name.startswith("_"):
+                body = inspect.getsource(fn)
+                assert "ops." in body and "http" not in body.replace("httpx.Response", ""), (cls, name)
+
+
+def test_streamed_events_retry_like_any_call(server, client: tunedock.Client, s3) -> None:  # noqa: ANN001
+    s3.put_object(Bucket=DATASETS, Key="sdk/e.jsonl", Body=jsonl(chat_rows(10)))
+    job = client.jobs.create(base_model="tiny", training_file=f"s3://{DATASETS}/sdk/e.jsonl")
+    client.jobs.cancel(job.id)
+    expected = [e.id for e in client.jobs.events(job.id)]
+    url, keys = server
+    with faulty_proxy(url, ["503", "drop"]) as (proxy, log), tunedock.Client(proxy, keys["acme"]) as c:
+        streamed = [e.id for e in c.jobs.events(job.id, stream=True)]
+    assert streamed == expected
+    assert [line.split(" -> ")[1] for line in log] == ["503", "drop", "forward"], log
+
+    async def streamed_async() -> list[str]:
+        with faulty_proxy(url, ["503"]) as (proxy, _):
+            async with tunedock.AsyncClient(proxy, keys["acme"]) as c:
+                return [e.id async for e in c.jobs.events(job.id, stream=True)]
+
+    assert asyncio.run(streamed_async()) == expected

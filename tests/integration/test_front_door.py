@@ -204,3 +204,40 @@ async def test_internal_endpoint_takes_only_the_internal_key(make_settings, s3) 
         r = await api.client.post(f"/internal/deployments/{a['model']}", headers=api.auth(),
                                   json={"status": "failed"})
         assert r.status_code == 401
+
+
+async def test_deployment_moves_follow_their_table_and_each_writes_an_event(make_settings, s3) -> None:  # noqa: ANN001
+    """A load reported after the user unloaded the model is refused (409) and the model stays
+    unloaded; asking again starts over at pending. The job's mirror follows every move."""
+    settings = make_settings(internal_api_key="internal-key")
+    async with api_client(settings) as api:
+        a = await _a_tenant_with_everything(api, s3)
+        internal = {"Authorization": "Bearer internal-key"}
+
+        async def report(status: str) -> int:
+            r = await api.client.post(f"/internal/deployments/{a['model']}", headers=internal,
+                                      json={"status": status})
+            return r.status_code
+
+        assert await report("loading") == 204
+        job = (await api.client.get(f"/jobs/{a['job']}", headers=api.auth())).json()
+        assert job["deployment"]["status"] == "loading"
+        r = await api.client.delete(f"/models/{a['model']}", headers=api.auth())
+        assert r.status_code == 200 and r.json()["status"] == "unloaded"
+        late = await api.client.post(f"/internal/deployments/{a['model']}", headers=internal,
+                                     json={"status": "loaded", "load_seconds": 1.0})
+        assert late.status_code == 409 and late.json()["error"]["code"] == "invalid_transition"
+        assert "unloaded deployment cannot become loaded" in late.json()["error"]["message"]
+        job = (await api.client.get(f"/jobs/{a['job']}", headers=api.auth())).json()
+        assert job["deployment"]["status"] == "unloaded"
+        store, deployments = api.client.app.state.store, api.client.app.state.deployments
+        again = await deployments.request(deployment_request(
+            await store.get_job(None, a["job"]), "acme", a["model"], ARTIFACTS,
+            f"jobs/{a['job']}/adapter", "final", a["job"]))
+        assert again.status == "pending"
+        assert await report("loaded") == 204
+        events = (await api.client.get(f"/jobs/{a['job']}/events", headers=api.auth())).json()["data"]
+        moves = [e["data"]["status"] for e in events if e["type"] == "deployment"]
+        assert moves == ["pending", "loading", "unloaded", "pending", "loaded"], moves
+        job = (await api.client.get(f"/jobs/{a['job']}", headers=api.auth())).json()
+        assert job["deployment"]["status"] == "loaded"

@@ -164,7 +164,7 @@ def test_a_user_trains_watches_and_chats_in_the_dashboard(browser, stack: Stack)
     shot(page, "04-job-training")
 
     # 5. It succeeds: checkpoints listed with their validation loss, the adapter served.
-    page.locator(f'.badge[data-status="succeeded"]').first.wait_for(timeout=600_000)
+    page.locator('.badge[data-status="succeeded"]').first.wait_for(timeout=600_000)
     page.locator('#deployment[data-status="loaded"]').wait_for(timeout=120_000)
     total_steps = stack.client.jobs.get(job_id).progress.total_steps
     assert total_steps == 26  # 51 training rows / batch 4, x 2 epochs

@@ -23,3 +23,17 @@ def test_the_happy_path_is_allowed() -> None:
 def test_queued_cannot_jump_to_succeeded() -> None:
     with pytest.raises(InvalidTransition):
         check_transition(Status.queued, Status.succeeded)
+
+
+def test_a_deployment_table_covers_every_status_and_unloaded_stays_unloaded() -> None:
+    from service.jobs.schema import DeploymentStatus as D
+    from service.jobs.states import DEPLOYMENT_ALLOWED, check_deployment_transition
+
+    assert set(DEPLOYMENT_ALLOWED) == set(D)
+    for a, b in [(D.pending, D.loading), (D.loading, D.loaded), (D.loaded, D.unloaded),
+                 (D.unloaded, D.pending), (D.loaded, D.failed), (D.failed, D.pending)]:
+        check_deployment_transition(a, b)
+    for a, b in [(D.unloaded, D.loaded), (D.unloaded, D.loading), (D.failed, D.loaded),
+                 (D.loaded, D.loading), (D.loaded, D.pending)]:
+        with pytest.raises(InvalidTransition):
+            check_deployment_transition(a, b)

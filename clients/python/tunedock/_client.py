@@ -1,4 +1,9 @@
-"""`Client` and `AsyncClient`: the same resources (files, jobs, models), sync and async."""
+"""`Client` and `AsyncClient`: the same resources (files, jobs, models), sync and async.
+
+Both are thin shells over one source: every call is an I/O-free generator in tunedock/_ops.py,
+driven here by `_Sync` (httpx.Client, time.sleep) or `_Async` (httpx.AsyncClient, asyncio.sleep).
+The resource classes only pass their arguments on; tests/clients/test_sdk.py checks that the two
+surfaces match."""
 
 from __future__ import annotations
 
@@ -9,184 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 
 from tunedock import _base as b
-from tunedock.errors import JobFailed
+from tunedock import _ops as ops
 from tunedock.types import Checkpoint, Event, File, FilePreview, Job, JobEstimate, Model
-
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-class Client:
-    """A synchronous client. `with Client() as c:` closes the connection pool."""
-
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
-                 timeout: float = 60.0, max_retries: int = 2,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self.config = b.Config.resolve(base_url, api_key, timeout, max_retries)
-        self._http = httpx.Client(base_url=self.config.base_url, headers=self.config.headers(),
-                                  timeout=timeout, transport=transport)
-        self.files = Files(self)
-        self.jobs = Jobs(self)
-        self.models = Models(self)
-
-    def request(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> httpx.Response:
-        attempt = 0
-        while True:
-            response = None
-            try:
-                response = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                if not (idempotent and b.should_retry(attempt, self.config.max_retries, None)):
-                    raise b.connection_error(exc) from exc
-            else:
-                if not (idempotent and response.status_code in b.RETRY_STATUS
-                        and b.should_retry(attempt, self.config.max_retries, response)):
-                    b.raise_for(response)
-                    return response
-            time.sleep(b.backoff(attempt, response))
-            attempt += 1
-
-    def openai(self) -> Any:
-        """An `openai.OpenAI` on this service's /v1 front door (files, fine-tuning, models, chat),
-        with this client's key."""
-        import openai
-
-        return openai.OpenAI(base_url=b.v1_url(self.config), api_key=self.config.api_key or "none")
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Files:
-    def __init__(self, client: Client) -> None:
-        self._c = client
-
-    def upload(self, source: str | Path | bytes, *, filename: str | None = None) -> File:
-        name, content = b.file_payload(source, filename)
-        headers = {"Idempotency-Key": b.new_idempotency_key()}
-        r = self._c.request("POST", "/files", idempotent=True, headers=headers,
-                            files={"file": (name, content, "application/jsonl")})
-        return b.decode(r, File)
-
-    def get(self, file_id: str) -> File:
-        return b.decode(self._c.request("GET", f"/files/{file_id}", idempotent=True), File)
-
-    def list(self, *, limit: int = 100) -> Iterator[File]:
-        yield from _pages(self._c, "/files", File, {"limit": limit})
-
-    def preview(self, file_id: str, *, base_model: str, n_rows: int = 3, method: str = "supervised",
-                train_on_inputs: bool = False, max_seq_length: int = 2048) -> FilePreview:
-        """Check the whole file for `base_model` (bad lines by number) and render its first rows
-        with the model's chat template, trained text marked; nothing is created."""
-        body = b.preview_body(n_rows, base_model, method, train_on_inputs, max_seq_length)
-        r = self._c.request("POST", f"/files/{file_id}/preview", idempotent=True, json=body)
-        return b.decode(r, FilePreview)
-
-
-class Jobs:
-    def __init__(self, client: Client) -> None:
-        self._c = client
-
-    def create(self, *, base_model: str, training_file: str | Path, validation_file: str | Path | None = None,
-               suffix: str | None = None, hyperparameters: dict[str, Any] | None = None,
-               metadata: dict[str, str] | None = None, deploy: bool = True,
-               idempotency_key: str | None = None, method: dict[str, Any] | None = None) -> Job:
-        """Create a job; a local training/validation path is uploaded first. Always sends an
-        Idempotency-Key, so a retried create never makes two jobs."""
-        if b.is_local_path(training_file):
-            training_file = self._c.files.upload(training_file).id
-        if validation_file is not None and b.is_local_path(validation_file):
-            validation_file = self._c.files.upload(validation_file).id
-        body = b.job_body(base_model, str(training_file), validation_file and str(validation_file),
-                          suffix, hyperparameters, metadata, deploy, method)
-        headers = {"Idempotency-Key": idempotency_key or b.new_idempotency_key()}
-        return b.decode(self._c.request("POST", "/jobs", idempotent=True, json=body, headers=headers), Job)
-
-    def estimate(self, *, base_model: str, training_file: str | Path,
-                 validation_file: str | Path | None = None, hyperparameters: dict[str, Any] | None = None,
-                 deploy: bool = True, method: dict[str, Any] | None = None) -> JobEstimate:
-        """A dry run: the data checked, the memory plan and the estimated duration; no job made."""
-        if b.is_local_path(training_file):
-            training_file = self._c.files.upload(training_file).id
-        if validation_file is not None and b.is_local_path(validation_file):
-            validation_file = self._c.files.upload(validation_file).id
-        body = b.job_body(base_model, str(training_file), validation_file and str(validation_file),
-                          None, hyperparameters, None, deploy, method) | {"dry_run": True}
-        return b.decode(self._c.request("POST", "/jobs", idempotent=True, json=body), JobEstimate)
-
-    def get(self, job_id: str) -> Job:
-        return b.decode(self._c.request("GET", f"/jobs/{job_id}", idempotent=True), Job)
-
-    def list(self, *, status: str | None = None, limit: int = 100) -> Iterator[Job]:
-        params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
-        yield from _pages(self._c, "/jobs", Job, params)
-
-    def cancel(self, job_id: str) -> Job:
-        return b.decode(self._c.request("POST", f"/jobs/{job_id}/cancel", idempotent=True), Job)
-
-    def checkpoints(self, job_id: str) -> list[Checkpoint]:
-        return list(_pages(self._c, f"/jobs/{job_id}/checkpoints", Checkpoint, {}))
-
-    def results(self, job_id: str) -> str:
-        """The per-step metrics CSV (step, epoch, train_loss, valid_loss, learning_rate, ...)."""
-        return self._c.request("GET", f"/jobs/{job_id}/results", idempotent=True).text
-
-    def events(self, job_id: str, *, stream: bool = False) -> Iterator[Event]:
-        """Every event so far; with stream=True, then new ones as they happen until the job ends."""
-        if not stream:
-            yield from _pages(self._c, f"/jobs/{job_id}/events", Event, {"limit": 100})
-            return
-        with self._c._http.stream("GET", f"/jobs/{job_id}/events", timeout=None,
-                                  headers={"Accept": "text/event-stream"}) as r:
-            if r.status_code >= 400:
-                r.read()
-                b.raise_for(r)
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    yield msgspec.json.decode(line[6:], type=Event)
-
-    def wait(self, job_id: str, *, progress: bool = True, timeout: float | None = None,
-             poll_interval: float = 2.0) -> Job:
-        """Block until the job ends; return it if it succeeded, else raise JobFailed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with _Bar(progress) as bar:
-            while True:
-                job = self.get(job_id)
-                bar.show(job)
-                if job.status in TERMINAL:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {job_id} is still {job.status} after {timeout} s")
-                time.sleep(poll_interval)
-        if job.status != "succeeded":
-            raise JobFailed(job)
-        return job
-
-
-class Models:
-    def __init__(self, client: Client) -> None:
-        self._c = client
-
-    def list(self) -> list[Model]:
-        return list(_pages(self._c, "/models", Model, {}))
-
-
-def _pages(c: Client, path: str, item: type, params: dict[str, Any]) -> Iterator[Any]:
-    after = None
-    while True:
-        query = {**params, **({"after": after} if after else {})}
-        items, has_more, after = b.decode_page(c.request("GET", path, idempotent=True, params=query), item)
-        yield from items
-        if not has_more:
-            return
 
 
 class _Bar:
@@ -209,12 +40,237 @@ class _Bar:
         self.bar.set_description_str(b.progress_text(job), refresh=False)
         self.bar.refresh()
 
-    def __enter__(self) -> _Bar:
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _Sync:
+    """Runs ops with blocking I/O."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+
+    def iterate(self, op: ops.Op, bar: _Bar | None = None) -> Iterator[Any]:
+        """Drive `op`, yielding what it emits; the op's return value is this generator's."""
+        stream: Any = None
+        step, value = op.send, None
+        try:
+            while True:
+                try:
+                    todo = step(value)
+                except StopIteration as done:
+                    return done.value
+                step, value = op.send, None
+                try:
+                    match todo:
+                        case ops.Emit(item):
+                            yield item
+                        case ops.Send(method, path, kwargs):
+                            value = self.http.request(method, path, **kwargs)
+                        case ops.Sleep(seconds):
+                            time.sleep(seconds)
+                        case ops.Progress(job):
+                            if bar is not None:
+                                bar.show(job)
+                        case ops.Open(path, kwargs):
+                            if stream is not None:
+                                stream.close()
+                            request = self.http.build_request("GET", path, timeout=None, **kwargs)
+                            stream = self.http.send(request, stream=True)
+                            stream.lines = stream.iter_lines()
+                            if stream.status_code >= 400:
+                                stream.read()
+                            value = stream
+                        case ops.NextLine():
+                            value = next(stream.lines, None)
+                except httpx.TransportError as exc:  # the op decides: retry, or raise its own error
+                    step, value = op.throw, exc
+        finally:
+            if stream is not None:
+                stream.close()
+            op.close()
+
+    def run(self, op: ops.Op, bar: _Bar | None = None) -> Any:
+        it = self.iterate(op, bar)
+        while True:
+            try:
+                next(it)
+            except StopIteration as done:
+                return done.value
+
+
+class _Async:
+    """Runs ops with asyncio I/O."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def iterate(self, op: ops.Op, bar: _Bar | None = None,
+                      returned: list[Any] | None = None) -> AsyncIterator[Any]:
+        """Drive `op`, yielding what it emits; its return value is appended to `returned`."""
+        stream: Any = None
+        step, value = op.send, None
+        try:
+            while True:
+                try:
+                    todo = step(value)
+                except StopIteration as done:
+                    if returned is not None:
+                        returned.append(done.value)
+                    return
+                step, value = op.send, None
+                try:
+                    match todo:
+                        case ops.Emit(item):
+                            yield item
+                        case ops.Send(method, path, kwargs):
+                            value = await self.http.request(method, path, **kwargs)
+                        case ops.Sleep(seconds):
+                            await asyncio.sleep(seconds)
+                        case ops.Progress(job):
+                            if bar is not None:
+                                bar.show(job)
+                        case ops.Open(path, kwargs):
+                            if stream is not None:
+                                await stream.aclose()
+                            request = self.http.build_request("GET", path, timeout=None, **kwargs)
+                            stream = await self.http.send(request, stream=True)
+                            stream.lines = stream.aiter_lines()
+                            if stream.status_code >= 400:
+                                await stream.aread()
+                            value = stream
+                        case ops.NextLine():
+                            value = await anext(stream.lines, None)
+                except httpx.TransportError as exc:
+                    step, value = op.throw, exc
+        finally:
+            if stream is not None:
+                await stream.aclose()
+            op.close()
+
+    async def run(self, op: ops.Op, bar: _Bar | None = None) -> Any:
+        returned: list[Any] = []
+        async for _ in self.iterate(op, bar, returned):
+            pass
+        return returned[0]
+
+
+class Client:
+    """A synchronous client. `with Client() as c:` closes the connection pool."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
+                 timeout: float = 60.0, max_retries: int = 2,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.config = b.Config.resolve(base_url, api_key, timeout, max_retries)
+        self._http = httpx.Client(base_url=self.config.base_url, headers=self.config.headers(),
+                                  timeout=timeout, transport=transport)
+        self._driver = _Sync(self._http)
+        self.files = Files(self)
+        self.jobs = Jobs(self)
+        self.models = Models(self)
+
+    def request(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> httpx.Response:
+        """Any API call, with the SDK's retries (idempotent ones) and typed errors."""
+        return self._driver.run(ops.request(self.config, method, path, idempotent=idempotent, **kwargs))
+
+    def openai(self) -> Any:
+        """An `openai.OpenAI` on this service's /v1 front door (files, fine-tuning, models, chat),
+        with this client's key."""
+        import openai
+
+        return openai.OpenAI(base_url=b.v1_url(self.config), api_key=self.config.api_key or "none")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.close()
+
+
+class Files:
+    def __init__(self, client: Client) -> None:
+        self._c, self._run = client.config, client._driver.run
+        self._iter = client._driver.iterate
+
+    def upload(self, source: str | Path | bytes, *, filename: str | None = None) -> File:
+        return self._run(ops.files_upload(self._c, source, filename))
+
+    def get(self, file_id: str) -> File:
+        return self._run(ops.files_get(self._c, file_id))
+
+    def list(self, *, limit: int = 100) -> Iterator[File]:
+        return self._iter(ops.files_list(self._c, limit))
+
+    def preview(self, file_id: str, *, base_model: str, n_rows: int = 3, method: str = "supervised",
+                train_on_inputs: bool = False, max_seq_length: int = 2048) -> FilePreview:
+        """Check the whole file for `base_model` (bad lines by number) and render its first rows
+        with the model's chat template, trained text marked; nothing is created."""
+        return self._run(ops.files_preview(self._c, file_id, base_model, n_rows, method,
+                                           train_on_inputs, max_seq_length))
+
+
+class Jobs:
+    def __init__(self, client: Client) -> None:
+        self._c, self._run = client.config, client._driver.run
+        self._iter = client._driver.iterate
+
+    def create(self, *, base_model: str, training_file: str | Path, validation_file: str | Path | None = None,
+               suffix: str | None = None, hyperparameters: dict[str, Any] | None = None,
+               metadata: dict[str, str] | None = None, deploy: bool = True,
+               idempotency_key: str | None = None, method: dict[str, Any] | None = None) -> Job:
+        """Create a job; a local training/validation path is uploaded first. Always sends an
+        Idempotency-Key, so a retried create never makes two jobs."""
+        return self._run(ops.jobs_create(self._c, base_model, training_file, validation_file, suffix,
+                                         hyperparameters, metadata, deploy, idempotency_key, method))
+
+    def estimate(self, *, base_model: str, training_file: str | Path,
+                 validation_file: str | Path | None = None, hyperparameters: dict[str, Any] | None = None,
+                 deploy: bool = True, method: dict[str, Any] | None = None) -> JobEstimate:
+        """A dry run: the data checked, the memory plan and the estimated duration; no job made."""
+        return self._run(ops.jobs_estimate(self._c, base_model, training_file, validation_file,
+                                           hyperparameters, deploy, method))
+
+    def get(self, job_id: str) -> Job:
+        return self._run(ops.jobs_get(self._c, job_id))
+
+    def list(self, *, status: str | None = None, limit: int = 100) -> Iterator[Job]:
+        return self._iter(ops.jobs_list(self._c, status, limit))
+
+    def cancel(self, job_id: str) -> Job:
+        return self._run(ops.jobs_cancel(self._c, job_id))
+
+    def checkpoints(self, job_id: str) -> list[Checkpoint]:
+        return self._run(ops.jobs_checkpoints(self._c, job_id))
+
+    def results(self, job_id: str) -> str:
+        """The per-step metrics CSV (step, epoch, train_loss, valid_loss, learning_rate, ...)."""
+        return self._run(ops.jobs_results(self._c, job_id))
+
+    def events(self, job_id: str, *, stream: bool = False) -> Iterator[Event]:
+        """Every event so far; with stream=True, then new ones as they happen until the job ends
+        (a broken stream is reopened after the last event, with the usual retries)."""
+        return self._iter(ops.jobs_events(self._c, job_id, stream))
+
+    def wait(self, job_id: str, *, progress: bool = True, timeout: float | None = None,
+             poll_interval: float = 2.0) -> Job:
+        """Block until the job ends; return it if it succeeded, else raise JobFailed."""
+        bar = _Bar(progress)
+        try:
+            return self._run(ops.jobs_wait(self._c, job_id, timeout, poll_interval), bar)
+        finally:
+            bar.close()
+
+
+class Models:
+    def __init__(self, client: Client) -> None:
+        self._c, self._run = client.config, client._driver.run
+
+    def list(self) -> list[Model]:
+        return self._run(ops.models_list(self._c))
 
 
 class AsyncClient:
@@ -226,26 +282,15 @@ class AsyncClient:
         self.config = b.Config.resolve(base_url, api_key, timeout, max_retries)
         self._http = httpx.AsyncClient(base_url=self.config.base_url, headers=self.config.headers(),
                                        timeout=timeout, transport=transport)
+        self._driver = _Async(self._http)
         self.files = AsyncFiles(self)
         self.jobs = AsyncJobs(self)
         self.models = AsyncModels(self)
 
     async def request(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> httpx.Response:
-        attempt = 0
-        while True:
-            response = None
-            try:
-                response = await self._http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                if not (idempotent and b.should_retry(attempt, self.config.max_retries, None)):
-                    raise b.connection_error(exc) from exc
-            else:
-                if not (idempotent and response.status_code in b.RETRY_STATUS
-                        and b.should_retry(attempt, self.config.max_retries, response)):
-                    b.raise_for(response)
-                    return response
-            await asyncio.sleep(b.backoff(attempt, response))
-            attempt += 1
+        """Any API call, with the SDK's retries (idempotent ones) and typed errors."""
+        return await self._driver.run(ops.request(self.config, method, path, idempotent=idempotent,
+                                                  **kwargs))
 
     async def openai(self) -> Any:
         """An `openai.AsyncOpenAI` on this service's /v1 front door, with this client's key."""
@@ -265,126 +310,77 @@ class AsyncClient:
 
 class AsyncFiles:
     def __init__(self, client: AsyncClient) -> None:
-        self._c = client
+        self._c, self._run = client.config, client._driver.run
+        self._iter = client._driver.iterate
 
     async def upload(self, source: str | Path | bytes, *, filename: str | None = None) -> File:
-        name, content = await asyncio.to_thread(b.file_payload, source, filename)
-        headers = {"Idempotency-Key": b.new_idempotency_key()}
-        r = await self._c.request("POST", "/files", idempotent=True, headers=headers,
-                                  files={"file": (name, content, "application/jsonl")})
-        return b.decode(r, File)
+        return await self._run(ops.files_upload(self._c, source, filename))
 
     async def get(self, file_id: str) -> File:
-        return b.decode(await self._c.request("GET", f"/files/{file_id}", idempotent=True), File)
+        return await self._run(ops.files_get(self._c, file_id))
 
     def list(self, *, limit: int = 100) -> AsyncIterator[File]:
-        return _apages(self._c, "/files", File, {"limit": limit})
+        return self._iter(ops.files_list(self._c, limit))
 
     async def preview(self, file_id: str, *, base_model: str, n_rows: int = 3,
                       method: str = "supervised", train_on_inputs: bool = False,
                       max_seq_length: int = 2048) -> FilePreview:
         """Check the whole file for `base_model` and render its first rows (see Files.preview)."""
-        body = b.preview_body(n_rows, base_model, method, train_on_inputs, max_seq_length)
-        r = await self._c.request("POST", f"/files/{file_id}/preview", idempotent=True, json=body)
-        return b.decode(r, FilePreview)
+        return await self._run(ops.files_preview(self._c, file_id, base_model, n_rows, method,
+                                                 train_on_inputs, max_seq_length))
 
 
 class AsyncJobs:
     def __init__(self, client: AsyncClient) -> None:
-        self._c = client
+        self._c, self._run = client.config, client._driver.run
+        self._iter = client._driver.iterate
 
     async def create(self, *, base_model: str, training_file: str | Path,
                      validation_file: str | Path | None = None, suffix: str | None = None,
-                     hyperparameters: dict[str, Any] | None = None,
-                     metadata: dict[str, str] | None = None, deploy: bool = True,
-                     idempotency_key: str | None = None, method: dict[str, Any] | None = None) -> Job:
-        if b.is_local_path(training_file):
-            training_file = (await self._c.files.upload(training_file)).id
-        if validation_file is not None and b.is_local_path(validation_file):
-            validation_file = (await self._c.files.upload(validation_file)).id
-        body = b.job_body(base_model, str(training_file), validation_file and str(validation_file),
-                          suffix, hyperparameters, metadata, deploy, method)
-        headers = {"Idempotency-Key": idempotency_key or b.new_idempotency_key()}
-        r = await self._c.request("POST", "/jobs", idempotent=True, json=body, headers=headers)
-        return b.decode(r, Job)
+                     hyperparameters: dict[str, Any] | None = None, metadata: dict[str, str] | None = None,
+                     deploy: bool = True, idempotency_key: str | None = None,
+                     method: dict[str, Any] | None = None) -> Job:
+        return await self._run(ops.jobs_create(self._c, base_model, training_file, validation_file,
+                                               suffix, hyperparameters, metadata, deploy,
+                                               idempotency_key, method))
 
     async def estimate(self, *, base_model: str, training_file: str | Path,
                        validation_file: str | Path | None = None,
                        hyperparameters: dict[str, Any] | None = None, deploy: bool = True,
                        method: dict[str, Any] | None = None) -> JobEstimate:
-        """A dry run: the data checked, the memory plan and the estimated duration; no job made."""
-        if b.is_local_path(training_file):
-            training_file = (await self._c.files.upload(training_file)).id
-        if validation_file is not None and b.is_local_path(validation_file):
-            validation_file = (await self._c.files.upload(validation_file)).id
-        body = b.job_body(base_model, str(training_file), validation_file and str(validation_file),
-                          None, hyperparameters, None, deploy, method) | {"dry_run": True}
-        r = await self._c.request("POST", "/jobs", idempotent=True, json=body)
-        return b.decode(r, JobEstimate)
+        return await self._run(ops.jobs_estimate(self._c, base_model, training_file, validation_file,
+                                                 hyperparameters, deploy, method))
 
     async def get(self, job_id: str) -> Job:
-        return b.decode(await self._c.request("GET", f"/jobs/{job_id}", idempotent=True), Job)
+        return await self._run(ops.jobs_get(self._c, job_id))
 
     def list(self, *, status: str | None = None, limit: int = 100) -> AsyncIterator[Job]:
-        params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
-        return _apages(self._c, "/jobs", Job, params)
+        return self._iter(ops.jobs_list(self._c, status, limit))
 
     async def cancel(self, job_id: str) -> Job:
-        return b.decode(await self._c.request("POST", f"/jobs/{job_id}/cancel", idempotent=True), Job)
+        return await self._run(ops.jobs_cancel(self._c, job_id))
 
     async def checkpoints(self, job_id: str) -> list[Checkpoint]:
-        return [c async for c in _apages(self._c, f"/jobs/{job_id}/checkpoints", Checkpoint, {})]
+        return await self._run(ops.jobs_checkpoints(self._c, job_id))
 
     async def results(self, job_id: str) -> str:
-        """The per-step metrics CSV (step, epoch, train_loss, valid_loss, learning_rate, ...)."""
-        return (await self._c.request("GET", f"/jobs/{job_id}/results", idempotent=True)).text
+        return await self._run(ops.jobs_results(self._c, job_id))
 
-    async def events(self, job_id: str, *, stream: bool = False) -> AsyncIterator[Event]:
-        if not stream:
-            async for event in _apages(self._c, f"/jobs/{job_id}/events", Event, {"limit": 100}):
-                yield event
-            return
-        async with self._c._http.stream("GET", f"/jobs/{job_id}/events", timeout=None,
-                                        headers={"Accept": "text/event-stream"}) as r:
-            if r.status_code >= 400:
-                await r.aread()
-                b.raise_for(r)
-            async for line in r.aiter_lines():
-                if line.startswith("data: "):
-                    yield msgspec.json.decode(line[6:], type=Event)
+    def events(self, job_id: str, *, stream: bool = False) -> AsyncIterator[Event]:
+        return self._iter(ops.jobs_events(self._c, job_id, stream))
 
     async def wait(self, job_id: str, *, progress: bool = True, timeout: float | None = None,
                    poll_interval: float = 2.0) -> Job:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with _Bar(progress) as bar:
-            while True:
-                job = await self.get(job_id)
-                bar.show(job)
-                if job.status in TERMINAL:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {job_id} is still {job.status} after {timeout} s")
-                await asyncio.sleep(poll_interval)
-        if job.status != "succeeded":
-            raise JobFailed(job)
-        return job
+        bar = _Bar(progress)
+        try:
+            return await self._run(ops.jobs_wait(self._c, job_id, timeout, poll_interval), bar)
+        finally:
+            bar.close()
 
 
 class AsyncModels:
     def __init__(self, client: AsyncClient) -> None:
-        self._c = client
+        self._c, self._run = client.config, client._driver.run
 
     async def list(self) -> list[Model]:
-        return [m async for m in _apages(self._c, "/models", Model, {})]
-
-
-async def _apages(c: AsyncClient, path: str, item: type, params: dict[str, Any]) -> AsyncIterator[Any]:
-    after = None
-    while True:
-        query = {**params, **({"after": after} if after else {})}
-        r = await c.request("GET", path, idempotent=True, params=query)
-        items, has_more, after = b.decode_page(r, item)
-        for x in items:
-            yield x
-        if not has_more:
-            return
+        return await self._run(ops.models_list(self._c))

@@ -44,7 +44,7 @@ lint: install
 	$(PY) -m pytest -q tests/lint
 
 test: model
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 tests
 
 # CPU benchmarks; each appends its table to bench/RESULTS.md. GPU ones: see bench/RESULTS.md.
 bench: model

@@ -214,6 +214,16 @@ def test_a_user_trains_watches_and_chats_in_the_dashboard(browser, stack: Stack)
             if label == "phone":
                 shot(page, f"08-{label}-{name}")
 
+    # The job page's controls: a queued job is cancelled with its button, and says so.
+    other = stack.client.jobs.create(base_model="smollm2", training_file=stack.client.files.upload(
+        jsonl(rows("HERON-9", 20)), filename="heron.jsonl").id, deploy=False,
+        hyperparameters={"n_epochs": 50, "batch_size": 1, "max_seq_length": 128})
+    page.goto(f"{stack.url}/ui/#/jobs/{other.id}")
+    page.get_by_role("button", name="Cancel").click()
+    page.locator('.page-head .badge[data-status="cancelled"]').wait_for(timeout=30_000)
+    assert page.get_by_role("button", name="Cancel").is_disabled()
+    assert stack.client.jobs.get(other.id).status == "cancelled"
+
     assert watch.take() == []
     assert watch.foreign == []
     page.close()

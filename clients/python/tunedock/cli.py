@@ -104,6 +104,14 @@ def _preview_text(found: FilePreview) -> str:
     return "\n".join(lines)
 
 
+def _preview(args: argparse.Namespace, client: Client) -> int:
+    file_id = client.files.upload(args.file).id if _is_path(args.file) else args.file
+    found = client.files.preview(file_id, base_model=args.model, n_rows=args.rows,
+                                 method=args.method, max_seq_length=args.max_seq_length)
+    print(msgspec.json.encode(found).decode() if args.json else _preview_text(found))
+    return EXIT_OK if found.valid else EXIT_USAGE
+
+
 def run(args: argparse.Namespace, client: Client) -> int:
     cmd = (args.command, getattr(args, "action", None))
     if cmd == ("files", "upload"):
@@ -111,15 +119,7 @@ def run(args: argparse.Namespace, client: Client) -> int:
     elif cmd == ("files", "list"):
         _out(args, list(client.files.list()), ["id", "filename", "bytes", "uri"])
     elif cmd == ("files", "preview"):
-        file_id = client.files.upload(args.file).id if _is_path(args.file) else args.file
-        found = client.files.preview(file_id, base_model=args.model, n_rows=args.rows,
-                                     method=args.method, max_seq_length=args.max_seq_length)
-        if args.json:
-            print(msgspec.json.encode(found).decode())
-        else:
-            print(_preview_text(found))
-        if not found.valid:
-            return EXIT_USAGE
+        return _preview(args, client)
     elif cmd == ("jobs", "create") and args.dry_run:
         found = client.jobs.estimate(base_model=args.model, training_file=args.train,
                                      validation_file=args.validation, hyperparameters=_hyper(args),

@@ -201,6 +201,7 @@ export function jobPage(root, id, guard) {
 
   let timer = null;
   refresh().then((live) => {
+    if (!job) return;  // not found, or not readable: refresh() said why
     follow();
     if (live) timer = setInterval(async () => { if (!(await refresh())) clearInterval(timer); }, POLL_MS);
   });

@@ -193,5 +193,12 @@ async def api_client(settings: Settings) -> AsyncIterator[Api]:
         yield Api(client, keys)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the session's serving stack (vLLM, its sidecar and a runner: ~2 GB and some
+    CPU even when idle) run last and together, so nothing else runs beside it. The sort is
+    stable: their own order, and everyone else's, stays as collected."""
+    items.sort(key=lambda item: "stack" in getattr(item, "fixturenames", ()))
+
+
 # The session's serving stack (API, runner, vLLM) as a fixture; imported last, as it reads this module.
 from tests.support.stack import stack  # noqa: E402, F401

@@ -144,9 +144,10 @@ def test_a_user_trains_watches_and_chats_in_the_dashboard(browser, stack: Stack)
     shot(page, "03-new-job-preview")
 
     # 4. Start it and watch the chart gain points from the event stream.
-    start = page.get_by_role("button", name="Start training")
-    start.wait_for()
-    assert start.is_enabled()
+    # Each edit re-estimates; the button is enabled once the latest estimate has answered.
+    start = page.locator("#start-job:enabled")
+    start.wait_for(timeout=30_000)
+    assert start.inner_text() == "Start training"
     start.click()
     page.wait_for_url(re.compile(r".*#/jobs/ftjob-"), timeout=15_000)
     job_id = page.url.rsplit("/", 1)[1]

@@ -30,7 +30,10 @@ export function newJobPage(root, guard) {
   const check = h("section", { class: "card", id: "check", "aria-live": "polite" }, h("p", { class: "muted" }, "No file yet."));
   const plan = h("section", { class: "card", id: "plan", "aria-live": "polite" }, h("p", { class: "muted" }, "The memory plan and time estimate show once the file is valid."));
   const notice = h("div", { "aria-live": "assertive" });
-  const start = h("button", { type: "submit", class: "primary", disabled: true }, "Start training");
+  const start = h("button", { type: "submit", class: "primary", id: "start-job", disabled: true }, "Start training");
+  // Edits fire checks and estimates faster than they answer: only the latest one may show.
+  let latestPreview = 0;
+  let latestEstimate = 0;
 
   clear(root, h("div", { class: "page-head" }, h("h1", {}, "New fine-tuning job")), notice,
     h("form", { class: "grid2", onsubmit: submit, "aria-label": "new job" },
@@ -84,14 +87,19 @@ export function newJobPage(root, guard) {
 
   async function runPreview() {
     if (!file) return;
+    const mine = ++latestPreview;
+    start.disabled = true;
     clear(check, h("p", { class: "muted" }, `Checking ${file.filename} for ${model.value}…`));
+    let found;
     try {
-      preview = await api("POST", `/files/${file.id}/preview`, {
+      found = await api("POST", `/files/${file.id}/preview`, {
         base_model: model.value, n_rows: 3, method: method.value, max_seq_length: Number(inputs.max_seq_length.value) || 2048 });
     } catch (err) {
-      if (!guard(err)) clear(check, errorBox(err, "Could not check the file: "));
+      if (mine === latestPreview && !guard(err)) clear(check, errorBox(err, "Could not check the file: "));
       return;
     }
+    if (mine !== latestPreview) return;
+    preview = found;
     showPreview();
     if (preview.valid) estimate(); else clear(plan, h("p", { class: "muted" }, "Fix the file to see the plan."));
   }
@@ -123,10 +131,12 @@ export function newJobPage(root, guard) {
 
   async function estimate() {
     if (!file || !preview || !preview.valid) return;
+    const mine = ++latestEstimate;
     clear(plan, h("p", { class: "muted" }, "Estimating…"));
     start.disabled = true;
     try {
       const est = await api("POST", "/jobs", request(true));
+      if (mine !== latestEstimate) return;
       const e = est.estimate;
       const p = est.plan;
       clear(plan, h("h2", {}, "3. Plan and estimate"),
@@ -140,7 +150,7 @@ export function newJobPage(root, guard) {
           : h("p", { class: "muted", id: "no-plan" }, "No memory plan yet: the first job of this model shape calibrates the device."));
       start.disabled = false;
     } catch (err) {
-      if (!guard(err)) clear(plan, errorBox(err, "This job cannot start as set: "));
+      if (mine === latestEstimate && !guard(err)) clear(plan, errorBox(err, "This job cannot start as set: "));
     }
   }
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from litestar import Response, get
 from litestar.response import Redirect
+from litestar.handlers import HTTPRouteHandler
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
 
@@ -32,7 +33,7 @@ async def to_dashboard() -> Redirect:
     return Redirect("/ui/")
 
 
-def dashboard() -> list[Router | object]:
+def dashboard() -> list[Router | HTTPRouteHandler]:
     """The routes to add to the app: /ui/* (files, index.html for /ui/) and / -> /ui/."""
     files = create_static_files_router(path="/ui", directories=[STATIC, VENDOR], html_mode=True,
                                        name="dashboard", after_request=_secure)

@@ -59,6 +59,9 @@ class Settings(msgspec.Struct, kw_only=True):
     s3_access_key_id: Annotated[str | None, doc(STORAGE, "access key (else boto3's chain)")] = None
     s3_secret_access_key: Annotated[str | None, doc(STORAGE, "secret key (else boto3's chain)")] = None
     s3_path_style: Annotated[bool, doc(STORAGE, "path-style addressing (MinIO)")] = True
+    s3_max_attempts: Annotated[int, doc(
+        STORAGE, "attempts per S3 call, first included (botocore's standard retries, with "
+                 "exponential backoff), before the call counts as failed")] = 5
     artifact_bucket: Annotated[str, doc(STORAGE, "uploads, checkpoints and adapters")] = "tunedock"
     # -- api -------------------------------------------------------------------------------------
     host: Annotated[str, doc(API, "where the API listens")] = "127.0.0.1"
@@ -100,7 +103,7 @@ class Settings(msgspec.Struct, kw_only=True):
                 "plan takes the largest micro-batch under the cap that fits the memory free then, down to 1")] = 2
     warm_child: Annotated[bool, doc(
         RUNNER, "keep one training child per slot with torch/Unsloth/TRL already imported, so a "
-                "claimed job skips the imports")] = True
+                "claimed job skips the imports (a CPU slot forks it from a process that imported them once)")] = True
     deterministic_training: Annotated[bool, doc(
         RUNNER, "torch's deterministic algorithms and one CPU thread: bitwise-repeatable runs (slower); "
                 "for checking that a resumed job retraces an uninterrupted one")] = False

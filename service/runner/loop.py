@@ -15,7 +15,7 @@ from service.jobs.database import Database
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.logs import configure_logging
-from service.runner.process import Child
+from service.runner.process import Child, Template
 from service.runner.run import JobRun
 from service.settings import Settings
 from service.storage import make_store
@@ -46,16 +46,20 @@ class Runner:
     async def slot(self, gpu: str | None) -> None:
         owner = f"{self.id}/{gpu if gpu is not None else 'cpu'}"
         warm: Child | None = None
+        # A CPU slot forks its warm children from a template; a GPU one cannot (template.py).
+        template = await Template.start(self.settings) if gpu is None and self.settings.warm_child else None
         try:
             while not self.stopping.is_set():
-                if warm is None and self.settings.warm_child:
-                    warm = await Child.warm_up(self.settings, gpu)
+                # A template still importing is not waited for here: the slot claims a job
+                # meanwhile, and the job's child is forked once the template is ready.
+                if warm is None and self.settings.warm_child and (template is None or template.imported):
+                    warm = await Child.warm_up(self.settings, gpu, template)
                 job = await self._next_job(owner)
                 if job is None:
                     continue
                 log.info("job claimed", job_id=job.id, attempt=job.attempt, owner=owner)
                 run = JobRun(self.settings, self.store, self.jobs, job, owner, gpu, self.stopping,
-                             warm=warm)
+                             warm=warm, template=template)
                 await run.run()
                 warm = run.warm  # still there if the job ended before it needed a child
                 if warm is not None and warm.proc.returncode is not None:
@@ -64,6 +68,8 @@ class Runner:
         finally:
             if warm is not None:
                 await warm.close()
+            if template is not None:
+                await template.close()
 
     async def _next_job(self, owner: str) -> s.Job | None:
         """A claimed job, or None after waiting a poll interval (or until the runner stops)."""

@@ -1,5 +1,7 @@
 """The training child as a process: start it (cold, or warm: imported ahead and waiting for a
-job on stdin), with its events pipe, GPU, memory cap and log; signal it; stop it."""
+job on stdin), with its events pipe, GPU, memory cap and log; signal it; stop it. On a CPU slot
+a warm child is forked from the slot's Template (service/training/template.py) instead of
+importing the training stack again."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import asyncio
 import os
 import resource
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,20 +17,142 @@ from pathlib import Path
 import msgspec
 
 from service.settings import Settings
+from service.training import messages as m
 
 
-def send(proc: asyncio.subprocess.Process, sig: int) -> None:
+def send(proc: asyncio.subprocess.Process | Forked, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
+    except ProcessLookupError:  # a forked child that has not called setsid yet
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+class _PipeWriter:
+    """The write end of a forked child's job pipe, with the few methods Child uses of asyncio's
+    StreamWriter (the one line written is far below a pipe's buffer, so a write never blocks)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    async def drain(self) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return self.fd < 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Forked:
+    """A child forked by a Template, as the runner sees it: what asyncio's Process gives (pid,
+    returncode, wait, stdin); its exit status is reported by the template, which reaps it."""
+
+    def __init__(self, pid: int, job_fd: int, exited: asyncio.Future[int]) -> None:
+        self.pid = pid
+        self.stdin = _PipeWriter(job_fd)
+        self._exited = exited
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exited.result() if self._exited.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+
+class Template:
+    """A CPU slot's fork server: `python -m service.training --template`, which imported the
+    training stack once and forks a warm child on request."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket) -> None:
+        self.proc = proc
+        self.sock = sock
+        self.exits: dict[int, asyncio.Future[int]] = {}
+        self.forked: asyncio.Queue[int | None] = asyncio.Queue()
+        self.imported = False  # until then a fork waits for the template's imports
+        self.reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Template:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        log_path = Path(settings.data_dir).resolve() / "runs" / "template-cpu.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TUNEDOCK_TEMPLATE_FD": str(theirs.fileno()), "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "service.training", "--template",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_file,
+                pass_fds=(theirs.fileno(),), env=env, start_new_session=True)
+        theirs.close()
+        return cls(proc, ours)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        decoder = msgspec.json.Decoder(m.TemplateMessage)
+        loop = asyncio.get_running_loop()
+        while line := await self.proc.stdout.readline():
+            match decoder.decode(line):
+                case m.Imported():
+                    self.imported = True
+                case m.Forked(pid=pid):
+                    self.forked.put_nowait(pid)
+                case m.Exited(pid=pid, code=code):
+                    exited = self.exits.setdefault(pid, loop.create_future())
+                    if not exited.done():
+                        exited.set_result(code)
+        # The template is gone, and its children with it (they die with their parent).
+        for exited in self.exits.values():
+            if not exited.done():
+                exited.set_result(-signal.SIGKILL)
+        self.forked.put_nowait(None)
+
+    async def fork(self, settings: Settings, log_path: Path) -> Child | None:
+        """A warm child forked from the template; None if the template is gone."""
+        if self.reader.done():
+            return None
+        job_read, job_write = os.pipe()
+        events_read, events_write = os.pipe()
+        request = m.ForkRequest(log=str(log_path), memory_limit_bytes=settings.training_memory_limit_bytes)
+        try:
+            socket.send_fds(self.sock, [msgspec.json.encode(request)], [job_read, events_write])
+            pid = await asyncio.wait_for(self.forked.get(), 300)  # its first import, on a busy host
+        except (OSError, TimeoutError):
+            pid = None
+        finally:
+            os.close(job_read)
+            os.close(events_write)
+        if pid is None:
+            os.close(job_write)
+            os.close(events_read)
+            return None
+        exited = self.exits.setdefault(pid, asyncio.get_running_loop().create_future())
+        return Child(Forked(pid, job_write, exited), events_read)
+
+    async def close(self) -> None:
+        """Closing the socket tells the template to exit; its children go with it."""
+        self.sock.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            send(self.proc, signal.SIGKILL)
+            await self.proc.wait()
+        self.reader.cancel()
 
 
 @dataclass
 class Child:
     """A training child process and the read end of its events pipe."""
 
-    proc: asyncio.subprocess.Process
+    proc: asyncio.subprocess.Process | Forked
     events_fd: int
 
     @classmethod
@@ -54,9 +179,12 @@ class Child:
         return cls(proc, read_fd)
 
     @classmethod
-    async def warm_up(cls, settings: Settings, gpu: str | None) -> Child:
-        """A child that imports the training stack now and waits for a job on stdin."""
+    async def warm_up(cls, settings: Settings, gpu: str | None, template: Template | None = None) -> Child:
+        """A child that has imported the training stack (forked from the slot's template, if it
+        has one, else started to import it now) and waits for a job on stdin."""
         log_path = Path(settings.data_dir).resolve() / "runs" / f"warm-{gpu or 'cpu'}.log"
+        if template is not None and (child := await template.fork(settings, log_path)) is not None:
+            return child
         return await cls.start(settings, gpu, ["--warm"], log_path, warm=True)
 
     async def hand(self, spec_path: Path, log_path: Path) -> bool:

@@ -21,7 +21,7 @@ from service.jobs import schema as s
 from service.jobs.service import JobService
 from service.jobs.store import Lease, Store
 from service.runner.policy import Attempt, decide
-from service.runner.process import Child, send, terminate
+from service.runner.process import Child, Template, send, terminate
 from service.runner.report import Reporter
 from service.runner.spec import build_spec
 from service.settings import Settings
@@ -38,6 +38,7 @@ class JobRun:
     gpu: str | None
     stopping: asyncio.Event
     warm: Child | None = None  # a child that has imported the training stack, if the slot has one
+    template: Template | None = None  # a CPU slot's fork server: retries fork from it too
     log: Any = field(default=None)
 
     def __post_init__(self) -> None:
@@ -92,12 +93,28 @@ class JobRun:
                     await self.report.fail(decision.error.code, decision.error.message)
             return
 
+    async def _abort_open_uploads(self, spec: m.TrainingSpec) -> None:
+        """A child killed in the middle of a large upload (SIGKILL, OOM, a dead runner) leaves a
+        multipart upload open under the job's prefix. While this attempt holds the lease and no
+        child of it is running, any upload open there is such a leftover."""
+        try:
+            aborted = await asyncio.to_thread(self.jobs.objects.abort_uploads, spec.artifact_bucket,
+                                              spec.output_prefix + "/")
+        except Exception:  # noqa: BLE001 - best effort: a leftover costs storage, not correctness
+            self.log.warning("could not abort uploads left open", exc_info=True)
+            return
+        if aborted:
+            self.log.info("aborted uploads left open by an earlier child", count=aborted)
+
     async def _spawn(self, spec: m.TrainingSpec, oom_retry: int) -> Attempt:
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        await self._abort_open_uploads(spec)
         spec_path = self.work_dir / f"spec-{oom_retry}.json"
         spec_path.write_bytes(msgspec.json.encode(spec))
         log_path = self.work_dir / f"child-{oom_retry}.log"
         child, self.warm = self.warm, None
+        if child is None and self.template is not None and spec.backend == "auto":
+            child = await self.template.fork(self.settings, log_path)  # an OOM retry, say
         # A warm child imported for backend "auto"; Unsloth's patches cannot be undone.
         if child is not None and spec.backend == "auto" and await child.hand(spec_path, log_path):
             self.log.info("job handed to the warm child", pid=child.proc.pid, gpu=self.gpu)
@@ -119,6 +136,8 @@ class JobRun:
             reader.cancel()
             if proc.returncode is None:
                 send(proc, signal.SIGKILL)
+        if not attempt.lost:  # once fenced, the prefix belongs to the attempt that has the job
+            await self._abort_open_uploads(spec)
         return attempt
 
     async def _watch(self, proc: asyncio.subprocess.Process, attempt: Attempt) -> None:

@@ -25,6 +25,7 @@ class ObjectStore(Protocol):
     def download(self, bucket: str, key: str, path: Path) -> None: ...
     def list_keys(self, bucket: str, prefix: str) -> list[str]: ...
     def delete(self, bucket: str, key: str) -> None: ...
+    def abort_uploads(self, bucket: str, prefix: str) -> int: ...
     def ping(self, bucket: str) -> None: ...
 
 
@@ -82,6 +83,7 @@ class StorageConfig(Protocol):
     s3_access_key_id: str | None
     s3_secret_access_key: str | None
     s3_path_style: bool
+    s3_max_attempts: int
     data_dir: str
 
 
@@ -95,6 +97,7 @@ def make_store(cfg: StorageConfig) -> ObjectStore:
             access_key_id=cfg.s3_access_key_id,
             secret_access_key=cfg.s3_secret_access_key,
             path_style=cfg.s3_path_style,
+            max_attempts=cfg.s3_max_attempts,
         )
     from service.storage.local import LocalStore
 

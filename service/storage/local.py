@@ -57,6 +57,17 @@ class LocalStore:
     def delete(self, bucket: str, key: str) -> None:
         self._path(bucket, key).unlink(missing_ok=True)
 
+    def abort_uploads(self, bucket: str, prefix: str) -> int:
+        """Remove the temporary files a killed writer left under `prefix` (its open uploads)."""
+        base = self.root / bucket
+        if not base.is_dir():
+            return 0
+        left = [p for p in base.rglob(".part-*")
+                if p.is_file() and p.relative_to(base).as_posix().startswith(prefix)]
+        for path in left:
+            path.unlink(missing_ok=True)
+        return len(left)
+
     def ping(self, bucket: str) -> None:
         (self.root / bucket).mkdir(parents=True, exist_ok=True)
 

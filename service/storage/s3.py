@@ -20,7 +20,7 @@ UPLOADS.max_in_memory_upload_chunks = 4
 
 class S3Store:
     def __init__(self, *, endpoint_url: str | None, region: str, access_key_id: str | None,
-                 secret_access_key: str | None, path_style: bool) -> None:
+                 secret_access_key: str | None, path_style: bool, max_attempts: int = 5) -> None:
         self.client = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
@@ -29,7 +29,7 @@ class S3Store:
             aws_secret_access_key=secret_access_key,
             config=Config(
                 s3={"addressing_style": "path" if path_style else "auto"},
-                retries={"max_attempts": 5, "mode": "standard"},
+                retries={"max_attempts": max_attempts, "mode": "standard"},
                 max_pool_connections=32,
             ),
         )
@@ -69,6 +69,18 @@ class S3Store:
 
     def delete(self, bucket: str, key: str) -> None:
         self.client.delete_object(Bucket=bucket, Key=key)
+
+    def abort_uploads(self, bucket: str, prefix: str) -> int:
+        """Abort the multipart uploads open under `prefix`: a process killed in the middle of a
+        large upload leaves its parts stored (and billed) until someone aborts them."""
+        aborted = 0
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket,
+                                                                                 Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                self.client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                                   UploadId=upload["UploadId"])
+                aborted += 1
+        return aborted
 
     def ping(self, bucket: str) -> None:
         self.client.head_bucket(Bucket=bucket)

@@ -3,6 +3,8 @@
     python -m service.training SPEC.json     train one job now
     python -m service.training --warm        import the training stack, emit `ready`, then read
                                              {"spec": SPEC.json, "log": LOG} from stdin and train
+    python -m service.training --template    the fork server of a CPU slot: import once, fork a
+                                             warm child per request (service/training/template.py)
 
 The runner keeps one `--warm` child per GPU slot, so a claimed job does not wait for torch,
 Unsloth and TRL to import (30-40 s on a fresh GPU machine). Stdin closing before a line comes
@@ -52,16 +54,30 @@ def _import_stack(backend: str) -> None:
         import unsloth  # noqa: F401
     import trl  # noqa: F401
 
+    if backend != "unsloth":  # (Unsloth's import has loaded what it patches, its own way)
+        # What every job needs, imported now rather than on the job's clock: transformers and
+        # TRL load their submodules lazily, on first use.
+        import datasets  # noqa: F401
+        from peft import LoraConfig, get_peft_model  # noqa: F401
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+        from trl import DPOTrainer, SFTTrainer  # noqa: F401
+
     from service.training import recipe  # noqa: F401
+
+
+def import_stack_for(backend: str) -> str:
+    """Import what training with `backend` needs; the backend "auto" resolves to, on this host."""
+    from service.training import backends
+
+    chosen = backends.choose_backend(backend)
+    _import_stack(chosen)
+    return chosen
 
 
 def _wait_for_job(emit: Emitter) -> str | None:
     """Warm mode: import for the backend "auto" picks (the runner hands a warm child only specs
     with backend "auto"), then take a job's spec from stdin."""
-    from service.training import backends
-
-    warmed = backends.choose_backend("auto")
-    _import_stack(warmed)
+    warmed = import_stack_for("auto")
     emit.emit(m.Ready(backend=warmed))
     line = sys.stdin.buffer.readline()
     if not line.strip():
@@ -79,6 +95,10 @@ def _wait_for_job(emit: Emitter) -> str | None:
 
 def main(argv: list[str]) -> int:
     die_with_parent()  # a runner killed even with -9 takes its training child with it
+    if argv[1:] == ["--template"]:
+        from service.training import template
+
+        return template.main()
     emit = Emitter.from_env(dict(os.environ))
     spec_path = _wait_for_job(emit) if argv[1:] == ["--warm"] else (argv[1:] or [""])[0]
     if spec_path is None:

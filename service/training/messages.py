@@ -164,3 +164,29 @@ def decode(line: bytes) -> ChildMessage:
     """One line of the events pipe; msgspec.DecodeError (ValidationError included) if it is not
     a message of this union."""
     return _decoder.decode(line)
+
+
+# The fork server (service/training/template.py) and the runner: a request to fork a warm child
+# travels on a Unix socket with the child's two pipe ends attached; the answers are JSON lines
+# on the template's stdout.
+class ForkRequest(msgspec.Struct, kw_only=True, frozen=True):
+    log: str  # where the child writes until it is handed a job
+    memory_limit_bytes: int | None = None
+
+
+class Imported(msgspec.Struct, tag="imported", kw_only=True, frozen=True):
+    """The template has imported the training stack: a fork from now on takes milliseconds."""
+
+    backend: str
+
+
+class Forked(msgspec.Struct, tag="forked", kw_only=True, frozen=True):
+    pid: int
+
+
+class Exited(msgspec.Struct, tag="exited", kw_only=True, frozen=True):
+    pid: int
+    code: int  # as asyncio reports it: the exit status, or -N for signal N
+
+
+TemplateMessage = Imported | Forked | Exited

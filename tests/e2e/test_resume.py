@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from service.settings import BaseModelEntry
-from tests.conftest import DATASETS, Api, api_client
+from tests.conftest import ARTIFACTS, DATASETS, Api, api_client
 from tests.e2e.test_training_runner import events, train_to_the_end
 from tests.support.data import jsonl
 from tests.support.processes import start_runner
@@ -75,8 +75,13 @@ async def test_killed_at_a_random_step_resumes_with_identical_losses(tiny_api: A
     finally:
         os.kill(first.pid, signal.SIGKILL)
         first.wait(10)
+    # What a child killed in the middle of a large upload leaves: an open multipart upload under
+    # the job's prefix (planted, as the kill may have missed one). The next attempt aborts it.
+    left = s3.create_multipart_upload(Bucket=ARTIFACTS, Key=f"jobs/{job_id}/resume/step-0/optimizer.pt")
+    s3.upload_part(Bucket=ARTIFACTS, Key=left["Key"], UploadId=left["UploadId"], PartNumber=1, Body=b"x")
     done = await train_to_the_end(api, tiny_settings, job_id, tmp_path / "resumed.log")
     assert done["attempt"] == 2
+    assert not s3.list_multipart_uploads(Bucket=ARTIFACTS, Prefix=f"jobs/{job_id}/").get("Uploads")
 
     evs = await events(api, job_id)
     seen = losses(evs)

@@ -99,7 +99,8 @@ def test_eight_concurrent_200mb_uploads_stay_under_the_memory_bound(make_setting
     assert stored["ContentLength"] == UPLOAD
     assert peak < RSS_BOUND, f"peak RSS {peak / MB:.0f} MiB"
     assert over.status_code == 413 and over.json()["error"]["code"] == "file_too_large"
-    assert not s3.list_multipart_uploads(Bucket=ARTIFACTS).get("Uploads")
+    # (the bucket is the session's: other tests' jobs have keys of their own under jobs/)
+    assert not s3.list_multipart_uploads(Bucket=ARTIFACTS, Prefix="files/").get("Uploads")
 
 
 async def test_a_50mb_jsonl_line_is_refused_with_its_line_number(api: Api) -> None:

@@ -5,10 +5,11 @@ importing torch, transformers, TRL and PEFT again (~10 s of CPU each on a 2-core
 Used for CPU slots only. On a GPU, Unsloth initialises CUDA as it is imported, and a CUDA context
 does not survive fork; GPU slots keep one `--warm` child each, started the usual way.
 
-Once imported it says so (Imported). The runner sends a ForkRequest on a Unix socket (TUNEDOCK_TEMPLATE_FD) with two file descriptors
-attached: the read end of the child's job pipe (its stdin) and the write end of its events pipe.
-The template answers on stdout: Forked(pid), and Exited(pid, code) once it has reaped the child.
-The template dies with the runner; each child dies with the template (PR_SET_PDEATHSIG)."""
+Once imported, the template says so on stdout (Imported). The runner sends a ForkRequest on a Unix
+socket (TUNEDOCK_TEMPLATE_FD) with two file descriptors attached: the read end of the child's job
+pipe (its stdin) and the write end of its events pipe. The template answers on stdout: Forked(pid),
+and Exited(pid, code) once it has reaped that child. The template dies with the runner; each child
+dies with the template (PR_SET_PDEATHSIG). Messages: service/training/messages.py."""
 
 from __future__ import annotations
 

@@ -50,9 +50,11 @@ class Runner:
         template = await Template.start(self.settings) if gpu is None and self.settings.warm_child else None
         try:
             while not self.stopping.is_set():
-                # A template still importing is not waited for here: the slot claims a job
-                # meanwhile, and the job's child is forked once the template is ready.
-                if warm is None and self.settings.warm_child and (template is None or template.imported):
+                # No claim before the template has imported: a claimed job's lease is kept by the
+                # heartbeat of its child, and none can be forked before then.
+                if template is not None and not await template.settled(self.stopping):
+                    continue
+                if warm is None and self.settings.warm_child:
                     warm = await Child.warm_up(self.settings, gpu, template)
                 job = await self._next_job(owner)
                 if job is None:

@@ -78,7 +78,7 @@ class Template:
         self.sock = sock
         self.exits: dict[int, asyncio.Future[int]] = {}
         self.forked: asyncio.Queue[int | None] = asyncio.Queue()
-        self.imported = False  # until then a fork waits for the template's imports
+        self._settled = asyncio.Event()  # set once it has imported, or is gone
         self.reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -102,7 +102,7 @@ class Template:
         while line := await self.proc.stdout.readline():
             match decoder.decode(line):
                 case m.Imported():
-                    self.imported = True
+                    self._settled.set()
                 case m.Forked(pid=pid):
                     self.forked.put_nowait(pid)
                 case m.Exited(pid=pid, code=code):
@@ -114,6 +114,17 @@ class Template:
             if not exited.done():
                 exited.set_result(-signal.SIGKILL)
         self.forked.put_nowait(None)
+        self._settled.set()
+
+    async def settled(self, stopping: asyncio.Event) -> bool:
+        """Wait until the template has imported (or is gone, and forks fall back to starting a
+        child); False if the runner began stopping first."""
+        stop = asyncio.create_task(stopping.wait())
+        ready = asyncio.create_task(self._settled.wait())
+        await asyncio.wait({stop, ready}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        ready.cancel()
+        return self._settled.is_set() and not stopping.is_set()
 
     async def fork(self, settings: Settings, log_path: Path) -> Child | None:
         """A warm child forked from the template; None if the template is gone."""

@@ -108,13 +108,14 @@ class JobRun:
 
     async def _spawn(self, spec: m.TrainingSpec, oom_retry: int) -> Attempt:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        await self._abort_open_uploads(spec)
+        if self.job.attempt > 1 and oom_retry == 0:  # an earlier attempt's child may have died mid-upload
+            await self._abort_open_uploads(spec)
         spec_path = self.work_dir / f"spec-{oom_retry}.json"
         spec_path.write_bytes(msgspec.json.encode(spec))
         log_path = self.work_dir / f"child-{oom_retry}.log"
         child, self.warm = self.warm, None
         if child is None and self.template is not None and spec.backend == "auto":
-            child = await self.template.fork(self.settings, log_path)  # an OOM retry, say
+            child = await self.template.fork(self.settings, log_path)  # an OOM retry: imported, fast
         # A warm child imported for backend "auto"; Unsloth's patches cannot be undone.
         if child is not None and spec.backend == "auto" and await child.hand(spec_path, log_path):
             self.log.info("job handed to the warm child", pid=child.proc.pid, gpu=self.gpu)

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+import structlog
 
 from service.settings import Settings
 from service.training import messages as m
+
+log = structlog.get_logger()
 
 
 def send(proc: asyncio.subprocess.Process | Forked, sig: int) -> None:
@@ -99,22 +102,29 @@ class Template:
         assert self.proc.stdout is not None
         decoder = msgspec.json.Decoder(m.TemplateMessage)
         loop = asyncio.get_running_loop()
-        while line := await self.proc.stdout.readline():
-            match decoder.decode(line):
-                case m.Imported():
-                    self._settled.set()
-                case m.Forked(pid=pid):
-                    self.forked.put_nowait(pid)
-                case m.Exited(pid=pid, code=code):
-                    exited = self.exits.setdefault(pid, loop.create_future())
-                    if not exited.done():
-                        exited.set_result(code)
-        # The template is gone, and its children with it (they die with their parent).
-        for exited in self.exits.values():
-            if not exited.done():
-                exited.set_result(-signal.SIGKILL)
-        self.forked.put_nowait(None)
-        self._settled.set()
+        try:
+            while line := await self.proc.stdout.readline():
+                try:
+                    message = decoder.decode(line)
+                except msgspec.DecodeError:
+                    log.warning("unreadable line from the fork server", line=line[:200])
+                    continue
+                match message:
+                    case m.Imported():
+                        self._settled.set()
+                    case m.Forked(pid=pid):
+                        self.forked.put_nowait(pid)
+                    case m.Exited(pid=pid, code=code):
+                        exited = self.exits.setdefault(pid, loop.create_future())
+                        if not exited.done():
+                            exited.set_result(code)
+        finally:
+            # The template is gone, and its children with it (they die with their parent).
+            for exited in self.exits.values():
+                if not exited.done():
+                    exited.set_result(-signal.SIGKILL)
+            self.forked.put_nowait(None)
+            self._settled.set()
 
     async def settled(self, stopping: asyncio.Event) -> bool:
         """Wait until the template has imported (or is gone, and forks fall back to starting a
@@ -137,6 +147,9 @@ class Template:
             socket.send_fds(self.sock, [msgspec.json.encode(request)], [job_read, events_write])
             pid = await asyncio.wait_for(self.forked.get(), 300)  # its first import, on a busy host
         except (OSError, TimeoutError):
+            # A template that does not answer is of no more use: without it, children start.
+            log.warning("the fork server did not answer; training children will be started")
+            send(self.proc, signal.SIGKILL)
             pid = None
         finally:
             os.close(job_read)

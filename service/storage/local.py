@@ -60,9 +60,10 @@ class LocalStore:
     def abort_uploads(self, bucket: str, prefix: str) -> int:
         """Remove the temporary files a killed writer left under `prefix` (its open uploads)."""
         base = self.root / bucket
-        if not base.is_dir():
+        folder = base / prefix.rpartition("/")[0]  # the deepest folder the prefix names
+        if not folder.is_dir():
             return 0
-        left = [p for p in base.rglob(".part-*")
+        left = [p for p in folder.rglob(".part-*")
                 if p.is_file() and p.relative_to(base).as_posix().startswith(prefix)]
         for path in left:
             path.unlink(missing_ok=True)

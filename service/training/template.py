@@ -5,7 +5,7 @@ importing torch, transformers, TRL and PEFT again (~10 s of CPU each on a 2-core
 Used for CPU slots only. On a GPU, Unsloth initialises CUDA as it is imported, and a CUDA context
 does not survive fork; GPU slots keep one `--warm` child each, started the usual way.
 
-Once imported, the template says so on stdout (Imported). The runner sends a ForkRequest on a Unix
+Once imported, the template says so on stdout (Imported; libraries' own prints go to its log). The runner sends a ForkRequest on a Unix
 socket (TUNEDOCK_TEMPLATE_FD) with two file descriptors attached: the read end of the child's job
 pipe (its stdin) and the write end of its events pipe. The template answers on stdout: Forked(pid),
 and Exited(pid, code) once it has reaped that child. The template dies with the runner; each child
@@ -18,6 +18,7 @@ import resource
 import select
 import socket
 import sys
+import traceback
 
 import msgspec
 
@@ -27,9 +28,11 @@ from service.training import messages as m
 _requests = msgspec.json.Decoder(m.ForkRequest)
 
 
-def _child(request: m.ForkRequest, job_fd: int, events_fd: int, sock: socket.socket) -> int:
+def _child(request: m.ForkRequest, job_fd: int, events_fd: int, sock: socket.socket,
+           control: int) -> int:
     """In the forked child: become a warm child of its own session, then wait for the job."""
     sock.close()
+    os.close(control)  # the template's answers are the template's alone
     os.setsid()  # the runner signals the child's process group, as with a started child
     die_with_parent()
     if request.memory_limit_bytes:
@@ -52,7 +55,11 @@ def _child(request: m.ForkRequest, job_fd: int, events_fd: int, sock: socket.soc
 def serve(sock: socket.socket) -> int:
     from service.training.__main__ import import_stack_for
 
-    out = sys.stdout.buffer
+    # The answers go on a private copy of stdout; fd 1 itself joins the log, so whatever a
+    # library prints cannot end up among them.
+    control = os.dup(1)
+    os.dup2(2, 1)
+    out = os.fdopen(control, "wb")
     out.write(msgspec.json.encode(m.Imported(backend=import_stack_for("auto"))) + b"\n")
     out.flush()
     children: set[int] = set()
@@ -72,7 +79,9 @@ def serve(sock: socket.socket) -> int:
             if pid == 0:
                 code = 1
                 try:
-                    code = _child(request, job_fd, events_fd, sock)
+                    code = _child(request, job_fd, events_fd, sock, control)
+                except BaseException:  # noqa: BLE001 - the child's log keeps why; it must not return
+                    traceback.print_exc()
                 finally:
                     os._exit(code)
             os.close(job_fd)
@@ -91,4 +100,5 @@ def serve(sock: socket.socket) -> int:
 
 def main() -> int:
     die_with_parent()
-    return serve(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=int(os.environ["TUNEDOCK_TEMPLATE_FD"])))
+    fd = int(os.environ["TUNEDOCK_TEMPLATE_FD"])
+    return serve(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=fd))

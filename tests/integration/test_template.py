@@ -11,6 +11,7 @@ from pathlib import Path
 
 from service.runner.process import Template
 from service.training import messages as m
+from tests.support.processes import alive
 
 
 async def ready(events_fd: int) -> m.ChildMessage:
@@ -47,16 +48,10 @@ async def test_forked_warm_children_train_report_their_exit_and_die_with_the_tem
         os.kill(template.proc.pid, signal.SIGKILL)
         assert await asyncio.wait_for(second.proc.wait(), 30) == -signal.SIGKILL
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{second.proc.pid}").exists() and "Z" not in _state(second.proc.pid):
+        while alive(second.proc.pid):
             assert time.monotonic() < deadline, "the forked child outlived its template"
             await asyncio.sleep(0.1)
         assert await template.fork(settings, tmp_path / "warm-3.log") is None
     finally:
         await template.close()
 
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "Z"

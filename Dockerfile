@@ -43,6 +43,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential \
+      cmake \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv \
  && groupadd --system --gid 10001 tunedock \
@@ -58,6 +59,9 @@ COPY service ./service
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-compile ".[train]" transformers==5.17.0 peft==0.21.0 trl==1.15.0 \
       datasets==4.8.5 bitsandbytes==0.50.2 unsloth==2026.10.9 unsloth_zoo==2026.10.9
+# llama.cpp's quantizer and runtime for GGUF exports (service/training/native/build.sh); generic
+# x86-64 code, since the image runs on hosts other than the one that built it.
+RUN GGML_NATIVE=OFF bash service/training/native/build.sh python /opt/venv/bin/tunedock-llama
 USER 10001:10001
 # The runner releases its lease and lets the child finish an upload on SIGTERM.
 STOPSIGNAL SIGTERM

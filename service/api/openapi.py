@@ -85,7 +85,7 @@ class ChatBody(Operation):
 # Request types whose documented schema is msgspec's own: Litestar 2 drops constraints inside
 # unions and constraints whose bound is 0 (`Annotated[float, Meta(gt=0)] | None` loses `gt`), and
 # the items' pattern of a sequence, so clients and fuzzers were told less than the server checks.
-REQUEST_TYPES = (wire.JobCreate, FineTuningJobCreate, wire.DeploymentReport)
+REQUEST_TYPES = (wire.JobCreate, FineTuningJobCreate, wire.DeploymentReport, wire.ExportCreate)
 _KEYS = {"$ref": "ref", "anyOf": "any_of", "oneOf": "one_of", "allOf": "all_of"}
 
 

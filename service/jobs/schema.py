@@ -32,6 +32,24 @@ class DeploymentStatus(StrEnum):
     failed = "failed"  # it could not be loaded (see error); asking again retries
     unloaded = "unloaded"  # no longer served, at the user's request; the files are kept
 
+class ExportFormat(StrEnum):
+    """What an export produces (README: Exports)."""
+
+    merged_16bit = "merged_16bit"  # the adapter merged into the 16-bit base: safetensors in a tar
+    gguf_f16 = "gguf_f16"  # one GGUF file, 16-bit weights, for llama.cpp and Ollama
+    gguf_q8_0 = "gguf_q8_0"  # 8-bit (about half the f16 size)
+    gguf_q4_k_m = "gguf_q4_k_m"  # llama.cpp's 4-bit mix (about a third of the f16 size)
+
+
+class ExportStatus(StrEnum):
+    """Where an export stands (service/jobs/states.py has the table)."""
+
+    queued = "queued"
+    running = "running"  # a runner holds it with a lease; it goes back to queued if that lapses
+    succeeded = "succeeded"
+    failed = "failed"
+
+
 Suffix = Annotated[str, Meta(max_length=40, pattern=r"^[a-z0-9-]*$")]
 LORA_MODULE_PATTERN = r"^[A-Za-z0-9_.]{1,64}$"
 LoraModule = Annotated[str, Meta(pattern=LORA_MODULE_PATTERN)]
@@ -407,3 +425,45 @@ class Serving(msgspec.Struct, kw_only=True):
 
 class ErrorBody(msgspec.Struct):
     error: ErrorInfo
+
+
+class ExportCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    format: ExportFormat
+    # An epoch checkpoint instead of the job's final adapter.
+    checkpoint: Annotated[int, Meta(ge=1, le=1000, description="an epoch whose checkpoint to "
+                                    "export instead of the final adapter")] | None = None
+
+
+class ExportChecks(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the export verified before it was stored (README: Exports)."""
+
+    merged_max_logit_diff: float | None = None  # merged vs base + adapter on the check prompts
+    merged_same_greedy: bool | None = None
+    # base + adapter computed in the 16-bit dtype vs float32: the noise floor of 16 bits
+    served_16bit_max_logit_diff: float | None = None
+    gguf_tokens_match: bool | None = None  # the GGUF's tokenizer (llama.cpp's) vs the base's
+    gguf_eos: str | None = None  # the token generation stops at, as the GGUF says
+    modelfile_template_matches: bool | None = None  # vs the base's chat template, rendered
+
+
+class Export(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["fine_tuning.export"] = "fine_tuning.export"
+    job_id: str
+    model: str  # the fine-tuned model (or checkpoint) exported
+    format: ExportFormat
+    checkpoint: int | None = None
+    status: ExportStatus
+    attempt: int
+    created_at: int
+    started_at: int | None = None
+    finished_at: int | None = None
+    stage: str | None = None  # while running: merging, converting, quantizing, checking, uploading
+    filename: str | None = None  # what the download is saved as
+    bytes: int | None = None
+    sha256: str | None = None
+    seconds: float | None = None  # the successful attempt's duration
+    checks: ExportChecks | None = None
+    error: ErrorInfo | None = None
+    download_url: str | None = None  # GET it (Range supported) once succeeded
+

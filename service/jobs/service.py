@@ -173,11 +173,12 @@ class JobService:
             await asyncio.sleep(self.settings.sweep_seconds)
             try:
                 moved = await self.store.requeue_expired(self.settings.max_attempts)
+                moved += await self.store.requeue_expired_exports(self.settings.max_attempts)
             except Exception:  # noqa: BLE001 - the database may come back; sweep again later
                 log.warning("lease sweep failed", exc_info=True)
                 continue
             if moved:
-                log.warning("expired leases requeued", jobs=moved)
+                log.warning("expired leases requeued", ids=moved)
 
     async def drain(self) -> None:
         for task in list(self._tasks):

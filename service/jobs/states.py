@@ -1,10 +1,11 @@
-"""The job and deployment lifecycles: one table of allowed transitions each. store_jobs.transition()
-and deployments.transition() are their only users."""
+"""The job, deployment and export lifecycles: one table of allowed transitions each.
+store_jobs.transition(), deployments.transition() and store_exports.transition() are their only
+users."""
 
 from __future__ import annotations
 
 from service.errors import InvalidTransition
-from service.jobs.schema import DeploymentStatus, Status
+from service.jobs.schema import DeploymentStatus, ExportStatus, Status
 
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.validating_files: frozenset({Status.queued, Status.failed, Status.cancelled}),
@@ -45,3 +46,18 @@ def check_deployment_transition(current: DeploymentStatus, to: DeploymentStatus)
     if to not in DEPLOYMENT_ALLOWED[current]:
         raise InvalidTransition(f"a {current.value} deployment cannot become {to.value}",
                                 param="status")
+
+
+E = ExportStatus
+EXPORT_ALLOWED: dict[ExportStatus, frozenset[ExportStatus]] = {
+    E.queued: frozenset({E.running, E.failed}),
+    # running -> queued: the runner's lease lapsed or it let go; another runner starts it again.
+    E.running: frozenset({E.queued, E.succeeded, E.failed}),
+    E.succeeded: frozenset(),
+    E.failed: frozenset(),
+}
+
+
+def check_export_transition(current: ExportStatus, to: ExportStatus) -> None:
+    if to not in EXPORT_ALLOWED[current]:
+        raise InvalidTransition(f"a {current.value} export cannot become {to.value}", param="status")

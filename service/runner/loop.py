@@ -1,4 +1,5 @@
-"""`python -m service runner`: one claim loop per GPU (one in all on a CPU-only machine)."""
+"""`python -m service runner`: one claim loop per GPU (one in all on a CPU-only machine). A slot
+takes the oldest queued job, else the oldest queued export."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from service.jobs.database import Database
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.logs import configure_logging
+from service.runner.export_run import ExportRun
 from service.runner.process import Child, Template
 from service.runner.run import JobRun
 from service.settings import Settings
@@ -59,6 +61,12 @@ class Runner:
                 job = await self._next_job(owner)
                 if job is None:
                     continue
+                if isinstance(job, tuple):
+                    export, _tenant = job
+                    log.info("export claimed", export_id=export.id, attempt=export.attempt, owner=owner)
+                    await ExportRun(self.settings, self.store, self.jobs.objects, export, owner, gpu,
+                                    self.stopping).run()
+                    continue
                 log.info("job claimed", job_id=job.id, attempt=job.attempt, owner=owner)
                 run = JobRun(self.settings, self.store, self.jobs, job, owner, gpu, self.stopping,
                              warm=warm, template=template)
@@ -73,11 +81,15 @@ class Runner:
             if template is not None:
                 await template.close()
 
-    async def _next_job(self, owner: str) -> s.Job | None:
-        """A claimed job, or None after waiting a poll interval (or until the runner stops)."""
+    async def _next_job(self, owner: str) -> s.Job | tuple[s.Export, str] | None:
+        """A claimed job, else a claimed export (with its tenant), or None after waiting a poll
+        interval (or until the runner stops)."""
         try:
             await self.store.requeue_expired(self.settings.max_attempts)
+            await self.store.requeue_expired_exports(self.settings.max_attempts)
             job = await self.store.claim(owner, self.settings.lease_seconds)
+            if job is None:
+                job = await self.store.claim_export(owner, self.settings.lease_seconds)
         except Exception:  # noqa: BLE001 - the database may come back; keep polling
             log.warning("claim failed", exc_info=True)
             job = None

@@ -11,8 +11,10 @@ import resource
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import structlog
@@ -234,6 +236,23 @@ class Child:
             send(self.proc, signal.SIGKILL)
             await self.proc.wait()
         os.close(self.events_fd)
+
+
+async def messages(fd: int, log: Any) -> AsyncIterator[m.ChildMessage]:
+    """The messages a child writes on its events pipe (read end `fd`), until it closes; a line
+    that is not a message is logged and skipped."""
+    loop = asyncio.get_running_loop()
+    stream = asyncio.StreamReader(limit=1 << 20, loop=loop)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(fd, "rb", 0))
+    try:
+        while line := await stream.readline():
+            try:
+                yield m.decode(line)
+            except msgspec.DecodeError:
+                log.warning("unreadable message from the child", line=line[:200])
+    finally:
+        transport.close()
 
 
 async def terminate(proc: asyncio.subprocess.Process, grace_seconds: float) -> None:

@@ -6,7 +6,6 @@ report.py (what is written), policy.py (what happens next)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from service.jobs import schema as s
 from service.jobs.service import JobService
 from service.jobs.store import Lease, Store
 from service.runner.policy import Attempt, decide
-from service.runner.process import Child, Template, send, terminate
+from service.runner.process import Child, Template, messages, send, terminate
 from service.runner.report import Reporter
 from service.runner.spec import build_spec
 from service.settings import Settings
@@ -168,26 +167,14 @@ class JobRun:
                 attempt.pausing = stop_sent = True
 
     async def _read_messages(self, fd: int, attempt: Attempt, proc: asyncio.subprocess.Process) -> None:
-        loop = asyncio.get_running_loop()
-        stream = asyncio.StreamReader(limit=1 << 20, loop=loop)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(fd, "rb", 0))
         started = time.monotonic()
-        try:
-            while line := await stream.readline():
-                try:
-                    msg = m.decode(line)
-                except msgspec.DecodeError:
-                    self.log.warning("unreadable message from the training child", line=line[:200])
-                    continue
-                try:
-                    await self.report.handle(msg, attempt, started)
-                except LeaseLost:
-                    # Fenced: the job went to another attempt while this runner could not
-                    # heartbeat (frozen, partitioned). Nothing more of this child is recorded.
-                    self.log.warning("lease lost; stopping the child")
-                    attempt.lost = True
-                    await terminate(proc, self.settings.cancel_grace_seconds)
-                    return
-        finally:
-            transport.close()
+        async for msg in messages(fd, self.log):
+            try:
+                await self.report.handle(msg, attempt, started)
+            except LeaseLost:
+                # Fenced: the job went to another attempt while this runner could not
+                # heartbeat (frozen, partitioned). Nothing more of this child is recorded.
+                self.log.warning("lease lost; stopping the child")
+                attempt.lost = True
+                await terminate(proc, self.settings.cancel_grace_seconds)
+                return

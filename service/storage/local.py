@@ -29,6 +29,15 @@ class LocalStore:
             while block := f.read(chunk):
                 yield block
 
+    def iter_range(self, bucket: str, key: str, start: int, end: int,
+                   chunk: int = 1 << 20) -> Iterator[bytes]:
+        with self._path(bucket, key).open("rb") as f:
+            f.seek(start)
+            left = end - start + 1
+            while left > 0 and (block := f.read(min(chunk, left))):
+                left -= len(block)
+                yield block
+
     def put_fileobj(self, bucket: str, key: str, fileobj: BinaryIO) -> None:
         dest = self._path(bucket, key)
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,14 @@ class S3Store:
         finally:
             body.close()
 
+    def iter_range(self, bucket: str, key: str, start: int, end: int,
+                   chunk: int = 1 << 20) -> Iterator[bytes]:
+        body = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end}")["Body"]
+        try:
+            yield from body.iter_chunks(chunk)
+        finally:
+            body.close()
+
     def put_fileobj(self, bucket: str, key: str, fileobj: BinaryIO) -> None:
         self.client.upload_fileobj(fileobj, bucket, key, Config=UPLOADS)
 

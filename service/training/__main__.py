@@ -5,6 +5,7 @@
                                              {"spec": SPEC.json, "log": LOG} from stdin and train
     python -m service.training --template    the fork server of a CPU slot: import once, fork a
                                              warm child per request (service/training/template.py)
+    python -m service.training --export SPEC.json   one export (service/training/export.py)
 
 The runner keeps one `--warm` child per GPU slot, so a claimed job does not wait for torch,
 Unsloth and TRL to import (30-40 s on a fresh GPU machine). Stdin closing before a line comes
@@ -100,6 +101,8 @@ def main(argv: list[str]) -> int:
 
         return template.main()
     emit = Emitter.from_env(dict(os.environ))
+    if argv[1:2] == ["--export"] and len(argv) == 3:
+        return export_main(Path(argv[2]), emit)
     spec_path = _wait_for_job(emit) if argv[1:] == ["--warm"] else (argv[1:] or [""])[0]
     if spec_path is None:
         return 0
@@ -133,6 +136,27 @@ def main(argv: list[str]) -> int:
             emit.emit(m.Failed(code="out_of_memory", message=_first_lines(str(exc))))
             return m.EXIT_OOM
         emit.emit(m.Failed(code="training_error", message=f"{type(exc).__name__}: {exc}"[:2000]))
+        return m.EXIT_FAILED
+    return m.EXIT_OK
+
+
+def export_main(spec_path: Path, emit: Emitter) -> int:
+    from service.training import export
+
+    try:
+        spec = msgspec.json.decode(spec_path.read_bytes(), type=m.ExportSpec)
+    except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        emit.emit(m.Failed(code="invalid_spec", message=str(exc)))
+        return m.EXIT_BAD_INPUT
+    try:
+        export.run(spec, make_store(load_settings()), emit)
+    except export.ExportError as exc:
+        emit.emit(m.Failed(code=exc.code, message=str(exc)))
+        return m.EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - reported to the runner, which retries
+        traceback.print_exc()
+        code = "out_of_memory" if _out_of_memory(exc) else "export_failed"
+        emit.emit(m.Failed(code=code, message=f"{type(exc).__name__}: {exc}"[:2000]))
         return m.EXIT_FAILED
     return m.EXIT_OK
 

@@ -12,7 +12,8 @@ import msgspec
 
 from typing import Literal
 
-from service.jobs.schema import EarlyStopping, EvalSample, Hyperparameters, LengthStats, MemoryPlan, Method
+from service.jobs.schema import (EarlyStopping, EvalSample, ExportChecks, ExportFormat, Hyperparameters,
+                                LengthStats, MemoryPlan, Method)
 
 class ObjectRef(msgspec.Struct, kw_only=True, frozen=True):
     bucket: str
@@ -150,13 +151,45 @@ class Result(Message, tag="result", kw_only=True):
     backend: str
 
 
+class ExportSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """What the runner hands an export child (`python -m service.training --export SPEC.json`)."""
+
+    export_id: str
+    job_id: str
+    model: str  # the fine-tuned model's name: the file's name and the Modelfile's comment
+    format: ExportFormat
+    base_model_source: str  # a local folder or a hub id
+    adapter: ObjectRef  # a prefix holding adapter_model.safetensors and adapter_config.json
+    artifact_bucket: str
+    output_prefix: str  # exports/{id}
+    check_prompts: list[str] = []  # the job's eval prompts; the export adds its own
+    work_dir: str
+
+
+class ExportStage(Message, tag="export_stage", kw_only=True):
+    stage: str  # fetching, merging, converting, quantizing, checking, uploading
+
+
+class ExportDone(Message, tag="export_done", kw_only=True):
+    """The export is uploaded at `key` and passed its checks."""
+
+    bucket: str
+    key: str
+    filename: str
+    bytes: int
+    sha256: str
+    checks: ExportChecks
+    modelfile: str | None = None
+
+
 class Failed(Message, tag="error", kw_only=True):
     code: str  # invalid_spec, insufficient_gpu_memory, invalid_hyperparameters, out_of_memory, training_error
     message: str
 
 
 ChildMessage = (Ready | Started | Planned | Loaded | Continued | TrainBegin | Progress
-                | CheckpointSaved | ResumePointSaved | Resumed | Warned | Stopped | Result | Failed)
+                | CheckpointSaved | ResumePointSaved | Resumed | Warned | Stopped | Result | Failed
+                | ExportStage | ExportDone)
 _decoder = msgspec.json.Decoder(ChildMessage)
 
 

@@ -37,3 +37,18 @@ def test_local_abort_uploads_removes_a_killed_writers_temporary_files(tmp_path: 
     assert store.abort_uploads("b", "jobs/ftjob-a/") == 1
     assert store.list_keys("b", "jobs/") == ["jobs/ftjob-a/adapter/adapter_config.json"]
     assert len(list((tmp_path / "objects" / "b" / "jobs/ftjob-b/adapter").glob(".part-*"))) == 1
+
+
+def test_both_stores_read_the_same_byte_ranges(make_settings, s3, tmp_path: Path) -> None:  # noqa: ANN001
+    """What GET /exports/{id}/content streams for a Range: bytes start..end, inclusive."""
+    data = bytes(range(256)) * 9000  # 2.3 MB: several chunks
+    src = tmp_path / "blob.bin"
+    src.write_bytes(data)
+    local = LocalStore(tmp_path / "objects")
+    local.ping(ARTIFACTS)
+    for store in (make_store(make_settings()), local):
+        store.put_file(ARTIFACTS, "exports/ftexport-x/blob.bin", src)
+        for start, end in ((0, 0), (5, 1_500_000), (len(data) - 10, len(data) - 1), (0, len(data) - 1)):
+            got = b"".join(store.iter_range(ARTIFACTS, "exports/ftexport-x/blob.bin", start, end,
+                                            chunk=1 << 19))
+            assert got == data[start:end + 1], (type(store).__name__, start, end)

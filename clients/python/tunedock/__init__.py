@@ -13,6 +13,7 @@ from tunedock.errors import (
     AuthenticationError,
     BadRequestError,
     ConflictError,
+    ExportFailed,
     JobFailed,
     NotFoundError,
     PermissionDeniedError,
@@ -20,12 +21,13 @@ from tunedock.errors import (
     ServerError,
     TunedockError,
 )
-from tunedock.types import Checkpoint, Event, File, FilePreview, Job, JobEstimate, Model
+from tunedock.types import Checkpoint, Event, Export, ExportChecks, File, FilePreview, Job, JobEstimate, Model
 
 __all__ = [
     "FilePreview",
     "APIConnectionError", "APIError", "AsyncClient", "AuthenticationError", "BadRequestError",
-    "Checkpoint", "Client", "ConflictError", "Event", "File", "Job", "JobEstimate", "JobFailed",
+    "Checkpoint", "Client", "ConflictError", "Event", "Export", "ExportChecks", "ExportFailed", "File",
+    "Job", "JobEstimate", "JobFailed",
     "Model",
     "NotFoundError", "PermissionDeniedError", "RateLimitError", "ServerError", "TunedockError",
 ]

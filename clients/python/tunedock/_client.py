@@ -17,21 +17,33 @@ import httpx
 
 from tunedock import _base as b
 from tunedock import _ops as ops
-from tunedock.types import Checkpoint, Event, File, FilePreview, Job, JobEstimate, Model
+from tunedock.types import Checkpoint, Event, Export, File, FilePreview, Job, JobEstimate, Model
 
 
 class _Bar:
-    """A tqdm bar over training steps, described by status, epoch, loss; ETA from tqdm."""
+    """A tqdm bar: over a job's training steps (described by status, epoch, loss), an export's
+    stages, or a download's bytes; ETA from tqdm."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, unit: str = "step") -> None:
         self.bar = None
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=None, unit="step", dynamic_ncols=True)
+            scale = unit == "B"
+            self.bar = tqdm(total=None, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000,
+                            dynamic_ncols=True)
 
-    def show(self, job: Job) -> None:
+    def show(self, job: Any) -> None:
         if self.bar is None:
+            return
+        if isinstance(job, ops.Downloaded):
+            self.bar.total = job.total
+            self.bar.n = job.done
+            self.bar.refresh()
+            return
+        if isinstance(job, Export):
+            self.bar.set_description_str(f"{job.format} {job.status}"
+                                         + (f" ({job.stage})" if job.stage else ""), refresh=True)
             return
         p = job.progress
         if p is not None and p.total_steps:
@@ -79,11 +91,14 @@ class _Sync:
                             request = self.http.build_request("GET", path, timeout=None, **kwargs)
                             stream = self.http.send(request, stream=True)
                             stream.lines = stream.iter_lines()
+                            stream.chunks = stream.iter_bytes()
                             if stream.status_code >= 400:
                                 stream.read()
                             value = stream
                         case ops.NextLine():
                             value = next(stream.lines, None)
+                        case ops.NextChunk():
+                            value = next(stream.chunks, None)
                 except httpx.TransportError as exc:  # the op decides: retry, or raise its own error
                     step, value = op.throw, exc
         finally:
@@ -137,11 +152,14 @@ class _Async:
                             request = self.http.build_request("GET", path, timeout=None, **kwargs)
                             stream = await self.http.send(request, stream=True)
                             stream.lines = stream.aiter_lines()
+                            stream.chunks = stream.aiter_bytes()
                             if stream.status_code >= 400:
                                 await stream.aread()
                             value = stream
                         case ops.NextLine():
                             value = await anext(stream.lines, None)
+                        case ops.NextChunk():
+                            value = await anext(stream.chunks, None)
                 except httpx.TransportError as exc:
                     step, value = op.throw, exc
         finally:
@@ -169,6 +187,7 @@ class Client:
         self.files = Files(self)
         self.jobs = Jobs(self)
         self.models = Models(self)
+        self.exports = Exports(self)
 
     def request(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> httpx.Response:
         """Any API call, with the SDK's retries (idempotent ones) and typed errors."""
@@ -273,6 +292,42 @@ class Models:
         return self._run(ops.models_list(self._c))
 
 
+class Exports:
+    def __init__(self, client: Client) -> None:
+        self._c, self._run = client.config, client._driver.run
+
+    def create(self, job_id: str, *, format: str, checkpoint: int | None = None) -> Export:
+        """Queue an export (merged_16bit, gguf_f16, gguf_q8_0, gguf_q4_k_m) of a succeeded job's
+        adapter, or of epoch `checkpoint`'s; an existing one of the same kind is returned."""
+        return self._run(ops.exports_create(self._c, job_id, format, checkpoint))
+
+    def get(self, export_id: str) -> Export:
+        return self._run(ops.exports_get(self._c, export_id))
+
+    def list(self, job_id: str) -> list[Export]:
+        return self._run(ops.exports_list(self._c, job_id))
+
+    def wait(self, export_id: str, *, progress: bool = True, timeout: float | None = None,
+             poll_interval: float = 1.0) -> Export:
+        bar = _Bar(progress)
+        try:
+            return self._run(ops.exports_wait(self._c, export_id, timeout, poll_interval), bar)
+        finally:
+            bar.close()
+
+    def download(self, export_id: str, path: str | Path, *, progress: bool = True) -> Path:
+        """The file to `path`, resuming a broken download, checked against its sha256."""
+        bar = _Bar(progress, unit="B")
+        try:
+            return self._run(ops.exports_download(self._c, export_id, Path(path)), bar)
+        finally:
+            bar.close()
+
+    def modelfile(self, export_id: str) -> str:
+        """A GGUF export's Ollama Modelfile."""
+        return self._run(ops.exports_modelfile(self._c, export_id))
+
+
 class AsyncClient:
     """The asynchronous twin of Client: the same resources, every call awaited."""
 
@@ -286,6 +341,7 @@ class AsyncClient:
         self.files = AsyncFiles(self)
         self.jobs = AsyncJobs(self)
         self.models = AsyncModels(self)
+        self.exports = AsyncExports(self)
 
     async def request(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> httpx.Response:
         """Any API call, with the SDK's retries (idempotent ones) and typed errors."""
@@ -384,3 +440,35 @@ class AsyncModels:
 
     async def list(self) -> list[Model]:
         return await self._run(ops.models_list(self._c))
+
+
+class AsyncExports:
+    def __init__(self, client: AsyncClient) -> None:
+        self._c, self._run = client.config, client._driver.run
+
+    async def create(self, job_id: str, *, format: str, checkpoint: int | None = None) -> Export:
+        return await self._run(ops.exports_create(self._c, job_id, format, checkpoint))
+
+    async def get(self, export_id: str) -> Export:
+        return await self._run(ops.exports_get(self._c, export_id))
+
+    async def list(self, job_id: str) -> list[Export]:
+        return await self._run(ops.exports_list(self._c, job_id))
+
+    async def wait(self, export_id: str, *, progress: bool = True, timeout: float | None = None,
+                   poll_interval: float = 1.0) -> Export:
+        bar = _Bar(progress)
+        try:
+            return await self._run(ops.exports_wait(self._c, export_id, timeout, poll_interval), bar)
+        finally:
+            bar.close()
+
+    async def download(self, export_id: str, path: str | Path, *, progress: bool = True) -> Path:
+        bar = _Bar(progress, unit="B")
+        try:
+            return await self._run(ops.exports_download(self._c, export_id, Path(path)), bar)
+        finally:
+            bar.close()
+
+    async def modelfile(self, export_id: str) -> str:
+        return await self._run(ops.exports_modelfile(self._c, export_id))

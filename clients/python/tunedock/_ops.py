@@ -17,8 +17,8 @@ import httpx
 import msgspec
 
 from tunedock import _base as b
-from tunedock.errors import JobFailed
-from tunedock.types import Checkpoint, Event, File, FilePreview, Job, JobEstimate, Model
+from tunedock.errors import ExportFailed, JobFailed
+from tunedock.types import Checkpoint, Event, Export, File, FilePreview, Job, JobEstimate, Model
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -50,6 +50,11 @@ class Open:
 @dataclass(frozen=True)
 class NextLine:
     """The next line of the open stream, or None at its end (TransportError if it breaks)."""
+
+
+@dataclass(frozen=True)
+class NextChunk:
+    """The next piece of the open stream's body, or None at its end (TransportError if it breaks)."""
 
 
 @dataclass(frozen=True)
@@ -246,3 +251,102 @@ def jobs_wait(config: b.Config, job_id: str, timeout: float | None, poll_interva
 # -- models ---------------------------------------------------------------------------------
 def models_list(config: b.Config) -> Op:
     return (yield from collect(pages(config, "/models", Model, {})))
+
+
+# -- exports --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Downloaded:
+    """Download progress, for a bar: bytes so far of `total`."""
+
+    done: int
+    total: int
+
+
+def exports_create(config: b.Config, job_id: str, format: str, checkpoint: int | None) -> Op:
+    body: dict[str, Any] = {"format": format, **({"checkpoint": checkpoint} if checkpoint else {})}
+    # Idempotent by nature: the server answers an existing export of the same kind.
+    r = yield from request(config, "POST", f"/jobs/{job_id}/exports", idempotent=True, json=body)
+    return b.decode(r, Export)
+
+
+def exports_get(config: b.Config, export_id: str) -> Op:
+    return b.decode((yield from request(config, "GET", f"/exports/{export_id}", idempotent=True)), Export)
+
+
+def exports_list(config: b.Config, job_id: str) -> Op:
+    return (yield from collect(pages(config, f"/jobs/{job_id}/exports", Export, {})))
+
+
+def exports_modelfile(config: b.Config, export_id: str) -> Op:
+    return (yield from request(config, "GET", f"/exports/{export_id}/modelfile", idempotent=True)).text
+
+
+def exports_wait(config: b.Config, export_id: str, timeout: float | None, poll_interval: float) -> Op:
+    """Until the export ends: the export if it succeeded, else ExportFailed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        export = yield from exports_get(config, export_id)
+        yield Progress(export)
+        if export.status in ("succeeded", "failed"):
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"export {export_id} is still {export.status} after {timeout} s")
+        yield Sleep(poll_interval)
+    if export.status != "succeeded":
+        raise ExportFailed(export)
+    return export
+
+
+def exports_download(config: b.Config, export_id: str, dest: Path) -> Op:
+    """A succeeded export's file to `dest`. It is written to `dest.part` first; a download that
+    breaks resumes from there with a Range request (as does a later call), and the file is
+    checked against the export's sha256 before it is renamed into place."""
+    import hashlib
+
+    export = yield from exports_get(config, export_id)
+    if export.status != "succeeded" or export.bytes is None:
+        raise ExportFailed(export, f"it is {export.status}; download it once it has succeeded")
+    total, part = export.bytes, dest.with_name(dest.name + ".part")
+    attempt = 0
+    while True:
+        offset = part.stat().st_size if part.is_file() else 0
+        if offset > total:
+            part.unlink()
+            offset = 0
+        response = None
+        try:
+            headers = {"Range": f"bytes={offset}-"} if 0 < offset < total else {}
+            if offset < total:
+                response = yield Open(f"/exports/{export_id}/content", {"headers": headers})
+                if response.status_code in (200, 206):
+                    with part.open("ab" if response.status_code == 206 else "wb") as out:
+                        done = offset if response.status_code == 206 else 0
+                        while (chunk := (yield NextChunk())) is not None:
+                            out.write(chunk)
+                            done += len(chunk)
+                            attempt = 0
+                            yield Progress(Downloaded(done, total))
+            if part.is_file() and part.stat().st_size == total:
+                break
+        except httpx.TransportError as exc:
+            if not b.should_retry(attempt, config.max_retries, None):
+                raise b.connection_error(exc) from exc
+        if response is not None and response.status_code >= 400 and not (
+                response.status_code in b.RETRY_STATUS
+                and b.should_retry(attempt, config.max_retries, response)):
+            b.raise_for(response)
+        if attempt >= config.max_retries:
+            raise b.connection_error(RuntimeError(f"the download stopped at {offset} of {total} bytes"))
+        yield Sleep(b.backoff(attempt, response))
+        attempt += 1
+    digest = hashlib.sha256()
+    with part.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    if digest.hexdigest() != export.sha256:
+        part.unlink()
+        raise ExportFailed(export, f"the downloaded file's sha256 is {digest.hexdigest()}, not "
+                                   f"{export.sha256}; it was removed, download it again")
+    part.replace(dest)
+    return dest
+

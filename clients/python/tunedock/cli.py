@@ -1,6 +1,6 @@
 """`tunedock`: the command line. Tables by default, --json for scripts.
 
-Exit codes: 0 ok, 1 job failed or cancelled, 2 usage error, 3 server or connection error.
+Exit codes: 0 ok, 1 job (or export) failed or cancelled, 2 usage error, 3 server or connection error.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from tunedock import Client
-from tunedock.errors import APIConnectionError, APIError, JobFailed
+from tunedock.errors import APIConnectionError, APIError, ExportFailed, JobFailed
 from tunedock.types import FilePreview, JobEstimate
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
@@ -112,8 +112,42 @@ def _preview(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK if found.valid else EXIT_USAGE
 
 
+GGUF_FORMATS = ("gguf_f16", "gguf_q8_0", "gguf_q4_k_m")
+
+
+def _export(args: argparse.Namespace, client: Client) -> int:
+    """Queue (or find) the export, wait for it, download it to -o, and for a GGUF write its
+    Ollama Modelfile beside it, pointing at the downloaded file."""
+    from pathlib import Path
+
+    export = client.exports.create(args.job_id, format=args.format, checkpoint=args.checkpoint)
+    export = client.exports.wait(export.id, progress=not args.json, timeout=args.timeout)
+    out = Path(args.output or export.filename)
+    if out.is_dir():
+        out = out / (export.filename or export.id)
+    client.exports.download(export.id, out, progress=not args.json)
+    modelfile = None
+    if export.format in GGUF_FORMATS:
+        text = client.exports.modelfile(export.id)
+        modelfile = out.with_name("Modelfile")
+        lines = [f"FROM ./{out.name}" if line.startswith("FROM ") else line for line in text.splitlines()]
+        modelfile.write_text("\n".join(lines) + "\n")
+    if args.json:
+        print(json.dumps({**msgspec.to_builtins(export), "path": str(out),
+                          "modelfile": str(modelfile) if modelfile else None}, indent=2))
+        return EXIT_OK
+    checks = msgspec.to_builtins(export.checks) if export.checks else {}
+    print(f"{out}  {export.bytes} bytes  sha256 {export.sha256}  ({export.seconds} s to export)")
+    print("checks: " + ", ".join(f"{k} {v}" for k, v in checks.items()))
+    if modelfile:
+        print(f"{modelfile}: ollama create NAME -f {modelfile}")
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace, client: Client) -> int:
     cmd = (args.command, getattr(args, "action", None))
+    if args.command == "export":
+        return _export(args, client)
     if cmd == ("files", "upload"):
         _out(args, client.files.upload(args.path), ["id", "filename", "bytes", "uri"])
     elif cmd == ("files", "list"):
@@ -230,6 +264,16 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("job_id")
     ev.add_argument("--follow", action="store_true", help="stream new events until the job ends")
 
+    ex = sub.add_parser("export", help="export a succeeded job's model (merged 16-bit or GGUF) and "
+                                       "download it, with a progress bar")
+    ex.add_argument("job_id")
+    ex.add_argument("--format", required=True,
+                    choices=["merged_16bit", "gguf_f16", "gguf_q8_0", "gguf_q4_k_m"])
+    ex.add_argument("--checkpoint", type=int, help="export this epoch's checkpoint instead")
+    ex.add_argument("-o", "--output", help="where to save it (a file, or a folder); a GGUF's "
+                                           "Modelfile is written beside it")
+    ex.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+
     sub.add_parser("models", help="list base models and deployed adapters")
     chat = sub.add_parser("chat", help="ask a model (base or fine-tuned) one question")
     chat.add_argument("model")
@@ -243,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Client(base_url=args.base_url, api_key=args.api_key) as client:
             return run(args, client)
-    except JobFailed as exc:
+    except (JobFailed, ExportFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_JOB_FAILED
     except (APIError, APIConnectionError, RuntimeError) as exc:

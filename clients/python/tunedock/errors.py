@@ -65,6 +65,16 @@ class JobFailed(TunedockError):
         self.code = error.code if error else job.status
 
 
+class ExportFailed(TunedockError):
+    """An export ended failed (its error says why), or its download did not match its sha256."""
+
+    def __init__(self, export: Any, detail: str | None = None) -> None:
+        error = export.error
+        detail = detail or (f"{error.code}: {error.message}" if error else export.status)
+        super().__init__(f"export {export.id} ({export.format}) failed: {detail}")
+        self.export = export
+
+
 _BY_STATUS = {400: BadRequestError, 401: AuthenticationError, 403: PermissionDeniedError,
               404: NotFoundError, 409: ConflictError, 413: BadRequestError, 422: BadRequestError,
               429: RateLimitError}

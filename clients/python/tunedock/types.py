@@ -213,6 +213,41 @@ class Model(msgspec.Struct, kw_only=True):
     loaded_at: int | None = None
 
 
+class ExportChecks(msgspec.Struct, kw_only=True):
+    """What the export verified before it was stored."""
+
+    merged_max_logit_diff: float | None = None
+    merged_same_greedy: bool | None = None
+    # base + adapter computed in the 16-bit dtype vs float32: the noise floor of 16 bits
+    served_16bit_max_logit_diff: float | None = None
+    gguf_tokens_match: bool | None = None
+    gguf_eos: str | None = None
+    modelfile_template_matches: bool | None = None
+
+
+class Export(msgspec.Struct, kw_only=True):
+    """A job's adapter merged into its base (merged_16bit) or converted to GGUF."""
+
+    id: str
+    job_id: str
+    model: str
+    format: str
+    status: str  # queued, running, succeeded, failed
+    attempt: int
+    created_at: int
+    checkpoint: int | None = None
+    started_at: int | None = None
+    finished_at: int | None = None
+    stage: str | None = None
+    filename: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    seconds: float | None = None
+    checks: ExportChecks | None = None
+    error: ErrorInfo | None = None
+    download_url: str | None = None
+
+
 class Page(msgspec.Struct, kw_only=True):
     data: list[Any]
     has_more: bool

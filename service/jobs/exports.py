@@ -1,0 +1,45 @@
+"""Exports, the API's side: what may be exported (a succeeded job, an epoch it checkpointed, a
+base model still in the registry), and the exported file's bytes, whole or a range."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from service.errors import Conflict, NotFound, Unprocessable
+from service.ids import model_name
+from service.jobs import schema as s
+from service.jobs.store import Store
+from service.settings import Settings
+
+
+class ExportService:
+    def __init__(self, settings: Settings, store: Store, objects: Any) -> None:
+        self.settings, self.store, self.objects = settings, store, objects
+
+    async def request(self, tenant: str, job_id: str, req: s.ExportCreate) -> tuple[s.Export, bool]:
+        """Queue an export (or find the one of the same kind): (export, created)."""
+        job = await self.store.get_job(tenant, job_id)
+        if job.status is not s.Status.succeeded or job.fine_tuned_model is None:
+            raise Conflict(f"job {job_id} is {job.status.value}; only a succeeded job can be exported",
+                           param="job_id", code="job_not_succeeded")
+        if self.settings.base_model(job.base_model) is None:
+            raise Unprocessable(f"job {job_id} was trained on {job.base_model!r}, which is no longer "
+                                "in the registry", param="job_id", code="model_not_found")
+        name = job.fine_tuned_model
+        if req.checkpoint is not None:
+            epochs = [c.epoch for c in await self.store.list_checkpoints(tenant, job_id)]
+            if req.checkpoint not in epochs:
+                raise NotFound(f"job {job_id} has no checkpoint for epoch {req.checkpoint} "
+                               f"(it has {epochs or 'none'})", param="checkpoint")
+            name = model_name(job.base_model, job.suffix, job.id, req.checkpoint)
+        return await self.store.create_export(tenant, job_id, name, req.format, req.checkpoint)
+
+    async def content(self, bucket: str, key: str, wanted: tuple[int, int] | None) -> AsyncIterator[bytes]:
+        """The file's bytes (start..end inclusive when `wanted`), read on a thread (boto3 blocks)."""
+        it = iter(self.objects.iter_range(bucket, key, *wanted) if wanted
+                  else self.objects.iter_bytes(bucket, key))
+        done = object()
+        while (chunk := await asyncio.to_thread(next, it, done)) is not done:
+            yield chunk  # type: ignore[misc]

@@ -1,0 +1,169 @@
+"""One claimed export on one runner slot: write its spec, start the export child, heartbeat the
+lease while it runs, record its stages and result. Like a job: a runner that dies leaves the
+lease to lapse and another runner starts the export again (exports are deterministic and take
+minutes, so an attempt starts over rather than from a partial file)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from service.errors import LeaseLost
+from service.jobs import schema as s
+from service.jobs.store import Store
+from service.jobs.store_exports import ExportLease
+from service.runner.process import Child, messages, send, terminate
+from service.runner.spec import object_ref
+from service.settings import Settings
+from service.training import messages as m
+
+
+@dataclass
+class ExportRun:
+    settings: Settings
+    store: Store
+    objects: Any  # the runner's ObjectStore
+    export: s.Export
+    owner: str
+    gpu: str | None
+    stopping: asyncio.Event
+    log: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.log = structlog.get_logger().bind(export_id=self.export.id, attempt=self.export.attempt)
+        self.lease = ExportLease(self.owner, self.export.attempt)
+        self.done: m.ExportDone | None = None
+        self.failed: m.Failed | None = None
+        self.lost = False
+
+    @property
+    def work_dir(self) -> Path:
+        return (Path(self.settings.data_dir).resolve() / "exports" / self.export.id
+                / f"attempt-{self.export.attempt}")
+
+    async def spec(self) -> m.ExportSpec | str:
+        """The child's spec, or why there can be none."""
+        job = await self.store.get_job(None, self.export.job_id)
+        entry = self.settings.base_model(job.base_model)
+        if entry is None:
+            return f"base model {job.base_model!r} is no longer in the registry"
+        if self.export.checkpoint is None:
+            adapter = f"s3://{self.settings.artifact_bucket}/jobs/{job.id}/adapter"
+        else:
+            ckpt = next((c for c in await self.store.list_checkpoints(None, job.id)
+                         if c.epoch == self.export.checkpoint), None)
+            if ckpt is None:
+                return f"job {job.id} has no checkpoint for epoch {self.export.checkpoint}"
+            adapter = ckpt.uri
+        return m.ExportSpec(
+            export_id=self.export.id, job_id=job.id, model=self.export.model,
+            format=self.export.format, base_model_source=entry.source, adapter=object_ref(adapter),
+            artifact_bucket=self.settings.artifact_bucket, output_prefix=f"exports/{self.export.id}",
+            check_prompts=list(job.hyperparameters.eval_prompts), work_dir=str(self.work_dir / "work"))
+
+    async def run(self) -> None:
+        began = time.monotonic()
+        spec = await self.spec()
+        if isinstance(spec, str):
+            await self._fail("export_failed", spec)
+            return
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = self.work_dir / "spec.json"
+        spec_path.write_bytes(msgspec.json.encode(spec))
+        await self._abort_open_uploads()  # an earlier attempt's child may have died mid-upload
+        child = await Child.start(self.settings, self.gpu, ["--export", str(spec_path)],
+                                  self.work_dir / "child.log")
+        self.log.info("export child started", pid=child.proc.pid, format=spec.format.value)
+        reader = asyncio.create_task(self._read(child))
+        watcher = asyncio.create_task(self._watch(child.proc))
+        try:
+            code = await child.proc.wait()
+            await reader
+        finally:
+            watcher.cancel()
+            reader.cancel()
+            if child.proc.returncode is None:
+                send(child.proc, signal.SIGKILL)
+        if self.lost:
+            self.log.info("export no longer ours; child stopped")
+            return
+        await self._abort_open_uploads()
+        seconds = time.monotonic() - began
+        try:
+            if self.done is not None and code == 0:
+                d = self.done
+                await self.store.finish_export(
+                    self.export.id, self.lease, bucket=d.bucket, key=d.key, filename=d.filename,
+                    size=d.bytes, sha256=d.sha256, seconds=seconds, checks=d.checks,
+                    modelfile=d.modelfile)
+            elif self.stopping.is_set():
+                await self.store.release_export(self.export.id, self.lease,
+                                                "runner stopping; the export will start again")
+            elif code == m.EXIT_BAD_INPUT or self.export.attempt >= self.settings.max_attempts:
+                failed = self.failed or m.Failed(code="export_failed",
+                                                 message=f"the export child exited with {code}")
+                await self._fail(failed.code, failed.message)
+            else:
+                reason = self.failed.message if self.failed else f"the export child exited with {code}"
+                await self.store.release_export(self.export.id, self.lease,
+                                                f"export attempt {self.export.attempt} failed "
+                                                f"({reason[:300]}); it will start again")
+        except LeaseLost:
+            self.log.warning("lease lost before the export's end was recorded")
+
+    async def _fail(self, code: str, message: str) -> None:
+        try:
+            await self.store.fail_export(self.export.id, self.lease, code, message)
+        except LeaseLost:
+            pass
+
+    async def _abort_open_uploads(self) -> None:
+        try:
+            await asyncio.to_thread(self.objects.abort_uploads, self.settings.artifact_bucket,
+                                    f"exports/{self.export.id}/")
+        except Exception:  # noqa: BLE001 - a leftover costs storage, not correctness
+            self.log.warning("could not abort uploads left open", exc_info=True)
+
+    async def _watch(self, proc: Any) -> None:
+        """Heartbeat the lease; stop the child on a lost lease or runner shutdown."""
+        while proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.stopping.wait(), self.settings.heartbeat_seconds)
+            except TimeoutError:
+                pass
+            if self.stopping.is_set():
+                await terminate(proc, self.settings.cancel_grace_seconds)
+                return
+            try:
+                ours = await self.store.heartbeat_export(self.export.id, self.lease,
+                                                         self.settings.lease_seconds)
+            except Exception:  # noqa: BLE001 - a database blip; the lease has slack
+                self.log.warning("heartbeat failed", exc_info=True)
+                continue
+            if not ours:
+                self.lost = True
+                await terminate(proc, self.settings.cancel_grace_seconds)
+                return
+
+    async def _read(self, child: Child) -> None:
+        async for msg in messages(child.events_fd, self.log):
+            match msg:
+                case m.ExportStage(stage=stage):
+                    try:
+                        await self.store.export_stage(self.export.id, self.lease, stage)
+                    except LeaseLost:
+                        self.lost = True
+                        await terminate(child.proc, self.settings.cancel_grace_seconds)
+                        return
+                case m.ExportDone():
+                    self.done = msg
+                case m.Failed():
+                    self.failed = msg
+                    self.log.warning("export failed", code=msg.code, message=msg.message)

@@ -111,14 +111,21 @@ def _from_json_schema(node: Any) -> Any:
 
 
 def complete(document: OpenAPI) -> None:
-    """Constraints Litestar 2 drops: request types documented from msgspec's own schema, and
-    `additionalProperties: false` on every request type that refuses unknown fields."""
+    """Constraints Litestar 2 drops: request types documented from msgspec's own schema,
+    `additionalProperties: false` on every request type that refuses unknown fields, and
+    downloads documented as binary strings."""
     schemas = (document.components.schemas if document.components else None) or {}
     _, components = msgspec.json.schema_components(REQUEST_TYPES,
                                                    ref_template="#/components/schemas/{name}")
     for name, raw in components.items():
         if name in schemas:
             schemas[name] = _from_json_schema(raw)
+    for path in (document.paths or {}).values():  # downloads: bytes, not an unnamed object
+        for op in (path.get, path.post):
+            for response in ((op.responses or {}).values() if op else ()):
+                media = (getattr(response, "content", None) or {}).get("application/octet-stream")
+                if media is not None:
+                    media.schema = Schema(type=OpenAPIType.STRING, format="binary")
     for name, schema in schemas.items():
         struct = getattr(wire, name, None) or getattr(openai_types, name, None)
         if (isinstance(schema, Schema) and isinstance(struct, type) and issubclass(struct, msgspec.Struct)

@@ -101,13 +101,19 @@ def _file_stem(model: str) -> str:
     return "".join(keep).strip("-")[:120]
 
 
-def saved_dtype(base_dir: Path) -> Any:
-    """The base's own 16-bit dtype (config.json), bfloat16 when it names none or a 32-bit one."""
+def saved_dtype(base_source: str) -> Any:
+    """The base's own 16-bit dtype (its config.json), bfloat16 when it names none or a 32-bit one."""
     import torch
 
-    config = json.loads((base_dir / "config.json").read_text())
-    name = config.get("dtype") or config.get("torch_dtype")
-    return torch.float16 if name == "float16" else torch.bfloat16
+    path = Path(base_source) / "config.json"
+    if path.is_file():
+        config = json.loads(path.read_text())
+    else:  # a hub id
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(base_source).to_dict()
+    name = str(config.get("dtype") or config.get("torch_dtype") or "")
+    return torch.float16 if name.removeprefix("torch.") == "float16" else torch.bfloat16
 
 
 def merge_16bit(base_source: str, adapter_dir: Path, out: Path,
@@ -126,7 +132,7 @@ def merge_16bit(base_source: str, adapter_dir: Path, out: Path,
     base_dir = Path(base_source)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    dtype = saved_dtype(base_dir)
+    dtype = saved_dtype(base_source)
     tokenizer = AutoTokenizer.from_pretrained(base_source)
     sequences = [_chat_ids(tokenizer, p) for p in prompts]
     model = AutoModelForCausalLM.from_pretrained(base_source, dtype=torch.float32).to(device)

@@ -156,3 +156,16 @@ def test_gguf_checks_catch_the_converters_own_mistakes(staged, smollm2_dir, tmp_
     gguf_export.convert(smollm2_dir, tmp_path / "raw.gguf", "f16", vocab_only=True)  # not staged
     with pytest.raises(ExportError, match="ends generation at token 1"):
         gguf_export.check(tmp_path / "raw.gguf", tokenizer, eos)
+
+
+@pytest.mark.parametrize("config, want", [({"dtype": "float16"}, "float16"), ({"torch_dtype": "bfloat16"}, "bfloat16"),
+                                          ({"dtype": "float32"}, "bfloat16"), ({}, "bfloat16")])
+def test_merged_weights_keep_the_base_models_16_bit_dtype(tmp_path, config: dict, want: str) -> None:  # noqa: ANN001
+    import json
+
+    import torch
+
+    from service.training.export import saved_dtype
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert saved_dtype(str(tmp_path)) == getattr(torch, want)

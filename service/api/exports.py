@@ -84,11 +84,11 @@ class ExportsController(Controller):
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{export.sha256}"',
                    "Content-Disposition": f'attachment; filename="{export.filename}"'}
         if wanted is None:
-            return Stream(exports.content(bucket, key, None), status_code=200,
+            return Stream(await exports.content(bucket, key, None), status_code=200,
                           media_type="application/octet-stream",
                           headers={**headers, "Content-Length": str(size)})
         start, end = wanted
-        return Stream(exports.content(bucket, key, (start, end)), status_code=206,
+        return Stream(await exports.content(bucket, key, (start, end)), status_code=206,
                       media_type="application/octet-stream",
                       headers={**headers, "Content-Length": str(end - start + 1),
                                "Content-Range": f"bytes {start}-{end}/{size}"})

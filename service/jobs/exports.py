@@ -36,10 +36,20 @@ class ExportService:
             name = model_name(job.base_model, job.suffix, job.id, req.checkpoint)
         return await self.store.create_export(tenant, job_id, name, req.format, req.checkpoint)
 
-    async def content(self, bucket: str, key: str, wanted: tuple[int, int] | None) -> AsyncIterator[bytes]:
-        """The file's bytes (start..end inclusive when `wanted`), read on a thread (boto3 blocks)."""
+    async def content(self, bucket: str, key: str,
+                      wanted: tuple[int, int] | None) -> AsyncIterator[bytes]:
+        """The file's bytes (start..end inclusive when `wanted`), read on a thread (boto3 blocks).
+        The object is opened and its first chunk read before this returns, so a store that
+        fails answers an error, not a response cut short after its headers."""
         it = iter(self.objects.iter_range(bucket, key, *wanted) if wanted
                   else self.objects.iter_bytes(bucket, key))
         done = object()
-        while (chunk := await asyncio.to_thread(next, it, done)) is not done:
-            yield chunk  # type: ignore[misc]
+        first = await asyncio.to_thread(next, it, done)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            chunk = first
+            while chunk is not done:
+                yield chunk  # type: ignore[misc]
+                chunk = await asyncio.to_thread(next, it, done)
+
+        return chunks()

@@ -40,6 +40,15 @@ class JobService:
     objects: ObjectStore
     _tasks: set[asyncio.Task] = field(default_factory=set)
 
+    async def adapter_uri(self, tenant: str | None, job_id: str, epoch: int | None) -> str | None:
+        """Where a job's adapter is (s3://, no trailing slash): its final one, or epoch's
+        checkpoint; None when it has no checkpoint for that epoch."""
+        if epoch is None:
+            return f"s3://{self.settings.artifact_bucket}/jobs/{job_id}/adapter"
+        ckpt = next((c for c in await self.store.list_checkpoints(tenant, job_id)
+                     if c.epoch == epoch), None)
+        return ckpt.uri.rstrip("/") if ckpt else None
+
     async def locate(self, tenant: str, ref: str, param: str) -> tuple[str, str]:
         """(bucket, key) of a training/validation file given as a file- id or an s3:// URI.
 
@@ -118,13 +127,9 @@ class JobService:
                     f"base_model {name!r}: job {job_id} is {parent.status.value}, so it has no final "
                     "adapter yet; continue from one of its checkpoints (…:ckpt-<epoch>) or wait",
                     param="base_model", code="model_not_ready")
-            adapter = f"s3://{self.settings.artifact_bucket}/jobs/{job_id}/adapter"
-        else:
-            ckpt = next((c for c in await self.store.list_checkpoints(tenant, job_id)
-                         if c.epoch == epoch), None)
-            if ckpt is None:
-                raise missing
-            adapter = ckpt.uri.rstrip("/")
+        adapter = await self.adapter_uri(tenant, job_id, epoch)
+        if adapter is None:
+            raise missing
         if self.settings.base_model(parent.base_model) is None:
             raise NotFound(f"base_model {name!r} was trained on {parent.base_model!r}, which is no "
                            "longer in the registry", param="base_model", code="model_not_found")

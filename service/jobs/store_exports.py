@@ -128,8 +128,8 @@ class ExportsStore:
         return [export_from_row(r) for r in rows]
 
     # -- the runner's half ----------------------------------------------------------------
-    async def claim_export(self, owner: str, lease_s: float) -> tuple[s.Export, str] | None:
-        """Take the oldest queued export with a lease: (export, tenant). Runners ask on every
+    async def claim_export(self, owner: str, lease_s: float) -> s.Export | None:
+        """Take the oldest queued export with a lease. Runners ask on every
         idle poll, so a read on the driver path first: no write lock taken when none is queued."""
         if not await self.db.rows("SELECT id FROM exports WHERE status = ? LIMIT 1", E.queued.value):
             return None
@@ -145,7 +145,7 @@ class ExportsStore:
                              f"(attempt {attempt})", lease_owner=owner, attempt=attempt,
                              lease_expires_at=utcnow() + timedelta(seconds=lease_s),
                              stage="starting", error=None)
-            return export_from_row(row), row.tenant
+            return export_from_row(row)
 
     async def heartbeat_export(self, export_id: str, lease: ExportLease, lease_s: float) -> bool:
         now = utcnow()

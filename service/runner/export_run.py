@@ -17,6 +17,7 @@ import structlog
 
 from service.errors import LeaseLost
 from service.jobs import schema as s
+from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.jobs.store_exports import ExportLease
 from service.runner.process import Child, messages, send, terminate
@@ -29,7 +30,7 @@ from service.training import messages as m
 class ExportRun:
     settings: Settings
     store: Store
-    objects: Any  # the runner's ObjectStore
+    jobs: JobService
     export: s.Export
     owner: str
     gpu: str | None
@@ -54,14 +55,9 @@ class ExportRun:
         entry = self.settings.base_model(job.base_model)
         if entry is None:
             return f"base model {job.base_model!r} is no longer in the registry"
-        if self.export.checkpoint is None:
-            adapter = f"s3://{self.settings.artifact_bucket}/jobs/{job.id}/adapter"
-        else:
-            ckpt = next((c for c in await self.store.list_checkpoints(None, job.id)
-                         if c.epoch == self.export.checkpoint), None)
-            if ckpt is None:
-                return f"job {job.id} has no checkpoint for epoch {self.export.checkpoint}"
-            adapter = ckpt.uri
+        adapter = await self.jobs.adapter_uri(None, job.id, self.export.checkpoint)
+        if adapter is None:
+            return f"job {job.id} has no checkpoint for epoch {self.export.checkpoint}"
         return m.ExportSpec(
             export_id=self.export.id, job_id=job.id, model=self.export.model,
             format=self.export.format, base_model_source=entry.source, adapter=object_ref(adapter),
@@ -126,7 +122,7 @@ class ExportRun:
 
     async def _abort_open_uploads(self) -> None:
         try:
-            await asyncio.to_thread(self.objects.abort_uploads, self.settings.artifact_bucket,
+            await asyncio.to_thread(self.jobs.objects.abort_uploads, self.settings.artifact_bucket,
                                     f"exports/{self.export.id}/")
         except Exception:  # noqa: BLE001 - a leftover costs storage, not correctness
             self.log.warning("could not abort uploads left open", exc_info=True)

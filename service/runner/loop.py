@@ -61,10 +61,9 @@ class Runner:
                 job = await self._next_job(owner)
                 if job is None:
                     continue
-                if isinstance(job, tuple):
-                    export, _tenant = job
-                    log.info("export claimed", export_id=export.id, attempt=export.attempt, owner=owner)
-                    await ExportRun(self.settings, self.store, self.jobs.objects, export, owner, gpu,
+                if isinstance(job, s.Export):
+                    log.info("export claimed", export_id=job.id, attempt=job.attempt, owner=owner)
+                    await ExportRun(self.settings, self.store, self.jobs, job, owner, gpu,
                                     self.stopping).run()
                     continue
                 log.info("job claimed", job_id=job.id, attempt=job.attempt, owner=owner)
@@ -81,9 +80,9 @@ class Runner:
             if template is not None:
                 await template.close()
 
-    async def _next_job(self, owner: str) -> s.Job | tuple[s.Export, str] | None:
-        """A claimed job, else a claimed export (with its tenant), or None after waiting a poll
-        interval (or until the runner stops)."""
+    async def _next_job(self, owner: str) -> s.Job | s.Export | None:
+        """A claimed job, else a claimed export, or None after waiting a poll interval (or until
+        the runner stops)."""
         try:
             await self.store.requeue_expired(self.settings.max_attempts)
             await self.store.requeue_expired_exports(self.settings.max_attempts)

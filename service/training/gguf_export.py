@@ -58,7 +58,7 @@ def export(merged: Path, fmt: ExportFormat, out: Path, model: str,
     stops = [eos] + ([s] if wrappers and (s := wrappers.suffix["assistant"].strip())
                      and s != eos else [])
     text = mf.modelfile(out.name, model, wrappers, stops)
-    checks.modelfile_template_matches = wrappers is not None
+    checks.modelfile_template_matches = 'TEMPLATE """' in text  # learned, checked and written
     shutil.rmtree(stage, ignore_errors=True)
     return checks, text
 
@@ -162,7 +162,10 @@ def check(path: Path, tokenizer: Any, eos: str) -> ExportChecks:
                 raise ExportError("export_check_failed",
                                   f"the GGUF's tokenizer splits {text[:40]!r} into {got[:12]} but "
                                   f"the base model's into {want[:12]}")
-        eos_id = gguf_model.eos()
+        try:
+            eos_id = gguf_model.eos()
+        except RuntimeError as exc:
+            raise ExportError("export_check_failed", str(exc)) from None
     want_eos = tokenizer.convert_tokens_to_ids(eos)
     if eos_id != want_eos:
         raise ExportError("export_check_failed",

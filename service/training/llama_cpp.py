@@ -20,12 +20,18 @@ def binary() -> str:
 
     from service.settings import load_settings
 
-    found = load_settings().llama_cpp_bin or str(Path(sys.prefix) / "bin" / "tunedock-llama")
-    if Path(found).is_file() or (found := shutil.which("tunedock-llama") or ""):
+    configured = load_settings().llama_cpp_bin
+    if configured:
+        if Path(configured).is_file():
+            return configured
+        raise ExportError("export_tool_missing", f"TUNEDOCK_LLAMA_CPP_BIN names {configured!r}, "
+                          "which is not a file on this runner")
+    here = Path(sys.prefix) / "bin" / "tunedock-llama"
+    if found := (str(here) if here.is_file() else shutil.which("tunedock-llama")):
         return found
     raise ExportError("export_tool_missing", "llama.cpp's tools are not installed on this runner "
-                      "(run `make llama-cpp`, or set TUNEDOCK_LLAMA_CPP_BIN); GGUF q4_k_m exports "
-                      "and GGUF checks need them")
+                      "(run `make llama-cpp`, or set TUNEDOCK_LLAMA_CPP_BIN); GGUF exports need "
+                      "them")
 
 
 def quantize(src: Path, out: Path, ftype: str) -> None:
@@ -67,12 +73,16 @@ class Model:
         return [int(t) for t in line.split()]
 
     def eos(self) -> int:
-        return int(subprocess.run([binary(), "eos", str(self.path)], capture_output=True,
-                                  text=True, check=True).stdout)
+        done = subprocess.run([binary(), "eos", str(self.path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"llama.cpp could not load {self.path}: {done.stderr[-300:]}")
+        return int(done.stdout)
 
     def generate(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
         """Greedy continuations of each prompt (token ids), up to an end-of-generation token."""
         done = subprocess.run([binary(), "generate", str(self.path), str(max_tokens)],
                               input="".join(" ".join(map(str, p)) + "\n" for p in prompts),
-                              capture_output=True, text=True, check=True, timeout=600)
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"llama.cpp could not generate with {self.path}: {done.stderr[-300:]}")
         return [[int(t) for t in line.split()] for line in done.stdout.splitlines()]

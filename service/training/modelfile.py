@@ -136,7 +136,7 @@ def modelfile(gguf_name: str, model: str, wrappers: Wrappers | None, stops: list
     lines = [f"# {model}, exported by tunedock", f"FROM ./{gguf_name}"]
     if wrappers is not None:
         body = go_template(wrappers)
-        if '"""' in body:
+        if '"""' in body + (wrappers.default_system or ""):  # cannot be quoted in a Modelfile
             wrappers = None
         else:
             lines.append(f'TEMPLATE """{body}"""')

@@ -329,7 +329,7 @@ def test_modelfile_template_renders_chats_like_the_base_template(trained: Traine
                    else [{"role": "system", "content": system}, *c] for c in chats]
     (tmp_path / "render.go").write_text(GO_RENDER)
     env = {**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"),
-           "GOFLAGS": "-mod=mod", "GO111MODULE": "off"}
+           "GO111MODULE": "off"}
     done = subprocess.run([go, "run", str(tmp_path / "render.go")], capture_output=True, text=True,
                           input=json.dumps({"template": template, "chats": with_system}), env=env,
                           timeout=300)

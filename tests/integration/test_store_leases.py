@@ -149,7 +149,7 @@ async def test_exports_claim_once_heartbeat_and_requeue_like_jobs(store: Store) 
 
     async def claimer(i: int) -> None:
         while (found := await store.claim_export(f"r{i}", 30)) is not None:
-            claimed.append(found[0].id)
+            claimed.append(found.id)
 
     await asyncio.gather(*(claimer(i) for i in range(4)))
     assert sorted(claimed) == sorted(ids)
@@ -168,7 +168,7 @@ async def test_exports_claim_once_heartbeat_and_requeue_like_jobs(store: Store) 
     with pytest.raises(LeaseLost):
         await store.export_stage(ids[0], lease, "merging")
     again = await store.claim_export("r9", 30)
-    assert again is not None and again[0].id == ids[0] and again[0].attempt == 2
+    assert again is not None and again.id == ids[0] and again.attempt == 2
     from service.errors import NotFound
 
     with pytest.raises(NotFound):  # another tenant's export does not exist for it

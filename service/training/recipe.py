@@ -151,6 +151,8 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     hp = spec.hyperparameters
     backend = backends.choose_backend(spec.backend)
     device = "cuda" if backends.cuda_available() else "cpu"
+    if device == "cuda":
+        backends.tune_cuda()
     emit.emit(m.Started(backend=backend, device=device, versions=backends.versions()))
     if device == "cpu" and hp.load_in_4bit:
         emit.emit(m.Warned(message="4-bit loading needs CUDA; training fp32 LoRA on the CPU"))

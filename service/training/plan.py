@@ -44,7 +44,8 @@ DPO_ROWS = 2
 # (205 real tokens/s vs 157 padding-free, 131 padded); on the H100 (Unsloth) within noise of
 # padded at batch 8 (1.11x, 0.91x, 1.10x over three runs) and 1.91x padded at batch 32, while
 # padding-free was 0.57-0.60x padded (a QLoRA step pays its dequantisation per forward, and on
-# the CPU SDPA masks the whole flattened row). bench/RESULTS.md, "Packing".
+# the CPU SDPA masks the whole flattened row). On an H200 (session 9) batch 8 is CPU-bound and
+# length_grouped / padded was 1.29x and 0.74x in two runs. bench/RESULTS.md, "Packing".
 AUTO_PACKING = "length_grouped"
 
 

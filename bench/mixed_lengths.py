@@ -142,11 +142,11 @@ def main() -> None:
         n_rows, median, cap, seq, backend = 240, 115, 500, 512, "peft"
     else:
         model, n_rows, median, cap, seq, backend = args.model, 1200, 460, 2000, 2048, "unsloth"
+    n_rows = args.rows or n_rows
     work = Path(tempfile.mkdtemp(prefix="tunedock-mixed-"))
     data, validation = work / "train.jsonl", work / "val.jsonl"
     write_jsonl(str(data), long_tailed_rows(n_rows, median, cap))
     write_jsonl(str(validation), long_tailed_rows(16, median, cap, seed=1))
-    n_rows = args.rows or n_rows
     hp = {**json.loads(args.hp), "n_epochs": 1, "batch_size": args.batch, "max_seq_length": seq, "lora_r": 16, "lora_alpha": 16}
     modes = args.modes.split(",")
     runs = service_runs(model, data, validation, work, modes, hp)

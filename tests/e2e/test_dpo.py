@@ -1,6 +1,7 @@
 """Preference tuning (DPO) end to end on the CPU, created through the official `openai` client:
-the chosen-minus-rejected margin on held-out pairs rises from the first epoch to the last, each epoch reports its
-rewards and reward accuracy, and the adapter's greedy answers take the preferred style."""
+the chosen-minus-rejected margin on held-out pairs rises from the first epoch to the last, each
+epoch reports its rewards and reward accuracy, and the adapter's greedy answers take the preferred
+style."""
 
 from __future__ import annotations
 

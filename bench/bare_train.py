@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=-1)
     ap.add_argument("--warmup-steps", type=int, default=10)
     ap.add_argument("--packing", action="store_true")
+    ap.add_argument("--no-checkpointing", action="store_true",
+                    help="Unsloth without gradient checkpointing (default: its offloaded one)")
     args = ap.parse_args()
 
     if args.backend == "unsloth":
@@ -47,8 +49,8 @@ def main() -> None:
                                                        local_files_only=True)
         model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0,
                                                  target_modules=ALL_LINEAR, bias="none",
-                                                 use_gradient_checkpointing="unsloth",
-                                                 random_state=3407)
+                                                 use_gradient_checkpointing=False if args.no_checkpointing
+                                                 else "unsloth", random_state=3407)
     elif not torch.cuda.is_available():
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer

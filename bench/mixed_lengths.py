@@ -86,13 +86,17 @@ def service_runs(model: str, data: Path, validation: Path, work: Path, modes: li
         with warm.open("rb") as f:
             warm_id = c.post("/files", files={"file": ("warm.jsonl", f)}).json()["id"]
         for mode, training_file in (("warm-up", warm_id), *((m, file_id) for m in modes)):
-            # "MODE@N": that packing mode with batch_size N (e.g. the bare run's examples per step)
+            # "MODE@N": that packing mode with batch_size N (e.g. the bare run's examples per step);
+            # "MODE:on" / "MODE:off": with gradient_checkpointing on / off (default auto)
             packing, _, batch = mode.partition("@")
+            packing, _, checkpointing = packing.partition(":")
             job = c.post("/jobs", json={"base_model": "bench", "training_file": training_file,
                                         "validation_file": val_id, "deploy": False,
                                         "hyperparameters": {
                                             **hp, "packing": "off" if mode == "warm-up" else packing,
-                                            **({"batch_size": int(batch)} if batch else {})}}).json()
+                                            **({"batch_size": int(batch)} if batch else {}),
+                                            **({"gradient_checkpointing": checkpointing}
+                                               if checkpointing else {})}}).json()
             job = finished_job(c, job["id"], work, mode)
             if mode == "warm-up":
                 continue
@@ -111,10 +115,12 @@ def service_runs(model: str, data: Path, validation: Path, work: Path, modes: li
     return out
 
 
-def bare_packed(model: str, data: Path, backend: str, seq: int, batch: int) -> dict:
+def bare_packed(model: str, data: Path, backend: str, seq: int, batch: int,
+                checkpointing: bool = True) -> dict:
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_train.py"), "--model", model,
                           "--data", str(data), "--backend", backend, "--packing", "--epochs", "1",
-                          "--seq", str(seq), "--batch", str(batch), "--warmup-steps", str(WARMUP)],
+                          "--seq", str(seq), "--batch", str(batch), "--warmup-steps", str(WARMUP),
+                          *([] if checkpointing else ["--no-checkpointing"])],
                          capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "UNSLOTH_BLOCK_COMPILE": "0"})
     if out.returncode != 0:
@@ -129,6 +135,8 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--modes", default="auto,off,padding_free")
     ap.add_argument("--skip-bare", action="store_true", help="service runs only")
+    ap.add_argument("--bare-without-checkpointing", action="store_true",
+                    help="also run the bare packed script with Unsloth's checkpointing off (GPU)")
     ap.add_argument("--batch", type=int, default=8, help="the service jobs' batch_size")
     ap.add_argument("--rows", type=int, help="training rows (default 1200; CPU 240)")
     ap.add_argument("--hp", default="{}", help="extra hyperparameters (JSON) for the service jobs")
@@ -153,6 +161,9 @@ def main() -> None:
     if args.skip_bare:
         return
     bare = bare_packed(model, data, backend, seq, 8)
+    # The same script without checkpointing, the stronger comparison on a GPU with room for it.
+    bare_nockpt = bare_packed(model, data, backend, seq, 8, checkpointing=False) \
+        if args.bare_without_checkpointing else None
 
     import torch
 
@@ -168,8 +179,9 @@ def main() -> None:
         f"p50 {lengths['p50']}, p95 {lengths['p95']}, max {lengths['max']}; {real:,} real tokens; "
         f"one epoch, batch 8, max_seq_length {seq}, LoRA r=16 all linear",
         "",
-        "| run | steps | real tokens/s | peak GiB | plan GiB (micro-batch, tokens/row) | plan / peak |",
-        "|---|---|---|---|---|---|",
+        "| run | steps | real tokens/s | peak GiB | plan GiB (micro-batch, tokens/row) | checkpointing "
+        "| plan / peak |",
+        "|---|---|---|---|---|---|---|",
     ]
     for mode, r in runs.items():
         plan, peak = r["plan"], r["peak_bytes"]
@@ -177,9 +189,15 @@ def main() -> None:
         ratio = f"{plan['estimated_peak_bytes'] / peak:.2f}" if peak else "n/a (CPU)"
         lines.append(f"| service, packing {mode.replace('@', ', batch ')}{resolved} | {r['steps']} | {r['real_tokens_per_s']:,.0f} | "
                      f"{peak / GiB:.2f} | {plan['estimated_peak_bytes'] / GiB:.2f} "
-                     f"({plan['micro_batch_size']}, {plan['row_tokens']}) | {ratio} |")
+                     f"({plan['micro_batch_size']}, {plan['row_tokens']}) "
+                     f"| {'on' if plan.get('gradient_checkpointing', True) else 'off'} | {ratio} |")
     lines.append(f"| bare {backend} + TRL SFTTrainer(packing=True) | {bare['steps']} | "
-                 f"{bare['steady_real_tokens_per_s']:,.0f} | {bare['peak_reserved_bytes'] / GiB:.2f} | | |")
+                 f"{bare['steady_real_tokens_per_s']:,.0f} | {bare['peak_reserved_bytes'] / GiB:.2f} | "
+                 f"| {'on (Unsloth offloaded)' if backend == 'unsloth' else 'off'} | |")
+    if bare_nockpt:
+        lines.append(f"| bare {backend} + TRL SFTTrainer(packing=True) | {bare_nockpt['steps']} | "
+                     f"{bare_nockpt['steady_real_tokens_per_s']:,.0f} | "
+                     f"{bare_nockpt['peak_reserved_bytes'] / GiB:.2f} | | off | |")
     auto, off = runs.get("auto"), runs.get("off")
     lines.append("")
     if auto and off:
@@ -188,12 +206,16 @@ def main() -> None:
     if auto:
         lines.append(f"- packing auto / bare packed: **{auto['real_tokens_per_s'] / bare['steady_real_tokens_per_s']:.2f}x** "
                      "(target >= 1.0 on the GPU)")
+    if auto and bare_nockpt:
+        lines.append(f"- packing auto / bare packed without checkpointing: "
+                     f"**{auto['real_tokens_per_s'] / bare_nockpt['steady_real_tokens_per_s']:.2f}x**")
     for mode, r in runs.items():
         if r["trained_tokens"] != real:
             lines.append(f"- WARNING: {mode} counted {r['trained_tokens']} tokens, not {real}")
     text = "\n".join(lines) + "\n"
     print(text)
-    print(json.dumps({"service": runs, "bare": bare}, default=str))
+    print(json.dumps({"service": runs, "bare": bare, "bare_without_checkpointing": bare_nockpt},
+                     default=str))
     if args.out:
         with open(args.out, "a") as f:
             f.write("\n" + text)

@@ -77,6 +77,8 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     eval_prompts: Annotated[list[Annotated[str, Meta(min_length=1, max_length=4000)]],
                             Meta(max_length=16)] | None = None
     eval_samples: Annotated[int, Meta(ge=0, le=16)] | None = None
+    packing: Literal["auto", "padding_free", "length_grouped", "off"] | None = None
+    gradient_checkpointing: Literal["auto", "on", "off"] | None = None
     # Check the data and answer with the dataset summary, plan and duration; create nothing.
     dry_run: bool = False
 
@@ -112,7 +114,7 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
         for name in ("learning_rate", "micro_batch_size", "max_seq_length", "lora_r", "lora_alpha",
                      "lora_dropout", "target_modules", "load_in_4bit", "warmup_ratio", "weight_decay",
                      "train_on_inputs", "early_stopping_patience", "checkpoint_interval_steps",
-                     "eval_prompts", "eval_samples"):
+                     "eval_prompts", "eval_samples", "packing", "gradient_checkpointing"):
             if (value := getattr(self, name)) is not None:
                 hp[name] = value
         try:

@@ -91,6 +91,11 @@ class Hyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     #   off             padded to the longest example of a randomly drawn micro-batch
     #   auto            the mode bench/mixed_lengths.py measured fastest (length_grouped)
     packing: Literal["auto", "padding_free", "length_grouped", "off"] = "auto"
+    # Gradient checkpointing recomputes each layer in the backward pass instead of keeping its
+    # activations: far less memory, slower steps. "auto": off when the memory plan says the
+    # kept activations fit the GPU's free memory (README: Memory), on otherwise; the CPU
+    # never checkpoints. "off" may lower the micro-batch (accumulation makes up batch_size).
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
     # Each epoch's adapter answers these greedily before its checkpoint is recorded; without
     # them, the prompts of the first eval_samples validation examples (up to the last answer).
     eval_prompts: Annotated[Sequence[Annotated[str, Meta(min_length=1, max_length=4000)]],
@@ -206,6 +211,9 @@ class MemoryPlan(msgspec.Struct, kw_only=True):
     # Tokens per example the estimate assumes: the dataset's p95 length when padding-free, its
     # longest (the padded width) otherwise, max_seq_length when the lengths are unknown.
     row_tokens: int | None = None
+    # Whether the job trains with gradient checkpointing (Hyperparameters.gradient_checkpointing
+    # resolved against the estimate and the free memory).
+    gradient_checkpointing: bool = True
 
 
 class Deployment(msgspec.Struct, kw_only=True):

@@ -29,6 +29,7 @@ class Decision:
     error: m.Failed | None = None
     micro_batch: int | None = None  # retry_smaller: the cap for the next child
     failed_micro_batch: int | None = None
+    checkpointing: bool = False  # retry_smaller: the retry turns gradient checkpointing on
 
 
 def decide(attempt: Attempt, *, stopping: bool, oom_retry: int, max_oom_retries: int,
@@ -46,6 +47,12 @@ def decide(attempt: Attempt, *, stopping: bool, oom_retry: int, max_oom_retries:
                                       message=f"the training process exited with {code}")
     if code == m.EXIT_OOM and oom_retry < max_oom_retries:
         current = (attempt.plan.micro_batch_size if attempt.plan else None) or micro_batch or 1
+        if attempt.plan is not None and not attempt.plan.gradient_checkpointing \
+                and attempt.plan.device != "cpu":
+            # It trained without checkpointing: the retry checkpoints (a capped plan always
+            # does), which frees far more than halving the micro-batch would.
+            return Decision("retry_smaller", error, micro_batch=current, failed_micro_batch=current,
+                            checkpointing=True)
         if current > 1:
             # A cap, not a size: the retry's plan takes the largest micro-batch under it that
             # fits the memory free when it starts, down to 1.

@@ -106,9 +106,11 @@ class Reporter:
             self.job.id, "oom_retry", level="warning",
             message=f"out of memory at micro-batch {decision.failed_micro_batch} "
                     f"({decision.error.message}); retrying at micro-batch {decision.micro_batch} "
-                    "or less from the latest checkpoint",
+                    f"or less{' with gradient checkpointing' if decision.checkpointing else ''} "
+                    "from the latest checkpoint",
             data={"micro_batch_size": decision.micro_batch, "retry": oom_retry + 1,
                   "failed_micro_batch_size": decision.failed_micro_batch,
+                  "gradient_checkpointing": decision.checkpointing,
                   "error": _error(decision.error)},
             lease=self.lease)
 

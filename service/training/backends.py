@@ -61,8 +61,10 @@ def versions() -> dict[str, str]:
     return found
 
 
-def load(backend: str, source: str, hp: Hyperparameters) -> tuple[Any, Any]:
-    """(peft model, tokenizer) ready to train."""
+def load(backend: str, source: str, hp: Hyperparameters,
+         checkpointing: bool = True) -> tuple[Any, Any]:
+    """(peft model, tokenizer) ready to train. `checkpointing` is the plan's choice
+    (MemoryPlan.gradient_checkpointing); the CPU never checkpoints."""
     if backend == "unsloth":
         from unsloth import FastLanguageModel  # imported before trl: Unsloth patches it
 
@@ -72,12 +74,12 @@ def load(backend: str, source: str, hp: Hyperparameters) -> tuple[Any, Any]:
         model = FastLanguageModel.get_peft_model(
             model, r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
             target_modules=list(hp.target_modules), bias="none",
-            use_gradient_checkpointing="unsloth", random_state=hp.seed)
+            use_gradient_checkpointing="unsloth" if checkpointing else False, random_state=hp.seed)
         return model, tokenizer
-    return _load_peft(source, hp)
+    return _load_peft(source, hp, checkpointing)
 
 
-def _load_peft(source: str, hp: Hyperparameters) -> tuple[Any, Any]:
+def _load_peft(source: str, hp: Hyperparameters, checkpointing: bool) -> tuple[Any, Any]:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -97,10 +99,11 @@ def _load_peft(source: str, hp: Hyperparameters) -> tuple[Any, Any]:
                                                  device_map={"": 0} if cuda else None, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if cuda:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True) \
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing) \
             if hp.load_in_4bit else model
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [m for m in hp.target_modules if m not in present]
     if missing:

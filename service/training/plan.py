@@ -6,10 +6,17 @@ The estimate is a sum of parts, each from the shapes in config.json:
                  Embeddings, lm_head and norms stay 16-bit.
   LoRA           r * (in + out) per targeted linear: fp32 weight, grad and two Adam moments (16 B).
   activations    with gradient checkpointing: the saved layer inputs (Unsloth offloads them to
-                 host memory, so only a fraction stays), one layer's recompute working set, and the
-                 logits/loss buffers (Unsloth's fused cross-entropy never holds fp32 logits).
+                 host memory, so only a fraction stays) and one layer's recompute working set;
+                 without it, what every layer keeps for its backward.
+  logits         the logits/loss buffers (Unsloth's fused cross-entropy never holds fp32 logits).
   overhead       allocator slack and kernel workspaces.
-Constants were calibrated against peaks measured on an H100 (bench/RESULTS.md).
+Constants were calibrated against peaks measured on an H100 (bench/RESULTS.md); the ones
+without checkpointing on an H200 (bench/activation_memory.py).
+
+The plan also decides gradient checkpointing: it trains without when the estimate without it
+fits the free memory with the same margin. That keeps the micro-batch the checkpointed plan
+chose and drops the recompute, ~1.7x the real tokens/s for a 1B model at batch 8 on an H200
+(bench/step_profile.py). An out-of-memory retry always checkpoints.
 """
 
 from __future__ import annotations
@@ -29,6 +36,13 @@ OVERHEAD = {"unsloth": int(0.05 * GiB), "peft": int(0.35 * GiB)}
 # Bytes per token of one decoder layer's recompute working set, in units of hidden / intermediate.
 LAYER_HIDDEN_FACTOR = 20
 LAYER_INTER_FACTOR = 6
+# Without checkpointing: bytes per token that each decoder layer keeps for its backward, in
+# units of hidden / intermediate, plus a fixed workspace. Fitted on the 1B and 3B shapes
+# (14.4, 3.65), which predicted the 8B shape's slope within 0.1%, then rounded up; plan /
+# measured 1.00-1.03 on 1B, 3B and 8B at 2k-16k tokens per micro-batch (bench/RESULTS.md).
+NOCKPT_HIDDEN_FACTOR = 15
+NOCKPT_INTER_FACTOR = 3.75
+NOCKPT_WORKSPACE = int(0.25 * GiB)
 # Fraction of checkpointed layer inputs that stays on the GPU.
 SAVED_INPUTS_ON_GPU = {"unsloth": 0.1, "peft": 1.0}
 # Bytes per token per vocab entry for logits, loss and their gradients.
@@ -45,7 +59,8 @@ DPO_ROWS = 2
 # padded at batch 8 (1.11x, 0.91x, 1.10x over three runs) and 1.91x padded at batch 32, while
 # padding-free was 0.57-0.60x padded (a QLoRA step pays its dequantisation per forward, and on
 # the CPU SDPA masks the whole flattened row). On an H200 (session 9) batch 8 is CPU-bound and
-# length_grouped / padded was 1.29x and 0.74x in two runs. bench/RESULTS.md, "Packing".
+# length_grouped / padded was 1.29x and 0.74x in two runs; with checkpointing off (session
+# 10) 1.15x and 1.13x at batch 8, 2.02x at batch 32. bench/RESULTS.md, "Packing".
 AUTO_PACKING = "length_grouped"
 
 
@@ -68,7 +83,8 @@ def row_tokens(lengths: LengthStats | None, max_seq_length: int, packing: str) -
 
 
 def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str,
-             row_tokens: int | None = None, method: str = "supervised") -> dict[str, int]:
+             row_tokens: int | None = None, method: str = "supervised",
+             checkpointing: bool = True) -> dict[str, int]:
     """Peak bytes by part for one micro-batch of `row_tokens` (default max_seq_length) per row."""
     dpo = method == "dpo"
     linears = shape.linears()
@@ -76,8 +92,13 @@ def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str,
                                      if name in hp.target_modules)
     weight_bytes = NF4_BYTES if hp.load_in_4bit else 2
     tokens = micro_batch * (row_tokens or hp.max_seq_length) * (DPO_ROWS if dpo else 1)
-    saved = shape.layers * tokens * shape.hidden * 2 * SAVED_INPUTS_ON_GPU[backend]
     layer = tokens * (LAYER_HIDDEN_FACTOR * shape.hidden + LAYER_INTER_FACTOR * shape.intermediate)
+    if checkpointing:
+        saved = shape.layers * tokens * shape.hidden * 2 * SAVED_INPUTS_ON_GPU[backend]
+    else:  # every layer keeps what its backward reads
+        saved = NOCKPT_WORKSPACE
+        layer = shape.layers * tokens * (NOCKPT_HIDDEN_FACTOR * shape.hidden
+                                         + NOCKPT_INTER_FACTOR * shape.intermediate)
     logits = tokens * shape.vocab * LOGIT_BYTES[backend]
     parts = {
         "base_weights": shape.linear_params * weight_bytes
@@ -93,35 +114,49 @@ def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str,
 def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend: str,
               device: str, max_micro_batch: int | None = None, row_tokens: int | None = None,
               packing: str | None = None, method: str = "supervised") -> MemoryPlan:
-    """The largest micro-batch dividing batch_size whose estimate fits `available` with a margin.
+    """The largest micro-batch dividing batch_size whose estimate fits `available` with a margin,
+    and whether it trains with gradient checkpointing.
 
     `max_micro_batch` caps it after an out-of-memory retry; the plan still takes the largest
-    size under the cap that fits the memory free now, down to 1, before it gives up."""
+    size under the cap that fits the memory free now, down to 1, before it gives up. The CPU
+    (available None) never checkpoints."""
     top = hp.micro_batch_size or hp.batch_size
     if max_micro_batch is not None:
         top = min(top, max_micro_batch)
     candidates = [d for d in range(top, 0, -1) if hp.batch_size % d == 0] or [1]
     if hp.micro_batch_size and max_micro_batch is None:
         candidates = [hp.micro_batch_size]
+    if device == "cpu":
+        checkpointing = False
+    else:  # an OOM retry checkpoints, whatever was asked: the memory it planned on was not there
+        checkpointing = hp.gradient_checkpointing != "off" or max_micro_batch is not None
+
+    def fits(parts: dict[str, int]) -> bool:
+        return available is None or sum(parts.values()) * (1 + MARGIN) <= available
+
     best = None
     for mb in candidates:
-        parts = estimate(shape, hp, mb, backend, row_tokens, method)
-        peak = sum(parts.values())
-        if available is None or peak * (1 + MARGIN) <= available:
-            best = (mb, parts, peak)
+        parts = estimate(shape, hp, mb, backend, row_tokens, method, checkpointing)
+        if fits(parts):
+            best = (mb, parts)
             break
     if best is None:
         mb = candidates[-1]
-        parts = estimate(shape, hp, mb, backend, row_tokens, method)
-        peak = sum(parts.values())
+        peak = sum(estimate(shape, hp, mb, backend, row_tokens, method, checkpointing).values())
         raise PlanError(
             f"the job needs about {peak / GiB:.1f} GiB at micro-batch {mb} "
             f"(seq {hp.max_seq_length}, {'4-bit' if hp.load_in_4bit else '16-bit'} base, "
-            f"LoRA r={hp.lora_r}) but the GPU has {available / GiB:.1f} GiB free; "
-            "lower max_seq_length, use load_in_4bit, or use a larger GPU"
+            f"LoRA r={hp.lora_r}{'' if checkpointing else ', gradient checkpointing off'}) but the "
+            f"GPU has {available / GiB:.1f} GiB free; lower max_seq_length, use load_in_4bit"
+            f"{'' if checkpointing else ', set gradient_checkpointing to auto'}, or use a larger GPU"
         )
-    mb, parts, peak = best
+    mb, parts = best
+    if checkpointing and hp.gradient_checkpointing == "auto" and max_micro_batch is None:
+        kept = estimate(shape, hp, mb, backend, row_tokens, method, checkpointing=False)
+        if fits(kept):
+            checkpointing, parts = False, kept
     return MemoryPlan(device=device, micro_batch_size=mb,
                       gradient_accumulation_steps=math.ceil(hp.batch_size / mb),
-                      estimated_peak_bytes=peak, available_bytes=available, breakdown=parts,
-                      packing=packing, row_tokens=row_tokens or hp.max_seq_length)
+                      estimated_peak_bytes=sum(parts.values()), available_bytes=available,
+                      breakdown=parts, packing=packing, row_tokens=row_tokens or hp.max_seq_length,
+                      gradient_checkpointing=checkpointing)

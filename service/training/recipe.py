@@ -174,7 +174,8 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     from transformers import set_seed
 
     set_seed(hp.seed, deterministic=spec.deterministic)
-    model, tokenizer = backends.load(backend, spec.base_model_source, hp)
+    model, tokenizer = backends.load(backend, spec.base_model_source, hp,
+                                     checkpointing=plan.gradient_checkpointing)
     if spec.init_adapter is not None:
         load_parent_adapter(model, spec.init_adapter, objects, work)
         emit.emit(m.Continued(message=f"adapter weights loaded from {spec.init_adapter.key}",

@@ -36,6 +36,7 @@ def err(r, status: int) -> dict:  # noqa: ANN001
         ({"hyperparameters": {"learning_rate": -1e-4}}, "hyperparameters.learning_rate"),
         ({"hyperparameters": {"lora_r": 0}}, "hyperparameters.lora_r"),
         ({"hyperparameters": {"lora_r": 4096}}, "hyperparameters.lora_r"),
+        ({"hyperparameters": {"gradient_checkpointing": True}}, "hyperparameters.gradient_checkpointing"),
         ({"hyperparameters": {"n_epochs": "three"}}, "hyperparameters.n_epochs"),
         ({"suffix": "has spaces"}, "suffix"),
         ({"suffix": "a" * 200}, "suffix"),

@@ -30,7 +30,7 @@ def test_openai_sdk_files_and_fine_tuning_jobs(make_settings) -> None:  # noqa: 
             model="tiny", training_file=f.id, suffix="sdk", seed=5, metadata={"team": "red"},
             method={"type": "supervised", "supervised": {"hyperparameters": {
                 "n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": 2}}},
-            extra_body={"lora_r": 8, "max_seq_length": 128})
+            extra_body={"lora_r": 8, "max_seq_length": 128, "gradient_checkpointing": "on"})
         assert job.id.startswith("ftjob-") and job.status == "validating_files" and job.model == "tiny"
         hp = job.method.supervised.hyperparameters
         # "auto" stays "auto" until the data is validated (then: README, Hyperparameters)
@@ -38,6 +38,7 @@ def test_openai_sdk_files_and_fine_tuning_jobs(make_settings) -> None:  # noqa: 
         assert job.seed == 5 and job.user_provided_suffix == "sdk"
         native = client.get(f"/fine_tuning/jobs/{job.id}", cast_to=object)["tunedock"]
         assert native["hyperparameters"]["lora_r"] == 8 and native["hyperparameters"]["learning_rate"] == 4e-4
+        assert native["hyperparameters"]["gradient_checkpointing"] == "on"
         blue = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, metadata={"team": "blue"},
                                               hyperparameters={"n_epochs": 1})
         assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "red"})] == [job.id]

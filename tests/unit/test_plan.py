@@ -63,3 +63,43 @@ def test_an_out_of_memory_cap_still_takes_the_largest_micro_batch_that_fits_now(
     assert make_plan(LLAMA_8B, hp, None, "unsloth", "cpu", max_micro_batch=8).micro_batch_size == 8
     with pytest.raises(PlanError):
         make_plan(LLAMA_8B, hp, int(sizes[4] / 10), "unsloth", "cuda", max_micro_batch=8)
+
+
+LLAMA_1B = Shape(hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8, vocab=49152,
+                 tied=True)
+BENCH_8B = Shape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=49152,
+                 tied=False)  # bench/make_llama.py's 8b: the test model's tokenizer
+
+
+@pytest.mark.parametrize(("shape", "rows", "width", "measured_gib"), [
+    # bench/activation_memory.py on an H200, peak reserved without checkpointing
+    (LLAMA_1B, 8, 1024, 8.70), (BENCH_8B, 8, 2048, 60.18),
+])
+def test_the_estimate_without_checkpointing_matches_the_h200_measurement(
+        shape: Shape, rows: int, width: int, measured_gib: float) -> None:
+    parts = estimate(shape, Hyperparameters(max_seq_length=width), rows, "unsloth",
+                     checkpointing=False)
+    assert sum(parts.values()) / GiB == pytest.approx(measured_gib, rel=0.05)
+
+
+def test_auto_drops_checkpointing_only_when_the_kept_activations_fit() -> None:
+    hp = Hyperparameters(batch_size=8, max_seq_length=2048)
+    roomy = make_plan(LLAMA_1B, hp, 80 * GiB, "unsloth", "cuda")
+    assert not roomy.gradient_checkpointing and roomy.micro_batch_size == 8
+    assert roomy.estimated_peak_bytes > 10 * GiB  # the plan sizes what it keeps
+    tight = make_plan(LLAMA_1B, hp, 8 * GiB, "unsloth", "cuda")
+    assert tight.gradient_checkpointing and tight.micro_batch_size == 8
+    assert make_plan(LLAMA_1B, Hyperparameters(batch_size=8, gradient_checkpointing="on"),
+                     80 * GiB, "unsloth", "cuda").gradient_checkpointing
+    assert not make_plan(LLAMA_1B, hp, None, "peft", "cpu").gradient_checkpointing
+
+
+def test_checkpointing_off_lowers_the_micro_batch_and_an_oom_retry_turns_it_back_on() -> None:
+    hp = Hyperparameters(batch_size=8, max_seq_length=2048, gradient_checkpointing="off")
+    plan = make_plan(LLAMA_1B, hp, 8 * GiB, "unsloth", "cuda")
+    assert not plan.gradient_checkpointing and plan.micro_batch_size < 8
+    assert plan.estimated_peak_bytes * 1.1 <= 8 * GiB
+    retry = make_plan(LLAMA_1B, hp, 8 * GiB, "unsloth", "cuda", max_micro_batch=8)
+    assert retry.gradient_checkpointing and retry.micro_batch_size == 8
+    with pytest.raises(PlanError, match="gradient checkpointing off"):
+        make_plan(LLAMA_8B, hp, 6 * GiB, "unsloth", "cuda")

@@ -71,3 +71,12 @@ def test_messages_round_trip_through_the_pipe_format(tmp_path) -> None:  # noqa:
     assert received == sent
     with pytest.raises(msgspec.DecodeError):
         m.decode(b'{"type": "progress", "step": "three"}')  # a renamed or mistyped field fails here
+
+
+def test_out_of_memory_without_checkpointing_retries_the_same_micro_batch_checkpointed() -> None:
+    plan = msgspec.structs.replace(PLAN, gradient_checkpointing=False)
+    decision = run(Attempt(code=m.EXIT_OOM, error=OOM, plan=plan))
+    assert decision.action == "retry_smaller" and decision.checkpointing
+    assert (decision.micro_batch, decision.failed_micro_batch) == (8, 8)
+    one = msgspec.structs.replace(plan, micro_batch_size=1)  # checkpointing can still save it
+    assert run(Attempt(code=m.EXIT_OOM, error=OOM, plan=one)).action == "retry_smaller"

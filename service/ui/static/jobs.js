@@ -133,7 +133,9 @@ export function jobPage(root, id, guard) {
       h("section", { class: "card" }, h("h2", {}, "Memory plan"), plan ? [
         facts([["Device", plan.device], ["Micro-batch", plan.micro_batch_size],
                ["Gradient accumulation", plan.gradient_accumulation_steps], ["Packing", plan.packing],
-               ["Tokens per row", plan.row_tokens], ["Estimated peak", bytes(plan.estimated_peak_bytes)],
+               ["Tokens per row", plan.row_tokens],
+               ["Gradient checkpointing", plan.gradient_checkpointing === false ? "off" : "on"],
+               ["Estimated peak", bytes(plan.estimated_peak_bytes)],
                ["Available", bytes(plan.available_bytes)]]),
         h("table", { class: "breakdown" }, h("tbody", {}, Object.entries(plan.breakdown || {}).map(([k, v]) =>
           h("tr", {}, h("th", { scope: "row" }, k.replaceAll("_", " ")), h("td", {}, bytes(v)))))),

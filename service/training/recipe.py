@@ -89,6 +89,10 @@ def resumable(base: type) -> type:
             return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
     class ResumableTrainer(base):  # type: ignore[misc, valid-type]
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:  # noqa: ANN001
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            restore_trained_adapter(model or self.model, Path(resume_from_checkpoint))
+
         def _get_train_sampler(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             sampler = super()._get_train_sampler(*args, **kwargs)
             if type(sampler) is LengthGroupedSampler:
@@ -98,6 +102,28 @@ def resumable(base: type) -> type:
             return sampler
 
     return ResumableTrainer
+
+
+def restore_trained_adapter(model, checkpoint: Path) -> None:  # noqa: ANN001
+    """Load the trained adapter from a checkpoint that holds several.
+
+    DPO's trainer keeps a frozen copy of the adapter as its reference ("ref"), which PEFT saves
+    in checkpoint/ref/ beside the trained one at the checkpoint's root. Given sub-folders,
+    transformers (5.17) resumes by loading only them: the trained adapter kept its initial
+    weights, so a resumed DPO job started over (loss ln 2, policy equal to the reference) with
+    its optimizer and schedule mid-way."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = checkpoint / "adapter_model.safetensors"
+    if not path.exists() or len(getattr(model, "peft_config", {})) < 2:
+        return  # one adapter: transformers loaded it
+    active = model.active_adapters[0]
+    result = set_peft_model_state_dict(model, load_file(str(path)), adapter_name=active)
+    missing = [k for k in result.missing_keys if f".{active}." in k and "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise ValueError(f"checkpoint {checkpoint.name} does not fit adapter {active!r}: "
+                         f"{len(missing)} LoRA weights missing, {len(result.unexpected_keys)} unexpected")
 
 
 def build_datasets(spec: TrainingSpec, objects: ObjectStore, tokenizer, work: Path):  # noqa: ANN001, ANN201
@@ -278,8 +304,9 @@ def make_trainer(spec: TrainingSpec, backend: str, packing: str, args: dict, tal
             PatchDPOTrainer()
         from trl import DPOConfig, DPOTrainer
 
-        # ref_model None with a PEFT model: TRL's reference is the base with the adapter
-        # disabled, so no second copy of the model is held. Pairs are padded per micro-batch.
+        # ref_model None with a PEFT model: TRL's reference is a frozen copy of the adapter as
+        # it starts ("ref": the base for a new adapter, the parent when continuing), so no second
+        # copy of the model is held. Pairs are padded per micro-batch.
         return tally.trainer_class(resumable(preference_trainer(DPOTrainer)))(
             model=model, ref_model=None, train_dataset=train_ds, eval_dataset=val_ds,
             processing_class=tokenizer, callbacks=callbacks,

@@ -18,10 +18,13 @@ from service.jobs.db import ThroughputRow
 CALIBRATION_JOBS = 5
 
 
-def calibration_key(shape: str, method: str) -> str:
+def calibration_key(shape: str, method: str, device: str = "cuda", checkpointing: bool = True) -> str:
     """What a throughput row is kept under: a DPO step runs two sequences and a reference pass
-    per example, so its tokens/s is not a supervised job's."""
-    return shape if method == "supervised" else f"{shape}/{method}"
+    per example, so its tokens/s is not a supervised job's; a GPU job without gradient
+    checkpointing ran ~1.4x a checkpointed one (bench/RESULTS.md). The CPU never checkpoints,
+    so its rows keep the plain key."""
+    key = shape if method == "supervised" else f"{shape}/{method}"
+    return key if checkpointing or device == "cpu" else f"{key}/no-checkpointing"
 
 
 def training_tokens(summary: s.DatasetSummary, n_epochs: int) -> int:

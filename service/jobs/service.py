@@ -217,18 +217,27 @@ class JobService:
         there (None before any job has calibrated it). Raises PlanError if it cannot fit."""
         entry = self.settings.base_model(base_model)
         shape = local_shape(entry.local_path if entry else None)
-        label = calibration_key(shape.label if shape else f"model:{base_model}", method.type)
-        rows = await Throughput(self.store.db).latest(label)
-        found = estimate_duration(label, training_tokens(summary, int(hp.n_epochs)), rows)
+        name = shape.label if shape else f"model:{base_model}"
+        throughput = Throughput(self.store.db)
+        # Any calibration gives the device and its free memory to plan on; the plan says whether
+        # the job will checkpoint, and the rate is then taken from jobs that trained the same way
+        # when there are any (calibration_key).
+        rows = (await throughput.latest(calibration_key(name, method.type))
+                or await throughput.latest(calibration_key(name, method.type, checkpointing=False)))
         plan = None
         if shape is not None and rows:
             packing = resolve_packing(hp.packing)
             calibrated = rows[0]
-            plan = make_plan(shape, hp, calibrated.available_bytes, calibrated.backend,
-                             "cpu" if calibrated.device == "cpu" else "cuda",
+            device = "cpu" if calibrated.device == "cpu" else "cuda"
+            plan = make_plan(shape, hp, calibrated.available_bytes, calibrated.backend, device,
                              row_tokens=row_tokens(summary.lengths if not summary.tokens_estimated
                                                    else None, hp.max_seq_length, packing),
                              packing=packing, method=method.type)
+            same_way = calibration_key(name, method.type, device, plan.gradient_checkpointing)
+            if same_way != calibrated.shape:
+                rows = await throughput.latest(same_way) or rows
+        label = rows[0].shape if rows else calibration_key(name, method.type)
+        found = estimate_duration(label, training_tokens(summary, int(hp.n_epochs)), rows)
         return found, plan
 
     async def dry_run(self, tenant: str, req: s.JobCreate) -> s.JobEstimate:

@@ -172,7 +172,10 @@ class Reporter:
         steady = result.steady_tokens_per_second
         train_seconds = result.trained_tokens / steady if steady else result.train_seconds
         row = ThroughputRow(
-            device=result.device_name, shape=calibration_key(result.shape, self.job.method.type),
+            device=result.device_name,
+            shape=calibration_key(result.shape, self.job.method.type,
+                                  "cpu" if result.device_name == "cpu" else "cuda",
+                                  result.gradient_checkpointing),
             backend=result.backend, available_bytes=result.available_bytes, job_id=self.job.id,
             tokens=result.trained_tokens, train_seconds=train_seconds,
             startup_seconds=max(0.0, wall_seconds - train_seconds))

@@ -149,6 +149,7 @@ class Result(Message, tag="result", kw_only=True):
     device_name: str
     available_bytes: int | None = None
     backend: str
+    gradient_checkpointing: bool = True  # the plan's choice: ~1.4x apart on a GPU
 
 
 class ExportSpec(msgspec.Struct, kw_only=True, frozen=True):

@@ -251,7 +251,8 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
         train_loss=result.training_loss, global_step=state.global_step,
         best_checkpoint=Path(best).name if best else None,
         train_seconds=round(train_seconds, 3), steady_tokens_per_second=steady, shape=shape.label,
-        device_name=backends.device_name(), available_bytes=plan.available_bytes, backend=backend))
+        device_name=backends.device_name(), available_bytes=plan.available_bytes, backend=backend,
+        gradient_checkpointing=plan.gradient_checkpointing))
 
 
 def training_arguments(spec: TrainingSpec, plan: MemoryPlan, device: str, packing: str, work: Path,

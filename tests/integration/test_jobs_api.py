@@ -175,3 +175,39 @@ async def test_auto_hyperparameters_are_resolved_and_recorded(api: Api, s3) -> N
     assert queued["data"]["resolved"] == {"n_epochs": 5, "batch_size": 1}
     # 20 examples hold no validation split, so eval_samples has nothing to sample: it says so.
     assert any("no validation examples" in w for w in done["dataset"]["warnings"])
+
+
+async def test_a_dry_run_takes_its_rate_from_jobs_that_checkpointed_as_it_will(
+        make_settings, dataset: str, tiny_model_dir) -> None:  # noqa: ANN001
+    """GPU jobs with and without gradient checkpointing train at different speeds; the estimate
+    plans the job first, then uses the rows of jobs that trained the same way."""
+    import json
+
+    from service.jobs.database import Database
+    from service.jobs.db import ThroughputRow
+    from service.jobs.estimate import Throughput, calibration_key
+    from service.shapes import Shape
+
+    config = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192,
+              "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "vocab_size": 49152, "tie_word_embeddings": True}  # a 1B shape: the plan sizes it
+    (tiny_model_dir / "config.json").write_text(json.dumps(config))
+    settings = make_settings()
+    label = Shape.from_config(config).label
+    db = Database(settings.database_url)
+    async with api_client(settings) as api:
+        gpu = dict(device="NVIDIA H200", backend="unsloth", available_bytes=100 * 2**30,
+                   startup_seconds=10.0)
+        await Throughput(db).record(ThroughputRow(shape=calibration_key(label, "supervised"),
+                                                  job_id="ftjob-a", tokens=1000, train_seconds=10.0, **gpu))
+        await Throughput(db).record(ThroughputRow(
+            shape=calibration_key(label, "supervised", checkpointing=False), job_id="ftjob-b",
+            tokens=1000, train_seconds=5.0, **gpu))
+        rates = {}
+        for mode in ("auto", "on"):
+            r = await api.client.post("/jobs", json=job_body(dataset, dry_run=True, hyperparameters={
+                "gradient_checkpointing": mode}), headers=api.auth())
+            assert r.status_code == 200, r.text
+            rates[mode] = (r.json()["plan"]["gradient_checkpointing"], r.json()["estimate"]["tokens_per_second"])
+    await db.close()
+    assert rates == {"auto": (False, 200.0), "on": (True, 100.0)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -95,7 +96,7 @@ def main() -> None:
                 results.append(json.loads(ln))
             if out.returncode:
                 print(out.stderr[-3000:], file=sys.stderr)
-        subprocess.run(["rm", "-rf", str(model)])
+        shutil.rmtree(model)
     gib = 1 << 30
     table = ["| shape | checkpointing | rows x width | plan GiB | peak reserved GiB | peak allocated GiB "
              "| plan / reserved |", "|---|---|---|---|---|---|---|"]

@@ -93,7 +93,7 @@ class Hyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     packing: Literal["auto", "padding_free", "length_grouped", "off"] = "auto"
     # Gradient checkpointing recomputes each layer in the backward pass instead of keeping its
     # activations: far less memory, slower steps. "auto": off when the memory plan says the
-    # kept activations fit the GPU's free memory (README: Memory), on otherwise; the CPU
+    # kept activations fit the GPU's free memory (README: Gradient checkpointing), on otherwise; the CPU
     # never checkpoints. "off" may lower the micro-batch (accumulation makes up batch_size).
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
     # Each epoch's adapter answers these greedily before its checkpoint is recorded; without

@@ -15,8 +15,10 @@ without checkpointing on an H200 (bench/activation_memory.py).
 
 The plan also decides gradient checkpointing: it trains without when the estimate without it
 fits the free memory with the same margin. That keeps the micro-batch the checkpointed plan
-chose and drops the recompute, ~1.7x the real tokens/s for a 1B model at batch 8 on an H200
-(bench/step_profile.py). An out-of-memory retry always checkpoints.
+chose and drops the recompute: 1.44x the real tokens/s through POST /jobs for a 1B model at
+batch 8 on an H200 (bench/mixed_lengths.py). An out-of-memory retry always checkpoints. The
+factors without checkpointing were measured with Unsloth only, so "auto" keeps checkpointing on
+the PEFT backend (a GPU without Unsloth), where they were never checked.
 """
 
 from __future__ import annotations
@@ -151,7 +153,8 @@ def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend:
             f"{'' if checkpointing else ', set gradient_checkpointing to auto'}, or use a larger GPU"
         )
     mb, parts = best
-    if checkpointing and hp.gradient_checkpointing == "auto" and max_micro_batch is None:
+    if checkpointing and hp.gradient_checkpointing == "auto" and max_micro_batch is None \
+            and backend == "unsloth":
         kept = estimate(shape, hp, mb, backend, row_tokens, method, checkpointing=False)
         if fits(kept):
             checkpointing, parts = False, kept

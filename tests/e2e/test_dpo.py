@@ -52,7 +52,7 @@ def test_dpo_raises_the_held_out_margin_and_answers_in_the_preferred_style(
         try:
             deadline = time.monotonic() + 600
             # Paused once its first epoch is saved, and resumed: a fresh child picks it up from
-            # the pause's resume point (a DPO checkpoint holds two adapters; README, Pause).
+            # the pause's resume point (a DPO checkpoint holds two adapters; README, Preference tuning).
             while not httpx.get(f"{url}/jobs/{job.id}/checkpoints", headers=auth).json()["data"]:
                 assert time.monotonic() < deadline, "the DPO job saved no first epoch"
                 time.sleep(0.5)

@@ -103,3 +103,8 @@ def test_checkpointing_off_lowers_the_micro_batch_and_an_oom_retry_turns_it_back
     assert retry.gradient_checkpointing and retry.micro_batch_size == 8
     with pytest.raises(PlanError, match="gradient checkpointing off"):
         make_plan(LLAMA_8B, hp, 6 * GiB, "unsloth", "cuda")
+
+
+def test_auto_keeps_checkpointing_on_peft_whose_kept_activations_were_never_measured() -> None:
+    plan = make_plan(LLAMA_1B, Hyperparameters(batch_size=8, max_seq_length=2048), 80 * GiB, "peft", "cuda")
+    assert plan.gradient_checkpointing

@@ -134,7 +134,8 @@ export function jobPage(root, id, guard) {
         facts([["Device", plan.device], ["Micro-batch", plan.micro_batch_size],
                ["Gradient accumulation", plan.gradient_accumulation_steps], ["Packing", plan.packing],
                ["Tokens per row", plan.row_tokens],
-               ["Gradient checkpointing", plan.gradient_checkpointing === false ? "off" : "on"],
+               // plans from before the field always checkpointed, except on the CPU
+               ["Gradient checkpointing", plan.gradient_checkpointing === false || plan.device === "cpu" ? "off" : "on"],
                ["Estimated peak", bytes(plan.estimated_peak_bytes)],
                ["Available", bytes(plan.available_bytes)]]),
         h("table", { class: "breakdown" }, h("tbody", {}, Object.entries(plan.breakdown || {}).map(([k, v]) =>

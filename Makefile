@@ -7,7 +7,11 @@ TEST_MODEL ?= $(HOME)/.cache/tunedock/smollm2-135m-instruct
 export TUNEDOCK_BASE_MODELS ?= smollm2=$(TEST_MODEL)
 export HF_HUB_OFFLINE = 1
 
-.PHONY: install llama-cpp model up test lint bench clean
+.PHONY: system install llama-cpp model up test lint bench clean
+
+# The Debian packages the tests need (Postgres, chromium, Go, cmake/g++), when missing.
+system:
+	bash scripts/system-deps.sh
 
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,7 +55,7 @@ up: model
 lint: install
 	$(PY) -m pytest -q tests/lint
 
-test: model
+test: system model
 	$(PY) -m pytest -q -p no:cacheprovider --durations=20 tests
 
 # CPU benchmarks; each appends its table to bench/RESULTS.md. GPU ones: see bench/RESULTS.md.

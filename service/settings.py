@@ -23,11 +23,19 @@ class BaseModelEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TenantBucket(msgspec.Struct, frozen=True, kw_only=True):
-    """One grant of TUNEDOCK_TENANT_BUCKETS: `tenant` may name objects under bucket/prefix."""
+    """One grant of TUNEDOCK_TENANT_BUCKETS: `tenant` may name objects under bucket/prefix, where
+    the prefix names a folder: `datasets/acme` covers `acme/…`, never `acme2/…` or `acme-corp/…`."""
 
     tenant: str
     bucket: str
-    prefix: str = ""
+    prefix: str = ""  # a folder, without leading or trailing slashes; "" is the whole bucket
+
+    def covers(self, tenant: str, bucket: str, key: str) -> bool:
+        """Whether the grant covers s3://bucket/key for `tenant` (a key with `..` steps is refused
+        before this is asked: storage.is_safe_key)."""
+        if self.tenant != tenant or self.bucket != bucket:
+            return False
+        return not self.prefix or key.startswith(self.prefix + "/")
 
 
 # The role a setting is for. Every process reads the same TUNEDOCK_* environment, so the settings
@@ -144,8 +152,7 @@ class Settings(msgspec.Struct, kw_only=True):
         if bucket == self.artifact_bucket:
             return False
         return bucket in self.readable_buckets or any(
-            g.tenant == tenant and g.bucket == bucket and key.startswith(g.prefix)
-            for g in self.tenant_buckets)
+            g.covers(tenant, bucket, key) for g in self.tenant_buckets)
 
     def base_model(self, alias: str) -> BaseModelEntry | None:
         return next((m for m in self.base_models if m.alias == alias), None)
@@ -170,7 +177,7 @@ def _parse_tenant_buckets(raw: str) -> tuple[TenantBucket, ...]:
         bucket, _, prefix = where.partition("/")
         if not sep or not tenant or not bucket:
             raise ValueError(f"TUNEDOCK_TENANT_BUCKETS entry {part!r} is not tenant=bucket[/prefix]")
-        grants.append(TenantBucket(tenant=tenant.strip(), bucket=bucket.strip(), prefix=prefix))
+        grants.append(TenantBucket(tenant=tenant.strip(), bucket=bucket.strip(), prefix=prefix.strip("/")))
     return tuple(grants)
 
 

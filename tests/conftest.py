@@ -66,13 +66,13 @@ def _pg_bin() -> Path | None:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """A throwaway Postgres cluster on loopback (Debian's postgresql; .ci/run installs it)."""
+    """A throwaway Postgres cluster on loopback (Debian's postgresql; `make test` installs it)."""
     if url := os.environ.get("TUNEDOCK_TEST_POSTGRES_URL"):
         yield url
         return
     bindir = _pg_bin()
     if bindir is None:
-        pytest.fail("Postgres is not installed: apt-get install postgresql (see .ci/run)")
+        pytest.fail("Postgres is not installed: apt-get install postgresql (`make test` installs it: scripts/system-deps.sh)")
     root = Path(tempfile.mkdtemp(prefix="tunedock-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:  # postgres refuses to run as root

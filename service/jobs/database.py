@@ -14,6 +14,9 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
+
+from service.jobs.db import EventRow
 
 _PG_READERS = 10  # connections for `Database.rows` on Postgres, per process
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -54,7 +57,8 @@ class Database:
             self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
         )
         self._reads = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._writes = async_sessionmaker(self._writer, expire_on_commit=False)
+        self._writes = async_sessionmaker(self._writer, expire_on_commit=False,
+                                          sync_session_class=Session if self.is_sqlite else _EventOrderedSession)
         self._sqlite: sqlite3.Connection | None = None
         self._pg_pool: Any = None
         self._pg_pool_lock = asyncio.Lock()
@@ -154,6 +158,24 @@ class Database:
         if self._pg_pool is not None:
             await self._pg_pool.close()
         await self.engine.dispose()
+
+
+class _EventOrderedSession(Session):
+    """A Postgres write session that locks a job's row before inserting an event of that job.
+
+    Followers page a job's events by `seq > cursor`. A sequence value is taken at insert but
+    seen at commit, so two writers of one job could commit seq 51 before seq 50, and a follower
+    that read 51 would never see 50. Holding the job's row lock from before the insert until the
+    commit hands that job's sequence values out in commit order. (SQLite needs none of this:
+    its one writer at a time does the same for every table.)"""
+
+
+@event.listens_for(_EventOrderedSession, "before_flush")
+def _lock_jobs_of_new_events(session: Session, _context: Any, _instances: Any) -> None:
+    job_ids = sorted({row.job_id for row in session.new if isinstance(row, EventRow)})
+    if job_ids:  # in id order, so two writers of the same jobs never wait on each other in a ring
+        session.connection().execute(
+            text("SELECT id FROM jobs WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"), {"ids": job_ids})
 
 
 _QMARK = re.compile(r"\?")

@@ -82,6 +82,16 @@ class JobService:
             raise Unprocessable("packing 'padding_free' is for supervised jobs; a dpo job pads "
                                 "each micro-batch's pairs (use auto, length_grouped or off)",
                                 param="hyperparameters.packing")
+        hp = req.hyperparameters
+        if hp.micro_batch_size and hp.batch_size != "auto" and hp.batch_size % hp.micro_batch_size:
+            # Accumulation makes up batch_size in whole micro-batches: any other micro-batch
+            # would train a different number of examples per step than was asked for.
+            raise InvalidRequest(
+                f"micro_batch_size {hp.micro_batch_size} does not divide batch_size {hp.batch_size}, "
+                "so a step could not take exactly batch_size examples; pick a micro_batch_size that "
+                f"divides it (e.g. {max(d for d in range(1, hp.micro_batch_size + 1) if hp.batch_size % d == 0)}) "
+                "or leave it out and the memory plan picks one",
+                param="hyperparameters.micro_batch_size")
         continued = None
         if req.base_model.startswith("ft:"):
             continued, hp = await self._parent(tenant, req.base_model, req.hyperparameters)
@@ -368,7 +378,10 @@ def resolve_auto(hp: s.Hyperparameters, n_train: int) -> s.Hyperparameters:
         changes["n_epochs"] = epochs
     if hp.batch_size == "auto":
         target = max(1.0, 0.002 * n_train)
-        changes["batch_size"] = min(AUTO_MAX_BATCH, 2 ** round(math.log2(target)))
+        batch = min(AUTO_MAX_BATCH, 2 ** round(math.log2(target)))
+        if hp.micro_batch_size:  # whole micro-batches per step, as check() requires of a set size
+            batch = -(-batch // hp.micro_batch_size) * hp.micro_batch_size
+        changes["batch_size"] = batch
     return msgspec.structs.replace(hp, **changes) if changes else hp
 
 

@@ -45,7 +45,8 @@ async def transition(
     if to in s.TERMINAL:
         values["finished_at"] = now
     if to is not s.Status.running:
-        values.update(lease_owner=None, lease_expires_at=None)
+        # A pause request is for the run it was made in: it never outlives that run.
+        values.update(lease_owner=None, lease_expires_at=None, pause_requested=False)
     cond = [JobRow.id == job.id, JobRow.status == current.value]
     if lease is not None:
         cond.extend(lease.conditions())
@@ -245,10 +246,18 @@ class JobsStore(KeysStore):
             )
             return result.rowcount == 1
 
-    async def release(self, job_id: str, lease: Lease, message: str) -> None:
-        """Hand a running job back to the queue (graceful runner stop); it resumes elsewhere."""
+    async def release(self, job_id: str, lease: Lease, message: str, *, refund: bool = False) -> None:
+        """Hand a running job back (graceful runner stop): to the queue, where it resumes
+        elsewhere, or to paused if the user asked for a pause meanwhile. `refund`: the attempt
+        trained nothing (stopped before its first step), so it does not count toward max_attempts."""
         try:
-            await self.set_status(job_id, s.Status.queued, message, lease=lease)
+            async with self.db.write() as ses:
+                row = await self.job_row(ses, None, job_id)
+                to = s.Status.paused if row.pause_requested else s.Status.queued
+                if to is s.Status.paused:
+                    message += "; paused, as the user asked"
+                await transition(ses, row, to, message=message, lease=lease,
+                                 **({"attempt": row.attempt - 1} if refund else {}))
         except (InvalidTransition, NotFound):
             pass
 
@@ -269,6 +278,12 @@ class JobsStore(KeysStore):
                         message=f"attempt {row.attempt} of {max_attempts} lost its lease; giving up",
                         error={"code": "max_attempts_exceeded",
                                "message": f"{row.attempt} attempts failed; last: {last}"},
+                    )
+                elif row.pause_requested:  # the user asked for a pause: it has one now
+                    await transition(
+                        ses, row, s.Status.paused, level="warning",
+                        message=f"runner {owner} lost its lease; paused, as the user asked, at "
+                                "the latest checkpoint", data={"attempt": row.attempt},
                     )
                 else:
                     await transition(

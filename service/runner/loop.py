@@ -63,13 +63,21 @@ class Runner:
                     continue
                 if isinstance(job, s.Export):
                     log.info("export claimed", export_id=job.id, attempt=job.attempt, owner=owner)
-                    await ExportRun(self.settings, self.store, self.jobs, job, owner, gpu,
-                                    self.stopping).run()
+                    try:
+                        await ExportRun(self.settings, self.store, self.jobs, job, owner, gpu,
+                                        self.stopping).run()
+                    except Exception:  # noqa: BLE001 - as for a job, below
+                        log.exception("the export's run ended with an error", export_id=job.id)
                     continue
                 log.info("job claimed", job_id=job.id, attempt=job.attempt, owner=owner)
                 run = JobRun(self.settings, self.store, self.jobs, job, owner, gpu, self.stopping,
                              warm=warm, template=template)
-                await run.run()
+                try:
+                    await run.run()
+                except Exception:  # noqa: BLE001 - one job's failure never stops the slot
+                    # What could not be written stays as it was: the job's lease runs out and
+                    # it resumes from its latest checkpoint, here or on another runner.
+                    log.exception("the job's run ended with an error", job_id=job.id)
                 warm = run.warm  # still there if the job ended before it needed a child
                 if warm is not None and warm.proc.returncode is not None:
                     await warm.close()

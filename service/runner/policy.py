@@ -4,6 +4,7 @@ function of what the child reported, so each rule is tested alone (tests/unit/te
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,6 +22,8 @@ class Attempt:
     plan: MemoryPlan | None = None
     lost: bool = False  # cancelled, or the lease went to someone else
     pausing: bool = False  # the user asked for a pause; the child was told to save and stop
+    untrained: bool = False  # the child said it stopped before its first step
+    unrecorded: bool = False  # a message could not be recorded, so the child was stopped
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class Decision:
     micro_batch: int | None = None  # retry_smaller: the cap for the next child
     failed_micro_batch: int | None = None
     checkpointing: bool = False  # retry_smaller: the retry turns gradient checkpointing on
+    refund: bool = False  # pause / release: the attempt trained nothing, so it does not count
 
 
 def decide(attempt: Attempt, *, stopping: bool, oom_retry: int, max_oom_retries: int,
@@ -37,10 +41,16 @@ def decide(attempt: Attempt, *, stopping: bool, oom_retry: int, max_oom_retries:
     code = attempt.code
     if attempt.lost:  # the job is no longer this runner's to write
         return Decision("forget")
-    if code == m.EXIT_STOPPED and attempt.pausing:
-        return Decision("pause")
-    if code == m.EXIT_STOPPED or (stopping and code != m.EXIT_OK):
-        return Decision("release")  # the runner is stopping: another resumes from the checkpoint
+    if attempt.unrecorded:  # what it did is not all written: another attempt resumes cleanly
+        return Decision("release")
+    # The child stops cleanly on SIGTERM from its first line; -SIGTERM is the sliver before that
+    # (the interpreter starting): our own signal either way, never a crash.
+    stopped = code in (m.EXIT_STOPPED, -signal.SIGTERM)
+    refund = stopped and (attempt.untrained or code == -signal.SIGTERM)
+    if stopped and attempt.pausing:
+        return Decision("pause", refund=refund)
+    if stopped or (stopping and code != m.EXIT_OK):
+        return Decision("release", refund=refund)  # the runner is stopping: another resumes from the checkpoint
     if code == m.EXIT_OK and attempt.result is not None:
         return Decision("succeed")
     error = attempt.error or m.Failed(code="training_error",

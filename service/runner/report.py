@@ -70,7 +70,10 @@ class Reporter:
                 await store.add_event(job_id, "resumed", f"resumed from {msg.checkpoint}",
                                       data={"prefix": msg.prefix, "checkpoint": msg.checkpoint},
                                       lease=lease)
-            case m.Continued() | m.Stopped():
+            case m.Stopped():
+                attempt.untrained = not msg.trained
+                await store.add_event(job_id, "stopped", msg.message, data=_fields(msg), lease=lease)
+            case m.Continued():
                 await store.add_event(job_id, msg.__struct_config__.tag, msg.message,
                                       data=_fields(msg), lease=lease)
             case m.Result():
@@ -115,8 +118,8 @@ class Reporter:
             lease=self.lease)
 
     # -- endings --------------------------------------------------------------------------
-    async def release(self, message: str) -> None:
-        await self.store.release(self.job.id, self.lease, message)
+    async def release(self, message: str, *, refund: bool = False) -> None:
+        await self.store.release(self.job.id, self.lease, message, refund=refund)
 
     async def retry_elsewhere(self, error: m.Failed) -> None:
         await self.store.add_event(self.job.id, "attempt_failed", error.message, "warning",
@@ -184,14 +187,15 @@ class Reporter:
         except Exception:  # noqa: BLE001 - a missed calibration must not touch the finished job
             self.log.warning("throughput not recorded", exc_info=True)
 
-    async def pause(self) -> None:
+    async def pause(self, *, refund: bool = False) -> None:
         point = await self.store.resume_point(self.job.id)
         where = f" at step {point['step']}" if point else ""
+        # An attempt stopped before its first step trained nothing: it does not count.
+        fields = {"attempt": self.job.attempt - 1} if refund else {}
         try:
             await self.store.set_status(self.job.id, s.Status.paused,
                                         f"paused{where}; the GPU is free. Resume to continue from there",
-                                        data={"resume_point": point}, lease=self.lease,
-                                        pause_requested=False)
+                                        data={"resume_point": point}, lease=self.lease, **fields)
         except InvalidTransition:
             self.log.info("job changed before it could pause")
 

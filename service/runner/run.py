@@ -67,10 +67,10 @@ class JobRun:
                 case "forget":
                     self.log.info("job no longer ours; child stopped")
                 case "pause":
-                    await self.report.pause()
+                    await self.report.pause(refund=decision.refund)
                 case "release":
                     await self.report.release("runner stopping; the job will resume from its "
-                                              "latest checkpoint")
+                                              "latest checkpoint", refund=decision.refund)
                 case "succeed":
                     assert attempt.result is not None
                     await self.report.succeed(attempt.result)
@@ -167,14 +167,26 @@ class JobRun:
                 attempt.pausing = stop_sent = True
 
     async def _read_messages(self, fd: int, attempt: Attempt, proc: asyncio.subprocess.Process) -> None:
+        """Record each message; if one cannot be recorded, stop the child (the policy then hands
+        the job back) but keep reading to the end, so a child that is still writing never
+        blocks on a full pipe."""
         started = time.monotonic()
+        stopping: asyncio.Task | None = None
         async for msg in messages(fd, self.log):
+            if stopping is not None:
+                continue
             try:
                 await self.report.handle(msg, attempt, started)
+                continue
             except LeaseLost:
                 # Fenced: the job went to another attempt while this runner could not
                 # heartbeat (frozen, partitioned). Nothing more of this child is recorded.
                 self.log.warning("lease lost; stopping the child")
                 attempt.lost = True
-                await terminate(proc, self.settings.cancel_grace_seconds)
-                return
+            except Exception:  # noqa: BLE001 - a database blip, a bug: the job must not hang
+                self.log.exception("a message of the child could not be recorded; stopping the child",
+                                   message=type(msg).__name__)
+                attempt.unrecorded = True
+            stopping = asyncio.create_task(terminate(proc, self.settings.cancel_grace_seconds))
+        if stopping is not None:
+            await stopping

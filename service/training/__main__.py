@@ -28,8 +28,8 @@ from service.procs import die_with_parent
 from service.settings import load_settings
 from service.storage import make_store
 from service.training import messages as m
+from service.training import stop
 from service.training.events import Emitter
-
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -102,7 +102,9 @@ def main(argv: list[str]) -> int:
         return template.main()
     emit = Emitter.from_env(dict(os.environ))
     if argv[1:2] == ["--export"] and len(argv) == 3:
-        return export_main(Path(argv[2]), emit)
+        return export_main(Path(argv[2]), emit)  # an export stops on SIGTERM's default: at once
+    # Before anything slow: a stop asked for while we import or load is a clean stop, not a -15.
+    stop.install()
     spec_path = _wait_for_job(emit) if argv[1:] == ["--warm"] else (argv[1:] or [""])[0]
     if spec_path is None:
         return 0
@@ -112,16 +114,16 @@ def main(argv: list[str]) -> int:
         emit.emit(m.Failed(code="invalid_spec", message=str(exc)))
         return m.EXIT_BAD_INPUT
     from service.training import backends
-
-    _import_stack(backends.choose_backend(spec.backend))
-    from service.training import recipe
-    from service.training.callbacks import StopRequested
     from service.training.plan import PlanError
 
     try:
+        stop.check("before the training stack was imported")
+        _import_stack(backends.choose_backend(spec.backend))
+        from service.training import recipe
+
         recipe.train(spec, make_store(load_settings()), emit)
-    except StopRequested as exc:
-        emit.emit(m.Stopped(message=str(exc)))
+    except stop.StopRequested as exc:
+        emit.emit(m.Stopped(message=str(exc), trained=exc.trained))
         return m.EXIT_STOPPED
     except PlanError as exc:
         emit.emit(m.Failed(code="insufficient_gpu_memory", message=str(exc)))

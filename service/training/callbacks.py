@@ -10,6 +10,7 @@ from transformers import TrainerCallback
 
 from service.storage import ObjectStore, upload_dir
 from service.training import messages as m
+from service.training import stop
 from service.training.events import Emitter
 
 
@@ -131,32 +132,27 @@ def _epoch_metrics(state, epoch: int) -> dict[str, float]:  # noqa: ANN001
     return metrics
 
 
-class StopRequested(Exception):
-    """Raised between steps after SIGTERM, never inside an upload."""
-
-
 class StopOnSignal(TrainerCallback):
-    """SIGTERM sets a flag; at the next step boundary the Trainer saves (CheckpointCallback
-    uploads it as a resume point, or as the epoch's checkpoint at an epoch's end) and then
-    training stops. So a pause or a runner's shutdown loses no step, and an upload in progress
-    always completes first. Must come after CheckpointCallback in the callback list."""
+    """SIGTERM sets a flag (service/training/stop.py, from the child's first line); at the next
+    step boundary the Trainer saves (CheckpointCallback uploads it as a resume point, or as the
+    epoch's checkpoint at an epoch's end) and then training stops. So a pause or a runner's
+    shutdown loses no step, and an upload in progress always completes first. Must come after
+    CheckpointCallback in the callback list."""
 
     def __init__(self) -> None:
-        import signal
-
-        self.requested = False
         self.saving = False
-        signal.signal(signal.SIGTERM, self._on_signal)
 
-    def _on_signal(self, *_: object) -> None:
-        self.requested = True
+    def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
+        stop.check(f"before step {state.global_step + 1}; nothing trained in this attempt")
+        return control
 
     def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
-        if self.requested:
+        if stop.requested():
             self.saving = True
             control.should_save = True
         return control
 
     def on_save(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
         if self.saving:
-            raise StopRequested(f"stopped by SIGTERM after step {state.global_step}, saved")
+            raise stop.StopRequested(f"stopped by SIGTERM after step {state.global_step}, saved",
+                                     trained=True)

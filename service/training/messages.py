@@ -128,7 +128,10 @@ class Warned(Message, tag="warning", kw_only=True):
 
 
 class Stopped(Message, tag="stopped", kw_only=True):
+    """The child stopped on SIGTERM, cleanly (exit EXIT_STOPPED)."""
+
     message: str
+    trained: bool = True  # False: stopped before its first step, so the attempt cost nothing
 
 
 class Result(Message, tag="result", kw_only=True):

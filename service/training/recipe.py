@@ -18,7 +18,7 @@ from service.datasets.template import HFTokens
 from service.jobs.schema import EarlyStopping, MemoryPlan
 from service.training.messages import ObjectRef, TrainingSpec
 from service.storage import ObjectStore, download_prefix, upload_dir
-from service.training import backends
+from service.training import backends, stop
 from service.training import messages as m
 from service.training.callbacks import (
     CheckpointCallback,
@@ -187,6 +187,7 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     shape = Shape.from_config(read_config(spec.base_model_source))
     plan = plan_memory(spec, shape, backend, device, packing)
     emit.emit(m.Planned(plan=plan))
+    stop.check("before the model was loaded")
 
     work = Path(spec.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -207,6 +208,7 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
         emit.emit(m.Continued(message=f"adapter weights loaded from {spec.init_adapter.key}",
                               prefix=spec.init_adapter.key))
     emit.emit(m.Loaded(seconds=round(time.perf_counter() - load_started, 2)))
+    stop.check("after the model was loaded, before the data was read")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     train_ds, val_ds, val_rows = build_datasets(spec, objects, tokenizer, work)
@@ -229,6 +231,7 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     trainer = make_trainer(spec, backend, packing, args, tally, model, tokenizer, train_ds, val_ds,
                            callbacks)
 
+    stop.check("before training started")
     resume_dir = None
     if spec.resume_from is not None:
         resume_dir = _fetch_checkpoint(spec, objects, work)

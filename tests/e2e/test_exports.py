@@ -312,7 +312,7 @@ def test_modelfile_template_renders_chats_like_the_base_template(trained: Traine
     from transformers import AutoTokenizer
 
     go = shutil.which("go")
-    assert go, "Go (Debian's golang-go; .ci/run installs it) renders Ollama's template language"
+    assert go, "Go (Debian's golang-go; `make test` installs it: scripts/system-deps.sh) renders Ollama's template language"
     export = trained.export("gguf_f16")
     assert export.checks.modelfile_template_matches
     template, system = _modelfile_parts(trained.client.exports.modelfile(export.id))

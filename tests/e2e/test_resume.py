@@ -159,3 +159,34 @@ def _waiter(oai, job_id: str):  # noqa: ANN001, ANN202
             time.sleep(0.2)
 
     return wait
+
+
+async def test_a_pause_while_the_child_starts_pauses_and_costs_no_attempt(tiny_api: Api, tiny_settings, s3,
+                                                                          tmp_path: Path) -> None:  # noqa: ANN001
+    """A pause that reaches the child while it imports torch (a cold child: no warm one) is a clean
+    pause: the job ends paused, not retried elsewhere until max_attempts fails it, the attempt is
+    not counted, the pause flag is gone, and the resumed job trains to the end."""
+    api = tiny_api
+    settings = msgspec.structs.replace(tiny_settings, warm_child=False, max_attempts=1)
+    job_id = await submit(api, s3)
+    runner = start_runner(settings, tmp_path / "runner.log")
+    try:
+        await api.wait_status(job_id, {"running"}, timeout=60)
+        r = await api.client.post(f"/jobs/{job_id}/pause", headers=api.auth())
+        assert r.status_code == 200, r.text
+        paused = await api.wait_status(job_id, {"paused", "failed", "queued"}, timeout=60)
+        evs = await events(api, job_id)
+        assert paused["status"] == "paused", (paused, evs[-5:])
+        assert not [e for e in evs if e["type"] in ("metrics", "attempt_failed")], evs
+        stopped = [e for e in evs if e["type"] == "stopped"]
+        assert stopped and stopped[-1]["data"]["trained"] is False, evs[-5:]
+        assert paused["attempt"] == 0  # the attempt trained nothing: it does not count
+        r = await api.client.post(f"/jobs/{job_id}/resume", headers=api.auth())
+        assert r.status_code == 200, r.text
+        done = await api.wait_status(job_id, {"succeeded", "failed", "paused"}, timeout=600)
+    finally:
+        runner.terminate()
+        runner.wait(30)
+    # max_attempts 1: the run that paused did not use the job's only attempt.
+    assert done["status"] == "succeeded", (done, (tmp_path / "runner.log").read_text()[-3000:])
+    assert done["attempt"] == 1

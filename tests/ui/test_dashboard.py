@@ -38,7 +38,7 @@ def browser() -> Iterator[object]:
 
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
-        pytest.fail("chromium is not installed: apt-get install chromium (see .ci/run)")
+        pytest.fail("chromium is not installed: apt-get install chromium (`make test` installs it: scripts/system-deps.sh)")
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)

@@ -24,3 +24,8 @@ def test_rule(n_train: int, epochs: int, batch: int) -> None:
 def test_explicit_values_are_kept() -> None:
     hp = Hyperparameters(n_epochs=2, batch_size=4)
     assert resolve_auto(hp, 50_000) is hp
+
+
+def test_an_auto_batch_is_a_multiple_of_the_micro_batch_asked_for() -> None:
+    hp = resolve_auto(Hyperparameters(batch_size="auto", micro_batch_size=3), 4000)  # 8 alone
+    assert hp.batch_size == 9

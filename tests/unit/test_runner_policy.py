@@ -43,6 +43,21 @@ def test_each_ending_has_one_action(attempt: Attempt, kw: dict, action: str) -> 
     assert run(attempt, **kw).action == action
 
 
+@pytest.mark.parametrize("code", [m.EXIT_STOPPED, -15])
+def test_a_pause_that_stops_the_child_before_training_pauses_and_costs_no_attempt(code: int) -> None:
+    """A SIGTERM that lands while the child imports or loads is a pause, never a crash retried
+    elsewhere until max_attempts fails the job."""
+    decision = run(Attempt(code=code, pausing=True, untrained=True), job_attempt=3)
+    assert (decision.action, decision.refund) == ("pause", True)
+    decision = run(Attempt(code=code, untrained=True), stopping=True, job_attempt=3)
+    assert (decision.action, decision.refund) == ("release", True)
+
+
+def test_a_pause_after_steps_costs_its_attempt() -> None:
+    decision = run(Attempt(code=m.EXIT_STOPPED, pausing=True))
+    assert (decision.action, decision.refund) == ("pause", False)
+
+
 def test_out_of_memory_halves_the_micro_batch_the_plan_chose() -> None:
     decision = run(Attempt(code=m.EXIT_OOM, error=OOM, plan=PLAN))
     assert (decision.micro_batch, decision.failed_micro_batch) == (4, 8)

@@ -95,6 +95,9 @@ class Settings(msgspec.Struct, kw_only=True):
     internal_api_key: Annotated[str | None, doc(
         API, "the key of the API's `/internal` endpoint, which the serving side asks what to serve "
              "(the API answers `/internal` only with it; `service up` makes one per start)")] = None
+    metrics_api_key: Annotated[str | None, doc(
+        API, "the key Prometheus scrapes `/metrics` with (Bearer); tenant keys are refused there, "
+             "and with none set `/metrics` answers 401")] = None
     sweep_seconds: Annotated[float, doc(
         API, "how often the API requeues jobs whose lease expired (so a dead runner's job resumes "
              "even with no other runner up; runners also do it before each claim)")] = 5.0

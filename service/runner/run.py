@@ -6,6 +6,7 @@ report.py (what is written), policy.py (what happens next)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,23 @@ class JobRun:
         return Path(self.settings.data_dir).resolve() / "runs" / self.job.id / f"attempt-{self.job.attempt}"
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            await asyncio.to_thread(self._clean_work_dir)
+
+    def _clean_work_dir(self) -> None:
+        """The attempt's folder holds a copy of the training data and the Trainer's saves, all
+        in the object store by now: only the children's logs stay, for a person to read."""
+        if not self.work_dir.is_dir():
+            return
+        for path in self.work_dir.iterdir():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.suffix != ".log":
+                path.unlink(missing_ok=True)
+
+    async def _run(self) -> None:
         began = time.monotonic()
         micro_batch: int | None = None
         for oom_retry in range(self.settings.max_oom_retries + 1):

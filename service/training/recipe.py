@@ -277,6 +277,9 @@ def training_arguments(spec: TrainingSpec, plan: MemoryPlan, device: str, packin
         full_determinism=spec.deterministic,
         logging_steps=spec.metrics_every_steps,
         save_strategy="epoch",
+        # Every save is uploaded as it is made (CheckpointCallback); on the runner's disk only the
+        # newest stays (and the best, which the Trainer keeps when it loads it at the end).
+        save_total_limit=1,
         eval_strategy="epoch" if has_eval else "no",
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,

@@ -70,3 +70,8 @@ async def test_a_write_that_fails_hands_the_job_back_and_the_runner_keeps_going(
     assert statuses == ["validating_files", "queued", "running", "queued", "running", "queued",
                         "running", "succeeded"], statuses
     assert done["attempt"] == 3
+    # Each attempt's folder is emptied when it ends (the data copy, the Trainer's saves): logs stay.
+    runs = Path(settings.data_dir).resolve() / "runs" / job_id
+    assert sorted(p.name for p in runs.iterdir()) == ["attempt-1", "attempt-2", "attempt-3"]
+    left = [str(p.relative_to(runs)) for p in runs.rglob("*") if p.is_file() and p.suffix != ".log"]
+    assert not left, left

@@ -220,4 +220,11 @@ async def test_object_store_down_is_a_503_with_the_request_id_and_no_traceback(m
         assert "req-500-test" in r.json()["error"]["message"] and "retry" in r.json()["error"]["message"]
         assert r.headers["x-request-id"] == "req-500-test"
         assert "Traceback" not in r.text and "botocore" not in r.text
-        assert (await client.get("/readyz")).status_code == 503
+        # Ready all the same: an object-store outage must not take every replica out of service;
+        # the dependencies say what is down.
+        assert (await client.get("/readyz")).json() == {"status": "ready"}
+        r = await client.get("/health/dependencies")
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "dependency_unavailable"
+        assert "object_store unreachable" in r.json()["error"]["message"]
+        assert "database" not in r.json()["error"]["message"]

@@ -141,11 +141,20 @@ async def test_tenants_see_only_their_own(api: Api, dataset: str) -> None:
     assert r.status_code == 404 and r.json()["error"]["param"] == "training_file"
 
 
-async def test_health_ready_metrics_and_openapi(api: Api) -> None:
+async def test_health_ready_metrics_and_openapi(make_settings, database_url: str) -> None:  # noqa: ANN001
+    async with api_client(make_settings(database_url=database_url, metrics_api_key="scrape-key")) as api:
+        await _health_ready_metrics_and_openapi(api)
+
+
+async def _health_ready_metrics_and_openapi(api: Api) -> None:
     assert (await api.client.get("/healthz")).json() == {"status": "ok"}
     assert (await api.client.get("/readyz")).json() == {"status": "ready"}
+    assert (await api.client.get("/health/dependencies")).json() == {"database": "ok", "object_store": "ok"}
     assert (await api.client.get("/metrics")).status_code == 401
-    m = await api.client.get("/metrics", headers=api.auth())
+    # A tenant's key never reads the service-wide counts (they include every tenant's jobs).
+    r = await api.client.get("/metrics", headers=api.auth())
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_metrics_key"
+    m = await api.client.get("/metrics", headers={"Authorization": "Bearer scrape-key"})
     assert 'tunedock_jobs{status="queued"}' in m.text
     assert "tunedock_request_duration_seconds_bucket" in m.text
     assert (await api.client.get("/openapi/openapi.json")).json()["info"]["title"] == "tunedock"

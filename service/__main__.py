@@ -1,4 +1,5 @@
-"""`python -m service api | runner | up | migrate | keys create --tenant NAME`."""
+"""`python -m service api | runner | up | migrate | keys create --tenant NAME | keys list |
+keys revoke KEY_ID | keys rotate KEY_ID`."""
 
 from __future__ import annotations
 
@@ -9,17 +10,42 @@ import sys
 from service.settings import load_settings
 
 
-async def _create_key(tenant: str) -> str:
+async def _keys(args: argparse.Namespace) -> int:
+    """`keys create | list | revoke | rotate`: what each prints is one line per key (a new key is
+    printed once, then only its hash is kept)."""
+    import json
+
+    from service.errors import ServiceError
     from service.jobs.database import Database, migrate
     from service.jobs.store import Store
 
     settings = load_settings()
     await asyncio.to_thread(migrate, settings.database_url)
     db = Database(settings.database_url)
+    store = Store(db)
     try:
-        return await Store(db).create_api_key(tenant)
+        match args.keys_command:
+            case "create":
+                print(await store.create_api_key(args.tenant))
+            case "list":
+                for row in await store.list_api_keys(args.tenant):
+                    print(json.dumps(row))
+            case "revoke":
+                row = await store.revoke_api_key(args.key_id)
+                print(json.dumps(row))
+                print(f"revoked; API processes stop accepting it within {settings.key_cache_seconds:g} s "
+                      "(TUNEDOCK_KEY_CACHE_SECONDS)", file=sys.stderr)
+            case "rotate":
+                new_id, key = await store.rotate_api_key(args.key_id)
+                print(key)
+                print(f"{args.key_id} revoked, replaced by {new_id}; the old key stops working within "
+                      f"{settings.key_cache_seconds:g} s", file=sys.stderr)
+    except ServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
     finally:
         await db.close()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key for a tenant and print it once")
     create.add_argument("--tenant", required=True)
+    listing = keys_sub.add_parser("list", help="every key's id, tenant, created_at and revoked_at "
+                                               "(JSON lines; never the key itself)")
+    listing.add_argument("--tenant")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id (from `keys list`)")
+    revoke.add_argument("key_id")
+    rotate = keys_sub.add_parser("rotate", help="revoke a key by id and print its tenant's new key once")
+    rotate.add_argument("key_id")
     args = parser.parse_args(argv)
 
     settings = load_settings()
@@ -58,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
         migrate(settings.database_url)
     elif args.command == "keys":
-        print(asyncio.run(_create_key(args.tenant)))
+        return asyncio.run(_keys(args))
     return 0
 
 

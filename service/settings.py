@@ -95,6 +95,9 @@ class Settings(msgspec.Struct, kw_only=True):
     internal_api_key: Annotated[str | None, doc(
         API, "the key of the API's `/internal` endpoint, which the serving side asks what to serve "
              "(the API answers `/internal` only with it; `service up` makes one per start)")] = None
+    key_cache_seconds: Annotated[float, doc(
+        API, "how long each API process trusts a key it looked up: a revoked key stops working "
+             "within this time (`python -m service keys revoke`)")] = 30.0
     metrics_api_key: Annotated[str | None, doc(
         API, "the key Prometheus scrapes `/metrics` with (Bearer); tenant keys are refused there, "
              "and with none set `/metrics` answers 401")] = None

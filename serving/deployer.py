@@ -47,7 +47,15 @@ class Deployer:
             self.settings.max_lora_rank)
 
     async def deploy(self, row: DeploymentSpec) -> None:
-        await self.deployments.mark(row.name, "loading")
+        try:
+            await self.deployments.mark(row.name, "loading")
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 409:
+                raise
+            # Another replica of this base took it (or the user unloaded it): not this pass's
+            # to load. Once it is loaded, reconcile() loads it here too.
+            log.info("deployment taken by another replica", model=row.name)
+            return
         try:
             path = await self._fetch(row)
             await self.client.load(row.name, str(path))

@@ -15,7 +15,6 @@ from service.jobs.files import FileService
 from service.jobs.service import JobService
 from service.jobs.store import Store
 
-_KEY_CACHE_S = 30.0
 
 
 async def provide_tenant(request: Request, state: State, store: Store) -> str:
@@ -41,7 +40,7 @@ async def provide_tenant(request: Request, state: State, store: Store) -> str:
         tenant = found
         if len(cache) > 10_000:
             cache.clear()
-        cache[key] = (tenant, now + _KEY_CACHE_S)
+        cache[key] = (tenant, now + state.settings.key_cache_seconds)
     request.scope["state"]["tenant"] = tenant
     return tenant
 

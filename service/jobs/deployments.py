@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.errors import InvalidRequest, NotFound
+from service.errors import InvalidRequest, InvalidTransition, NotFound
 from service.jobs import schema as s
 from service.jobs.database import Database, as_utc, unix
 from service.jobs.db import DeploymentRow, JobRow
@@ -28,9 +28,19 @@ ACTIVE = (D.pending.value, D.loading.value, D.loaded.value)
 
 async def transition(ses: AsyncSession, row: DeploymentRow, to: s.DeploymentStatus, message: str,
                      *, error: str | None = None, data: dict[str, Any] | None = None) -> None:
-    """Move `row` to `to` if the table allows it; mirror it onto a final adapter's job; write the
-    event. InvalidTransition otherwise, and nothing is written."""
-    check_deployment_transition(D(row.status), to)
+    """Move `row` to `to` if the table allows it and nobody moved it first (the UPDATE is
+    conditional on the status read, as for jobs: two serving replicas racing for pending ->
+    loading get one winner); mirror it onto a final adapter's job; write the event.
+    InvalidTransition otherwise, and nothing is written."""
+    current = D(row.status)
+    check_deployment_transition(current, to)
+    result = await ses.execute(update(DeploymentRow)
+                               .where(DeploymentRow.name == row.name, DeploymentRow.status == current.value)
+                               .values(status=to.value, error=error)
+                               .execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        raise InvalidTransition(f"deployment {row.name} changed while moving to {to.value}",
+                                param="status")
     row.status, row.error = to.value, error
     if row.kind == "final":
         await mirror_deployment(ses, row.job_id, {"status": to.value, "loaded_at": unix(row.loaded_at),

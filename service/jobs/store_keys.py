@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.errors import Conflict
+from service.errors import Conflict, NotFound
 from service.ids import hash_key, new_api_key, new_id
-from service.jobs.database import Database
-from service.jobs.db import ApiKey, IdempotencyRow
+from service.jobs.database import Database, unix
+from service.jobs.db import ApiKey, IdempotencyRow, utcnow
 
 
 class KeysStore:
@@ -19,6 +20,43 @@ class KeysStore:
         async with self.db.write() as ses:
             ses.add(ApiKey(id=new_id("key"), tenant=tenant, key_hash=hash_key(key)))
         return key
+
+    async def list_api_keys(self, tenant: str | None = None) -> list[dict[str, object]]:
+        """Every key's id, tenant and dates (never the key: only its hash is stored), oldest first."""
+        async with self.db.read() as ses:
+            q = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+            if tenant is not None:
+                q = q.where(ApiKey.tenant == tenant)
+            rows = (await ses.scalars(q)).all()
+        return [{"id": r.id, "tenant": r.tenant, "created_at": unix(r.created_at),
+                 "revoked_at": unix(r.revoked_at)} for r in rows]
+
+    async def revoke_api_key(self, key_id: str) -> dict[str, object]:
+        """Revoke one key by id (idempotent); NotFound if there is no such key."""
+        async with self.db.write() as ses:
+            row = await ses.get(ApiKey, key_id)
+            if row is None:
+                raise NotFound(f"no API key {key_id!r}", param="key_id")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            return {"id": row.id, "tenant": row.tenant, "created_at": unix(row.created_at),
+                    "revoked_at": unix(row.revoked_at)}
+
+    async def rotate_api_key(self, key_id: str) -> tuple[str, str]:
+        """A new key for the tenant of `key_id`, which is revoked in the same transaction:
+        (new key's id, new key). A revoked key cannot be rotated (it is already out)."""
+        key = new_api_key()
+        async with self.db.write() as ses:
+            row = await ses.get(ApiKey, key_id)
+            if row is None:
+                raise NotFound(f"no API key {key_id!r}", param="key_id")
+            if row.revoked_at is not None:
+                raise Conflict(f"API key {key_id} is already revoked; create a new one for tenant "
+                               f"{row.tenant!r} instead", param="key_id", code="key_revoked")
+            row.revoked_at = utcnow()
+            new = ApiKey(id=new_id("key"), tenant=row.tenant, key_hash=hash_key(key))
+            ses.add(new)
+        return new.id, key
 
     async def tenant_for_key(self, key: str) -> str | None:
         # On the driver path: when the API's key cache expires, every request in flight looks

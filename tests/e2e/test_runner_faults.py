@@ -21,6 +21,7 @@ from service.storage import make_store
 from tests.conftest import Api
 from tests.e2e.test_resume import submit, tiny_api, tiny_settings  # noqa: F401 - fixtures
 from tests.e2e.test_training_runner import events
+from tests.support.processes import settings_env
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +48,12 @@ class FailingOnce(Store):
 
 
 async def test_a_write_that_fails_hands_the_job_back_and_the_runner_keeps_going(
-        tiny_api: Api, tiny_settings, s3, tmp_path: Path) -> None:  # noqa: ANN001, F811
+        tiny_api: Api, tiny_settings, s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001, F811
     settings = msgspec.structs.replace(tiny_settings, warm_child=False, max_attempts=5)
+    # The runner runs in this process; its training children read the settings from the
+    # environment, as they do under `python -m service runner`.
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
     job_id = await submit(tiny_api, s3)
     db = Database(settings.database_url)
     store = FailingOnce(db)
@@ -61,9 +66,9 @@ async def test_a_write_that_fails_hands_the_job_back_and_the_runner_keeps_going(
         runner.stopping.set()
         await asyncio.wait_for(task, 60)
         await db.close()
-    assert store.blipped and store.fenced
-    assert done["status"] == "succeeded", done
     evs = await events(tiny_api, job_id)
+    assert done["status"] == "succeeded", [e["message"] for e in evs[-8:]]
+    assert store.blipped and store.fenced
     statuses = [e["data"]["status"] for e in evs if e["type"] == "status"]
     # attempt 1: its metrics event failed, so it was stopped and handed back at once; attempt 2:
     # its success could not be written, so its lease ran out; attempt 3 finished.

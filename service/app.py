@@ -31,6 +31,7 @@ from service.api.deps import (
 from service.api.exports import ExportsController
 from service.api.files import FilesController
 from service.api.gateway import GatewayController, Upstreams
+from service.storage import storage_error_kind
 from service.api.health import HealthController
 from service.api.internal import InternalController
 from service.api.jobs import JobsController
@@ -100,13 +101,24 @@ def _http_error(_: Request, exc: HTTPException) -> Response:
     return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
-def _object_store_down(request: Request, exc: Exception) -> Response:
-    """botocore gave up (its retries spent): a dependency is down, not a bug; the client may retry."""
+def _object_store_error(request: Request, exc: Exception) -> Response:
+    """An S3 error, classed: missing (404) and refused (403) are permanent, and a retry would
+    not help; anything else (botocore's retries spent on 5xx, throttling, no connection) is a
+    dependency down, and the client may retry. botocore's own text never reaches the client."""
     request_id = request.scope.get("state", {}).get("request_id")
-    log.warning("object store unavailable", error=type(exc).__name__, path=request.url.path)
+    kind = storage_error_kind(exc)
+    log.warning("object store error", error=type(exc).__name__, kind=kind, path=request.url.path,
+                detail=str(exc)[:500])
+    if kind == "missing":
+        return _error(404, "object_not_found", "the object store has no such object or bucket "
+                      f"(it may have been deleted); request id {request_id}")
+    if kind == "denied":
+        return _error(403, "object_store_denied",
+                      "the object store refused this service access to the object; an operator "
+                      "must grant the service's credentials access to it (retrying will not help; "
+                      f"request id {request_id})")
     return _error(503, "object_store_unavailable",
-                  f"the object store failed this request ({type(exc).__name__}); retry in a few "
-                  f"seconds (request id {request_id})")
+                  f"the object store failed this request; retry in a few seconds (request id {request_id})")
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
@@ -204,8 +216,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         exception_handlers={
             ServiceError: _service_error,
-            BotoCoreError: _object_store_down,
-            ClientError: _object_store_down,
+            BotoCoreError: _object_store_error,
+            ClientError: _object_store_error,
             ValidationException: _validation_error,
             HTTPException: _http_error,
             Exception: _unexpected,

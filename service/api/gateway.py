@@ -41,6 +41,43 @@ class _ModelField(msgspec.Struct):
     stream: bool = False
 
 
+class ModelServerError(ServiceError):
+    """The model server failed the request (its log says why)."""
+
+    status_code = 502
+    code = "model_server_error"
+
+
+class _UpstreamError(msgspec.Struct):
+    message: str | None = None
+    param: str | None = None
+
+
+class _UpstreamBody(msgspec.Struct):
+    error: _UpstreamError | None = None  # OpenAI's shape, which newer vLLM answers
+    message: str | None = None  # vLLM's older `{"object": "error", "message": …}`
+
+
+def upstream_error(status: int, content: bytes) -> ServiceError:
+    """vLLM's error answer in the one error shape: a 4xx keeps its status and vLLM's message
+    (it is about the request: a context too long, a bad parameter); a 5xx becomes a 502 whose
+    message says nothing of vLLM's internals, which go to the log."""
+    try:
+        body = msgspec.json.decode(content, type=_UpstreamBody)
+        message = (body.error.message if body.error else None) or body.message
+        param = body.error.param if body.error else None
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        message = param = None
+    if status >= 500 or status < 400:
+        log.warning("model server error", status=status, body=content[:1000])
+        return ModelServerError(f"the model server failed the request (HTTP {status}); retry, and if "
+                                "it persists tell the operator")
+    error = InvalidRequest(f"the model server refused the request: {message or f'HTTP {status}'}"[:2000],
+                           param=param)
+    error.status_code = status  # 400, 404, 422 …: as the model server said
+    return error
+
+
 def model_not_found(name: str) -> NotFound:
     # The same words for a model that does not exist and for another tenant's.
     return NotFound(f"The model {name!r} does not exist or you do not have access to it.",
@@ -122,6 +159,8 @@ async def _proxy(request: Request, route: str, tenant: str, settings: Settings,
             content = await answer.aread()
         finally:
             await answer.aclose()
+        if answer.status_code >= 400:
+            raise upstream_error(answer.status_code, content)
         return Response(content, status_code=answer.status_code, media_type=media_type)
     return Stream(_relay(answer), status_code=200, media_type=media_type,
                   headers={"Cache-Control": "no-cache"})

@@ -58,6 +58,26 @@ def parse_s3_uri(uri: str, param: str) -> tuple[str, str]:
     return bucket, key
 
 
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket", "NoSuchUpload"})
+_DENIED = frozenset({"403", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
+                     "SignatureDoesNotMatch", "AccountProblem", "InvalidObjectState"})
+
+
+def storage_error_kind(exc: BaseException) -> str:
+    """"missing", "denied" (both permanent: retrying will not help) or "unavailable" (5xx,
+    throttling, no connection: it may), for an object-store error of either store."""
+    if isinstance(exc, FileNotFoundError):  # the local store
+        return "missing"
+    if isinstance(exc, PermissionError):
+        return "denied"
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    if code in _MISSING:
+        return "missing"
+    if code in _DENIED:
+        return "denied"
+    return "unavailable"
+
+
 def upload_dir(store: ObjectStore, bucket: str, prefix: str, folder: Path) -> list[str]:
     """Upload every file under `folder` to `prefix/`; returns the keys written."""
     keys = []

@@ -44,6 +44,33 @@ def _first_lines(text: str, limit: int = 600) -> str:
     return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())[:limit]
 
 
+def storage_failure(exc: BaseException) -> m.Failed | None:
+    """An object-store or file-system error in words a user can act on (never botocore's or the
+    OS's raw text, which name internal endpoints and paths; the child's log keeps those), or None
+    for any other error. `missing` and `denied` are permanent: no retry helps."""
+    from service.storage import storage_error_kind
+
+    if type(exc).__module__.startswith("botocore"):
+        match storage_error_kind(exc):
+            case "missing":
+                return m.Failed(code="object_not_found", message=(
+                    "an object the job needs (its training data, a checkpoint or the parent "
+                    "adapter) is no longer in the object store; upload it again and start a new job"))
+            case "denied":
+                return m.Failed(code="object_store_denied", message=(
+                    "the object store refused the runner access to an object the job needs; an "
+                    "operator must grant the runner's credentials access to it"))
+            case _:
+                return m.Failed(code="object_store_unavailable", message=(
+                    "the object store failed while the job was running; the job is retried from "
+                    "its latest checkpoint"))
+    if isinstance(exc, OSError) and not _out_of_memory(exc):
+        what = exc.strerror or type(exc).__name__
+        return m.Failed(code="runner_storage_error", message=(
+            f"the runner's disk failed the job ({what}); the job is retried from its latest checkpoint"))
+    return None
+
+
 def _import_stack(backend: str) -> None:
     if backend == "unsloth":
         # Unsloth compiles each decoder block with torch.compile on the first step: on an H100
@@ -137,6 +164,10 @@ def main(argv: list[str]) -> int:
             # The allocator's own words: what was requested and what was free.
             emit.emit(m.Failed(code="out_of_memory", message=_first_lines(str(exc))))
             return m.EXIT_OOM
+        if (failed := storage_failure(exc)) is not None:
+            emit.emit(failed)
+            permanent = failed.code in ("object_not_found", "object_store_denied")
+            return m.EXIT_BAD_INPUT if permanent else m.EXIT_FAILED
         emit.emit(m.Failed(code="training_error", message=f"{type(exc).__name__}: {exc}"[:2000]))
         return m.EXIT_FAILED
     return m.EXIT_OK

@@ -63,6 +63,13 @@ def test_openai_sdk_session_on_one_front_door(stack: Stack, pelican: tunedock.Jo
     with pytest.raises(openai.NotFoundError):
         other.chat.completions.create(model=pelican.fine_tuned_model, max_tokens=4,
                                       messages=[{"role": "user", "content": PROMPT}])
+    # vLLM's own refusal comes back in the one error shape, its status kept.
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.chat.completions.create(model="smollm2", max_tokens=10**6,
+                                    messages=[{"role": "user", "content": PROMPT}])
+    error = refused.value.response.json()["error"]
+    assert error["code"] == "invalid_request", error
+    assert error["message"].startswith("the model server refused the request: ") and "param" in error
 
 
 def test_trained_adapter_answers_within_10s_of_success(stack: Stack, pelican: tunedock.Job) -> None:

@@ -228,3 +228,49 @@ async def test_object_store_down_is_a_503_with_the_request_id_and_no_traceback(m
         assert r.json()["error"]["code"] == "dependency_unavailable"
         assert "object_store unreachable" in r.json()["error"]["message"]
         assert "database" not in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("status", "code", "answer", "ours"), [
+    (403, "AccessDenied", 403, "object_store_denied"),
+    (404, "NoSuchBucket", 404, "object_not_found"),
+    (503, "SlowDown", 503, "object_store_unavailable"),
+])
+async def test_object_store_errors_are_classed_permanent_or_retryable(make_settings, s3_endpoint: str, status: int,
+                                                                      code: str, answer: int, ours: str) -> None:  # noqa: ANN001
+    """A permanent refusal (AccessDenied) used to be answered "503, retry in a few seconds"."""
+    from litestar.testing import AsyncTestClient
+
+    from service.app import create_app
+    from tests.support.s3_faults import s3_fault_proxy
+
+    with s3_fault_proxy(s3_endpoint) as (proxy, faults):
+        app = create_app(make_settings(s3_endpoint_url=proxy, s3_max_attempts=2))
+        async with AsyncTestClient(app) as client:
+            headers = {"Authorization": f"Bearer {await app.state.store.create_api_key('acme')}"}
+            faults.reset(fail_from=1, burst=100, status=status, code=code)
+            r = await client.post("/files", files={"file": ("a.jsonl", jsonl(chat_rows(10)))}, headers=headers)
+    assert r.status_code == answer, r.text
+    error = r.json()["error"]
+    assert error["code"] == ours
+    assert ("retry in a few seconds" in error["message"]) == (answer == 503)
+    assert code not in r.text and "botocore" not in r.text and "injected" not in r.text
+
+
+def test_a_training_child_words_storage_errors_for_users() -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from service.training.__main__ import storage_failure
+
+    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "GetObject")
+    missing = ClientError({"Error": {"Code": "NoSuchKey", "Message": "The key does not exist"}}, "GetObject")
+    down = EndpointConnectionError(endpoint_url="http://10.0.0.7:9000/datasets/secret.jsonl")
+    disk = OSError(28, "No space left on device", "/var/lib/tunedock/runs/ftjob-x/train.jsonl")
+    assert storage_failure(denied).code == "object_store_denied"
+    assert storage_failure(missing).code == "object_not_found"
+    assert storage_failure(down).code == "object_store_unavailable"
+    assert storage_failure(disk).code == "runner_storage_error"
+    assert "No space left on device" in storage_failure(disk).message
+    for exc in (denied, missing, down, disk):
+        message = storage_failure(exc).message
+        assert "10.0.0.7" not in message and "/var/lib" not in message and "GetObject" not in message
+    assert storage_failure(ValueError("the chat template has no assistant turn")) is None

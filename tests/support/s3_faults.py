@@ -22,10 +22,15 @@ class Faults:
         self.fail_from: int | None = None
         self.burst = 0
         self.failed: list[str] = []
+        self.status, self.code = 503, "ServiceUnavailable"
 
-    def reset(self, fail_from: int | None = None, burst: int = 0) -> None:
+    def reset(self, fail_from: int | None = None, burst: int = 0, status: int = 503,
+              code: str = "ServiceUnavailable") -> None:
+        """From call `fail_from` on, `burst` calls answer `status` with S3 error `code` (503
+        ServiceUnavailable by default; 403 AccessDenied is a permanent refusal)."""
         with self.lock:
             self.calls, self.fail_from, self.burst, self.failed = 0, fail_from, burst, []
+            self.status, self.code = status, code
 
     def next_fails(self, what: str) -> bool:
         with self.lock:
@@ -51,9 +56,9 @@ def s3_fault_proxy(upstream: str) -> Iterator[tuple[str, Faults]]:
         def _handle(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if faults.next_fails(f"{self.command} {self.path.split('?')[0]}"):
-                payload = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code>"
-                           b"<Message>injected fault</Message></Error>")
-                self.send_response(503)
+                payload = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{faults.code}</Code>"
+                           "<Message>injected fault</Message></Error>").encode()
+                self.send_response(faults.status)
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()

@@ -21,3 +21,17 @@ def test_a_replica_leaving_moves_only_its_own_models() -> None:
     before = {m: pick_upstream(REPLICAS, m) for m in models}
     after = {m: pick_upstream(REPLICAS[:2], m) for m in models}
     assert all(after[m] == before[m] for m in models if before[m] != REPLICAS[2])
+
+
+def test_model_server_errors_take_the_one_error_shape() -> None:
+    from service.api.gateway import upstream_error
+
+    refused = upstream_error(400, b'{"error": {"message": "This model\'s maximum context length is 2048 tokens.",'
+                                  b' "type": "BadRequestError", "param": "max_tokens", "code": 400}}')
+    assert (refused.status_code, refused.code, refused.param) == (400, "invalid_request", "max_tokens")
+    assert refused.message == "the model server refused the request: This model's maximum context length is 2048 tokens."
+    older = upstream_error(422, b'{"object": "error", "message": "bad temperature", "type": "x"}')
+    assert (older.status_code, older.message) == (422, "the model server refused the request: bad temperature")
+    broken = upstream_error(500, b'Traceback (most recent call last): File "/opt/vllm/engine.py"')
+    assert (broken.status_code, broken.code) == (502, "model_server_error")
+    assert "Traceback" not in broken.message and "vllm" not in broken.message.lower()

@@ -1,5 +1,7 @@
-"""Streaming validation of a JSONL training file: bounded memory for any file size (it keeps an
-8-byte digest and a length per row, nothing else).
+"""Streaming validation of a JSONL training file: bounded memory for any file size. Per row it
+keeps an 8-byte digest on disk (digests.py) and adds the row's length to a histogram (at most
+max_seq_length + 1 counters); in memory that is nothing per row. tests/integration/
+test_dataset_validation.py measures a 5-million-row file's peak RSS against the stated bound.
 
 Reads the object in chunks, splits lines itself (so one 10 MB line is skipped, not buffered),
 checks and normalises each example, and measures the file as it will be trained: tokens that
@@ -11,6 +13,7 @@ duplicates, and the validation split.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable
 
 import msgspec
@@ -27,8 +30,9 @@ from service.datasets.formats import (
     parse_example,
     pieces,
 )
+from service.datasets.digests import Digests, held_rows
 from service.datasets.jsonl import iter_lines
-from service.datasets.render import DROP, TRUNCATE, Renderer, supervised, validation_indices
+from service.datasets.render import DROP, TRUNCATE, Renderer, supervised
 from service.datasets.template import TemplateTokens
 from service.jobs.schema import LengthStats
 
@@ -48,17 +52,24 @@ class LineError(msgspec.Struct, frozen=True):
     message: str
 
 
-def length_stats(lengths: list[int]) -> LengthStats | None:
-    """Tokens per example as trained (after truncation; dropped rows excluded)."""
-    if not lengths:
+def length_stats(lengths: Counter[int]) -> LengthStats | None:
+    """Tokens per example as trained (after truncation; dropped rows excluded), from a histogram
+    {length: rows}: the same numbers a sorted list of every length gives."""
+    n = sum(lengths.values())
+    if not n:
         return None
-    ordered = sorted(lengths)
+    ordered = sorted(lengths.items())
 
     def at(q: float) -> int:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        rank, seen = min(n - 1, int(q * n)), 0
+        for length, count in ordered:
+            seen += count
+            if seen > rank:
+                return length
+        return ordered[-1][0]
 
-    return LengthStats(mean=round(sum(ordered) / len(ordered), 1), p50=at(0.5), p95=at(0.95),
-                       max=ordered[-1])
+    return LengthStats(mean=round(sum(k * c for k, c in ordered) / n, 1), p50=at(0.5), p95=at(0.95),
+                       max=ordered[-1][0])
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -76,7 +87,7 @@ class Report(msgspec.Struct, kw_only=True):
     errors: list[LineError] = []
     n_errors: int = 0
     warnings: list[str] = []
-    digests: list[bytes] = []  # one per valid example, in order: duplicates and split overlap
+    digests: Digests | None = None  # one per valid example, in order: duplicates and split overlap
 
     def add_error(self, line: int, message: str) -> None:
         self.n_errors += 1
@@ -164,8 +175,8 @@ def validate_jsonl(chunks: Iterable[bytes], tokens: TemplateTokens | None, max_l
         report.format = expect_format
     renderer = Renderer(tokens, options.train_on_inputs) if tokens is not None else None
     decoder = msgspec.json.Decoder()
-    seen: set[bytes] = set()
-    lengths: list[int] = []
+    report.digests = digests = Digests()
+    lengths: Counter[int] = Counter()
     for lineno, raw in iter_lines(chunks, max_line_bytes):
         if raw is None:
             report.add_error(lineno, f"line is longer than {max_line_bytes} bytes")
@@ -204,20 +215,17 @@ def validate_jsonl(chunks: Iterable[bytes], tokens: TemplateTokens | None, max_l
             report.add_error(lineno, str(exc))
             continue
         report.n_examples += 1
-        digest = hashlib.blake2b(msgspec.json.encode(obj, order="sorted"), digest_size=8).digest()
-        report.digests.append(digest)
-        if digest in seen:
-            report.n_duplicates += 1
-        seen.add(digest)
+        digests.add(hashlib.blake2b(msgspec.json.encode(obj, order="sorted"), digest_size=8).digest())
         report.tokens += total
         if n > options.max_seq_length:
             report.n_overlong += 1
             if options.overlong_examples == DROP:
                 continue
-        lengths.append(min(n, options.max_seq_length))
+        lengths[min(n, options.max_seq_length)] += 1
         report.supervised_tokens += n_supervised
         report.context_tokens += trained - n_supervised
     report.lengths = length_stats(lengths)
+    report.n_duplicates = digests.duplicates()
     if report.n_overlong:
         what = "dropped" if options.overlong_examples == DROP else "truncated"
         report.warnings.append(f"{report.n_overlong} examples are longer than max_seq_length "
@@ -244,11 +252,9 @@ def split_sizes(n_train_file: int, n_validation_file: int | None) -> tuple[int, 
     return n_train_file - n_val, n_val, "split" if n_val else "none"
 
 
-def validation_overlap(train: list[bytes], validation: list[bytes] | None, seed: int) -> int:
-    """Validation rows that are also training rows: in the file given, or in the seeded split."""
+def validation_overlap(train: Digests, validation: Digests | None, seed: int) -> int:
+    """Validation rows that are also training rows: in the file given, or in the seeded split
+    (the rows render.split_examples will hold out)."""
     if validation is not None:
-        seen = set(train)
-        return sum(1 for d in validation if d in seen)
-    held = validation_indices(len(train), auto_validation_size(len(train)), seed)
-    trained = {d for i, d in enumerate(train) if i not in held}
-    return sum(1 for i in held if train[i] in trained)
+        return train.overlap(validation, set())
+    return train.overlap(None, held_rows(train.n, auto_validation_size(train.n), seed))

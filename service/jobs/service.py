@@ -338,6 +338,7 @@ def first_invalid(train: Report, val: Report | None) -> tuple[str, Report] | Non
 def summarize(train: Report, val: Report | None, hp: s.Hyperparameters) -> s.DatasetSummary:
     """What validation found, with the warnings a user should read before training."""
     n_train, n_val, source = split_sizes(train.n_examples, val.n_examples if val else None)
+    assert train.digests is not None
     overlap = validation_overlap(train.digests, val.digests if val else None, hp.seed)
     warnings = list(train.warnings)
     if hp.eval_samples and not hp.eval_prompts and n_val == 0:

@@ -15,6 +15,8 @@ import pytest
 from service.datasets.formats import ExampleError, detect_format, parse_example
 from service.datasets.render import IGNORE, Renderer
 from service.datasets.template import HFTokens, LocalTokens
+from service.datasets.digests import Digests
+from service.datasets.render import validation_indices
 from service.datasets.validate import Options, split_sizes, validate_jsonl, validation_overlap
 
 TEMPLATES = Path(__file__).parent.parent / "support" / "templates"
@@ -210,10 +212,21 @@ def test_validation_split_is_capped_and_overlap_is_found() -> None:
     assert split_sizes(100, None) == (90, 10, "split")
     assert split_sizes(400_000, None) == (399_000, 1000, "split")
     assert split_sizes(400_000, 7) == (400_000, 7, "file")
-    digests = [bytes([i % 60]) for i in range(120)]  # every row appears twice
-    assert validation_overlap(digests, None, seed=1) > 0
-    assert validation_overlap(digests[:60], None, seed=1) == 0
-    assert validation_overlap(digests[:60], [digests[0], b"new"], seed=1) == 1
+    def digests(*values: bytes) -> Digests:
+        found = Digests()
+        for v in values:
+            found.add(v.ljust(8, b"\0"))
+        return found
+
+    rows = [bytes([i % 60]) for i in range(120)]  # every row appears twice
+    assert validation_overlap(digests(*rows), None, seed=1) > 0
+    assert digests(*rows).duplicates() == 60
+    assert validation_overlap(digests(*rows[:60]), None, seed=1) == 0
+    assert validation_overlap(digests(*rows[:60]), digests(rows[0], b"new"), seed=1) == 1
+    # The split's overlap counts exactly the held rows whose twin is trained on.
+    held = validation_indices(120, 12, 1)
+    expected = sum(1 for i in held if (i + 60) % 120 not in held)
+    assert validation_overlap(digests(*rows), None, seed=1) == expected
 
 
 # OpenAI's DPO example (fine-tuning guide, "Preference fine-tuning").

@@ -114,6 +114,7 @@ class GatewayController(Controller):
     tags = ["openai: chat"]
 
     @post("/chat/completions", responses=errors(*AUTHED, 404, 503), status_code=200,
+          request_max_body_size=MAX_BODY,  # above the app's 1 MiB: long chats and prompts
           operation_class=ChatBody)
     async def chat(self, request: Request, tenant: str, settings: Settings, deployments: Deployments,
                    state: State) -> Response:
@@ -121,6 +122,7 @@ class GatewayController(Controller):
         return await _proxy(request, "chat/completions", tenant, settings, deployments, state.upstreams)
 
     @post("/completions", responses=errors(*AUTHED, 404, 503), status_code=200,
+          request_max_body_size=MAX_BODY,
           operation_class=ChatBody)
     async def completions(self, request: Request, tenant: str, settings: Settings,
                           deployments: Deployments, state: State) -> Response:

@@ -4,6 +4,7 @@ the per-step results CSV."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ from litestar import Controller, Request, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
 
 from service.api.deps import metadata_filter
 from service.api.openapi import AUTHED, errors
@@ -26,6 +28,9 @@ IdempotencyKey = Annotated[str | None, Parameter(header="Idempotency-Key", max_l
 EventCursor = Annotated[str | None, Parameter(pattern=r"^ftevent-[0-9]{1,18}$",
                                               description="the last event id of the previous page")]
 SSE_POLL_S = 0.5
+# A comment line this often while nothing happens (a queued or paused job can wait for hours):
+# proxies keep the connection open, and a client that has gone is found when the write fails.
+SSE_KEEPALIVE_S = 15.0
 
 
 class JobsController(Controller):
@@ -36,14 +41,13 @@ class JobsController(Controller):
         data_container=s.JobEstimate, generate_examples=False,
         description="dry_run: the data checked, the memory plan and the estimated duration; "
                     "no job was created")})
-    async def create_job(self, request: Request, data: s.JobCreate, tenant: str, jobs: JobService,
+    async def create_job(self, data: s.JobCreate, tenant: str, jobs: JobService,
                          idempotency_key: IdempotencyKey = None) -> Response[s.Job]:
         """Create a job (201), or with `dry_run: true` check it and estimate it (200, JobEstimate).
         A dry run reads the whole training file before it answers."""
         if data.dry_run:
             return Response(await jobs.dry_run(tenant, data), status_code=200)  # type: ignore[arg-type]
-        body = await request.body()
-        job, created = await jobs.create(tenant, data, request_hash(body), idempotency_key)
+        job, created = await jobs.create(tenant, data, request_hash(data), idempotency_key)
         return Response(job, status_code=201, headers={"Idempotent-Replayed": str(not created).lower()})
 
     @get("/", responses=errors(*AUTHED, 404))
@@ -100,12 +104,19 @@ class JobsController(Controller):
         return ServerSentEvent(_follow(store, tenant, job_id, page))
 
 
-async def _follow(store: Store, tenant: str, job_id: str, page: s.Page) -> AsyncIterator[str]:
+async def _follow(store: Store, tenant: str, job_id: str,
+                  page: s.Page) -> AsyncIterator[str | ServerSentEventMessage]:
     """Yield events as they are written, until the job has ended and every event is out."""
     cursor = None
+    quiet_since = time.monotonic()
     while True:
         for event in page.data:
             yield msgspec.json.encode(event).decode()
+        if page.data:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
+            yield ServerSentEventMessage(comment="keep-alive", data=None)  # a comment line only
+            quiet_since = time.monotonic()
         cursor = page.last_id or cursor
         if not page.data and not page.has_more:
             # The final status and its event are written in one transaction, so once the job

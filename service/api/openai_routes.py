@@ -72,8 +72,7 @@ class V1FineTuningController(Controller):
         """OpenAI's create; with tunedock's `dry_run: true` (extra_body), a JobEstimate instead."""
         if data.dry_run:
             return await jobs.dry_run(tenant, data.to_native())
-        body = await request.body()
-        job, _ = await jobs.create(tenant, data.to_native(), request_hash(body),
+        job, _ = await jobs.create(tenant, data.to_native(), request_hash(data),
                                    request.headers.get("idempotency-key"))
         return o.job_out(job, tenant)
 

@@ -29,8 +29,10 @@ class Lease(msgspec.Struct, frozen=True):
                 JobRow.attempt == self.attempt)
 
 
-def request_hash(payload: bytes) -> str:
-    return hashlib.sha256(payload).hexdigest()
+def request_hash(request: Any) -> str:
+    """The request as decoded, not its raw bytes: the same JSON with its keys in another order
+    or other whitespace is the same request for its Idempotency-Key."""
+    return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()
 
 
 def job_from_row(row: JobRow | Mapping[str, Any]) -> s.Job:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,9 @@ class JobService:
     store: Store
     objects: ObjectStore
     _tasks: set[asyncio.Task] = field(default_factory=set)
+    # This process's name as the holder of validation leases, and the jobs it validates now.
+    owner: str = field(default_factory=lambda: f"api-{socket.gethostname()}-{os.getpid()}-{new_id('v')[2:10]}")
+    _validating: set[str] = field(default_factory=set)
 
     async def adapter_uri(self, tenant: str | None, job_id: str, epoch: int | None) -> str | None:
         """Where a job's adapter is (s3://, no trailing slash): its final one, or epoch's
@@ -167,12 +172,38 @@ class JobService:
 
     # -- background validation ------------------------------------------------------------
     def validate_in_background(self, job_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.validate(job_id))
+        if job_id in self._validating:
+            return
+        self._validating.add(job_id)
+        task = asyncio.get_running_loop().create_task(self._validate_owned(job_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._validating.discard(job_id))
+
+    async def _validate_owned(self, job_id: str) -> None:
+        """Validate with the job's validation lease held and renewed; without it, leave the job
+        to the process that holds it."""
+        if not await self.store.hold_validation(job_id, self.owner, self.settings.lease_seconds):
+            return
+        renew = asyncio.get_running_loop().create_task(self._renew_validation(job_id))
+        try:
+            await self.validate(job_id)
+        finally:
+            renew.cancel()
+
+    async def _renew_validation(self, job_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            try:
+                if not await self.store.hold_validation(job_id, self.owner, self.settings.lease_seconds):
+                    return  # the job moved on (validated, cancelled)
+            except Exception:  # noqa: BLE001 - a database blip; the lease has slack
+                log.warning("validation lease not renewed", job_id=job_id, exc_info=True)
 
     async def resume_pending(self) -> None:
-        """Validation runs in the API process; after a restart, pick up what was left."""
+        """Validation runs in API processes, one at a time per job (a lease): pick up what no
+        live process holds (left by a restart or a crash). Every replica calls this at start
+        and at each lease sweep; only the jobs whose lease is free or expired are taken."""
         for job_id in await self.store.jobs_in_status(s.Status.validating_files):
             self.validate_in_background(job_id)
 
@@ -189,6 +220,7 @@ class JobService:
             try:
                 moved = await self.store.requeue_expired(self.settings.max_attempts)
                 moved += await self.store.requeue_expired_exports(self.settings.max_attempts)
+                await self.resume_pending()  # validation whose process died
             except Exception:  # noqa: BLE001 - the database may come back; sweep again later
                 log.warning("lease sweep failed", exc_info=True)
                 continue

@@ -215,6 +215,22 @@ class JobsStore(KeysStore):
     async def resume_point(self, job_id: str) -> dict[str, Any] | None:
         return json_value((await self._job_values(None, job_id))["resume_point"], dict[str, Any])
 
+    # -- validation's owner -----------------------------------------------------------------
+    async def hold_validation(self, job_id: str, owner: str, lease_s: float) -> bool:
+        """Take (or renew) the lease on validating a job's files: one API process at a time
+        validates a file; another takes over only once that lease has run out (its process
+        died). False when someone else holds it or the job is no longer validating. The lease
+        uses the job's lease columns, which transition() clears when the job leaves."""
+        now = utcnow()
+        async with self.db.write() as ses:
+            result = await ses.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == s.Status.validating_files.value,
+                       (JobRow.lease_owner.is_(None)) | (JobRow.lease_owner == owner)
+                       | (JobRow.lease_expires_at < now))
+                .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_s)))
+            return result.rowcount == 1
+
     # -- the runner's half ----------------------------------------------------------------
     async def claim(self, runner_id: str, lease_s: float) -> s.Job | None:
         """Take the oldest queued job with a lease. Postgres skips rows other claimers hold."""

@@ -43,8 +43,12 @@ class LocalStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         # Write beside the destination, then rename: readers never see half a file.
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(fileobj, out, 1 << 20)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(fileobj, out, 1 << 20)
+        except BaseException:  # an abandoned upload leaves nothing behind
+            os.unlink(tmp)
+            raise
         os.replace(tmp, dest)
 
     def put_file(self, bucket: str, key: str, path: Path) -> None:

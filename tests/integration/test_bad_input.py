@@ -274,3 +274,17 @@ def test_a_training_child_words_storage_errors_for_users() -> None:
         message = storage_failure(exc).message
         assert "10.0.0.7" not in message and "/var/lib" not in message and "GetObject" not in message
     assert storage_failure(ValueError("the chat template has no assistant turn")) is None
+
+
+async def test_the_gateway_takes_chats_up_to_its_own_body_limit(api: Api) -> None:
+    """The gateway's 4 MiB limit applies to chat (the app-wide 1 MiB limit used to answer first)."""
+    from service.api.gateway import MAX_BODY
+
+    def chat(n_bytes: int) -> dict:
+        return {"model": "tiny", "messages": [{"role": "user", "content": "a" * n_bytes}]}
+
+    r = await api.client.post("/v1/chat/completions", json=chat(2 << 20), headers=api.auth())
+    # Past the body limit, the gateway itself answers (no serving here serves 'tiny').
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+    r = await api.client.post("/v1/chat/completions", json=chat(MAX_BODY + 1), headers=api.auth())
+    assert r.status_code == 413, r.text

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
+import time
+
 import pytest
 
+from service.jobs.database import Database
+from service.jobs.store import Store
 from tests.conftest import DATASETS, Api, api_client
 from tests.support.data import chat_rows, jsonl
 
@@ -108,6 +115,10 @@ async def test_idempotency_key_returns_first_job_and_rejects_other_body(api: Api
     assert first.status_code == again.status_code == 201
     assert first.json()["id"] == again.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
+    # The same JSON with its keys in another order and other spacing is the same request.
+    reordered = json.dumps(dict(reversed(list(job_body(dataset).items()))), indent=2)
+    same = await api.client.post("/jobs", content=reordered, headers={**headers, "Content-Type": "application/json"})
+    assert same.status_code == 201 and same.json()["id"] == first.json()["id"], same.text
     other = await api.client.post("/jobs", json=job_body(dataset, suffix="x"), headers=headers)
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
     listed = (await api.client.get("/jobs", headers=api.auth())).json()["data"]
@@ -237,3 +248,35 @@ async def test_a_micro_batch_that_does_not_divide_the_batch_is_refused(api: Api,
         "hyperparameters": {"batch_size": batch}, "micro_batch_size": micro})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "hyperparameters.micro_batch_size"
+
+
+async def test_event_stream_of_a_quiet_job_sends_keepalives(api: Api, dataset: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queued job can wait for hours: the stream says it is alive (so a client that has gone is
+    noticed when a write fails) and then carries on with the job's events."""
+    from service.api import jobs as routes
+
+    monkeypatch.setattr(routes, "SSE_KEEPALIVE_S", 0.3)
+    job = (await api.client.post("/jobs", json=job_body(dataset), headers=api.auth())).json()
+    await api.wait_status(job["id"], {"queued"})
+
+    # The test client runs the app on its own loop and blocks this one for the whole request,
+    # so the cancel comes from another thread, through its own database handle.
+    def cancel_later() -> None:
+        async def cancel() -> None:
+            time.sleep(1.5)
+            db = Database(api.client.app.state.settings.database_url)
+            try:
+                await Store(db).cancel_job("acme", job["id"])
+            finally:
+                await db.close()
+
+        asyncio.run(cancel())
+
+    canceller = threading.Thread(target=cancel_later)
+    canceller.start()
+    headers = {**api.auth(), "Accept": "text/event-stream"}
+    r = await api.client.get(f"/jobs/{job['id']}/events", headers=headers)
+    canceller.join()
+    assert r.text.count(": keep-alive") >= 2, r.text
+    assert r.text.count("data: ") == 3 and '"cancelled"' in r.text

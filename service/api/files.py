@@ -1,9 +1,9 @@
-"""/files: streamed multipart upload of JSONL into the artifact bucket, get, list."""
+"""/files: multipart upload of JSONL streamed into the artifact bucket as it arrives (nothing
+spooled, memory bounded: service/storage/streaming.py), get, list."""
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from typing import Annotated
 
 from litestar import Controller, Request, delete, get, post
@@ -21,15 +21,15 @@ from service.settings import Settings
 
 Limit = Annotated[int, Parameter(ge=1, le=MAX_PAGE)]
 IdempotencyKey = Annotated[str | None, Parameter(header="Idempotency-Key", max_length=255)]
-SPOOL_BYTES = 8 << 20
 
 
 class _Upload:
-    """Receives multipart callbacks; keeps the one `file` part in a spooled temp file."""
+    """Receives multipart callbacks; collects the `file` part's bytes of each parsed request chunk
+    in `ready`, which the handler hands on to the object store before it reads the next chunk."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        self.ready: list[bytes] = []
         self.sha = hashlib.sha256()
         self.size = 0
         self.filename: str | None = None
@@ -81,7 +81,7 @@ class _Upload:
             raise PayloadTooLarge(f"the file is larger than the {self.limit}-byte limit", param="file")
         chunk = data[start:end]
         self.sha.update(chunk)
-        self.out.write(chunk)
+        self.ready.append(chunk)
 
 
 async def receive_upload(request: Request, tenant: str, files: FileService, settings: Settings,
@@ -95,11 +95,15 @@ async def receive_upload(request: Request, tenant: str, files: FileService, sett
     if announced.isdigit() and int(announced) > limit + (1 << 20):
         raise PayloadTooLarge(f"the file is larger than the {limit}-byte limit", param="file")
     upload = _Upload(limit)
-    with upload.out:
-        parser = MultipartParser(opts[b"boundary"], upload.callbacks())
+    parser = MultipartParser(opts[b"boundary"], upload.callbacks())
+    file_id, sink = files.begin_upload()
+    try:
         try:
             async for chunk in request.stream():
                 parser.write(chunk)
+                for part in upload.ready:
+                    await sink.write(part)
+                upload.ready.clear()
             parser.finalize()
         except MultipartParseError as exc:
             raise InvalidRequest(f"the multipart body is malformed ({exc}); send one 'file' part",
@@ -112,9 +116,12 @@ async def receive_upload(request: Request, tenant: str, files: FileService, sett
         if upload.size == 0:
             raise Unprocessable("the file is empty: upload a JSONL file with one example per line",
                                 param="file", code="file_empty")
-        upload.out.seek(0)
-        return await files.save(tenant, upload.filename, upload.out, upload.size,
-                                upload.sha.hexdigest(), idempotency_key)
+        await sink.finish()
+    except BaseException:
+        await sink.abort()
+        raise
+    return await files.record(tenant, file_id, sink, upload.filename, upload.size,
+                              upload.sha.hexdigest(), idempotency_key)
 
 
 class FilesController(Controller):

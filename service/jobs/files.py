@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from collections.abc import Iterator
-from typing import BinaryIO
 
 import anyio
 
@@ -20,6 +19,7 @@ from service.jobs.db import FileRow
 from service.jobs.store import Store
 from service.settings import Settings
 from service.storage import ObjectStore
+from service.storage.streaming import StreamingUpload
 
 
 @dataclass
@@ -28,16 +28,26 @@ class FileService:
     store: Store
     objects: ObjectStore
 
-    async def save(self, tenant: str, filename: str, fileobj: BinaryIO, size: int, sha256: str,
-                   idempotency_key: str | None) -> tuple[s.File, bool]:
-        """Upload, then record. A replayed Idempotency-Key returns the first file, created=False."""
+    def begin_upload(self) -> tuple[str, StreamingUpload]:
+        """A new file's id and the upload its bytes are written to as they arrive."""
+        file_id = new_id("file")
+        return file_id, StreamingUpload(self.objects, self.settings.artifact_bucket,
+                                        f"files/{file_id}.jsonl")
+
+    async def record(self, tenant: str, file_id: str, upload: StreamingUpload, filename: str,
+                     size: int, sha256: str, idempotency_key: str | None) -> tuple[s.File, bool]:
+        """Record a finished upload. A replayed Idempotency-Key returns the first file
+        (created=False) and drops this copy; the same key with other content is a 409."""
+        bucket, key = upload.bucket, upload.key
         req_hash = hashlib.sha256(f"{sha256}:{filename}".encode()).hexdigest()
-        found = await self.store.find_idempotent_file(tenant, idempotency_key, req_hash)
+        try:
+            found = await self.store.find_idempotent_file(tenant, idempotency_key, req_hash)
+        except BaseException:
+            await anyio.to_thread.run_sync(self.objects.delete, bucket, key)
+            raise
         if found is not None:
+            await anyio.to_thread.run_sync(self.objects.delete, bucket, key)
             return found, False
-        bucket, file_id = self.settings.artifact_bucket, new_id("file")
-        key = f"files/{file_id}.jsonl"
-        await anyio.to_thread.run_sync(self.objects.put_fileobj, bucket, key, fileobj)
         row = FileRow(id=file_id, tenant=tenant, filename=filename[:512], bytes=size,
                       bucket=bucket, key=key, sha256=sha256)
         try:

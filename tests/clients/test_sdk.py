@@ -191,3 +191,48 @@ def test_streamed_events_retry_like_any_call(server, client: tunedock.Client, s3
                 return [e.id async for e in c.jobs.events(job.id, stream=True)]
 
     assert asyncio.run(streamed_async()) == expected
+
+
+UPLOAD_CHILD = r"""
+import sys, threading, time
+import tunedock
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+url, key, path = sys.argv[1:4]
+with tunedock.Client(url, key) as client:
+    client.files.list()  # the connection and the code paths warm
+    highest, done = [0], threading.Event()
+    def sample():
+        while not done.is_set():
+            highest[0] = max(highest[0], rss())
+            time.sleep(0.01)
+    before = rss()
+    threading.Thread(target=sample, daemon=True).start()
+    f = client.files.upload(path)
+    done.set()
+    print(f.bytes, max(highest[0], rss()) - before)
+"""
+
+
+def test_the_sdk_streams_an_upload_from_disk(server, tmp_path) -> None:  # noqa: ANN001
+    """A 64 MB file is sent from disk in chunks: the SDK process grows by a few MB, not the file."""
+    import subprocess
+    import sys
+
+    from tests.support.processes import ROOT
+
+    url, keys = server
+    path = tmp_path / "big.jsonl"
+    row = b'{"text": "' + b"y" * 1000 + b'"}\n'
+    with path.open("wb") as out:
+        for _ in range(64):
+            out.write(row * 1000)
+    done = subprocess.run([sys.executable, "-c", UPLOAD_CHILD, url, keys["acme"], str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    size, grew = map(int, done.stdout.split())
+    assert size == path.stat().st_size
+    assert grew < 16 << 20, f"the SDK grew {grew / 2**20:.0f} MiB sending a {size / 2**20:.0f} MiB file"

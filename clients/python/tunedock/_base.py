@@ -7,7 +7,7 @@ import random
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 import msgspec
@@ -109,11 +109,13 @@ def is_local_path(ref: str | Path) -> bool:
     return not (ref.startswith("file-") or "://" in ref) and Path(ref).is_file()
 
 
-def file_payload(source: str | Path | bytes, filename: str | None) -> tuple[str, bytes]:
+def file_payload(source: str | Path | bytes, filename: str | None) -> tuple[str, bytes | BinaryIO]:
+    """(name, content): bytes as given, a path as an open file, which httpx streams from disk in
+    chunks (and rewinds for a retry) instead of reading it all into memory. The caller closes it."""
     if isinstance(source, bytes):
         return filename or "upload.jsonl", source
     path = Path(source)
-    return filename or path.name, path.read_bytes()
+    return filename or path.name, path.open("rb")
 
 
 def progress_text(job: Any) -> str:

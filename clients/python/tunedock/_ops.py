@@ -129,8 +129,12 @@ def collect(gen: Op) -> Op:
 def files_upload(config: b.Config, source: str | Path | bytes, filename: str | None) -> Op:
     name, content = b.file_payload(source, filename)
     headers = {"Idempotency-Key": b.new_idempotency_key()}
-    r = yield from request(config, "POST", "/files", idempotent=True, headers=headers,
-                           files={"file": (name, content, "application/jsonl")})
+    try:
+        r = yield from request(config, "POST", "/files", idempotent=True, headers=headers,
+                               files={"file": (name, content, "application/jsonl")})
+    finally:
+        if not isinstance(content, bytes):
+            content.close()
     return b.decode(r, File)
 
 

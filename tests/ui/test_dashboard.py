@@ -137,6 +137,8 @@ def test_a_user_trains_watches_and_chats_in_the_dashboard(browser, stack: Stack)
     page.get_by_label("Max sequence length").fill("128")
     page.get_by_label("Model name suffix").fill("osprey")
     page.get_by_label("Metadata").fill("story=dashboard")
+    # A job can be trained without serving it (a base no vLLM serves, a rank above serving's).
+    assert page.get_by_label("Serve the model when training succeeds").is_checked()
     page.get_by_label("Max sequence length").dispatch_event("change")
     page.locator("#plan h2", has_text="Plan and estimate").wait_for(timeout=30_000)
     plan_text = page.locator("#plan").inner_text()

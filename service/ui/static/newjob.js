@@ -27,6 +27,7 @@ export function newJobPage(root, guard) {
   const method = h("select", {}, h("option", { value: "supervised" }, "supervised (SFT)"), h("option", { value: "dpo" }, "preference (DPO)"));
   const suffix = h("input", { placeholder: "optional, e.g. support-bot", pattern: "[a-z0-9\\-]*", maxlength: 40 });
   const metadata = h("input", { placeholder: "optional: team=search, run=3" });
+  const deploy = h("input", { type: "checkbox", checked: true });
   const check = h("section", { class: "card", id: "check", "aria-live": "polite" }, h("p", { class: "muted" }, "No file yet."));
   const plan = h("section", { class: "card", id: "plan", "aria-live": "polite" }, h("p", { class: "muted" }, "The memory plan and time estimate show once the file is valid."));
   const notice = h("div", { "aria-live": "assertive" });
@@ -47,6 +48,8 @@ export function newJobPage(root, guard) {
           field("batch-size", "Batch size", inputs.batch_size, "Examples per optimizer step, whatever the packing."),
           field("max-seq-length", "Max sequence length", inputs.max_seq_length),
           field("lora-r", "LoRA rank", inputs.lora_r),
+          field("deploy", "Serve the model when training succeeds", deploy,
+            "Uncheck to train on a base model no vLLM serves, or a LoRA rank above what serving loads."),
           field("suffix", "Model name suffix", suffix), field("metadata", "Metadata", metadata, "key=value pairs, comma-separated; filter jobs by them.")),
         plan, h("div", { class: "actions" }, start))));
 
@@ -59,7 +62,7 @@ export function newJobPage(root, guard) {
       meta[k.trim()] = v.join("=").trim();
     }
     const body = { base_model: model.value, training_file: file.id, hyperparameters: hp,
-                   method: { type: method.value }, metadata: meta, dry_run: dryRun };
+                   method: { type: method.value }, metadata: meta, deploy: deploy.checked, dry_run: dryRun };
     if (suffix.value) body.suffix = suffix.value;
     return body;
   }

@@ -103,8 +103,8 @@ class V1FineTuningController(Controller):
     @get("/{job_id:str}/events", responses=errors(*AUTHED, 404))
     async def list_events(self, job_id: str, tenant: str, store: Store, after: EventCursor = None,
                           limit: Limit = 20) -> o.ListPage:
-        """Oldest first, `after` the last event id of the previous page."""
-        page = await store.list_events(tenant, job_id, after, limit)
+        """Newest first, as OpenAI lists them; `after` is the last event id of the previous page."""
+        page = await store.list_events(tenant, job_id, after, limit, newest_first=True)
         return o.page([o.event_out(e) for e in page.data], page.has_more)
 
     @get("/{job_id:str}/checkpoints", responses=errors(*AUTHED, 404))

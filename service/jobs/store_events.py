@@ -22,12 +22,20 @@ class EventsStore(JobsStore):
             await self._hold(ses, job_id, lease)
             ses.add(event_row(job_id, type_, message, level, data))
 
-    async def list_events(self, tenant: str | None, job_id: str, after: str | None, limit: int) -> s.Page:
+    async def list_events(self, tenant: str | None, job_id: str, after: str | None, limit: int,
+                          *, newest_first: bool = False) -> s.Page:
+        """One page of a job's events after the event `after`: oldest first (the native API and
+        followers), or newest first as OpenAI lists them (`after` then pages to older ones)."""
         after_seq = event_seq(after)
         async with self.db.read() as ses:
             await self.job_row(ses, tenant, job_id)
-            q = select(EventRow).where(EventRow.job_id == job_id, EventRow.seq > after_seq)
-            rows = (await ses.scalars(q.order_by(EventRow.seq).limit(limit + 1))).all()
+            q = select(EventRow).where(EventRow.job_id == job_id)
+            if newest_first:
+                q = q.where(EventRow.seq < after_seq) if after else q
+                q = q.order_by(EventRow.seq.desc())
+            else:
+                q = q.where(EventRow.seq > after_seq).order_by(EventRow.seq)
+            rows = (await ses.scalars(q.limit(limit + 1))).all()
         return page([event_from_row(r) for r in rows], limit)
 
     async def record_checkpoint(self, job_id: str, epoch: int, step: int, uri: str,

@@ -136,7 +136,8 @@ async def test_paused_job_frees_its_runner_and_resumes_without_redoing_a_step(ti
             finally:
                 runner.terminate()
                 runner.wait(30)
-            events = list(oai.fine_tuning.jobs.list_events(job.id, limit=100))  # follows every page
+            # Newest first, as OpenAI lists them; every page followed, then put in order.
+            events = list(reversed(list(oai.fine_tuning.jobs.list_events(job.id, limit=100))))
             ckpts = oai.fine_tuning.jobs.checkpoints.list(job.id).data
             return events, ckpts, {"paused": paused, "done": done}
 

@@ -45,8 +45,17 @@ def test_openai_sdk_files_and_fine_tuning_jobs(make_settings) -> None:  # noqa: 
         assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "blue"})] == [blue.id]
         assert {j.id for j in client.fine_tuning.jobs.list()} == {job.id, blue.id}
         assert client.fine_tuning.jobs.retrieve(job.id).id == job.id
-        assert "validating files" in client.fine_tuning.jobs.list_events(job.id).data[0].message
         assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []
+        # Cancelled, its events come newest first as OpenAI lists them; `after` pages to older.
+        assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+        events = client.fine_tuning.jobs.list_events(job.id, limit=2)
+        assert events.data[0].message == "job cancelled by the user" and events.has_more
+        older = client.fine_tuning.jobs.list_events(job.id, limit=100, after=events.data[-1].id).data
+        assert "validating files" in older[-1].message
+        everything = [e.id for e in client.fine_tuning.jobs.list_events(job.id, limit=1)]  # every page
+        assert everything == [e.id for e in events.data] + [e.id for e in older]
+        assert [int(i.split("-")[1]) for i in everything] == sorted(
+            (int(i.split("-")[1]) for i in everything), reverse=True)
 
         with pytest.raises(openai.ConflictError) as in_use:
             client.files.delete(f.id)

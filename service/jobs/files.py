@@ -12,7 +12,7 @@ import anyio
 from service.datasets.preview import preview_rows
 from service.datasets.template import local_tokens
 from service.datasets.validate import Options, validate_jsonl
-from service.errors import Conflict, NotFound, Unprocessable
+from service.errors import NotFound, Unprocessable
 from service.ids import new_id
 from service.jobs import schema as s
 from service.jobs.db import FileRow
@@ -61,12 +61,8 @@ class FileService:
 
     async def delete(self, tenant: str, file_id: str) -> None:
         """Delete an upload no live job reads: the row first (so no row ever points at a
-        missing object), then the object."""
-        row = await self.store.file_row(tenant, file_id)
-        if await self.store.file_in_use(tenant, file_id):
-            raise Conflict(f"file {file_id} is used by a job that has not ended; cancel the job or "
-                           "wait for it to end, then delete the file", param="file_id", code="file_in_use")
-        await self.store.delete_file(tenant, file_id)
+        missing object), then the object; the check and the row's delete are one transaction."""
+        row = await self.store.delete_file(tenant, file_id)
         await anyio.to_thread.run_sync(self.objects.delete, row.bucket, row.key)
 
     def content(self, row: FileRow) -> Iterator[bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from service.errors import NotFound
+from service.errors import Conflict, NotFound
 from service.jobs import schema as s
 from service.jobs.db import FileRow, IdempotencyRow, JobRow
 from service.jobs.rows import file_from_row, newest_first, page
@@ -50,25 +50,27 @@ class FilesStore(KeysStore):
             raise NotFound(f"no file {file_id!r}", param="file_id")
         return FileRow(**found[0])
 
-    async def file_in_use(self, tenant: str, file_id: str) -> bool:
-        """Whether a job that has not ended reads this file."""
+    async def delete_file(self, tenant: str, file_id: str) -> FileRow:
+        """Delete the row, and the Idempotency-Key records that would replay it, unless a job
+        that has not ended reads it (Conflict). One transaction with the row locked for update:
+        a job being created with this file share-locks it (JobsStore._hold_files), so the
+        check cannot miss a job that commits meanwhile."""
         live = [st.value for st in s.Status if st not in s.TERMINAL]
-        async with self.db.read() as ses:
-            found = await ses.scalar(select(JobRow.id).where(
-                JobRow.tenant == tenant, JobRow.status.in_(live),
-                (JobRow.training_file == file_id) | (JobRow.validation_file == file_id)).limit(1))
-        return found is not None
-
-    async def delete_file(self, tenant: str, file_id: str) -> None:
-        """Delete the row, and the Idempotency-Key records that would replay it."""
         async with self.db.write() as ses:
-            row = await ses.get(FileRow, file_id)
+            row = await ses.get(FileRow, file_id, with_for_update=True)
             if row is None or row.tenant != tenant:
                 raise NotFound(f"no file {file_id!r}", param="file_id")
+            if await ses.scalar(select(JobRow.id).where(
+                    JobRow.tenant == tenant, JobRow.status.in_(live),
+                    (JobRow.training_file == file_id) | (JobRow.validation_file == file_id)).limit(1)):
+                raise Conflict(f"file {file_id} is used by a job that has not ended; cancel the job or "
+                               "wait for it to end, then delete the file", param="file_id",
+                               code="file_in_use")
             await ses.delete(row)
             await ses.execute(delete(IdempotencyRow).where(
                 IdempotencyRow.tenant == tenant, IdempotencyRow.endpoint == "files",
                 IdempotencyRow.resource_id == file_id))
+            return row
 
     async def list_files(self, tenant: str, after: str | None, limit: int) -> s.Page:
         """Newest first, on the driver path like the jobs list, with the same keyset page."""

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.errors import InvalidTransition, LeaseLost, NotFound
 from service.jobs import schema as s
-from service.jobs.db import IdempotencyRow, JobRow, utcnow
+from service.jobs.db import FileRow, IdempotencyRow, JobRow, utcnow
 from service.jobs.rows import JOB_SELECT, Lease, event_row, job_from_row, json_value, newest_first, page
 from service.jobs.states import check_transition
 from service.jobs.store_keys import KeysStore
@@ -74,6 +74,7 @@ class JobsStore(KeysStore):
             async with self.db.write() as ses:
                 found = await self._idempotent(ses, row.tenant, "jobs", idempotency_key, req_hash)
                 if found is None:
+                    await self._hold_files(ses, row)
                     ses.add(row)
                     await ses.flush()
                     ses.add(event_row(row.id, "status", "job created; validating files",
@@ -89,6 +90,17 @@ class JobsStore(KeysStore):
         if found is not None:
             return await self.get_job(row.tenant, found), False
         return job_from_row(row), True
+
+    @staticmethod
+    async def _hold_files(ses: AsyncSession, job: JobRow) -> None:
+        """Inside the job's insert: the uploads it names still exist, share-locked until the
+        commit, so a delete of one (which locks it for update, then looks for jobs reading it)
+        either finishes first, and the job is refused, or waits and sees the job."""
+        for param, ref in (("training_file", job.training_file), ("validation_file", job.validation_file)):
+            if ref and ref.startswith("file-"):
+                q = select(FileRow.id).where(FileRow.id == ref, FileRow.tenant == job.tenant)
+                if await ses.scalar(q.with_for_update(read=True)) is None:
+                    raise NotFound(f"{param} {ref!r} does not exist (it was deleted)", param=param)
 
     async def job_row(self, ses: AsyncSession, tenant: str | None, job_id: str) -> JobRow:
         row = await ses.get(JobRow, job_id)

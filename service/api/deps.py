@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 import time
 
@@ -15,6 +16,12 @@ from service.jobs.files import FileService
 from service.jobs.service import JobService
 from service.jobs.store import Store
 
+
+def bearer_is(request: Request, wanted: str | None) -> bool:
+    """Whether the request carries `Authorization: Bearer <wanted>` (never, with none set): the
+    check of the service's own keys (internal, metrics), which are settings, not tenant keys."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    return bool(wanted) and scheme.lower() == "bearer" and hmac.compare_digest(key.strip(), wanted)
 
 
 async def provide_tenant(request: Request, state: State, store: Store) -> str:

@@ -68,12 +68,13 @@ def upstream_error(status: int, content: bytes) -> ServiceError:
         param = body.error.param if body.error else None
     except (msgspec.DecodeError, msgspec.ValidationError):
         message = param = None
-    if status >= 500 or status < 400:
+    if status >= 500 or status < 400 or status in (401, 403):
+        # 401/403: vLLM refused *us* (TUNEDOCK_SERVING_API_KEY), not the tenant: an operator's fix.
         log.warning("model server error", status=status, body=content[:1000])
         return ModelServerError(f"the model server failed the request (HTTP {status}); retry, and if "
                                 "it persists tell the operator")
     error = InvalidRequest(f"the model server refused the request: {message or f'HTTP {status}'}"[:2000],
-                           param=param)
+                           param=param, code="model_not_found" if status == 404 else None)
     error.status_code = status  # 400, 404, 422 …: as the model server said
     return error
 

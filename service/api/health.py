@@ -4,13 +4,12 @@ database and the object store, for monitoring), and /metrics (Prometheus, with i
 
 from __future__ import annotations
 
-import hmac
-
 import anyio
 from litestar import Controller, Request, get
 from litestar.datastructures import State
 from litestar.response import Response
 
+from service.api.deps import bearer_is
 from service.api.openapi import errors
 from service.errors import ServiceError, Unauthorized
 from service.settings import Settings
@@ -71,11 +70,9 @@ class HealthController(Controller):
     async def metrics(self, request: Request, state: State, settings: Settings) -> Response[bytes]:
         """Service-wide counts: scraped with TUNEDOCK_METRICS_API_KEY, never with a tenant's key
         (a tenant must not see other tenants' jobs, even counted)."""
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        wanted = settings.metrics_api_key
-        if not wanted or scheme.lower() != "bearer" or not hmac.compare_digest(key.strip(), wanted):
+        if not bearer_is(request, settings.metrics_api_key):
             raise Unauthorized("/metrics takes the metrics key (TUNEDOCK_METRICS_API_KEY), not a "
-                               "tenant's key" + ("" if wanted else "; none is configured"),
+                               "tenant's key" + ("" if settings.metrics_api_key else "; none is configured"),
                                param="Authorization", code="invalid_metrics_key")
         counts = await state.store.count_by_status()
         return Response(state.metrics.render(counts), media_type="text/plain; version=0.0.4")

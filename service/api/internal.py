@@ -5,12 +5,12 @@ and requests without it get 401, and with no internal key configured every call 
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
+from service.api.deps import bearer_is
 from service.api.openapi import errors
 from service.errors import Unauthorized
 from service.jobs import schema as s
@@ -22,9 +22,7 @@ Status = Annotated[list[str] | None, Parameter(query="status")]
 
 
 def _check(request: Request, settings: Settings) -> None:
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    wanted = settings.internal_api_key
-    if not wanted or scheme.lower() != "bearer" or not hmac.compare_digest(key.strip(), wanted):
+    if not bearer_is(request, settings.internal_api_key):
         raise Unauthorized("this endpoint takes the internal key (TUNEDOCK_INTERNAL_API_KEY)",
                            param="Authorization", code="invalid_internal_key")
 

@@ -13,6 +13,9 @@ import anyio
 from service.storage import ObjectStore
 
 _EOF, _ABORT = b"", object()
+# A client that sends nothing for this long has gone: the upload is dropped, so the worker
+# thread never waits for good on a request that will not finish.
+IDLE_SECONDS = 600.0
 
 
 class UploadAborted(Exception):
@@ -29,7 +32,12 @@ class _QueueReader:
         self.done = False
 
     def _next(self) -> Any:
-        return asyncio.run_coroutine_threadsafe(self.queue.get(), self.loop).result()
+        waiting = asyncio.run_coroutine_threadsafe(self.queue.get(), self.loop)
+        try:
+            return waiting.result(timeout=IDLE_SECONDS)
+        except TimeoutError:
+            waiting.cancel()
+            raise UploadAborted(f"no bytes came for {IDLE_SECONDS:g} s") from None
 
     def read(self, n: int = -1) -> bytes:
         while not self.done and (n < 0 or len(self.buffer) < n):

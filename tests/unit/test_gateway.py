@@ -35,3 +35,12 @@ def test_model_server_errors_take_the_one_error_shape() -> None:
     broken = upstream_error(500, b'Traceback (most recent call last): File "/opt/vllm/engine.py"')
     assert (broken.status_code, broken.code) == (502, "model_server_error")
     assert "Traceback" not in broken.message and "vllm" not in broken.message.lower()
+
+
+def test_a_model_server_that_refuses_the_gateway_is_an_operator_error() -> None:
+    from service.api.gateway import upstream_error
+
+    refused = upstream_error(401, b'{"error": {"message": "Unauthorized", "code": 401}}')
+    assert (refused.status_code, refused.code) == (502, "model_server_error")
+    missing = upstream_error(404, b'{"error": {"message": "The model `x` does not exist.", "code": 404}}')
+    assert (missing.status_code, missing.code) == (404, "model_not_found")

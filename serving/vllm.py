@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shlex
 import signal
@@ -46,8 +47,13 @@ def command(settings: Settings) -> list[str]:
 def environment(settings: Settings) -> dict[str, str]:
     """vLLM's environment: runtime LoRA loading on (which also enables our resolver plugin, read
     from the same TUNEDOCK_* variables), and one absolute adapter folder for both."""
-    return {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-            "TUNEDOCK_ADAPTER_DIR": os.path.abspath(settings.adapter_dir)}
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+           "TUNEDOCK_ADAPTER_DIR": os.path.abspath(settings.adapter_dir)}
+    if importlib.util.find_spec("flashinfer") is None:
+        # vLLM's CUDA sampler imports FlashInfer unless told not to, and dies at start without it
+        # (found on the H200 with a wheel set that leaves FlashInfer out): torch's sampler then.
+        env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+    return env
 
 
 class VLLMClient:

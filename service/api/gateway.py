@@ -4,8 +4,9 @@ adapters. vLLM is internal: only this gateway talks to it, with the serving key.
 
 Any model name a tenant may not use answers exactly like one that does not exist, so a name
 tells nothing about other tenants. With several vLLM replicas (TUNEDOCK_SERVING_URL as a comma
-list) each model name goes to one replica, chosen by rendezvous hashing, so an adapter is loaded
-on one replica rather than on all of them.
+list) an adapter goes to a replica that reports it loaded, and any model name to the same one
+while the set holds (rendezvous hashing over those replicas, or over all of them when none has
+reported: a replica's resolver plugin then loads it on the first request).
 """
 
 from __future__ import annotations
@@ -85,9 +86,11 @@ def model_not_found(name: str) -> NotFound:
                     param="model", code="model_not_found")
 
 
-def pick_upstream(upstreams: tuple[str, ...], model: str) -> str:
-    """Rendezvous hashing: the same model always goes to the same replica while it is listed."""
-    return max(upstreams, key=lambda u: hashlib.sha256(f"{u}\n{model}".encode()).digest())
+def pick_upstream(upstreams: tuple[str, ...], model: str, loaded: set[str] | frozenset[str] = frozenset()) -> str:
+    """Rendezvous hashing over the replicas that have `model` loaded (all of them when none
+    has): the same model goes to the same replica while that set holds."""
+    candidates = [u for u in upstreams if u in loaded] or upstreams
+    return max(candidates, key=lambda u: hashlib.sha256(f"{u}\n{model}".encode()).digest())
 
 
 class Upstreams:
@@ -147,7 +150,9 @@ async def _proxy(request: Request, route: str, tenant: str, settings: Settings,
         raise model_not_found(head.model)
     if not upstreams.urls:
         raise ModelServerUnavailable("no model server is configured (TUNEDOCK_SERVING_URL)")
-    url = f"{pick_upstream(upstreams.urls, head.model)}/{route}"
+    loaded = (await deployments.loaded_on(head.model)
+              if len(upstreams.urls) > 1 and head.model not in settings.served_models else frozenset())
+    url = f"{pick_upstream(upstreams.urls, head.model, loaded)}/{route}"
     upstream = upstreams.http.build_request("POST", url, content=body,
                                             headers={"Content-Type": "application/json"})
     try:

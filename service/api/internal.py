@@ -19,6 +19,8 @@ from service.jobs.deployments import Deployments
 from service.settings import Settings
 
 Status = Annotated[list[str] | None, Parameter(query="status")]
+Replica = Annotated[str | None, Parameter(query="replica", max_length=256,
+                                          description="a replica's name: each spec then carries its own state")]
 
 
 def _check(request: Request, settings: Settings) -> None:
@@ -33,18 +35,19 @@ class InternalController(Controller):
 
     @get("/deployments", responses=errors(400, 401, 500))
     async def deployments(self, request: Request, settings: Settings, deployments: Deployments,
-                          status: Status = None) -> list[s.DeploymentSpec]:
+                          status: Status = None, replica: Replica = None) -> list[s.DeploymentSpec]:
         """The adapters the service wants served (filter with one or more `status`)."""
         _check(request, settings)
-        return await deployments.specs(*(status or ()))
+        return await deployments.specs(*(status or ()), replica=replica)
 
     @post("/deployments/{name:str}", status_code=204, responses=errors(400, 401, 409, 500))
     async def report(self, request: Request, name: str, data: s.DeploymentReport, settings: Settings,
                      deployments: Deployments) -> None:
-        """The sidecar reports a load: loading, loaded (with seconds since the job succeeded), or
-        failed (with why). 409 when the deployment's state table refuses the move, e.g. a load
-        that finished after the user unloaded the model (it stays unloaded)."""
+        """A serving replica reports its own load: loading, loaded (with seconds since the job
+        succeeded), or failed (with why). Replicas never refuse each other; 409 when the model is
+        no longer wanted, e.g. a load that finished after the user unloaded it (it stays
+        unloaded, and the replica unloads it)."""
         _check(request, settings)
         loaded_at = utcnow() if data.status == "loaded" else None  # on the API's clock
-        await deployments.mark(name, data.status, error=data.error, loaded_at=loaded_at,
+        await deployments.mark(name, data.status, replica=data.replica, error=data.error, loaded_at=loaded_at,
                                load_seconds=data.load_seconds, message=data.message)

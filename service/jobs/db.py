@@ -156,6 +156,19 @@ class DeploymentRow(Base):
     load_seconds: Mapped[float | None]
 
 
+class DeploymentReplicaRow(Base):
+    """One serving replica's own state of a deployment (loading, loaded or failed), under the
+    replica's name (its URL as the gateway lists it). Each sidecar writes only its own rows, so
+    replicas never contend; the deployment's status follows the best of them (deployments.py)."""
+
+    __tablename__ = "deployment_replicas"
+    name: Mapped[str] = mapped_column(ForeignKey("deployments.name", ondelete="CASCADE"), primary_key=True)
+    replica: Mapped[str] = mapped_column(String(256), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class ExportRow(Base):
     """One export of a job's adapter (or an epoch checkpoint's) to a standalone format; claimed
     by a runner with a lease like a job (store_exports.py is its only writer)."""

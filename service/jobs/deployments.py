@@ -1,7 +1,9 @@
 """Deployments: which adapters the service wants vLLM to serve, by model name, and how that went.
 
-The API requests and unloads; the serving process (serving/) moves a deployment through
-pending -> loading -> loaded | failed, and unloaded when the API asks. Every change goes through
+The API requests and unloads; the serving replicas (serving/) load. Each replica reports its own
+state of a deployment (loading, loaded, failed) into its own row of deployment_replicas, so
+replicas never refuse each other; the deployment's status follows the best of them
+(follow_replicas): loaded while any replica serves it. Every change of that status goes through
 transition() and the table in states.py, and writes an event. For a job's final adapter the job's
 own `deployment` field mirrors the row in the same transaction, written by the job store.
 """
@@ -11,13 +13,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.errors import InvalidRequest, InvalidTransition, NotFound
 from service.jobs import schema as s
 from service.jobs.database import Database, as_utc, unix
-from service.jobs.db import DeploymentRow, JobRow
+from service.jobs.db import DeploymentReplicaRow, DeploymentRow, JobRow
 from service.jobs.states import check_deployment_transition
 from service.jobs.store import Store, event_row
 from service.jobs.store_jobs import mirror_deployment
@@ -51,6 +53,16 @@ async def transition(ses: AsyncSession, row: DeploymentRow, to: s.DeploymentStat
     ses.add(event_row(row.job_id, "deployment", message, "error" if to is D.failed else "info", event))
 
 
+def follow_replicas(states: list[str]) -> s.DeploymentStatus | None:
+    """A deployment's status from its replicas' own: loaded while one serves it, else loading
+    while one loads it, else failed once every replica that reported failed; None before any
+    report."""
+    for status in (D.loaded, D.loading):
+        if status.value in states:
+            return status
+    return D.failed if states else None
+
+
 def model_from_row(row: DeploymentRow) -> s.ModelInfo:
     return s.ModelInfo(id=row.name, kind="adapter", base_model=row.base_model, job_id=row.job_id,
                        status=row.status, error=row.error, loaded_at=unix(row.loaded_at),
@@ -81,20 +93,29 @@ class Deployments:
                 ses.add(event_row(row.job_id, "deployment", said,
                                   data={"model": row.name, "status": D.pending.value}))
             elif found.status not in ACTIVE:
+                # Every replica tries afresh: what each did for the old request is void.
+                await ses.execute(delete(DeploymentReplicaRow).where(DeploymentReplicaRow.name == row.name))
                 await transition(ses, found, D.pending, said)
             return model_from_row(found)
 
-    async def specs(self, *statuses: str) -> list[s.DeploymentSpec]:
-        """The deployments the serving sidecar acts on, with their job's finish time."""
+    async def specs(self, *statuses: str, replica: str | None = None) -> list[s.DeploymentSpec]:
+        """The deployments the serving sidecar acts on, with their job's finish time and, for a
+        named replica, that replica's own state of each."""
         async with self.db.read() as ses:
             q = (select(DeploymentRow, JobRow.finished_at)
                  .join(JobRow, JobRow.id == DeploymentRow.job_id).order_by(DeploymentRow.created_at))
             if statuses:
                 q = q.where(DeploymentRow.status.in_(statuses))
             found = (await ses.execute(q)).all()
+            mine: dict[str, str] = {}
+            if replica is not None:
+                mine = dict((await ses.execute(
+                    select(DeploymentReplicaRow.name, DeploymentReplicaRow.status)
+                    .where(DeploymentReplicaRow.replica == replica))).tuples().all())
         return [s.DeploymentSpec(name=r.name, job_id=r.job_id, base_model=r.base_model, bucket=r.bucket,
                                  prefix=r.prefix, folder=r.folder, kind=r.kind, status=r.status,
-                                 job_finished_at=as_utc(done).timestamp() if done else None)
+                                 job_finished_at=as_utc(done).timestamp() if done else None,
+                                 replica_status=mine.get(r.name))
                 for r, done in found]
 
     async def rows(self, *statuses: str) -> list[DeploymentRow]:
@@ -104,20 +125,44 @@ class Deployments:
                 q = q.where(DeploymentRow.status.in_(statuses))
             return list((await ses.scalars(q.order_by(DeploymentRow.created_at))).all())
 
-    async def mark(self, name: str, status: str, *, error: str | None = None,
+    async def mark(self, name: str, status: str, *, replica: str, error: str | None = None,
                    loaded_at: datetime | None = None, load_seconds: float | None = None,
                    message: str | None = None) -> None:
-        """What the serving sidecar reports; InvalidTransition (409) when the table refuses it,
-        e.g. a load finishing after the user unloaded the model."""
+        """What one serving replica reports about its own load. Its row is written, and the
+        deployment moves if the best replica's state changed it. InvalidTransition (409), with
+        nothing written, when the deployment is no longer wanted (the user unloaded it, or asked
+        for it again and this load is stale): the replica unloads it."""
         async with self.db.write() as ses:
-            row = await ses.get(DeploymentRow, name)
+            # Locked so that concurrent replicas' reports follow each other (Postgres; SQLite
+            # writers take turns anyway).
+            row = await ses.get(DeploymentRow, name, with_for_update=True)
             if row is None:
                 return
-            if loaded_at is not None:
+            if D(row.status) is D.unloaded:  # the table refuses any report on it
+                check_deployment_transition(D.unloaded, D(status))
+            mine = await ses.get(DeploymentReplicaRow, (name, replica))
+            if mine is None:
+                ses.add(DeploymentReplicaRow(name=name, replica=replica, status=status, error=error))
+            else:
+                mine.status, mine.error = status, error
+            await ses.flush()
+            states = list((await ses.scalars(select(DeploymentReplicaRow.status)
+                                             .where(DeploymentReplicaRow.name == name))).all())
+            to = follow_replicas(states)
+            if to is None or to.value == row.status:
+                return
+            if to is D.loaded:
                 row.loaded_at, row.load_seconds = loaded_at, load_seconds
-            data = {"seconds_from_success": load_seconds} if load_seconds is not None else {}
-            await transition(ses, row, D(status), message or f"{name} is {status}", error=error,
-                             data=data)
+            data = {"seconds_from_success": load_seconds} if to is D.loaded and load_seconds is not None else {}
+            said = message if to.value == status else None
+            await transition(ses, row, to, said or f"{name} is {to.value}",
+                             error=error if to is D.failed else None, data=data)
+
+    async def loaded_on(self, name: str) -> set[str]:
+        """The replicas whose vLLM serves `name` (by their own report). On the gateway's path."""
+        found = await self.db.rows(
+            "SELECT replica FROM deployment_replicas WHERE name = ? AND status = 'loaded'", name)
+        return {r["replica"] for r in found}
 
     async def for_tenant(self, tenant: str) -> list[s.ModelInfo]:
         async with self.db.read() as ses:
@@ -139,6 +184,7 @@ class Deployments:
                 raise NotFound(f"no deployed model {name!r}", param="name")
             if row.status != D.unloaded.value:
                 row.loaded_at = None
+                await ses.execute(delete(DeploymentReplicaRow).where(DeploymentReplicaRow.name == name))
                 await transition(ses, row, D.unloaded, f"{name} unloaded on request")
             return model_from_row(row)
 

@@ -415,12 +415,16 @@ class DeploymentSpec(msgspec.Struct, kw_only=True, frozen=True):
     kind: Literal["final", "checkpoint"]
     status: DeploymentStatus
     job_finished_at: float | None = None  # Unix seconds, for "servable N s after success"
+    # The asking replica's own state (GET /internal/deployments?replica=…): None until it reports.
+    replica_status: DeploymentStatus | None = None
 
 
 class DeploymentReport(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """What the serving sidecar reports back (POST /internal/deployments/{name})."""
 
     status: Literal["loading", "loaded", "failed"]
+    # Which replica reports: its URL as the gateway lists it (TUNEDOCK_SERVING_REPLICA).
+    replica: Annotated[str, Meta(min_length=1, max_length=256)]
     error: Annotated[str, Meta(max_length=4000)] | None = None
     load_seconds: float | None = None
     message: Annotated[str, Meta(max_length=4000)] | None = None

@@ -32,10 +32,12 @@ DEPLOYMENT_ALLOWED: dict[DeploymentStatus, frozenset[DeploymentStatus]] = {
     # pending -> loaded: a sidecar may report the load without reporting loading first.
     D.pending: frozenset({D.loading, D.loaded, D.failed, D.unloaded}),
     D.loading: frozenset({D.loaded, D.failed, D.unloaded}),
-    # loaded -> failed: vLLM restarted and the re-load failed.
-    D.loaded: frozenset({D.failed, D.unloaded}),
-    # failed / unloaded -> pending: the user asked for it again.
-    D.failed: frozenset({D.pending, D.unloaded}),
+    # loaded -> failed: vLLM restarted and the re-load failed (on every replica that had it);
+    # loaded -> loading: the replica that served it lost it while another is loading it.
+    D.loaded: frozenset({D.loading, D.failed, D.unloaded}),
+    # failed / unloaded -> pending: the user asked for it again. failed -> loading | loaded:
+    # one replica failed to load it and another is loading it or did (deployments.follow_replicas).
+    D.failed: frozenset({D.pending, D.loading, D.loaded, D.unloaded}),
     D.unloaded: frozenset({D.pending}),
 }
 

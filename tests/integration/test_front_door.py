@@ -207,13 +207,14 @@ async def test_internal_endpoint_takes_only_the_internal_key(make_settings, s3) 
         [spec] = (await api.client.get("/internal/deployments?status=pending", headers=internal)).json()
         assert spec["name"] == a["model"] and spec["prefix"] == f"jobs/{a['job']}/adapter"
         r = await api.client.post(f"/internal/deployments/{a['model']}", headers=internal,
-                                  json={"status": "loaded", "load_seconds": 0.5, "message": "served"})
+                                  json={"status": "loaded", "replica": "r1", "load_seconds": 0.5,
+                                        "message": "served"})
         assert r.status_code == 204
         assert (await api.client.get("/internal/deployments?status=pending", headers=internal)).json() == []
         model = (await api.client.get(f"/v1/models/{a['model']}", headers=api.auth())).json()
         assert model["status"] == "loaded"
         r = await api.client.post(f"/internal/deployments/{a['model']}", headers=api.auth(),
-                                  json={"status": "failed"})
+                                  json={"status": "failed", "replica": "r1"})
         assert r.status_code == 401
 
 
@@ -227,7 +228,7 @@ async def test_deployment_moves_follow_their_table_and_each_writes_an_event(make
 
         async def report(status: str) -> int:
             r = await api.client.post(f"/internal/deployments/{a['model']}", headers=internal,
-                                      json={"status": status})
+                                      json={"status": status, "replica": "r1"})
             return r.status_code
 
         assert await report("loading") == 204
@@ -236,7 +237,7 @@ async def test_deployment_moves_follow_their_table_and_each_writes_an_event(make
         r = await api.client.delete(f"/models/{a['model']}", headers=api.auth())
         assert r.status_code == 200 and r.json()["status"] == "unloaded"
         late = await api.client.post(f"/internal/deployments/{a['model']}", headers=internal,
-                                     json={"status": "loaded", "load_seconds": 1.0})
+                                     json={"status": "loaded", "replica": "r1", "load_seconds": 1.0})
         assert late.status_code == 409 and late.json()["error"]["code"] == "invalid_transition"
         assert "unloaded deployment cannot become loaded" in late.json()["error"]["message"]
         job = (await api.client.get(f"/jobs/{a['job']}", headers=api.auth())).json()

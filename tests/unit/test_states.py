@@ -31,9 +31,12 @@ def test_a_deployment_table_covers_every_status_and_unloaded_stays_unloaded() ->
 
     assert set(DEPLOYMENT_ALLOWED) == set(D)
     for a, b in [(D.pending, D.loading), (D.loading, D.loaded), (D.loaded, D.unloaded),
-                 (D.unloaded, D.pending), (D.loaded, D.failed), (D.failed, D.pending)]:
+                 (D.unloaded, D.pending), (D.loaded, D.failed), (D.failed, D.pending),
+                 # several replicas: one failed and another loaded it; the one serving it lost it
+                 # while another loads it
+                 (D.failed, D.loaded), (D.loaded, D.loading)]:
         check_deployment_transition(a, b)
-    for a, b in [(D.unloaded, D.loaded), (D.unloaded, D.loading), (D.failed, D.loaded),
-                 (D.loaded, D.loading), (D.loaded, D.pending)]:
+    for a, b in [(D.unloaded, D.loaded), (D.unloaded, D.loading), (D.unloaded, D.failed),
+                 (D.loaded, D.pending), (D.loading, D.pending)]:
         with pytest.raises(InvalidTransition):
             check_deployment_transition(a, b)

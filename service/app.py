@@ -184,7 +184,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         store = Store(db)
         jobs = JobService(settings, store, objects)
         app.state.update(settings=settings, store=store, objects=objects, jobs=jobs,
-                         files=FileService(settings, store, objects), deployments=Deployments(db),
+                         files=FileService(settings, store, objects, jobs.checked), deployments=Deployments(db),
                          exports=ExportService(settings, store, objects),
                          metrics=Metrics(), key_cache={}, upstreams=Upstreams(settings))
         await jobs.resume_pending()

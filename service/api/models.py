@@ -34,7 +34,8 @@ class ServingController(Controller):
     tags = ["models"]
 
     @get("/", responses=errors(*AUTHED))
-    async def serving(self, request: Request, tenant: str) -> s.Serving:
+    async def serving(self, request: Request, tenant: str, settings: Settings) -> s.Serving:
         """Where to send OpenAI-style calls: this API's own /v1 gateway, with your own key (the
-        model server behind it is internal)."""
-        return s.Serving(base_url=str(request.base_url).rstrip("/") + "/v1", api_key=None)
+        model server behind it is internal); and the largest LoRA rank it serves."""
+        return s.Serving(base_url=str(request.base_url).rstrip("/") + "/v1", api_key=None,
+                         max_lora_rank=settings.max_lora_rank)

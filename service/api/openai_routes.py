@@ -52,7 +52,7 @@ class V1FilesController(Controller):
     @get("/{file_id:str}/content", responses=errors(*AUTHED, 404), media_type="application/octet-stream")
     async def file_content(self, file_id: str, tenant: str, store: Store, files: FileService) -> Stream:
         row = await store.file_row(tenant, file_id)
-        return Stream(files.content(row), media_type="application/octet-stream",
+        return Stream(await files.open_content(row), media_type="application/octet-stream",
                       headers={"Content-Length": str(row.bytes)})
 
     @delete("/{file_id:str}", status_code=200, responses=errors(*AUTHED, 404, 409))

@@ -40,6 +40,17 @@ class FileRow(Base):
     __table_args__ = (Index("ix_files_tenant_created", "tenant", "created_at"),)
 
 
+class DeletedFileRow(Base):
+    """What is left of a deleted file: where it stood in its tenant's list, so that a client
+    paging with `after=<that id>` (the last id of the page it holds) goes on from there."""
+
+    __tablename__ = "deleted_files"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+    deleted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class JobRow(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

@@ -4,11 +4,13 @@ and preview it for a base model."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import anyio
 
+from service.datasets.checked import CheckedFiles
 from service.datasets.preview import preview_rows
 from service.datasets.template import local_tokens
 from service.datasets.validate import Options, validate_jsonl
@@ -27,6 +29,8 @@ class FileService:
     settings: Settings
     store: Store
     objects: ObjectStore
+    # Shared with the JobService: a dry run and a preview reuse each other's file checks.
+    checked: CheckedFiles = field(default_factory=CheckedFiles)
 
     def begin_upload(self) -> tuple[str, StreamingUpload]:
         """A new file's id and the upload its bytes are written to as they arrive."""
@@ -68,6 +72,15 @@ class FileService:
     def content(self, row: FileRow) -> Iterator[bytes]:
         return self.objects.iter_bytes(row.bucket, row.key)
 
+    async def open_content(self, row: FileRow) -> Iterator[bytes]:
+        """The upload's bytes, with the first block already read: a store that fails at the
+        start is an error answer (503/404/403), not a 200 with no body. A body that breaks later
+        is resumed by the store; one that cannot be aborts the answer, which the client sees
+        as shorter than its Content-Length."""
+        blocks = self.content(row)
+        first = await anyio.to_thread.run_sync(next, blocks, None)
+        return itertools.chain([] if first is None else [first], blocks)
+
     async def preview(self, tenant: str, file_id: str, req: s.PreviewRequest) -> s.FilePreview:
         """Validate the whole file as a job on `req.base_model` would, and render its first
         rows with that model's chat template. Bad lines are part of the answer, not an error."""
@@ -87,7 +100,9 @@ class FileService:
 
         def check() -> s.FilePreview:
             limit = self.settings.max_line_bytes
-            report = validate_jsonl(self.content(row), tokens, limit, options)
+            # The key is the dry run's (service.jobs.service._validate_object), so they share it.
+            report = self.checked.report((row.bucket, row.key, req.base_model, None, options),
+                                         lambda: validate_jsonl(self.content(row), tokens, limit, options))
             rows = preview_rows(self.content(row), tokens, limit, req.n_rows, req.train_on_inputs,
                                 req.max_seq_length) if report.n_examples else []
             return s.FilePreview(

@@ -433,6 +433,9 @@ class DeploymentReport(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
 class Serving(msgspec.Struct, kw_only=True):
     base_url: str | None
     api_key: str | None = None
+    # The largest LoRA rank the model server loads: a job with `deploy: true` and a larger
+    # `lora_r` is refused (train it with `deploy: false`, or ask for a smaller rank).
+    max_lora_rank: int | None = None
 
 
 class ErrorBody(msgspec.Struct):

@@ -13,6 +13,7 @@ import anyio
 import msgspec
 import structlog
 
+from service.datasets.checked import CheckedFiles
 from service.datasets.template import local_tokens
 from service.datasets.validate import (
     Options,
@@ -44,6 +45,8 @@ class JobService:
     # This process's name as the holder of validation leases, and the jobs it validates now.
     owner: str = field(default_factory=lambda: f"api-{socket.gethostname()}-{os.getpid()}-{new_id('v')[2:10]}")
     _validating: set[str] = field(default_factory=set)
+    # Shared with the FileService: a dry run and a preview reuse each other's file checks.
+    checked: CheckedFiles = field(default_factory=CheckedFiles)
 
     async def adapter_uri(self, tenant: str | None, job_id: str, epoch: int | None) -> str | None:
         """Where a job's adapter is (s3://, no trailing slash): its final one, or epoch's
@@ -233,24 +236,32 @@ class JobService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _validate_object(self, bucket: str, key: str, fmt: str | None, base_model: str,
-                         hp: s.Hyperparameters, method: s.Method) -> Report:
+                         hp: s.Hyperparameters, method: s.Method, reuse: bool = False) -> Report:
         entry = self.settings.base_model(base_model)
-        tokens = local_tokens(entry.local_path if entry else None)
         options = Options(max_seq_length=hp.max_seq_length, train_on_inputs=hp.train_on_inputs,
                           overlong_examples=hp.overlong_examples, method=method.type)
-        chunks = self.objects.iter_bytes(bucket, key)
-        return validate_jsonl(chunks, tokens, self.settings.max_line_bytes, options, fmt)
 
-    async def _read_files(self, tenant: str, job: s.Job | s.JobCreate) -> tuple[Report, Report | None]:
-        """Stream and check the training file, then the validation file (in its format)."""
+        def check() -> Report:
+            tokens = local_tokens(entry.local_path if entry else None)
+            chunks = self.objects.iter_bytes(bucket, key)
+            return validate_jsonl(chunks, tokens, self.settings.max_line_bytes, options, fmt)
+
+        if reuse and bucket == self.settings.artifact_bucket:  # an upload: it never changes
+            return self.checked.report((bucket, key, base_model, fmt, options), check)
+        return check()
+
+    async def _read_files(self, tenant: str, job: s.Job | s.JobCreate,
+                          reuse: bool = False) -> tuple[Report, Report | None]:
+        """Stream and check the training file, then the validation file (in its format); with
+        `reuse`, an upload's check made earlier for the same settings is taken as it is."""
         bucket, key = await self.locate(tenant, job.training_file, "training_file")
         train = await anyio.to_thread.run_sync(self._validate_object, bucket, key, None,
-                                               job.base_model, job.hyperparameters, job.method)
+                                               job.base_model, job.hyperparameters, job.method, reuse)
         val = None
         if train.ok and job.validation_file:
             vb, vk = await self.locate(tenant, job.validation_file, "validation_file")
             val = await anyio.to_thread.run_sync(self._validate_object, vb, vk, train.format,
-                                                 job.base_model, job.hyperparameters, job.method)
+                                                 job.base_model, job.hyperparameters, job.method, reuse)
         return train, val
 
     async def estimate(self, base_model: str, hp: s.Hyperparameters, method: s.Method,
@@ -285,7 +296,7 @@ class JobService:
     async def dry_run(self, tenant: str, req: s.JobCreate) -> s.JobEstimate:
         """What POST /jobs would train, checked now and answered without creating a job."""
         req, continued = await self.check(tenant, req)
-        train, val = await self._read_files(tenant, req)
+        train, val = await self._read_files(tenant, req, reuse=True)
         if (bad := first_invalid(train, val)) is not None:
             name, report = bad
             raise Unprocessable(f"{name}: {report.failure_message()}", param=name,

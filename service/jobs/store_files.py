@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service.errors import Conflict, NotFound
 from service.jobs import schema as s
-from service.jobs.db import FileRow, IdempotencyRow, JobRow
+from service.jobs.db import DeletedFileRow, FileRow, IdempotencyRow, JobRow
 from service.jobs.rows import file_from_row, newest_first, page
 from service.jobs.store_keys import KeysStore
 
@@ -67,6 +67,7 @@ class FilesStore(KeysStore):
                                "wait for it to end, then delete the file", param="file_id",
                                code="file_in_use")
             await ses.delete(row)
+            ses.add(DeletedFileRow(id=row.id, tenant=row.tenant, created_at=row.created_at))
             await ses.execute(delete(IdempotencyRow).where(
                 IdempotencyRow.tenant == tenant, IdempotencyRow.endpoint == "files",
                 IdempotencyRow.resource_id == file_id))
@@ -76,7 +77,9 @@ class FilesStore(KeysStore):
         """Newest first, on the driver path like the jobs list, with the same keyset page."""
         anchor = None
         if after:
-            found = await self.db.rows("SELECT * FROM files WHERE id = ?", after)
+            # A file deleted since the client read its page still marks where that page ended.
+            found = (await self.db.rows("SELECT id, tenant, created_at FROM files WHERE id = ?", after)
+                     or await self.db.rows("SELECT id, tenant, created_at FROM deleted_files WHERE id = ?", after))
             if not found or found[0]["tenant"] != tenant:
                 raise NotFound(f"no file {after!r}", param="after")
             anchor = found[0]

@@ -9,13 +9,17 @@ from typing import BinaryIO
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 # A multipart upload from a stream holds up to max_in_memory_upload_chunks x chunk bytes (s3transfer's
 # default: 10 x 8 MiB, ~100 MiB an upload as measured). 4 x 8 MiB keeps eight concurrent 200 MB
 # uploads within the API's stated memory bound (tests/integration/test_pressure.py).
 UPLOADS = TransferConfig(multipart_chunksize=8 << 20, max_concurrency=4)
 UPLOADS.max_in_memory_upload_chunks = 4
+# A body that breaks mid-stream: botocore's wrappers, urllib3's own, the socket's.
+_BROKEN_BODY = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, Urllib3Error, OSError)
+RESUMES = 3  # resumed reads in a row with no byte between them before the read fails
 
 
 class S3Store:
@@ -43,19 +47,45 @@ class S3Store:
             raise
 
     def iter_bytes(self, bucket: str, key: str, chunk: int = 1 << 20) -> Iterator[bytes]:
-        body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
-        try:
-            yield from body.iter_chunks(chunk)
-        finally:
-            body.close()
+        return self._read(bucket, key, 0, None, chunk)
 
     def iter_range(self, bucket: str, key: str, start: int, end: int,
                    chunk: int = 1 << 20) -> Iterator[bytes]:
-        body = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end}")["Body"]
+        return self._read(bucket, key, start, end, chunk)
+
+    def _read(self, bucket: str, key: str, start: int, end: int | None, chunk: int) -> Iterator[bytes]:
+        """The bytes start..end (inclusive; None: to the end). botocore retries a failed GET but
+        not a body that breaks mid-stream (a dropped connection, a store restarting): that is
+        resumed here from the byte it broke at, with a ranged GET of the same version (If-Match
+        on its ETag), up to RESUMES times in a row. The GET is made when the iterator is first
+        advanced, so a store that is down fails there, before any byte."""
+        offset, resumes = start, 0
+        answer = self._get(bucket, key, offset, end, None)
+        etag = answer.get("ETag")
         try:
-            yield from body.iter_chunks(chunk)
+            while True:
+                try:
+                    for block in answer["Body"].iter_chunks(chunk):
+                        offset += len(block)
+                        resumes = 0
+                        yield block
+                    return
+                except _BROKEN_BODY:
+                    answer["Body"].close()
+                    resumes += 1
+                    if resumes > RESUMES or (end is not None and offset > end):
+                        raise
+                    answer = self._get(bucket, key, offset, end, etag)
         finally:
-            body.close()
+            answer["Body"].close()
+
+    def _get(self, bucket: str, key: str, start: int, end: int | None, etag: str | None) -> dict:
+        extra: dict[str, str] = {}
+        if start or end is not None:
+            extra["Range"] = f"bytes={start}-{'' if end is None else end}"
+        if etag:
+            extra["IfMatch"] = etag
+        return self.client.get_object(Bucket=bucket, Key=key, **extra)
 
     def put_fileobj(self, bucket: str, key: str, fileobj: BinaryIO) -> None:
         self.client.upload_fileobj(fileobj, bucket, key, Config=UPLOADS)

@@ -5,6 +5,7 @@ runner, training child) points its S3 endpoint here, so the count covers one who
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ class Faults:
         self.burst = 0
         self.failed: list[str] = []
         self.status, self.code = 503, "ServiceUnavailable"
+        self.cuts: list[int] = []  # the next GETs' bodies end after this many bytes, one each
 
     def reset(self, fail_from: int | None = None, burst: int = 0, status: int = 503,
               code: str = "ServiceUnavailable") -> None:
@@ -31,6 +33,16 @@ class Faults:
         with self.lock:
             self.calls, self.fail_from, self.burst, self.failed = 0, fail_from, burst, []
             self.status, self.code = status, code
+
+    def cut_gets(self, *after: int) -> None:
+        """The next len(after) GETs send their whole Content-Length but only `after[i]` bytes of
+        the body, then drop the connection: an object store failing mid-stream."""
+        with self.lock:
+            self.cuts = list(after)
+
+    def next_cut(self) -> int | None:
+        with self.lock:
+            return self.cuts.pop(0) if self.cuts else None
 
     def next_fails(self, what: str) -> bool:
         with self.lock:
@@ -76,7 +88,17 @@ def s3_fault_proxy(upstream: str) -> Iterator[tuple[str, Faults]]:
                 return
             self.send_header("Content-Length", str(len(answer.content)))
             self.end_headers()
+            cut = self.next_cut_for_get()
+            if cut is not None and cut < len(answer.content):
+                self.wfile.write(answer.content[:cut])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             self.wfile.write(answer.content)
+
+        def next_cut_for_get(self) -> int | None:
+            return faults.next_cut() if self.command == "GET" and "/" in self.path.strip("/") else None
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 

@@ -138,7 +138,16 @@ def test_a_user_trains_watches_and_chats_in_the_dashboard(browser, stack: Stack)
     page.get_by_label("Model name suffix").fill("osprey")
     page.get_by_label("Metadata").fill("story=dashboard")
     # A job can be trained without serving it (a base no vLLM serves, a rank above serving's).
-    assert page.get_by_label("Serve the model when training succeeds").is_checked()
+    serve = page.get_by_label("Serve the model when training succeeds")
+    assert serve.is_checked()
+    # The rank field keeps to what serving loads (the stack serves up to 16) while serving is on.
+    rank = page.get_by_label("LoRA rank")
+    assert rank.get_attribute("max") == "16"
+    assert "up to rank 16" in page.locator("#lora-r-hint").inner_text()
+    serve.uncheck()
+    assert rank.get_attribute("max") is None
+    serve.check()
+    assert rank.get_attribute("max") == "16"
     page.get_by_label("Max sequence length").dispatch_event("change")
     # The change re-checks the file, then re-estimates; the button comes back with the new plan.
     page.locator("#start-job:enabled").wait_for(timeout=60_000)
@@ -228,6 +237,21 @@ def test_a_user_trains_watches_and_chats_in_the_dashboard(browser, stack: Stack)
     page.locator('.page-head .badge[data-status="cancelled"]').wait_for(timeout=30_000)
     assert page.get_by_role("button", name="Cancel").is_disabled()
     assert stack.client.jobs.get(other.id).status == "cancelled"
+
+    # The jobs list shows 50 jobs and pages on: 51 more jobs (their file fails its check, so
+    # none trains) take it past one page.
+    bad = stack.client.files.upload(bad_file(), filename="bad.jsonl").id
+    made = [stack.client.jobs.create(base_model="smollm2", training_file=bad, deploy=False).id
+            for _ in range(51)]
+    page.goto(f"{stack.url}/ui/#/jobs")
+    page.locator(f'tr[data-job="{made[-1]}"]').wait_for(timeout=30_000)
+    assert page.locator("tbody tr[data-job]").count() == 50
+    assert page.locator(f'tr[data-job="{job_id}"]').count() == 0  # the story's first job: page 2
+    page.get_by_role("button", name="Show more jobs").click()
+    page.locator(f'tr[data-job="{job_id}"]').wait_for(timeout=10_000)
+    total = sum(1 for _ in stack.client.jobs.list())  # other tests share the stack and its tenant
+    assert page.locator("tbody tr[data-job]").count() == min(total, 100)
+    assert page.get_by_role("button", name="Show more jobs").is_hidden() == (total <= 100)
 
     assert watch.take() == []
     assert watch.foreign == []

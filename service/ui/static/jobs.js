@@ -7,6 +7,7 @@ import { badge, bytes, clear, errorBox, eta, facts, h, progressBar, TERMINAL, wh
 
 const STATUSES = ["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"];
 const POLL_MS = 2000;
+const PAGE = 50;
 
 export function jobsPage(root, params, guard) {
   const status = h("select", { id: "filter-status" },
@@ -15,6 +16,12 @@ export function jobsPage(root, params, guard) {
   const meta = h("input", { id: "filter-metadata", placeholder: "key=value", value: params.get("metadata") || "" });
   const body = h("tbody");
   const note = h("div", { "aria-live": "polite" });
+  // Pages of PAGE jobs, newest first; "Show more" adds one, and every refresh re-reads them all
+  // (keyset pages through `after`), so live progress covers every job shown.
+  let pages = 1;
+  let latest = 0;
+  const more = h("button", { type: "button", id: "more-jobs", hidden: true,
+    onclick: () => { pages += 1; refresh(); } }, "Show more jobs");
   const apply = (e) => {
     e && e.preventDefault();
     const q = new URLSearchParams();
@@ -33,18 +40,28 @@ export function jobsPage(root, params, guard) {
     note,
     h("div", { class: "table-wrap" }, h("table", { class: "jobs" },
       h("thead", {}, h("tr", {}, ["Job", "Status", "Base model", "Progress", "ETA", "Created"].map((t) => h("th", { scope: "col" }, t)))),
-      body)));
+      body)),
+    h("div", { class: "actions" }, more));
 
   async function refresh() {
-    const q = new URLSearchParams({ limit: "50" });
+    const q = new URLSearchParams({ limit: String(PAGE) });
     if (status.value) q.set("status", status.value);
     const [k, ...v] = meta.value.trim().split("=");
     if (k && v.length) q.set(`metadata[${k.trim()}]`, v.join("=").trim());
     else if (meta.value.trim()) { clear(note, errorBox({ message: "write the metadata filter as key=value" }, "Filter: ")); return; }
+    const mine = ++latest;  // the timer and "Show more" overlap: only the latest may show
     try {
-      const page = await api("GET", `/jobs?${q}`);
+      const jobs = [];
+      let page = { has_more: true, last_id: null };
+      for (let i = 0; i < pages && page.has_more; i++) {
+        if (page.last_id) q.set("after", page.last_id);
+        page = await api("GET", `/jobs?${q}`);
+        jobs.push(...page.data);
+      }
+      if (mine !== latest) return;
       clear(note);
-      clear(body, page.data.length ? page.data.map(jobRow)
+      more.hidden = !page.has_more;
+      clear(body, jobs.length ? jobs.map(jobRow)
         : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No jobs match. Start one from New job.")));
     } catch (err) {
       if (!guard(err)) clear(note, errorBox(err, "Could not list jobs: "));

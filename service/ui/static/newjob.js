@@ -22,7 +22,7 @@ export function newJobPage(root, guard) {
     learning_rate: h("input", { type: "number", step: "any", min: 0, value: 0.0002 }),
     batch_size: h("input", { type: "number", min: 1, max: 1024, value: 8 }),
     max_seq_length: h("input", { type: "number", min: 16, value: 2048 }),
-    lora_r: h("input", { type: "number", min: 1, max: 256, value: 16 }),
+    lora_r: h("input", { type: "number", min: 1, value: 16 }),
   };
   const method = h("select", {}, h("option", { value: "supervised" }, "supervised (SFT)"), h("option", { value: "dpo" }, "preference (DPO)"));
   const suffix = h("input", { placeholder: "optional, e.g. support-bot", pattern: "[a-z0-9\\-]*", maxlength: 40 });
@@ -32,6 +32,19 @@ export function newJobPage(root, guard) {
   const plan = h("section", { class: "card", id: "plan", "aria-live": "polite" }, h("p", { class: "muted" }, "The memory plan and time estimate show once the file is valid."));
   const notice = h("div", { "aria-live": "assertive" });
   const start = h("button", { type: "submit", class: "primary", id: "start-job", disabled: true }, "Start training");
+  // Served adapters have a rank limit (the model server's); the field keeps to it while
+  // "serve" is checked. GET /serving says what it is.
+  let servedRank = null;
+  const rankHint = h("span", { id: "lora-r-hint" });
+  function rankLimit() {
+    if (deploy.checked && servedRank) {
+      inputs.lora_r.max = servedRank;
+      rankHint.textContent = `Served adapters go up to rank ${servedRank}; uncheck serving below for more.`;
+    } else {
+      inputs.lora_r.removeAttribute("max");
+      rankHint.textContent = "";
+    }
+  }
   // Edits fire checks and estimates faster than they answer: only the latest one may show.
   let latestPreview = 0;
   let latestEstimate = 0;
@@ -47,7 +60,7 @@ export function newJobPage(root, guard) {
           field("n-epochs", "Epochs", inputs.n_epochs), field("learning-rate", "Learning rate", inputs.learning_rate),
           field("batch-size", "Batch size", inputs.batch_size, "Examples per optimizer step, whatever the packing."),
           field("max-seq-length", "Max sequence length", inputs.max_seq_length),
-          field("lora-r", "LoRA rank", inputs.lora_r),
+          field("lora-r", "LoRA rank", inputs.lora_r, rankHint),
           field("deploy", "Serve the model when training succeeds", deploy,
             "Uncheck to train on a base model no vLLM serves, or a LoRA rank above what serving loads."),
           field("suffix", "Model name suffix", suffix), field("metadata", "Metadata", metadata, "key=value pairs, comma-separated; filter jobs by them.")),
@@ -69,6 +82,8 @@ export function newJobPage(root, guard) {
 
   async function loadModels() {
     try {
+      servedRank = (await api("GET", "/serving")).max_lora_rank;
+      rankLimit();
       const page = await api("GET", "/models");
       clear(model, page.data.filter((m) => m.kind === "base").map((m) => h("option", { value: m.id }, m.id)));
     } catch (err) { if (!guard(err)) clear(notice, errorBox(err, "Could not list base models: ")); }
@@ -184,6 +199,7 @@ export function newJobPage(root, guard) {
   method.addEventListener("change", runPreview);
   inputs.max_seq_length.addEventListener("change", runPreview);
   for (const el of [inputs.n_epochs, inputs.batch_size, inputs.learning_rate, inputs.lora_r]) el.addEventListener("change", estimate);
+  deploy.addEventListener("change", () => { rankLimit(); estimate(); });
   loadModels();
   return () => {};
 }

@@ -31,7 +31,7 @@ CASES = [(2, 1024), (8, 1024), (8, 2048), (4, 4096)]
 def child(model_dir: str, checkpointing: bool) -> None:
     import torch
 
-    from service.jobs.schema import Hyperparameters
+    from service.contracts.schema import Hyperparameters
     from service.shapes import Shape
     from service.training import backends
     from service.training.plan import estimate

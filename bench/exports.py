@@ -1,4 +1,4 @@
-"""Each export format's own work (service/training/export.py, gguf_export.py) on one base model
+"""Each export format's own work (service/exports/build.py, gguf.py) on one base model
 and a random r=16 adapter on every linear layer (size and time do not depend on the values):
 merge + save + check, then the tar (merged_16bit) or the GGUF conversion, quantization and checks.
 
@@ -29,7 +29,7 @@ def random_adapter(base: Path, out: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from service.jobs.schema import ALL_LINEAR
+    from service.contracts.schema import ALL_LINEAR
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
     peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=list(ALL_LINEAR)))
@@ -52,10 +52,10 @@ def main() -> None:
     import msgspec
     import torch
 
-    from service.jobs.schema import ExportFormat
-    from service.training import gguf_export
-    from service.training.events import Emitter
-    from service.training.export import CHECK_PROMPTS, merge_16bit
+    from service.contracts.schema import ExportFormat
+    from service.exports import gguf
+    from service.contracts.messages import Emitter
+    from service.exports.build import CHECK_PROMPTS, merge_16bit
 
     work = Path(args.work or tempfile.mkdtemp())
     base = Path(args.base) if args.base else work / "base"
@@ -81,7 +81,7 @@ def main() -> None:
                 tar.add(merged, arcname="merged")
         else:
             out = work / f"{fmt.value}.gguf"
-            more, _ = gguf_export.export(merged, fmt, out, "bench", Emitter(open("/dev/null", "w")))
+            more, _ = gguf.export(merged, fmt, out, "bench", Emitter(open("/dev/null", "w")))
             checks = msgspec.convert({**msgspec.to_builtins(checks), **msgspec.to_builtins(more)},
                                      type(checks))
         total = time.monotonic() - began

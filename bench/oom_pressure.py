@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--leave-mb", type=int, default=4, help="leave room for this micro-batch")
     ap.add_argument("--out")
     args = ap.parse_args()
-    from service.jobs.schema import Hyperparameters
+    from service.contracts.schema import Hyperparameters
     from service.shapes import Shape, read_config
     from service.training.plan import MARGIN, estimate
 

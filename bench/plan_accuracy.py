@@ -20,7 +20,7 @@ from synthetic import text_rows, write_jsonl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from service.jobs.schema import Hyperparameters  # noqa: E402
+from service.contracts.schema import Hyperparameters  # noqa: E402
 from service.shapes import Shape  # noqa: E402
 from service.training.plan import GiB, estimate  # noqa: E402
 
@@ -48,7 +48,7 @@ def main() -> None:
         out = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_train.py"), "--model", str(model),
                               "--data", str(data), "--seq", str(seq), "--batch", str(mb),
                               "--max-steps", "6", "--warmup-steps", "2"], capture_output=True, text=True,
-                             # as the service trains (service/training/__main__.py)
+                             # as the service trains (service/training/child.py)
                              env={**os.environ, "UNSLOTH_BLOCK_COMPILE": "0"})
         if out.returncode:
             print(out.stderr[-4000:])

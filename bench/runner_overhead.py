@@ -152,7 +152,7 @@ def through_runner(model: str, data: str, validation: str, work: Path) -> dict:
 
 
 def bare(model: str, data: str, backend: str, block_compile: str = "0") -> dict:
-    # The service turns Unsloth's per-block torch.compile off (service/training/__main__.py);
+    # The service turns Unsloth's per-block torch.compile off (service/training/child.py);
     # the baseline runs the same way unless asked otherwise.
     env = {**os.environ, "UNSLOTH_BLOCK_COMPILE": block_compile}
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_train.py"), "--model", model,

@@ -16,7 +16,7 @@ class Metrics:
         )
 
     def render(self, jobs_by_status: dict[str, int]) -> bytes:
-        from service.jobs.schema import Status
+        from service.contracts.schema import Status
 
         for status in Status:
             self.jobs.labels(status.value).set(jobs_by_status.get(status.value, 0))

@@ -21,7 +21,7 @@ import anyio
 import httpx
 import structlog
 
-from service.jobs.schema import DeploymentSpec
+from service.contracts.schema import DeploymentSpec
 from service.settings import Settings
 from service.shapes import Shape
 from service.storage import ObjectStore

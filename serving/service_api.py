@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import msgspec
 
-from service.jobs.schema import DeploymentReport, DeploymentSpec
+from service.contracts.schema import DeploymentReport, DeploymentSpec
 from service.settings import Settings
 
 _SPECS = msgspec.json.Decoder(list[DeploymentSpec])

@@ -14,7 +14,7 @@ from litestar.response import Response, Stream
 
 from service.api.openapi import AUTHED, errors
 from service.errors import NotFound, RangeNotSatisfiable
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.exports import ExportService
 from service.jobs.store import Store
 

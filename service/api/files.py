@@ -14,7 +14,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.errors import InvalidRequest, PayloadTooLarge, Unprocessable
 from service.api.openapi import AUTHED, MultipartUpload, errors
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.files import FileService
 from service.jobs.store import MAX_PAGE, Store
 from service.settings import Settings

@@ -13,7 +13,7 @@ from litestar.params import Parameter
 from service.api.deps import bearer_is
 from service.api.openapi import errors
 from service.errors import Unauthorized
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.db import utcnow
 from service.jobs.deployments import Deployments
 from service.settings import Settings

@@ -17,7 +17,7 @@ from litestar.response.sse import ServerSentEventMessage
 
 from service.api.deps import metadata_filter
 from service.api.openapi import AUTHED, errors
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.deployments import Deployments
 from service.jobs.results import results_csv
 from service.jobs.service import JobService

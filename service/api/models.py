@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Controller, Request, delete, get
 
 from service.api.openapi import AUTHED, errors
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.deployments import Deployments
 from service.settings import Settings
 

@@ -16,7 +16,7 @@ from service.api.deps import metadata_filter
 from service.api.files import receive_upload
 from service.api.gateway import model_not_found
 from service.api.openapi import AUTHED, MultipartUpload, errors
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.deployments import Deployments
 from service.jobs.files import FileService
 from service.jobs.service import JobService

@@ -12,7 +12,7 @@ from msgspec import Meta
 
 from service.errors import InvalidRequest
 from service.ids import model_name
-from service.jobs import schema as s
+from service.contracts import schema as s
 
 # OpenAI's learning_rate_multiplier scales this (the native API's default learning rate).
 BASE_LEARNING_RATE = 2e-4

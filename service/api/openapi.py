@@ -23,8 +23,8 @@ from litestar.openapi.spec import (
 
 from service.api import openai_types
 from service.api.openai_types import FineTuningJobCreate
-from service.jobs import schema as wire
-from service.jobs.schema import ErrorBody
+from service.contracts import schema as wire
+from service.contracts.schema import ErrorBody
 
 _MEANING = {
     400: "The request is invalid: the message names the parameter and what to change.",

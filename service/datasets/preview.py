@@ -16,7 +16,7 @@ from service.datasets.formats import Preference, detect_format, parse_example
 from service.datasets.jsonl import iter_lines
 from service.datasets.render import IGNORE, Renderer
 from service.datasets.template import LocalTokens
-from service.jobs import schema as s
+from service.contracts import schema as s
 
 
 def segments(tokens: LocalTokens, ids: list[int], labels: list[int]) -> list[s.PreviewSegment]:

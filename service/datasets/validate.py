@@ -34,7 +34,7 @@ from service.datasets.digests import Digests, held_rows
 from service.datasets.jsonl import iter_lines
 from service.datasets.render import DROP, TRUNCATE, Renderer, supervised
 from service.datasets.template import TemplateTokens
-from service.jobs.schema import LengthStats
+from service.contracts.schema import LengthStats
 
 MAX_REPORTED_ERRORS = 20
 MIN_EXAMPLES = 10

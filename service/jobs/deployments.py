@@ -17,7 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.errors import InvalidRequest, InvalidTransition, NotFound
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.database import Database, as_utc, unix
 from service.jobs.db import DeploymentReplicaRow, DeploymentRow, JobRow
 from service.jobs.states import check_deployment_transition

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.database import Database
 from service.jobs.db import ThroughputRow
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from service.errors import Conflict, NotFound, Unprocessable
 from service.ids import model_name
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.store import Store
 from service.settings import Settings
 

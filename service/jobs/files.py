@@ -16,7 +16,7 @@ from service.datasets.template import local_tokens
 from service.datasets.validate import Options, validate_jsonl
 from service.errors import NotFound, Unprocessable
 from service.ids import new_id
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.db import FileRow
 from service.jobs.store import Store
 from service.settings import Settings

@@ -11,7 +11,7 @@ import msgspec
 from sqlalchemy import inspect as sa_inspect
 
 from service.errors import InvalidRequest
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.database import unix
 from service.jobs.db import CheckpointRow, EventRow, FileRow, JobRow
 

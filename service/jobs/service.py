@@ -24,7 +24,7 @@ from service.datasets.validate import (
 )
 from service.errors import InvalidRequest, InvalidTransition, NotFound, Unprocessable
 from service.ids import model_name, new_id, parse_model_name
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.db import JobRow
 from service.jobs.estimate import Throughput, calibration_key, estimate_duration, training_tokens
 from service.jobs.store import Store, event_row

@@ -5,7 +5,7 @@ users."""
 from __future__ import annotations
 
 from service.errors import InvalidTransition
-from service.jobs.schema import DeploymentStatus, ExportStatus, Status
+from service.contracts.schema import DeploymentStatus, ExportStatus, Status
 
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.validating_files: frozenset({Status.queued, Status.failed, Status.cancelled}),

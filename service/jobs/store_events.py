@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from service.ids import new_id
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.db import CheckpointRow, EventRow
 from service.jobs.rows import Lease, checkpoint_from_row, event_from_row, event_row, event_seq, page
 from service.jobs.store_jobs import JobsStore

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.errors import InvalidTransition, LeaseLost, NotFound
 from service.ids import new_id
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.database import unix
 from service.jobs.db import ExportRow, utcnow
 from service.jobs.rows import event_row

@@ -6,7 +6,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from service.errors import Conflict, NotFound
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.db import DeletedFileRow, FileRow, IdempotencyRow, JobRow
 from service.jobs.rows import file_from_row, newest_first, page
 from service.jobs.store_keys import KeysStore

@@ -16,14 +16,14 @@ import msgspec
 import structlog
 
 from service.errors import LeaseLost
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.jobs.store_exports import ExportLease
 from service.runner.process import Child, messages, send, terminate
 from service.runner.spec import object_ref
 from service.settings import Settings
-from service.training import messages as m
+from service.contracts import messages as m
 
 
 @dataclass

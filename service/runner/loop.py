@@ -11,7 +11,7 @@ import subprocess
 
 import structlog
 
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.database import Database
 from service.jobs.service import JobService
 from service.jobs.store import Store

@@ -20,7 +20,7 @@ import msgspec
 import structlog
 
 from service.settings import Settings
-from service.training import messages as m
+from service.contracts import messages as m
 
 log = structlog.get_logger()
 

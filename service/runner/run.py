@@ -17,7 +17,7 @@ import msgspec
 import structlog
 
 from service.errors import LeaseLost, NotFound
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.service import JobService
 from service.jobs.store import Lease, Store
 from service.runner.policy import Attempt, decide
@@ -25,7 +25,7 @@ from service.runner.process import Child, Template, messages, send, terminate
 from service.runner.report import Reporter
 from service.runner.spec import build_spec
 from service.settings import Settings
-from service.training import messages as m
+from service.contracts import messages as m
 
 
 @dataclass

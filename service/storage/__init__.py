@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from service.errors import InvalidRequest
+from service.storage.keys import check_key, is_safe_key  # noqa: F401 - the package's interface
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -29,19 +30,6 @@ class ObjectStore(Protocol):
     def delete(self, bucket: str, key: str) -> None: ...
     def abort_uploads(self, bucket: str, prefix: str) -> int: ...
     def ping(self, bucket: str) -> None: ...
-
-
-def is_safe_key(key: str) -> bool:
-    """A relative key with no empty, `.` or `..` segment and no control characters."""
-    return bool(key) and not any(ord(c) < 32 for c in key) and "\\" not in key and not any(
-        part in ("", ".", "..") for part in key.split("/"))
-
-
-def check_key(key: str, param: str = "key") -> str:
-    if not is_safe_key(key):
-        raise InvalidRequest(f"object key {key!r} is not allowed: it must be relative, with no empty, "
-                             "'.' or '..' segment and no control character", param=param)
-    return key
 
 
 def parse_s3_uri(uri: str, param: str) -> tuple[str, str]:

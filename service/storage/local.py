@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from service.storage import check_key
+from service.storage.keys import check_key
 
 
 class LocalStore:

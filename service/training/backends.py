@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from service.jobs.schema import Hyperparameters
+from service.contracts.schema import Hyperparameters
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "unsloth", "bitsandbytes")
 

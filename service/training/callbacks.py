@@ -9,9 +9,9 @@ from typing import Any
 from transformers import TrainerCallback
 
 from service.storage import ObjectStore, upload_dir
-from service.training import messages as m
+from service.contracts import messages as m
 from service.training import stop
-from service.training.events import Emitter
+from service.contracts.messages import Emitter
 
 
 def _gpu_memory() -> int | None:

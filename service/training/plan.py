@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from service.jobs.schema import Hyperparameters, LengthStats, MemoryPlan
+from service.contracts.schema import Hyperparameters, LengthStats, MemoryPlan
 from service.shapes import Shape
 
 GiB = 1 << 30

@@ -7,7 +7,7 @@ from typing import Any
 
 from service.datasets.formats import Chat, Pair, Preference, detect_format, parse_example
 from service.datasets.template import HFTokens
-from service.training.messages import TrainingSpec
+from service.contracts.messages import TrainingSpec
 
 MAX_NEW_TOKENS = 64
 

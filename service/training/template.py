@@ -9,7 +9,7 @@ Once imported, the template says so on stdout (Imported; libraries' own prints g
 socket (TUNEDOCK_TEMPLATE_FD) with two file descriptors attached: the read end of the child's job
 pipe (its stdin) and the write end of its events pipe. The template answers on stdout: Forked(pid),
 and Exited(pid, code) once it has reaped that child. The template dies with the runner; each child
-dies with the template (PR_SET_PDEATHSIG). Messages: service/training/messages.py."""
+dies with the template (PR_SET_PDEATHSIG). Messages: service/contracts/messages.py."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import traceback
 import msgspec
 
 from service.procs import die_with_parent
-from service.training import messages as m
+from service.contracts import messages as m
 
 _requests = msgspec.json.Decoder(m.ForkRequest)
 
@@ -47,13 +47,13 @@ def _child(request: m.ForkRequest, job_fd: int, events_fd: int, sock: socket.soc
     sys.stdout = os.fdopen(1, "w", buffering=1)
     sys.stderr = os.fdopen(2, "w", buffering=1)
     os.environ["TUNEDOCK_EVENTS_FD"] = str(events_fd)
-    from service.training.__main__ import main
+    from service.training.child import main
 
     return main(["service.training", "--warm"])
 
 
 def serve(sock: socket.socket) -> int:
-    from service.training.__main__ import import_stack_for
+    from service.training.child import import_stack_for
 
     # The answers go on a private copy of stdout; fd 1 itself joins the log, so whatever a
     # library prints cannot end up among them.

@@ -211,7 +211,7 @@ def test_gguf_f16_loads_back_with_the_same_greedy_answers(trained: Trained, smol
 def test_cli_exports_gguf_q8_0_that_still_answers_the_fact(trained: Trained, smollm2_dir) -> None:  # noqa: ANN001
     from transformers import AutoTokenizer
 
-    from service.training.llama_cpp import Model
+    from service.exports.llama_cpp import Model
 
     out = trained.tmp / "cli" / "model.gguf"
     out.parent.mkdir()
@@ -240,7 +240,7 @@ def test_gguf_q4_k_m_is_llama_cpp_4_bit_mix_and_loads(trained: Trained, smollm2_
     from gguf import GGMLQuantizationType, GGUFReader
     from transformers import AutoTokenizer
 
-    from service.training.llama_cpp import Model
+    from service.exports.llama_cpp import Model
 
     export = trained.export("gguf_q4_k_m")
     f16 = trained.export("gguf_f16")

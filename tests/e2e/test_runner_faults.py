@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from service.errors import LeaseLost
-from service.jobs import schema as s
+from service.contracts import schema as s
 from service.jobs.database import Database
 from service.jobs.service import JobService
 from service.jobs.store import Store

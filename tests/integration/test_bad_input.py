@@ -259,7 +259,7 @@ async def test_object_store_errors_are_classed_permanent_or_retryable(make_setti
 def test_a_training_child_words_storage_errors_for_users() -> None:
     from botocore.exceptions import ClientError, EndpointConnectionError
 
-    from service.training.__main__ import storage_failure
+    from service.training.child import storage_failure
 
     denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "GetObject")
     missing = ClientError({"Error": {"Code": "NoSuchKey", "Message": "The key does not exist"}}, "GetObject")

@@ -19,7 +19,7 @@ from service.ids import new_id
 from service.jobs.database import Database, migrate
 from service.jobs.db import EventRow, JobRow
 from service.jobs.deployments import Deployments, deployment_request
-from service.jobs.schema import Status
+from service.contracts.schema import Status
 from service.jobs.store import Store
 from tests.conftest import new_postgres_database
 

@@ -12,7 +12,7 @@ from service.ids import new_id
 from service.jobs.database import Database, migrate
 from service.jobs.db import FileRow, JobRow
 from service.jobs.files import FileService
-from service.jobs.schema import Status
+from service.contracts.schema import Status
 from service.jobs.store import Store
 from service.storage import make_store
 

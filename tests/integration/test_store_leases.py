@@ -12,7 +12,7 @@ from service.errors import InvalidTransition, LeaseLost
 from service.ids import new_id
 from service.jobs.database import Database, migrate
 from service.jobs.db import JobRow, utcnow
-from service.jobs.schema import Status
+from service.contracts.schema import Status
 from service.jobs.store import Lease, Store
 
 
@@ -123,7 +123,7 @@ async def test_a_runner_frozen_past_its_lease_has_every_write_refused(store: Sto
 
 async def add_succeeded_job_with_exports(store: Store, n: int) -> tuple[str, list[str]]:
     """A succeeded job and `n` queued exports of it (each format at most once per checkpoint)."""
-    from service.jobs.schema import ExportFormat
+    from service.contracts.schema import ExportFormat
 
     [job_id] = await add_queued(store, 1)
     async with store.db.write() as ses:
@@ -138,7 +138,7 @@ async def add_succeeded_job_with_exports(store: Store, n: int) -> tuple[str, lis
 
 
 async def test_exports_claim_once_heartbeat_and_requeue_like_jobs(store: Store) -> None:
-    from service.jobs.schema import ExportFormat, ExportStatus
+    from service.contracts.schema import ExportFormat, ExportStatus
     from service.jobs.store_exports import ExportLease
 
     job_id, ids = await add_succeeded_job_with_exports(store, 6)

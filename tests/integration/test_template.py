@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from service.runner.process import Template
-from service.training import messages as m
+from service.contracts import messages as m
 from tests.support.processes import alive
 
 

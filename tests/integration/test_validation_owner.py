@@ -13,7 +13,7 @@ from sqlalchemy import update
 from service.ids import new_id
 from service.jobs.database import Database, migrate
 from service.jobs.db import JobRow, utcnow
-from service.jobs.schema import Status
+from service.contracts.schema import Status
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.storage import make_store

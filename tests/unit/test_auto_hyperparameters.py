@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.jobs.schema import Hyperparameters
+from service.contracts.schema import Hyperparameters
 from service.jobs.service import resolve_auto
 
 

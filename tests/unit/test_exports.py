@@ -8,9 +8,9 @@ import pytest
 
 from service.api.exports import byte_range
 from service.errors import InvalidTransition, RangeNotSatisfiable
-from service.jobs.schema import ExportStatus as E
+from service.contracts.schema import ExportStatus as E
 from service.jobs.states import EXPORT_ALLOWED, check_export_transition
-from service.training import modelfile as mf
+from service.exports import modelfile as mf
 
 
 def jinja(source: str, **extra: str):  # noqa: ANN201
@@ -120,42 +120,42 @@ def staged(smollm2_dir, tmp_path_factory):  # noqa: ANN001, ANN201
     """The test model's tokenizer as an export stages it for the converter (no weights needed)."""
     from transformers import AutoTokenizer
 
-    from service.training import gguf_export
+    from service.exports import gguf
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     render = (lambda msgs, gen: tokenizer.apply_chat_template(msgs, tokenize=False,
                                                               add_generation_prompt=gen))
-    eos = gguf_export.end_of_turn(smollm2_dir, tokenizer, mf.learn(render))
+    eos = gguf.end_of_turn(smollm2_dir, tokenizer, mf.learn(render))
     stage = tmp_path_factory.mktemp("stage") / "src"
-    gguf_export._stage(smollm2_dir, stage, eos)
+    gguf._stage(smollm2_dir, stage, eos)
     return stage, tokenizer, eos
 
 
 def test_gguf_tokenizer_and_eos_checks_pass_on_the_fixed_conversion(staged, tmp_path) -> None:  # noqa: ANN001
-    from service.training import gguf_export
+    from service.exports import gguf
 
     stage, tokenizer, eos = staged
     assert eos == "<|im_end|>"  # not tokenizer_config.json's <|im_start|>
-    gguf_export.convert(stage, tmp_path / "v.gguf", "f16", vocab_only=True)
-    checks = gguf_export.check(tmp_path / "v.gguf", tokenizer, eos)
+    gguf.convert(stage, tmp_path / "v.gguf", "f16", vocab_only=True)
+    checks = gguf.check(tmp_path / "v.gguf", tokenizer, eos)
     assert checks.gguf_tokens_match and checks.gguf_eos == "<|im_end|>"
 
 
 def test_gguf_checks_catch_the_converters_own_mistakes(staged, smollm2_dir, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """Left to itself the converter takes the test model's byte-level tokenizer for a
     SentencePiece one, and takes the eos from tokenizer_config.json: both are caught."""
-    from service.training import gguf_export
-    from service.training.export import ExportError
+    from service.exports import gguf
+    from service.exports import ExportError
 
     stage, tokenizer, eos = staged
-    monkeypatch.setattr(gguf_export, "_byte_level", lambda folder: False)
-    gguf_export.convert(stage, tmp_path / "spm.gguf", "f16", vocab_only=True)
+    monkeypatch.setattr(gguf, "_byte_level", lambda folder: False)
+    gguf.convert(stage, tmp_path / "spm.gguf", "f16", vocab_only=True)
     with pytest.raises(ExportError, match="tokeniz"):
-        gguf_export.check(tmp_path / "spm.gguf", tokenizer, eos)
+        gguf.check(tmp_path / "spm.gguf", tokenizer, eos)
     monkeypatch.undo()
-    gguf_export.convert(smollm2_dir, tmp_path / "raw.gguf", "f16", vocab_only=True)  # not staged
+    gguf.convert(smollm2_dir, tmp_path / "raw.gguf", "f16", vocab_only=True)  # not staged
     with pytest.raises(ExportError, match="ends generation at token 1"):
-        gguf_export.check(tmp_path / "raw.gguf", tokenizer, eos)
+        gguf.check(tmp_path / "raw.gguf", tokenizer, eos)
 
 
 @pytest.mark.parametrize("config, want", [({"dtype": "float16"}, "float16"), ({"torch_dtype": "bfloat16"}, "bfloat16"),
@@ -165,7 +165,7 @@ def test_merged_weights_keep_the_base_models_16_bit_dtype(tmp_path, config: dict
 
     import torch
 
-    from service.training.export import saved_dtype
+    from service.exports.build import saved_dtype
 
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert saved_dtype(str(tmp_path)) == getattr(torch, want)

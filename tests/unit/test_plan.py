@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.jobs.schema import Hyperparameters
+from service.contracts.schema import Hyperparameters
 from service.shapes import Shape
 from service.training.plan import GiB, PlanError, estimate, make_plan
 

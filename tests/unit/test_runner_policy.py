@@ -1,15 +1,15 @@
 """The runner's rules after a training child exits (service/runner/policy.py), and the typed
-messages between child and runner (service/training/messages.py), each tested alone."""
+messages between child and runner (service/contracts/messages.py), each tested alone."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
 
-from service.jobs.schema import EarlyStopping, MemoryPlan
+from service.contracts.schema import EarlyStopping, MemoryPlan
 from service.runner.policy import Attempt, decide
-from service.training import messages as m
-from service.training.events import Emitter
+from service.contracts import messages as m
+from service.contracts.messages import Emitter
 
 PLAN = MemoryPlan(device="cuda", micro_batch_size=8, gradient_accumulation_steps=1,
                   estimated_peak_bytes=1, available_bytes=2)

@@ -3,7 +3,7 @@
 import pytest
 
 from service.errors import InvalidTransition
-from service.jobs.schema import TERMINAL, Status
+from service.contracts.schema import TERMINAL, Status
 from service.jobs.states import ALLOWED, check_transition
 
 
@@ -26,7 +26,7 @@ def test_queued_cannot_jump_to_succeeded() -> None:
 
 
 def test_a_deployment_table_covers_every_status_and_unloaded_stays_unloaded() -> None:
-    from service.jobs.schema import DeploymentStatus as D
+    from service.contracts.schema import DeploymentStatus as D
     from service.jobs.states import DEPLOYMENT_ALLOWED, check_deployment_transition
 
     assert set(DEPLOYMENT_ALLOWED) == set(D)

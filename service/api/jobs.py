@@ -1,5 +1,5 @@
 """/jobs: create, list, get, cancel, events (JSON pages or a live event stream), checkpoints,
-the per-step results CSV."""
+the per-step results CSV; /hyperparameters: what a job's hyperparameters are."""
 
 from __future__ import annotations
 
@@ -31,6 +31,17 @@ SSE_POLL_S = 0.5
 # A comment line this often while nothing happens (a queued or paused job can wait for hours):
 # proxies keep the connection open, and a client that has gone is found when the write fails.
 SSE_KEEPALIVE_S = 15.0
+
+
+# The JSON Schema of s.Hyperparameters, as msgspec writes it from the one declaration.
+HYPERPARAMETERS = msgspec.json.schema(s.Hyperparameters)["$defs"]["Hyperparameters"]
+
+
+@get("/hyperparameters", tags=["jobs"], responses=errors(*AUTHED))
+async def hyperparameters(tenant: str) -> dict[str, Any]:
+    """Every hyperparameter a job takes, as JSON Schema: type, bounds, default and meaning of
+    each under `properties` (the dashboard's New-job form reads its fields from here)."""
+    return HYPERPARAMETERS
 
 
 class JobsController(Controller):

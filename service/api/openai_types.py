@@ -5,6 +5,7 @@ answers are tunedock's jobs seen through OpenAI's field names (ids keep tunedock
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -48,7 +49,15 @@ class Method(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=Tr
     dpo: DpoOpenAI | None = None
 
 
-class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+# tunedock's own knobs that ride as extra top-level fields of OpenAI's create body (the OpenAI
+# SDK's `extra_body`): every native hyperparameter OpenAI's body has no field for, with its type,
+# bounds and meaning taken from s.Hyperparameters, so a knob is declared once.
+OPENAI_OWN = ("n_epochs", "batch_size", "seed")  # in OpenAI's hyperparameters / body already
+EXTRA_HYPERPARAMETERS = tuple(f.name for f in msgspec.structs.fields(s.Hyperparameters)
+                              if f.name not in OPENAI_OWN)
+
+
+class _FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """OpenAI's create body; tunedock's own knobs come as extra top-level fields (`extra_body`)."""
 
     model: Annotated[str, Meta(min_length=1, max_length=256)]
@@ -59,26 +68,8 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     metadata: s.Metadata | None = None
     hyperparameters: OpenAIHyperparameters | None = None
     method: Method | None = None
-    # tunedock's extras
+    # tunedock's extras: deploy, dry_run, and each of EXTRA_HYPERPARAMETERS (FineTuningJobCreate)
     deploy: bool = True
-    learning_rate: Annotated[float, Meta(gt=0, le=1)] | None = None
-    micro_batch_size: Annotated[int, Meta(ge=1, le=1024)] | None = None
-    max_seq_length: Annotated[int, Meta(ge=16, le=131072)] | None = None
-    lora_r: Annotated[int, Meta(ge=1, le=256)] | None = None
-    lora_alpha: Annotated[int, Meta(ge=1, le=1024)] | None = None
-    lora_dropout: Annotated[float, Meta(ge=0, lt=1)] | None = None
-    target_modules: Annotated[list[s.LoraModule], Meta(min_length=1, max_length=32)] | None = None
-    load_in_4bit: bool | None = None
-    warmup_ratio: Annotated[float, Meta(ge=0, le=1)] | None = None
-    weight_decay: Annotated[float, Meta(ge=0, le=1)] | None = None
-    train_on_inputs: bool | None = None
-    early_stopping_patience: Annotated[int, Meta(ge=1, le=50)] | None = None
-    checkpoint_interval_steps: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
-    eval_prompts: Annotated[list[Annotated[str, Meta(min_length=1, max_length=4000)]],
-                            Meta(max_length=16)] | None = None
-    eval_samples: Annotated[int, Meta(ge=0, le=16)] | None = None
-    packing: Literal["auto", "padding_free", "length_grouped", "off"] | None = None
-    gradient_checkpointing: Literal["auto", "on", "off"] | None = None
     # Check the data and answer with the dataset summary, plan and duration; create nothing.
     dry_run: bool = False
 
@@ -111,10 +102,7 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
                                  param="hyperparameters.learning_rate_multiplier")
         if self.seed is not None:
             hp["seed"] = self.seed
-        for name in ("learning_rate", "micro_batch_size", "max_seq_length", "lora_r", "lora_alpha",
-                     "lora_dropout", "target_modules", "load_in_4bit", "warmup_ratio", "weight_decay",
-                     "train_on_inputs", "early_stopping_patience", "checkpoint_interval_steps",
-                     "eval_prompts", "eval_samples", "packing", "gradient_checkpointing"):
+        for name in EXTRA_HYPERPARAMETERS:
             if (value := getattr(self, name)) is not None:
                 hp[name] = value
         try:
@@ -126,6 +114,14 @@ class FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
                            validation_file=self.validation_file, suffix=self.suffix,
                            hyperparameters=hyperparameters, method=method,
                            metadata=self.metadata or {}, deploy=self.deploy, dry_run=self.dry_run)
+
+
+_NATIVE = typing.get_type_hints(s.Hyperparameters, include_extras=True)
+FineTuningJobCreate = msgspec.defstruct(
+    "FineTuningJobCreate", [(name, _NATIVE[name] | None, None) for name in EXTRA_HYPERPARAMETERS],
+    bases=(_FineTuningJobCreate,), kw_only=True, forbid_unknown_fields=True, frozen=True,
+    module=__name__)
+FineTuningJobCreate.__doc__ = _FineTuningJobCreate.__doc__
 
 
 class ResolvedHyperparameters(msgspec.Struct, kw_only=True):

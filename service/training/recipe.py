@@ -271,6 +271,7 @@ def training_arguments(spec: TrainingSpec, plan: MemoryPlan, device: str, packin
         learning_rate=hp.learning_rate,
         warmup_steps=min(hp.warmup_ratio, 0.999),  # transformers 5: a float < 1 is a ratio
         weight_decay=hp.weight_decay,
+        max_grad_norm=hp.max_grad_norm,
         lr_scheduler_type="linear",
         seed=hp.seed,
         data_seed=hp.seed,

@@ -99,6 +99,8 @@ class JobEstimate(msgspec.Struct, kw_only=True):
     hyperparameters: dict[str, Any]
     estimate: Estimate
     plan: dict[str, Any] | None = None
+    method: dict[str, Any] | None = None
+    continued_from: ContinuedFrom | None = None
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -257,3 +259,4 @@ class Page(msgspec.Struct, kw_only=True):
 class Serving(msgspec.Struct, kw_only=True):
     base_url: str | None
     api_key: str | None = None
+    max_lora_rank: int | None = None  # the largest LoRA rank the model server loads

@@ -17,13 +17,15 @@ export function newJobPage(root, guard) {
   const drop = h("label", { class: "drop", for: "training-file" },
     h("strong", {}, "Drop a JSONL training file here"), h("span", { class: "muted" }, " or choose one"), fileInput);
   const model = h("select", {});
+  // Bounds, defaults and help come from GET /hyperparameters (declared once, on the server).
   const inputs = {
-    n_epochs: h("input", { type: "number", min: 1, max: 50, value: 3 }),
-    learning_rate: h("input", { type: "number", step: "any", min: 0, value: 0.0002 }),
-    batch_size: h("input", { type: "number", min: 1, max: 1024, value: 8 }),
-    max_seq_length: h("input", { type: "number", min: 16, value: 2048 }),
-    lora_r: h("input", { type: "number", min: 1, value: 16 }),
+    n_epochs: h("input", { type: "number" }),
+    learning_rate: h("input", { type: "number", step: "any" }),
+    batch_size: h("input", { type: "number" }),
+    max_seq_length: h("input", { type: "number" }),
+    lora_r: h("input", { type: "number" }),
   };
+  const hints = Object.fromEntries(Object.keys(inputs).map((k) => [k, h("span", { class: "hp-about" })]));
   const method = h("select", {}, h("option", { value: "supervised" }, "supervised (SFT)"), h("option", { value: "dpo" }, "preference (DPO)"));
   const suffix = h("input", { placeholder: "optional, e.g. support-bot", pattern: "[a-z0-9\\-]*", maxlength: 40 });
   const metadata = h("input", { placeholder: "optional: team=search, run=3" });
@@ -36,14 +38,31 @@ export function newJobPage(root, guard) {
   // "serve" is checked. GET /serving says what it is.
   let servedRank = null;
   const rankHint = h("span", { id: "lora-r-hint" });
+  let rankMax = null;  // the API's own bound on lora_r
   function rankLimit() {
     if (deploy.checked && servedRank) {
-      inputs.lora_r.max = servedRank;
+      inputs.lora_r.max = Math.min(servedRank, rankMax || servedRank);
       rankHint.textContent = `Served adapters go up to rank ${servedRank}; uncheck serving below for more.`;
     } else {
-      inputs.lora_r.removeAttribute("max");
+      if (rankMax) inputs.lora_r.max = rankMax; else inputs.lora_r.removeAttribute("max");
       rankHint.textContent = "";
     }
+  }
+
+  // One field from its JSON Schema: the number's bounds (of the numeric branch when it may also
+  // be "auto" or null), its default as the starting value, its meaning as the hint.
+  function applySchema(props) {
+    for (const [name, el] of Object.entries(inputs)) {
+      const p = props[name];
+      if (!p) continue;
+      const num = (p.anyOf || [p]).find((b) => b.type === "integer" || b.type === "number") || {};
+      if (num.minimum !== undefined) el.min = num.minimum;
+      else if (num.exclusiveMinimum !== undefined) el.min = num.exclusiveMinimum;
+      if (num.maximum !== undefined) el.max = num.maximum;
+      if (el.value === "" && typeof p.default === "number") el.value = p.default;
+      hints[name].textContent = p.description || "";
+    }
+    rankMax = inputs.lora_r.max ? Number(inputs.lora_r.max) : null;
   }
   // Edits fire checks and estimates faster than they answer: only the latest one may show.
   let latestPreview = 0;
@@ -57,10 +76,11 @@ export function newJobPage(root, guard) {
       h("div", {},
         h("section", { class: "card" }, h("h2", {}, "2. Model and hyperparameters"),
           field("base-model", "Base model", model), field("method", "Method", method),
-          field("n-epochs", "Epochs", inputs.n_epochs), field("learning-rate", "Learning rate", inputs.learning_rate),
-          field("batch-size", "Batch size", inputs.batch_size, "Examples per optimizer step, whatever the packing."),
-          field("max-seq-length", "Max sequence length", inputs.max_seq_length),
-          field("lora-r", "LoRA rank", inputs.lora_r, rankHint),
+          field("n-epochs", "Epochs", inputs.n_epochs, hints.n_epochs),
+          field("learning-rate", "Learning rate", inputs.learning_rate, hints.learning_rate),
+          field("batch-size", "Batch size", inputs.batch_size, hints.batch_size),
+          field("max-seq-length", "Max sequence length", inputs.max_seq_length, hints.max_seq_length),
+          field("lora-r", "LoRA rank", inputs.lora_r, [hints.lora_r, " ", rankHint]),
           field("deploy", "Serve the model when training succeeds", deploy,
             "Uncheck to train on a base model no vLLM serves, or a LoRA rank above what serving loads."),
           field("suffix", "Model name suffix", suffix), field("metadata", "Metadata", metadata, "key=value pairs, comma-separated; filter jobs by them.")),
@@ -82,6 +102,7 @@ export function newJobPage(root, guard) {
 
   async function loadModels() {
     try {
+      applySchema((await api("GET", "/hyperparameters")).properties);
       servedRank = (await api("GET", "/serving")).max_lora_rank;
       rankLimit();
       const page = await api("GET", "/models");

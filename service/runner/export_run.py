@@ -1,12 +1,11 @@
-"""One claimed export on one runner slot: write its spec, start the export child, heartbeat the
-lease while it runs, record its stages and result. Like a job: a runner that dies leaves the
+"""One claimed export on one runner slot: write its spec, start the export child, watch it
+(supervise.py, the same loop as training: messages, lease, stops), record its stages and result. Like a job: a runner that dies leaves the
 lease to lapse and another runner starts the export again (exports are deterministic and take
 minutes, so an attempt starts over rather than from a partial file)."""
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,9 @@ from service.contracts import schema as s
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.jobs.store_exports import ExportLease
-from service.runner.process import Child, messages, send, terminate
+from service.runner.process import Child
 from service.runner.spec import object_ref
+from service.runner.supervise import supervise
 from service.settings import Settings
 from service.contracts import messages as m
 
@@ -42,7 +42,6 @@ class ExportRun:
         self.lease = ExportLease(self.owner, self.export.attempt)
         self.done: m.ExportDone | None = None
         self.failed: m.Failed | None = None
-        self.lost = False
 
     @property
     def work_dir(self) -> Path:
@@ -77,17 +76,13 @@ class ExportRun:
         child = await Child.start(self.settings, self.gpu, ["--export", str(spec_path)],
                                   self.work_dir / "child.log")
         self.log.info("export child started", pid=child.proc.pid, format=spec.format.value)
-        reader = asyncio.create_task(self._read(child))
-        watcher = asyncio.create_task(self._watch(child.proc))
-        try:
-            code = await child.proc.wait()
-            await reader
-        finally:
-            watcher.cancel()
-            reader.cancel()
-            if child.proc.returncode is None:
-                send(child.proc, signal.SIGKILL)
-        if self.lost:
+        out = await supervise(
+            child, self.settings, self.log, self.stopping,
+            heartbeat=lambda: self.store.heartbeat_export(self.export.id, self.lease,
+                                                          self.settings.lease_seconds),
+            record=self._record, on_runner_stop="terminate")
+        code = out.code
+        if out.lost:
             self.log.info("export no longer ours; child stopped")
             return
         await self._abort_open_uploads()
@@ -99,9 +94,10 @@ class ExportRun:
                     self.export.id, self.lease, bucket=d.bucket, key=d.key, filename=d.filename,
                     size=d.bytes, sha256=d.sha256, seconds=seconds, checks=d.checks,
                     modelfile=d.modelfile)
-            elif self.stopping.is_set():
+            elif self.stopping.is_set() or out.unrecorded:
+                why = "runner stopping" if self.stopping.is_set() else "its progress could not be recorded"
                 await self.store.release_export(self.export.id, self.lease,
-                                                "runner stopping; the export will start again")
+                                                f"{why}; the export will start again")
             elif code == m.EXIT_BAD_INPUT or self.export.attempt >= self.settings.max_attempts:
                 failed = self.failed or m.Failed(code="export_failed",
                                                  message=f"the export child exited with {code}")
@@ -127,39 +123,12 @@ class ExportRun:
         except Exception:  # noqa: BLE001 - a leftover costs storage, not correctness
             self.log.warning("could not abort uploads left open", exc_info=True)
 
-    async def _watch(self, proc: Any) -> None:
-        """Heartbeat the lease; stop the child on a lost lease or runner shutdown."""
-        while proc.returncode is None:
-            try:
-                await asyncio.wait_for(self.stopping.wait(), self.settings.heartbeat_seconds)
-            except TimeoutError:
-                pass
-            if self.stopping.is_set():
-                await terminate(proc, self.settings.cancel_grace_seconds)
-                return
-            try:
-                ours = await self.store.heartbeat_export(self.export.id, self.lease,
-                                                         self.settings.lease_seconds)
-            except Exception:  # noqa: BLE001 - a database blip; the lease has slack
-                self.log.warning("heartbeat failed", exc_info=True)
-                continue
-            if not ours:
-                self.lost = True
-                await terminate(proc, self.settings.cancel_grace_seconds)
-                return
-
-    async def _read(self, child: Child) -> None:
-        async for msg in messages(child.events_fd, self.log):
-            match msg:
-                case m.ExportStage(stage=stage):
-                    try:
-                        await self.store.export_stage(self.export.id, self.lease, stage)
-                    except LeaseLost:
-                        self.lost = True
-                        await terminate(child.proc, self.settings.cancel_grace_seconds)
-                        return
-                case m.ExportDone():
-                    self.done = msg
-                case m.Failed():
-                    self.failed = msg
-                    self.log.warning("export failed", code=msg.code, message=msg.message)
+    async def _record(self, msg: m.ChildMessage) -> None:
+        match msg:
+            case m.ExportStage(stage=stage):
+                await self.store.export_stage(self.export.id, self.lease, stage)
+            case m.ExportDone():
+                self.done = msg
+            case m.Failed():
+                self.failed = msg
+                self.log.warning("export failed", code=msg.code, message=msg.message)

@@ -1,13 +1,12 @@
 """One claimed job on one runner slot: build the spec, start the training child (or hand it to
-the slot's warm one), heartbeat the lease while it runs, read its messages, then act on how it
-ended. The parts: spec.py (what the child is told), process.py (the child as a process),
-report.py (what is written), policy.py (what happens next)."""
+the slot's warm one), watch it (supervise.py: messages, lease, stops), then act on how it ended.
+The parts: spec.py (what the child is told), process.py (the child as a process), report.py
+(what is written), policy.py (what happens next)."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,10 @@ from service.contracts import schema as s
 from service.jobs.service import JobService
 from service.jobs.store import Lease, Store
 from service.runner.policy import Attempt, decide
-from service.runner.process import Child, Template, messages, send, terminate
+from service.runner.process import Child, Template
 from service.runner.report import Reporter
 from service.runner.spec import build_spec
+from service.runner.supervise import supervise
 from service.settings import Settings
 from service.contracts import messages as m
 
@@ -142,69 +142,15 @@ class JobRun:
             child = await Child.start(self.settings, self.gpu, [str(spec_path)], log_path)
             self.log.info("child started", pid=child.proc.pid, gpu=self.gpu,
                           max_micro_batch=spec.max_micro_batch_size)
-        proc = child.proc
         attempt = Attempt()
-        reader = asyncio.create_task(self._read_messages(child.events_fd, attempt, proc))
-        watcher = asyncio.create_task(self._watch(proc, attempt))
-        try:
-            attempt.code = await proc.wait()
-            await reader
-        finally:
-            watcher.cancel()
-            reader.cancel()
-            if proc.returncode is None:
-                send(proc, signal.SIGKILL)
+        started = time.monotonic()
+        out = await supervise(
+            child, self.settings, self.log, self.stopping,
+            heartbeat=lambda: self.store.heartbeat(self.job.id, self.lease, self.settings.lease_seconds),
+            record=lambda msg: self.report.handle(msg, attempt, started),
+            on_runner_stop="ask", pause_requested=lambda: self.store.pause_requested(self.job.id))
+        attempt.code, attempt.lost = out.code, out.lost
+        attempt.pausing, attempt.unrecorded = out.pausing, out.unrecorded
         if not attempt.lost:  # once fenced, the prefix belongs to the attempt that has the job
             await self._abort_open_uploads(spec)
         return attempt
-
-    async def _watch(self, proc: asyncio.subprocess.Process, attempt: Attempt) -> None:
-        """Heartbeat the lease; stop the child on cancel, lost lease or runner shutdown."""
-        stop_sent = False
-        while proc.returncode is None:
-            try:
-                await asyncio.wait_for(self.stopping.wait(), self.settings.heartbeat_seconds)
-            except TimeoutError:
-                pass
-            if self.stopping.is_set() and not stop_sent:
-                # Graceful: the child finishes any checkpoint upload, stops at the next step.
-                send(proc, signal.SIGTERM)
-                stop_sent = True
-            try:
-                ours = await self.store.heartbeat(self.job.id, self.lease, self.settings.lease_seconds)
-            except Exception:  # noqa: BLE001 - a database blip; the lease has slack
-                self.log.warning("heartbeat failed", exc_info=True)
-                continue
-            if not ours:
-                attempt.lost = True
-                await terminate(proc, self.settings.cancel_grace_seconds)
-                return
-            if not stop_sent and await self.store.pause_requested(self.job.id):
-                # The child saves a resume point at the next step boundary, then exits.
-                send(proc, signal.SIGTERM)
-                attempt.pausing = stop_sent = True
-
-    async def _read_messages(self, fd: int, attempt: Attempt, proc: asyncio.subprocess.Process) -> None:
-        """Record each message; if one cannot be recorded, stop the child (the policy then hands
-        the job back) but keep reading to the end, so a child that is still writing never
-        blocks on a full pipe."""
-        started = time.monotonic()
-        stopping: asyncio.Task | None = None
-        async for msg in messages(fd, self.log):
-            if stopping is not None:
-                continue
-            try:
-                await self.report.handle(msg, attempt, started)
-                continue
-            except LeaseLost:
-                # Fenced: the job went to another attempt while this runner could not
-                # heartbeat (frozen, partitioned). Nothing more of this child is recorded.
-                self.log.warning("lease lost; stopping the child")
-                attempt.lost = True
-            except Exception:  # noqa: BLE001 - a database blip, a bug: the job must not hang
-                self.log.exception("a message of the child could not be recorded; stopping the child",
-                                   message=type(msg).__name__)
-                attempt.unrecorded = True
-            stopping = asyncio.create_task(terminate(proc, self.settings.cancel_grace_seconds))
-        if stopping is not None:
-            await stopping

@@ -130,8 +130,8 @@ class Deployments:
                    message: str | None = None) -> None:
         """What one serving replica reports about its own load. Its row is written, and the
         deployment moves if the best replica's state changed it. InvalidTransition (409), with
-        nothing written, when the deployment is no longer wanted (the user unloaded it, or asked
-        for it again and this load is stale): the replica unloads it."""
+        nothing written, when the user unloaded it: the replica then unloads it. (A load that
+        finishes after the user asked for the model again counts: the files are the same.)"""
         async with self.db.write() as ses:
             # Locked so that concurrent replicas' reports follow each other (Postgres; SQLite
             # writers take turns anyway).

@@ -32,3 +32,18 @@ def parse_model_name(name: str) -> tuple[str, str, int | None] | None:
     if m is None:
         return None
     return m["base"], m["job"], int(m["epoch"]) if m["epoch"] else None
+
+
+_RESULT_FILE = re.compile(r"^file-results-(?P<job>[0-9a-f]{24})$")
+
+
+def result_file_id(job_id: str) -> str:
+    """The id of a succeeded job's result file (OpenAI's `result_files`): its per-step CSV, made
+    from what the job recorded, so it needs no copy of its own and lives as long as the job."""
+    return "file-results-" + job_id.removeprefix("ftjob-")
+
+
+def result_file_job(file_id: str) -> str | None:
+    """The job whose result file `file_id` is, or None for any other id."""
+    m = _RESULT_FILE.match(file_id)
+    return f"ftjob-{m['job']}" if m else None

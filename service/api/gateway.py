@@ -169,9 +169,42 @@ async def _proxy(request: Request, route: str, tenant: str, settings: Settings,
             await answer.aclose()
         if answer.status_code >= 400:
             raise upstream_error(answer.status_code, content)
-        return Response(content, status_code=answer.status_code, media_type=media_type)
+        return Response(openai_shaped(content), status_code=answer.status_code, media_type=media_type)
     return Stream(_relay(answer), status_code=200, media_type=media_type,
                   headers={"Cache-Control": "no-cache"})
+
+
+# Fields OpenAI's schemas have as optional but never null, which vLLM sends as null: a strict
+# client (one generated from OpenAI's document) refuses a null there, so they are left out, as
+# OpenAI leaves them out. Required fields that may be null (content, refusal, logprobs) stay.
+_OPTIONAL_TOP = ("system_fingerprint", "service_tier", "usage", "metadata")
+_OPTIONAL_MESSAGE = ("tool_calls", "annotations", "function_call", "audio")
+_OPTIONAL_USAGE = ("completion_tokens_details", "prompt_tokens_details")
+
+
+def _drop_nulls(obj: dict, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key in obj and obj[key] is None:
+            del obj[key]
+
+
+def openai_shaped(content: bytes) -> bytes:
+    """A (non-streamed) completion as OpenAI's schema has it (tests/e2e/test_serving.py checks
+    each answer against OpenAI's published schema); a body that is not a JSON object passes as is.
+    Stream chunks need nothing of this: vLLM's conform as they are."""
+    try:
+        body = msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return content
+    if not isinstance(body, dict):
+        return content
+    _drop_nulls(body, _OPTIONAL_TOP)
+    if isinstance(body.get("usage"), dict):
+        _drop_nulls(body["usage"], _OPTIONAL_USAGE)
+    for choice in body.get("choices") or ():
+        if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
+            _drop_nulls(choice["message"], _OPTIONAL_MESSAGE)
+    return msgspec.json.encode(body)
 
 
 async def _relay(answer: httpx.Response) -> AsyncIterator[bytes]:

@@ -20,6 +20,9 @@ from service.contracts import schema as s
 from service.jobs.deployments import Deployments
 from service.jobs.files import FileService
 from service.jobs.service import JobService
+from service.ids import result_file_id, result_file_job
+from service.jobs.results import FILENAME as RESULTS_NAME
+from service.jobs.results import refuse_delete, result_file
 from service.jobs.store import MAX_PAGE, Store, request_hash
 from service.settings import Settings
 
@@ -41,23 +44,47 @@ class V1FilesController(Controller):
     @get("/", responses=errors(*AUTHED, 404))
     async def list_files(self, tenant: str, store: Store, after: str | None = None,
                          limit: Limit = 20, purpose: str | None = None) -> o.ListPage:
+        """Uploads (`purpose=fine-tune`, the default), or with `purpose=fine-tune-results` the
+        result files of succeeded jobs, newest first; no file has any other purpose here."""
+        if purpose == "fine-tune-results":
+            jobs = await store.list_jobs(tenant, result_file_job(after) if after else None, limit,
+                                         status=s.Status.succeeded)
+            out = []
+            for job in jobs.data:
+                _, content = await result_file(store, tenant, result_file_id(job.id))
+                out.append(o.result_file_out(job, len(content), RESULTS_NAME))
+            return o.page(out, jobs.has_more)
+        if purpose not in (None, "fine-tune"):
+            return o.page([])
         page = await store.list_files(tenant, after, limit)
-        data = [o.file_out(f) for f in page.data if purpose in (None, "fine-tune")]
-        return o.page(data, page.has_more)
+        return o.page([o.file_out(f) for f in page.data], page.has_more)
 
     @get("/{file_id:str}", responses=errors(*AUTHED, 404))
     async def retrieve_file(self, file_id: str, tenant: str, store: Store) -> o.OpenAIFile:
+        """An upload, or a job's result file (a `result_files` id: purpose fine-tune-results)."""
+        if result_file_job(file_id):
+            job, content = await result_file(store, tenant, file_id)
+            return o.result_file_out(job, len(content), RESULTS_NAME)
         return o.file_out(await store.get_file(tenant, file_id))
 
     @get("/{file_id:str}/content", responses=errors(*AUTHED, 404), media_type="application/octet-stream")
-    async def file_content(self, file_id: str, tenant: str, store: Store, files: FileService) -> Stream:
+    async def file_content(self, file_id: str, tenant: str, store: Store, files: FileService
+                           ) -> Stream | Response[bytes]:
+        """The file's bytes; a result file's are its job's per-step CSV (GET /jobs/{id}/results)."""
+        if result_file_job(file_id):
+            _, content = await result_file(store, tenant, file_id)
+            return Response(content, media_type="text/csv")
         row = await store.file_row(tenant, file_id)
         return Stream(await files.open_content(row), media_type="application/octet-stream",
                       headers={"Content-Length": str(row.bytes)})
 
     @delete("/{file_id:str}", status_code=200, responses=errors(*AUTHED, 404, 409))
-    async def delete_file(self, file_id: str, tenant: str, files: FileService) -> o.Deleted:
-        """Refused (409) while a job that has not ended reads the file."""
+    async def delete_file(self, file_id: str, tenant: str, files: FileService, store: Store) -> o.Deleted:
+        """Refused (409) while a job that has not ended reads the file, and for a result file
+        (it lives as long as its job)."""
+        if result_file_job(file_id):
+            await result_file(store, tenant, file_id)  # 404 for what this tenant cannot see
+            raise refuse_delete(file_id)
         await files.delete(tenant, file_id)
         return o.Deleted(id=file_id, object="file")
 

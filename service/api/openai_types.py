@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from service.errors import InvalidRequest
-from service.ids import model_name
+from service.errors import Unprocessable
+from service.ids import model_name, result_file_id
 from service.contracts import schema as s
 
 # OpenAI's learning_rate_multiplier scales this (the native API's default learning rate).
@@ -43,7 +43,10 @@ class DpoOpenAI(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     hyperparameters: OpenAIDpoHyperparameters = OpenAIDpoHyperparameters()
 
 
-class Method(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+class FineTuneMethod(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """OpenAI's name for it; a second `Method` beside the native one would make the OpenAPI
+    document's component names ambiguous."""
+
     type: Literal["supervised", "dpo"]  # no "reinforcement"
     supervised: Supervised | None = None
     dpo: DpoOpenAI | None = None
@@ -67,28 +70,30 @@ class _FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     seed: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None
     metadata: s.Metadata | None = None
     hyperparameters: OpenAIHyperparameters | None = None
-    method: Method | None = None
+    method: FineTuneMethod | None = None
     # tunedock's extras: deploy, dry_run, and each of EXTRA_HYPERPARAMETERS (FineTuningJobCreate)
     deploy: bool = True
     # Check the data and answer with the dataset summary, plan and duration; create nothing.
     dry_run: bool = False
 
     def to_native(self) -> s.JobCreate:
-        """The same job on the native API; raises InvalidRequest for what tunedock cannot do."""
+        """The same job on the native API. Unprocessable (422) where the body is well-formed but
+        its fields contradict each other (a method block that is not method.type's, a learning
+        rate above 1): the schema cannot state those, so they are not a 400."""
         oai: OpenAIHyperparameters = self.hyperparameters or OpenAIHyperparameters()
         method = s.Method()
         if self.method is not None and self.method.type == "dpo":
             if self.method.supervised is not None:
-                raise InvalidRequest("method.supervised is given but method.type is 'dpo'",
-                                     param="method.type")
+                raise Unprocessable("method.supervised is given but method.type is 'dpo'",
+                                    param="method.type")
             dpo = (self.method.dpo or DpoOpenAI()).hyperparameters
             oai = dpo
             beta = s.DpoHyperparameters().beta if dpo.beta == "auto" else dpo.beta
             method = s.Method(type="dpo", dpo=s.Dpo(hyperparameters=s.DpoHyperparameters(beta=beta)))
         elif self.method is not None:
             if self.method.dpo is not None:
-                raise InvalidRequest("method.dpo is given but method.type is 'supervised'",
-                                     param="method.type")
+                raise Unprocessable("method.dpo is given but method.type is 'supervised'",
+                                    param="method.type")
             if self.method.supervised is not None:
                 oai = self.method.supervised.hyperparameters
         hp: dict[str, Any] = {
@@ -98,7 +103,7 @@ class _FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
                                                    else oai.learning_rate_multiplier),
         }
         if hp["learning_rate"] > 1:
-            raise InvalidRequest("learning_rate_multiplier gives a learning rate above 1; lower it",
+            raise Unprocessable("learning_rate_multiplier gives a learning rate above 1; lower it",
                                  param="hyperparameters.learning_rate_multiplier")
         if self.seed is not None:
             hp["seed"] = self.seed
@@ -108,7 +113,7 @@ class _FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
         try:
             hyperparameters = msgspec.convert(hp, s.Hyperparameters)
         except msgspec.ValidationError as exc:  # a combination the native API refuses
-            raise InvalidRequest(f"the resolved hyperparameters are not valid: {exc}",
+            raise Unprocessable(f"the resolved hyperparameters are not valid: {exc}",
                                  param="hyperparameters") from None
         return s.JobCreate(base_model=self.model, training_file=self.training_file,
                            validation_file=self.validation_file, suffix=self.suffix,
@@ -143,7 +148,9 @@ class DpoResolved(msgspec.Struct, kw_only=True):
 
 
 class MethodResolved(msgspec.Struct, kw_only=True, omit_defaults=True):
-    type: Literal["supervised", "dpo"] = "supervised"
+    # Required, so it is always sent (OpenAI's FineTuneMethod requires it); omit_defaults drops
+    # the method object that does not apply, which OpenAI's schema has no null for.
+    type: Literal["supervised", "dpo"]
     supervised: SupervisedResolved | None = None
     dpo: DpoResolved | None = None
 
@@ -190,14 +197,15 @@ def job_out(job: s.Job, tenant: str) -> FineTuningJob:
         id=job.id, created_at=job.created_at, error=error, fine_tuned_model=job.fine_tuned_model,
         finished_at=job.finished_at, hyperparameters=resolved,
         model=job.continued_from.model if job.continued_from else job.base_model,
-        organization_id=tenant, result_files=[], seed=hp.seed, status=job.status.value,
+        organization_id=tenant,
+        result_files=[result_file_id(job.id)] if job.status is s.Status.succeeded else [], seed=hp.seed, status=job.status.value,
         trained_tokens=job.trained_tokens, training_file=job.training_file,
         validation_file=job.validation_file, estimated_finish=job.estimated_finish, integrations=[],
         metadata=job.metadata or None,
         method=(MethodResolved(type="dpo", dpo=DpoResolved(hyperparameters=DpoResolvedHyperparameters(
                     **msgspec.structs.asdict(resolved), beta=job.method.beta)))
                 if job.method.type == "dpo"
-                else MethodResolved(supervised=SupervisedResolved(hyperparameters=resolved))),
+                else MethodResolved(type="supervised", supervised=SupervisedResolved(hyperparameters=resolved))),
         user_provided_suffix=job.suffix, tunedock=job)
 
 
@@ -205,14 +213,19 @@ class JobEvent(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
     created_at: int
-    level: str
+    level: Literal["info", "warn", "error"]
     message: str
     data: dict[str, Any] | None
     type: Literal["message", "metrics"]
 
 
+# OpenAI's event levels are info | warn | error; tunedock's "warning" is OpenAI's "warn".
+_LEVELS = {"info": "info", "warning": "warn", "error": "error"}
+
+
 def event_out(event: s.Event) -> JobEvent:
-    return JobEvent(id=event.id, created_at=event.created_at, level=event.level, message=event.message,
+    return JobEvent(id=event.id, created_at=event.created_at, level=_LEVELS[event.level],
+                    message=event.message,
                     data={"tunedock_type": event.type, **(event.data or {})},
                     type="metrics" if event.type == "metrics" else "message")
 
@@ -256,6 +269,11 @@ class OpenAIFile(msgspec.Struct, kw_only=True):
 
 def file_out(file: s.File) -> OpenAIFile:
     return OpenAIFile(id=file.id, bytes=file.bytes, created_at=file.created_at, filename=file.filename)
+
+
+def result_file_out(job: s.Job, size: int, filename: str) -> OpenAIFile:
+    return OpenAIFile(id=result_file_id(job.id), bytes=size, created_at=job.finished_at or job.created_at,
+                      filename=filename, purpose="fine-tune-results")
 
 
 class Deleted(msgspec.Struct, kw_only=True):

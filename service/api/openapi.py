@@ -21,7 +21,6 @@ from litestar.openapi.spec import (
     Schema,
 )
 
-from service.api import openai_types
 from service.api.openai_types import FineTuningJobCreate
 from service.contracts import schema as wire
 from service.contracts.schema import ErrorBody
@@ -110,24 +109,40 @@ def _from_json_schema(node: Any) -> Any:
     return Schema(**fields)
 
 
-def complete(document: OpenAPI) -> None:
+def complete(document: OpenAPI, request_types: tuple[type, ...] = ()) -> None:
     """Constraints Litestar 2 drops: request types documented from msgspec's own schema,
     `additionalProperties: false` on every request type that refuses unknown fields, and
     downloads documented as binary strings."""
     schemas = (document.components.schemas if document.components else None) or {}
-    _, components = msgspec.json.schema_components(REQUEST_TYPES,
+    _, components = msgspec.json.schema_components(REQUEST_TYPES + request_types,
                                                    ref_template="#/components/schemas/{name}")
     for name, raw in components.items():
-        if name in schemas:
-            schemas[name] = _from_json_schema(raw)
+        # Replaced where Litestar has it; added where msgspec names it differently (a name two
+        # modules share), so every $ref in the document resolves.
+        schemas[name] = _from_json_schema(raw)
     for path in (document.paths or {}).values():  # downloads: bytes, not an unnamed object
         for op in (path.get, path.post):
             for response in ((op.responses or {}).values() if op else ()):
                 media = (getattr(response, "content", None) or {}).get("application/octet-stream")
                 if media is not None:
                     media.schema = Schema(type=OpenAPIType.STRING, format="binary")
+    structs = _structs_by_name()
     for name, schema in schemas.items():
-        struct = getattr(wire, name, None) or getattr(openai_types, name, None)
-        if (isinstance(schema, Schema) and isinstance(struct, type) and issubclass(struct, msgspec.Struct)
-                and struct.__struct_config__.forbid_unknown_fields):
+        struct = structs.get(name)
+        if isinstance(schema, Schema) and struct is not None and struct.__struct_config__.forbid_unknown_fields:
             schema.additional_properties = False
+
+
+def _structs_by_name() -> dict[str, type[msgspec.Struct]]:
+    """Every msgspec Struct class by its name (the component name Litestar gives it), wherever it
+    is declared; a name two classes share is left out (Litestar qualifies those)."""
+    found: dict[str, type[msgspec.Struct]] = {}
+    shared: set[str] = set()
+    todo = list(msgspec.Struct.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if cls.__name__ in found and found[cls.__name__] is not cls:
+            shared.add(cls.__name__)
+        found[cls.__name__] = cls
+    return {k: v for k, v in found.items() if k not in shared}

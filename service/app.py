@@ -50,20 +50,36 @@ from service.metrics import Metrics
 from service.settings import Settings, load_settings
 from service.storage import make_store
 from service.ui import dashboard
+from service.webhooks.routes import V1WebhooksController, WebhooksController, provide_webhooks
+from service.webhooks.service import WebhookService
+from service.webhooks.wire import EVENT_TYPES, REQUEST_TYPES as WEBHOOK_REQUESTS
+from service.webhooks.store import WebhookStore
 
 log = structlog.get_logger()
 _PARAM = re.compile(r"`\$\.([A-Za-z0-9_.\[\]]+)`")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-def _error(status: int, code: str, message: str, param: str | None = None,
+# OpenAI's error `type` for a status, which /v1 clients (the openai SDK among them) read.
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+                 429: "rate_limit_error"}
+
+
+def openai_error_type(status: int) -> str:
+    return _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+
+
+def _error(request: Request, status: int, code: str, message: str, param: str | None = None,
            headers: dict[str, str] | None = None) -> Response:
-    body = {"error": {"code": code, "message": message, "param": param}}
-    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers)
+    """The one error shape, `{error: {code, message, param}}`, plus OpenAI's `type` on /v1."""
+    error: dict[str, str | None] = {"code": code, "message": message, "param": param}
+    if request.url.path.startswith("/v1/"):
+        error["type"] = openai_error_type(status)
+    return Response({"error": error}, status_code=status, media_type=MediaType.JSON, headers=headers)
 
 
-def _service_error(_: Request, exc: ServiceError) -> Response:
-    return _error(exc.status_code, exc.code, exc.message, exc.param)
+def _service_error(request: Request, exc: ServiceError) -> Response:
+    return _error(request, exc.status_code, exc.code, exc.message, exc.param)
 
 
 # Friendlier words for constraints whose raw message is a regular expression.
@@ -73,10 +89,11 @@ _PATTERN_HINTS = {
     "suffix": "suffix may hold only lowercase letters, digits and '-', at most 40 characters",
     "method.type": "method.type must be 'supervised' or 'dpo'",
     "purpose": "purpose must be 'fine-tune': tunedock stores training data only",
+    "url": "url must be https://host[:port][/path] (a webhook receiver), without user:password@",
 }
 
 
-def _validation_error(_: Request, exc: ValidationException) -> Response:
+def _validation_error(request: Request, exc: ValidationException) -> Response:
     extra = exc.extra if isinstance(exc.extra, list) else []
     detail = extra[0] if extra and isinstance(extra[0], dict) else {}
     message = str(detail.get("message") or exc.detail)
@@ -91,14 +108,16 @@ def _validation_error(_: Request, exc: ValidationException) -> Response:
                    if message.strip("'") == "data" else f"the request body is not valid: {message}")
     elif param in _PATTERN_HINTS and ("matching regex" in message or "equal to" in message):
         message = _PATTERN_HINTS[param]
-    return _error(400, "invalid_request", message, param)
+    elif param and param.split("[")[0] == "event_types" and "enum value" in message:
+        message = f"{message}; the event types sent are {', '.join(EVENT_TYPES)}"
+    return _error(request, 400, "invalid_request", message, param)
 
 
-def _http_error(_: Request, exc: HTTPException) -> Response:
+def _http_error(request: Request, exc: HTTPException) -> Response:
     codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
              413: "request_too_large", 415: "unsupported_media_type"}
     code = codes.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "server_error")
-    return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    return _error(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
 def _object_store_error(request: Request, exc: Exception) -> Response:
@@ -110,21 +129,21 @@ def _object_store_error(request: Request, exc: Exception) -> Response:
     log.warning("object store error", error=type(exc).__name__, kind=kind, path=request.url.path,
                 detail=str(exc)[:500])
     if kind == "missing":
-        return _error(404, "object_not_found", "the object store has no such object or bucket "
+        return _error(request, 404, "object_not_found", "the object store has no such object or bucket "
                       f"(it may have been deleted); request id {request_id}")
     if kind == "denied":
-        return _error(403, "object_store_denied",
+        return _error(request, 403, "object_store_denied",
                       "the object store refused this service access to the object; an operator "
                       "must grant the service's credentials access to it (retrying will not help; "
                       f"request id {request_id})")
-    return _error(503, "object_store_unavailable",
+    return _error(request, 503, "object_store_unavailable",
                   f"the object store failed this request; retry in a few seconds (request id {request_id})")
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
     request_id = request.scope.get("state", {}).get("request_id")
     log.error("unhandled error", exc_info=exc, path=request.url.path)
-    return _error(500, "server_error", f"internal error; quote request id {request_id}")
+    return _error(request, 500, "server_error", f"internal error; quote request id {request_id}")
 
 
 def request_context(app: ASGIApp) -> ASGIApp:
@@ -186,9 +205,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.update(settings=settings, store=store, objects=objects, jobs=jobs,
                          files=FileService(settings, store, objects, jobs.checked), deployments=Deployments(db),
                          exports=ExportService(settings, store, objects),
-                         metrics=Metrics(), key_cache={}, upstreams=Upstreams(settings))
+                         metrics=Metrics(), key_cache={}, upstreams=Upstreams(settings),
+                         webhooks=WebhookService(settings, WebhookStore(db)))
         await jobs.resume_pending()
         jobs.sweep_leases_in_background()
+        dispatch_db = Database(settings.database_url)
+        app.state.webhooks.start(WebhookStore(dispatch_db))
         # Everything loaded so far lives as long as the process; keeping it out of the cyclic
         # garbage collector's scans cuts the pauses that show up as p99 latency under load.
         gc.freeze()
@@ -198,13 +220,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             await jobs.drain()
+            await app.state.webhooks.stop()
+            await dispatch_db.close()
             await app.state.upstreams.close()
             await db.close()
 
     return Litestar(
         route_handlers=[JobsController, hyperparameters, ExportsController, FilesController, ModelsController, ServingController,
                         HealthController, V1FilesController, V1FineTuningController,
-                        V1ModelsController, GatewayController, InternalController, *dashboard()],
+                        V1ModelsController, GatewayController, InternalController, WebhooksController,
+                        V1WebhooksController, *dashboard()],
         dependencies={
             "tenant": Provide(provide_tenant),
             "store": Provide(provide_store, sync_to_thread=False),
@@ -212,6 +237,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "files": Provide(provide_files, sync_to_thread=False),
             "deployments": Provide(provide_deployments, sync_to_thread=False),
             "exports": Provide(provide_exports, sync_to_thread=False),
+            "webhooks": Provide(provide_webhooks, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
         },
         exception_handlers={
@@ -224,7 +250,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         middleware=[request_context],
         lifespan=[lifespan],
-        on_startup=[lambda app: complete_openapi(app.openapi_schema)],
+        on_startup=[lambda app: complete_openapi(app.openapi_schema, WEBHOOK_REQUESTS)],
         request_max_body_size=1 << 20,
         openapi_config=OpenAPIConfig(title="tunedock", version=__version__, path="/openapi"),
         debug=False,

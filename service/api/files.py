@@ -13,7 +13,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.errors import InvalidRequest, PayloadTooLarge, Unprocessable
-from service.api.openapi import AUTHED, MultipartUpload, errors
+from service.api.openapi import MultipartUpload
+from service.http_errors import AUTHED, errors
 from service.contracts import schema as s
 from service.jobs.files import FileService
 from service.jobs.store import MAX_PAGE, Store

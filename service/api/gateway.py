@@ -21,7 +21,8 @@ from litestar import Controller, Request, post
 from litestar.datastructures import State
 from litestar.response import Response, Stream
 
-from service.api.openapi import AUTHED, ChatBody, errors
+from service.api.openapi import ChatBody
+from service.http_errors import AUTHED, errors
 from service.errors import InvalidRequest, NotFound, ServiceError
 from service.jobs.deployments import Deployments
 from service.settings import Settings

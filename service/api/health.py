@@ -10,7 +10,7 @@ from litestar.datastructures import State
 from litestar.response import Response
 
 from service.api.deps import bearer_is
-from service.api.openapi import errors
+from service.http_errors import errors
 from service.errors import ServiceError, Unauthorized
 from service.settings import Settings
 

@@ -11,7 +11,7 @@ from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
 from service.api.deps import bearer_is
-from service.api.openapi import errors
+from service.http_errors import errors
 from service.errors import Unauthorized
 from service.contracts import schema as s
 from service.jobs.db import utcnow

@@ -16,7 +16,7 @@ from litestar.response import Response, ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
 from service.api.deps import metadata_filter
-from service.api.openapi import AUTHED, errors
+from service.http_errors import AUTHED, errors
 from service.contracts import schema as s
 from service.jobs.deployments import Deployments
 from service.jobs.results import results_csv

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, Request, delete, get
 
-from service.api.openapi import AUTHED, errors
+from service.http_errors import AUTHED, errors
 from service.contracts import schema as s
 from service.jobs.deployments import Deployments
 from service.settings import Settings

@@ -15,7 +15,8 @@ from service.api import openai_types as o
 from service.api.deps import metadata_filter
 from service.api.files import receive_upload
 from service.api.gateway import model_not_found
-from service.api.openapi import AUTHED, MultipartUpload, errors
+from service.api.openapi import MultipartUpload
+from service.http_errors import AUTHED, errors
 from service.contracts import schema as s
 from service.jobs.deployments import Deployments
 from service.jobs.files import FileService

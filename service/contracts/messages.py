@@ -157,7 +157,7 @@ class Result(Message, tag="result", kw_only=True):
 
 
 class ExportSpec(msgspec.Struct, kw_only=True, frozen=True):
-    """What the runner hands an export child (`python -m service.training --export SPEC.json`)."""
+    """What the runner hands an export child (`python -m service.exports SPEC.json`)."""
 
     export_id: str
     job_id: str

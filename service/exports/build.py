@@ -1,4 +1,4 @@
-"""One export, in the child `python -m service.training --export SPEC.json`: a job's adapter
+"""One export, in the child `python -m service.exports SPEC.json`: a job's adapter
 merged into its 16-bit base, then (GGUF formats) converted with llama.cpp's converter and
 quantized with llama.cpp's kernels, each step checked before anything is stored.
 

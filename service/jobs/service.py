@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,18 +15,13 @@ import structlog
 
 from service.datasets.checked import CheckedFiles
 from service.datasets.template import local_tokens
-from service.datasets.validate import (
-    Options,
-    Report,
-    split_sizes,
-    validate_jsonl,
-    validation_overlap,
-)
+from service.datasets.validate import Options, Report, validate_jsonl
 from service.errors import InvalidTransition, NotFound, Unprocessable
 from service.ids import model_name, new_id, parse_model_name
 from service.contracts import schema as s
 from service.jobs.db import JobRow
 from service.jobs.estimate import Throughput, calibration_key, estimate_duration, training_tokens
+from service.jobs.resolve import first_invalid, inherit_lora_shape, resolve_auto, summarize
 from service.jobs.store import Store, event_row
 from service.settings import Settings
 from service.shapes import local_shape
@@ -212,19 +207,21 @@ class JobService:
         for job_id in await self.store.jobs_in_status(s.Status.validating_files):
             self.validate_in_background(job_id)
 
-    def sweep_leases_in_background(self) -> None:
+    def sweep_leases_in_background(self, *also: Callable[[int], Awaitable[list[str]]]) -> None:
         """Requeue jobs whose lease ran out every `sweep_seconds`, so a job whose runner died
-        goes back to the queue even when no live runner is left to notice (runners sweep too)."""
-        task = asyncio.get_running_loop().create_task(self._sweep_leases())
+        goes back to the queue even when no live runner is left to notice (runners sweep too);
+        `also` sweeps other leased work the same way (exports)."""
+        task = asyncio.get_running_loop().create_task(self._sweep_leases(also))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _sweep_leases(self) -> None:
+    async def _sweep_leases(self, also: tuple[Callable[[int], Awaitable[list[str]]], ...]) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_seconds)
             try:
                 moved = await self.store.requeue_expired(self.settings.max_attempts)
-                moved += await self.store.requeue_expired_exports(self.settings.max_attempts)
+                for sweep in also:
+                    moved += await sweep(self.settings.max_attempts)
                 await self.resume_pending()  # validation whose process died
             except Exception:  # noqa: BLE001 - the database may come back; sweep again later
                 log.warning("lease sweep failed", exc_info=True)
@@ -371,87 +368,6 @@ class JobService:
                                         data={"error": error, **data}, error=error)
         except (InvalidTransition, NotFound):  # cancelled meanwhile
             log.info("job changed during validation", job_id=job_id)
-
-
-def first_invalid(train: Report, val: Report | None) -> tuple[str, Report] | None:
-    for name, report in (("training_file", train), ("validation_file", val)):
-        if report is not None and not report.ok:
-            return name, report
-    return None
-
-
-def summarize(train: Report, val: Report | None, hp: s.Hyperparameters) -> s.DatasetSummary:
-    """What validation found, with the warnings a user should read before training."""
-    n_train, n_val, source = split_sizes(train.n_examples, val.n_examples if val else None)
-    assert train.digests is not None
-    overlap = validation_overlap(train.digests, val.digests if val else None, hp.seed)
-    warnings = list(train.warnings)
-    if hp.eval_samples and not hp.eval_prompts and n_val == 0:
-        warnings.append(f"eval_samples is {hp.eval_samples} but there are no validation "
-                        "examples to take prompts from (under 50 examples and no "
-                        "validation_file); give eval_prompts or a validation_file")
-    if overlap:
-        warnings.append(f"{overlap} validation examples also appear in the training data; "
-                        "their validation loss will look better than it is")
-    return s.DatasetSummary(
-        format=train.format or "", n_examples=train.n_examples, n_train=n_train,
-        n_validation=n_val, validation_source=source,
-        tokens=train.tokens, tokens_estimated=train.tokens_estimated,
-        supervised_tokens=train.supervised_tokens, context_tokens=train.context_tokens,
-        n_blank_lines=train.n_blank_lines, n_overlong=train.n_overlong,
-        overlong_policy=hp.overlong_examples,
-        n_duplicates=train.n_duplicates, n_validation_in_train=overlap,
-        lengths=train.lengths, warnings=warnings,
-    )
-
-
-# OpenAI's documented defaults for "auto": about 3 epochs, more for a small set and fewer for a
-# large one so that epochs x examples stays within [100, 25,000], between 1 and 25 epochs; a batch
-# of about 0.2% of the examples (here the nearest power of two), at most 256.
-AUTO_TARGET_EPOCHS, AUTO_MIN_EXAMPLES, AUTO_MAX_EXAMPLES = 3, 100, 25_000
-AUTO_MAX_EPOCHS, AUTO_MAX_BATCH = 25, 256
-
-
-def resolve_auto(hp: s.Hyperparameters, n_train: int) -> s.Hyperparameters:
-    """`hp` with "auto" n_epochs and batch_size replaced by the rule above."""
-    changes: dict[str, int] = {}
-    if hp.n_epochs == "auto":
-        epochs = AUTO_TARGET_EPOCHS
-        if n_train * epochs < AUTO_MIN_EXAMPLES:
-            epochs = min(AUTO_MAX_EPOCHS, AUTO_MIN_EXAMPLES // max(1, n_train))
-        elif n_train * epochs > AUTO_MAX_EXAMPLES:
-            epochs = max(1, AUTO_MAX_EXAMPLES // n_train)
-        changes["n_epochs"] = epochs
-    if hp.batch_size == "auto":
-        target = max(1.0, 0.002 * n_train)
-        batch = min(AUTO_MAX_BATCH, 2 ** round(math.log2(target)))
-        if hp.micro_batch_size:  # whole micro-batches per step, as check() requires of a set size
-            batch = -(-batch // hp.micro_batch_size) * hp.micro_batch_size
-        changes["batch_size"] = batch
-    return msgspec.structs.replace(hp, **changes) if changes else hp
-
-
-LORA_SHAPE = ("lora_r", "lora_alpha", "target_modules")
-
-
-def inherit_lora_shape(hp: s.Hyperparameters, parent: s.Hyperparameters) -> s.Hyperparameters:
-    """A continued adapter keeps its parent's rank, alpha and target modules: its weights are
-    the parent's. A value left at its default is taken from the parent; any other that differs
-    is refused (raising it silently would train something other than what was asked)."""
-    defaults, changes = s.Hyperparameters(), {}
-    for name in LORA_SHAPE:
-        mine, theirs = getattr(hp, name), getattr(parent, name)
-        if name == "target_modules":
-            mine, theirs = tuple(mine), tuple(theirs)
-        if mine == theirs:
-            continue
-        default = getattr(defaults, name)
-        if mine != (tuple(default) if name == "target_modules" else default):
-            raise Unprocessable(
-                f"hyperparameters.{name} is {mine!r} but the adapter being continued has {theirs!r}; "
-                f"a continued adapter keeps its shape, so leave {name} out", param=f"hyperparameters.{name}")
-        changes[name] = theirs
-    return msgspec.structs.replace(hp, **changes) if changes else hp
 
 
 def _unreadable(ref: str, param: str) -> NotFound:

@@ -1,5 +1,5 @@
 """The job, deployment and export lifecycles: one table of allowed transitions each.
-store_jobs.transition(), deployments.transition() and store_exports.transition() are their only
+store_jobs.transition(), deployments.transition() and exports/store.transition() are their only
 users."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from service.errors import LeaseLost
 from service.contracts import schema as s
 from service.jobs.service import JobService
 from service.jobs.store import Store
-from service.jobs.store_exports import ExportLease
+from service.exports.store import ExportLease, ExportStore
 from service.runner.process import Child
 from service.runner.spec import object_ref
 from service.runner.supervise import supervise
@@ -30,6 +30,7 @@ from service.contracts import messages as m
 class ExportRun:
     settings: Settings
     store: Store
+    exports: ExportStore
     jobs: JobService
     export: s.Export
     owner: str
@@ -73,12 +74,12 @@ class ExportRun:
         spec_path = self.work_dir / "spec.json"
         spec_path.write_bytes(msgspec.json.encode(spec))
         await self._abort_open_uploads()  # an earlier attempt's child may have died mid-upload
-        child = await Child.start(self.settings, self.gpu, ["--export", str(spec_path)],
-                                  self.work_dir / "child.log")
+        child = await Child.start(self.settings, self.gpu, [str(spec_path)], self.work_dir / "child.log",
+                                  module="service.exports")
         self.log.info("export child started", pid=child.proc.pid, format=spec.format.value)
         out = await supervise(
             child, self.settings, self.log, self.stopping,
-            heartbeat=lambda: self.store.heartbeat_export(self.export.id, self.lease,
+            heartbeat=lambda: self.exports.heartbeat_export(self.export.id, self.lease,
                                                           self.settings.lease_seconds),
             record=self._record, on_runner_stop="terminate")
         code = out.code
@@ -90,13 +91,13 @@ class ExportRun:
         try:
             if self.done is not None and code == 0:
                 d = self.done
-                await self.store.finish_export(
+                await self.exports.finish_export(
                     self.export.id, self.lease, bucket=d.bucket, key=d.key, filename=d.filename,
                     size=d.bytes, sha256=d.sha256, seconds=seconds, checks=d.checks,
                     modelfile=d.modelfile)
             elif self.stopping.is_set() or out.unrecorded:
                 why = "runner stopping" if self.stopping.is_set() else "its progress could not be recorded"
-                await self.store.release_export(self.export.id, self.lease,
+                await self.exports.release_export(self.export.id, self.lease,
                                                 f"{why}; the export will start again")
             elif code == m.EXIT_BAD_INPUT or self.export.attempt >= self.settings.max_attempts:
                 failed = self.failed or m.Failed(code="export_failed",
@@ -104,7 +105,7 @@ class ExportRun:
                 await self._fail(failed.code, failed.message)
             else:
                 reason = self.failed.message if self.failed else f"the export child exited with {code}"
-                await self.store.release_export(self.export.id, self.lease,
+                await self.exports.release_export(self.export.id, self.lease,
                                                 f"export attempt {self.export.attempt} failed "
                                                 f"({reason[:300]}); it will start again")
         except LeaseLost:
@@ -112,7 +113,7 @@ class ExportRun:
 
     async def _fail(self, code: str, message: str) -> None:
         try:
-            await self.store.fail_export(self.export.id, self.lease, code, message)
+            await self.exports.fail_export(self.export.id, self.lease, code, message)
         except LeaseLost:
             pass
 
@@ -126,7 +127,7 @@ class ExportRun:
     async def _record(self, msg: m.ChildMessage) -> None:
         match msg:
             case m.ExportStage(stage=stage):
-                await self.store.export_stage(self.export.id, self.lease, stage)
+                await self.exports.export_stage(self.export.id, self.lease, stage)
             case m.ExportDone():
                 self.done = msg
             case m.Failed():

@@ -12,6 +12,7 @@ import subprocess
 import structlog
 
 from service.contracts import schema as s
+from service.exports.store import ExportStore
 from service.jobs.database import Database
 from service.jobs.service import JobService
 from service.jobs.store import Store
@@ -41,6 +42,7 @@ class Runner:
     def __init__(self, settings: Settings, store: Store, jobs: JobService) -> None:
         self.settings = settings
         self.store = store
+        self.exports = ExportStore(store.db)  # exports keep their own store, on the same database
         self.jobs = jobs
         self.id = f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = asyncio.Event()
@@ -64,8 +66,8 @@ class Runner:
                 if isinstance(job, s.Export):
                     log.info("export claimed", export_id=job.id, attempt=job.attempt, owner=owner)
                     try:
-                        await ExportRun(self.settings, self.store, self.jobs, job, owner, gpu,
-                                        self.stopping).run()
+                        await ExportRun(self.settings, self.store, self.exports, self.jobs, job,
+                                        owner, gpu, self.stopping).run()
                     except Exception:  # noqa: BLE001 - as for a job, below
                         log.exception("the export's run ended with an error", export_id=job.id)
                     continue
@@ -93,10 +95,10 @@ class Runner:
         the runner stops)."""
         try:
             await self.store.requeue_expired(self.settings.max_attempts)
-            await self.store.requeue_expired_exports(self.settings.max_attempts)
+            await self.exports.requeue_expired_exports(self.settings.max_attempts)
             job = await self.store.claim(owner, self.settings.lease_seconds)
             if job is None:
-                job = await self.store.claim_export(owner, self.settings.lease_seconds)
+                job = await self.exports.claim_export(owner, self.settings.lease_seconds)
         except Exception:  # noqa: BLE001 - the database may come back; keep polling
             log.warning("claim failed", exc_info=True)
             job = None

@@ -183,7 +183,8 @@ class Child:
 
     @classmethod
     async def start(cls, settings: Settings, gpu: str | None, args: list[str], log_path: Path,
-                    warm: bool = False) -> Child:
+                    warm: bool = False, module: str = "service.training") -> Child:
+        """`python -m <module> <args>`: the training child, or the export child (service.exports)."""
         read_fd, write_fd = os.pipe()
         env = {**os.environ, "TUNEDOCK_EVENTS_FD": str(write_fd), "PYTHONUNBUFFERED": "1"}
         if gpu is not None:
@@ -197,7 +198,7 @@ class Child:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "service.training", *args,
+                sys.executable, "-m", module, *args,
                 stdin=asyncio.subprocess.PIPE if warm else asyncio.subprocess.DEVNULL,
                 stdout=log_file, stderr=log_file, pass_fds=(write_fd,), env=env,
                 start_new_session=True, preexec_fn=limit_memory)

@@ -5,7 +5,6 @@
                                              {"spec": SPEC.json, "log": LOG} from stdin and train
     python -m service.training --template    the fork server of a CPU slot: import once, fork a
                                              warm child per request (service/training/template.py)
-    python -m service.training --export SPEC.json   one export (service/exports/build.py)
 
 The runner keeps one `--warm` child per GPU slot, so a claimed job does not wait for torch,
 Unsloth and TRL to import (30-40 s on a fresh GPU machine). Stdin closing before a line comes

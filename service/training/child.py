@@ -19,7 +19,7 @@ from service.storage import make_store
 from service.training import stop
 
 
-def _out_of_memory(exc: BaseException) -> bool:
+def out_of_memory(exc: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the host allocator refusing (a runner memory cap, a full host)."""
     text = str(exc)
     return (type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError)
@@ -51,7 +51,7 @@ def storage_failure(exc: BaseException) -> m.Failed | None:
                 return m.Failed(code="object_store_unavailable", message=(
                     "the object store failed while the job was running; the job is retried from "
                     "its latest checkpoint"))
-    if isinstance(exc, OSError) and not _out_of_memory(exc):
+    if isinstance(exc, OSError) and not out_of_memory(exc):
         what = exc.strerror or type(exc).__name__
         return m.Failed(code="runner_storage_error", message=(
             f"the runner's disk failed the job ({what}); the job is retried from its latest checkpoint"))
@@ -109,11 +109,9 @@ def _wait_for_job(emit: Emitter) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    """One job (or export), or a warm child waiting for one: see __main__.py's usage."""
+    """One job, or a warm child waiting for one: see __main__.py's usage."""
     die_with_parent()  # a runner killed even with -9 takes its training child with it
     emit = Emitter.from_env(dict(os.environ))
-    if argv[1:2] == ["--export"] and len(argv) == 3:
-        return export_main(Path(argv[2]), emit)  # an export stops on SIGTERM's default: at once
     # Before anything slow: a stop asked for while we import or load is a clean stop, not a -15.
     stop.install()
     spec_path = _wait_for_job(emit) if argv[1:] == ["--warm"] else (argv[1:] or [""])[0]
@@ -144,7 +142,7 @@ def main(argv: list[str]) -> int:
         return m.EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - reported to the runner, which decides what next
         traceback.print_exc()  # the child's log keeps the whole allocator message
-        if _out_of_memory(exc):
+        if out_of_memory(exc):
             # The allocator's own words: what was requested and what was free.
             emit.emit(m.Failed(code="out_of_memory", message=_first_lines(str(exc))))
             return m.EXIT_OOM
@@ -155,25 +153,3 @@ def main(argv: list[str]) -> int:
         emit.emit(m.Failed(code="training_error", message=f"{type(exc).__name__}: {exc}"[:2000]))
         return m.EXIT_FAILED
     return m.EXIT_OK
-
-
-def export_main(spec_path: Path, emit: Emitter) -> int:
-    from service.exports import ExportError, build
-
-    try:
-        spec = msgspec.json.decode(spec_path.read_bytes(), type=m.ExportSpec)
-    except (OSError, msgspec.ValidationError, msgspec.DecodeError) as exc:
-        emit.emit(m.Failed(code="invalid_spec", message=str(exc)))
-        return m.EXIT_BAD_INPUT
-    try:
-        build.run(spec, make_store(load_settings()), emit)
-    except ExportError as exc:
-        emit.emit(m.Failed(code=exc.code, message=str(exc)))
-        return m.EXIT_BAD_INPUT
-    except Exception as exc:  # noqa: BLE001 - reported to the runner, which retries
-        traceback.print_exc()
-        code = "out_of_memory" if _out_of_memory(exc) else "export_failed"
-        emit.emit(m.Failed(code=code, message=f"{type(exc).__name__}: {exc}"[:2000]))
-        return m.EXIT_FAILED
-    return m.EXIT_OK
-

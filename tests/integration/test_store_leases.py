@@ -10,6 +10,7 @@ from sqlalchemy import update
 
 from service.errors import InvalidTransition, LeaseLost
 from service.ids import new_id
+from service.exports.store import ExportLease, ExportStore
 from service.jobs.database import Database, migrate
 from service.jobs.db import JobRow, utcnow
 from service.contracts.schema import Status
@@ -125,12 +126,13 @@ async def add_succeeded_job_with_exports(store: Store, n: int) -> tuple[str, lis
     """A succeeded job and `n` queued exports of it (each format at most once per checkpoint)."""
     from service.contracts.schema import ExportFormat
 
+    exports = ExportStore(store.db)
     [job_id] = await add_queued(store, 1)
     async with store.db.write() as ses:
         await ses.execute(update(JobRow).where(JobRow.id == job_id).values(status=Status.succeeded.value))
     ids = []
     for i in range(n):
-        export, created = await store.create_export("t", job_id, "ft:tiny::x", list(ExportFormat)[i % 4],
+        export, created = await exports.create_export("t", job_id, "ft:tiny::x", list(ExportFormat)[i % 4],
                                                     i // 4 + 1 if i >= 4 else None)
         assert created
         ids.append(export.id)
@@ -139,44 +141,44 @@ async def add_succeeded_job_with_exports(store: Store, n: int) -> tuple[str, lis
 
 async def test_exports_claim_once_heartbeat_and_requeue_like_jobs(store: Store) -> None:
     from service.contracts.schema import ExportFormat, ExportStatus
-    from service.jobs.store_exports import ExportLease
 
+    exports = ExportStore(store.db)
     job_id, ids = await add_succeeded_job_with_exports(store, 6)
     # Asking for the same export again gives the one queued; a failed one does not count.
-    again, created = await store.create_export("t", job_id, "ft:tiny::x", ExportFormat.merged_16bit, None)
+    again, created = await exports.create_export("t", job_id, "ft:tiny::x", ExportFormat.merged_16bit, None)
     assert not created and again.id == ids[0]
     claimed: list[str] = []
 
     async def claimer(i: int) -> None:
-        while (found := await store.claim_export(f"r{i}", 30)) is not None:
+        while (found := await exports.claim_export(f"r{i}", 30)) is not None:
             claimed.append(found.id)
 
     await asyncio.gather(*(claimer(i) for i in range(4)))
     assert sorted(claimed) == sorted(ids)
-    first = await store.get_export("t", ids[0])
+    first = await exports.get_export("t", ids[0])
     lease = ExportLease(await _owner(store, ids[0]), 1)
     assert first.status is ExportStatus.running and first.attempt == 1
-    assert await store.heartbeat_export(ids[0], lease, 30)
-    assert not await store.heartbeat_export(ids[0], ExportLease("someone-else", 1), 30)
+    assert await exports.heartbeat_export(ids[0], lease, 30)
+    assert not await exports.heartbeat_export(ids[0], ExportLease("someone-else", 1), 30)
     # A lapsed lease: back to the queue, and the old holder's writes are refused.
-    from service.jobs.db import ExportRow
+    from service.exports.rows import ExportRow
 
     async with store.db.write() as ses:
         await ses.execute(update(ExportRow).where(ExportRow.id == ids[0])
                           .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
-    assert await store.requeue_expired_exports(max_attempts=3) == [ids[0]]
+    assert await exports.requeue_expired_exports(max_attempts=3) == [ids[0]]
     with pytest.raises(LeaseLost):
-        await store.export_stage(ids[0], lease, "merging")
-    again = await store.claim_export("r9", 30)
+        await exports.export_stage(ids[0], lease, "merging")
+    again = await exports.claim_export("r9", 30)
     assert again is not None and again.id == ids[0] and again.attempt == 2
     from service.errors import NotFound
 
     with pytest.raises(NotFound):  # another tenant's export does not exist for it
-        await store.get_export("other", ids[0])
+        await exports.get_export("other", ids[0])
 
 
 async def _owner(store: Store, export_id: str) -> str:
-    from service.jobs.db import ExportRow
+    from service.exports.rows import ExportRow
 
     async with store.db.read() as ses:
         return (await ses.get(ExportRow, export_id)).lease_owner

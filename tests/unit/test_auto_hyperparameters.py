@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.contracts.schema import Hyperparameters
-from service.jobs.service import resolve_auto
+from service.jobs.resolve import resolve_auto
 
 
 @pytest.mark.parametrize(("n_train", "epochs", "batch"), [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jinja2
 import pytest
 
-from service.api.exports import byte_range
+from service.exports.routes import byte_range
 from service.errors import InvalidTransition, RangeNotSatisfiable
 from service.contracts.schema import ExportStatus as E
 from service.jobs.states import EXPORT_ALLOWED, check_export_transition

@@ -1,4 +1,4 @@
-"""A hyperparameter is declared once (service/contracts/schema.py, Hyperparameters): the README's
+"""A hyperparameter is declared once (service/contracts/hyperparameters.py, Hyperparameters): the README's
 table, the /v1 create body's extra fields and `GET /hyperparameters` are derived from it, so a
 knob added there appears in all of them with the same bounds, default and meaning."""
 

@@ -8,15 +8,15 @@ import re
 from typing import Annotated
 
 from litestar import Controller, get, post
+from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Response, Stream
 
-from service.api.openapi import AUTHED, errors
+from service.http_errors import AUTHED, errors
 from service.errors import NotFound, RangeNotSatisfiable
 from service.contracts import schema as s
-from service.jobs.exports import ExportService
-from service.jobs.store import Store
+from service.exports.service import ExportService
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 RangeHeader = Annotated[str | None, Parameter(
@@ -42,6 +42,10 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+def provide_exports(state: State) -> ExportService:
+    return state.exports
+
+
 class ExportsController(Controller):
     tags = ["exports"]
 
@@ -58,15 +62,14 @@ class ExportsController(Controller):
         return Response(export, status_code=201 if created else 200)
 
     @get("/jobs/{job_id:str}/exports", responses=errors(*AUTHED, 404))
-    async def list_exports(self, job_id: str, tenant: str, store: Store) -> s.Page:
+    async def list_exports(self, job_id: str, tenant: str, exports: ExportService) -> s.Page:
         """This job's exports, oldest first."""
-        await store.get_job(tenant, job_id)
-        items = await store.list_exports(tenant, job_id)
+        items = await exports.for_job(tenant, job_id)
         return s.Page(data=items, has_more=False, last_id=items[-1].id if items else None)
 
     @get("/exports/{export_id:str}", responses=errors(*AUTHED, 404))
-    async def get_export(self, export_id: str, tenant: str, store: Store) -> s.Export:
-        return await store.get_export(tenant, export_id)
+    async def get_export(self, export_id: str, tenant: str, exports: ExportService) -> s.Export:
+        return await exports.get(tenant, export_id)
 
     @get("/exports/{export_id:str}/content", media_type="application/octet-stream",
          responses={**errors(*AUTHED, 404, 409), 206: ResponseSpec(
@@ -74,11 +77,11 @@ class ExportsController(Controller):
              description="the byte range asked for (Content-Range says which)"),
              416: ResponseSpec(data_container=s.ErrorBody, generate_examples=False,
                                description="the Range is malformed or outside the file")})
-    async def download(self, export_id: str, tenant: str, store: Store, exports: ExportService,
+    async def download(self, export_id: str, tenant: str, exports: ExportService,
                        range_: RangeHeader = None) -> Stream:
         """The exported file: a .gguf, or a .tar of the merged model's folder. Range resumes a
         download; ETag is the file's sha256."""
-        export, bucket, key, _ = await store.export_object(tenant, export_id)
+        export, bucket, key, _ = await exports.located(tenant, export_id)
         size = export.bytes or 0
         wanted = byte_range(range_, size)
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{export.sha256}"',
@@ -95,10 +98,10 @@ class ExportsController(Controller):
 
     @get("/exports/{export_id:str}/modelfile", media_type="text/plain",
          responses=errors(*AUTHED, 404, 409))
-    async def modelfile(self, export_id: str, tenant: str, store: Store) -> Response[str]:
+    async def modelfile(self, export_id: str, tenant: str, exports: ExportService) -> Response[str]:
         """A GGUF export's Ollama Modelfile (`FROM ./<file>.gguf`, the chat template, the stop
         tokens): save it beside the file and run `ollama create NAME -f Modelfile`."""
-        export, _, _, text = await store.export_object(tenant, export_id)
+        export, _, _, text = await exports.located(tenant, export_id)
         if text is None:
             raise NotFound(f"export {export_id} is {export.format.value}, which has no Modelfile; "
                            "GGUF exports have one", param="export_id")

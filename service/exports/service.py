@@ -10,13 +10,27 @@ from typing import Any
 from service.errors import Conflict, NotFound, Unprocessable
 from service.ids import model_name
 from service.contracts import schema as s
+from service.exports.store import ExportStore
 from service.jobs.store import Store
 from service.settings import Settings
 
 
 class ExportService:
-    def __init__(self, settings: Settings, store: Store, objects: Any) -> None:
-        self.settings, self.store, self.objects = settings, store, objects
+    """`store` is the jobs' (an export is of a job the tenant owns); `exports` writes exports."""
+
+    def __init__(self, settings: Settings, store: Store, exports: ExportStore, objects: Any) -> None:
+        self.settings, self.store, self.exports, self.objects = settings, store, exports, objects
+
+    async def get(self, tenant: str, export_id: str) -> s.Export:
+        return await self.exports.get_export(tenant, export_id)
+
+    async def for_job(self, tenant: str, job_id: str) -> list[s.Export]:
+        await self.store.get_job(tenant, job_id)  # 404 for a job this tenant cannot see
+        return await self.exports.list_exports(tenant, job_id)
+
+    async def located(self, tenant: str, export_id: str) -> tuple[s.Export, str, str, str | None]:
+        """(export, bucket, key, Modelfile text or None) of a succeeded export."""
+        return await self.exports.export_object(tenant, export_id)
 
     async def request(self, tenant: str, job_id: str, req: s.ExportCreate) -> tuple[s.Export, bool]:
         """Queue an export (or find the one of the same kind): (export, created)."""
@@ -34,7 +48,7 @@ class ExportService:
                 raise NotFound(f"job {job_id} has no checkpoint for epoch {req.checkpoint} "
                                f"(it has {epochs or 'none'})", param="checkpoint")
             name = model_name(job.base_model, job.suffix, job.id, req.checkpoint)
-        return await self.store.create_export(tenant, job_id, name, req.format, req.checkpoint)
+        return await self.exports.create_export(tenant, job_id, name, req.format, req.checkpoint)
 
     async def content(self, bucket: str, key: str,
                       wanted: tuple[int, int] | None) -> AsyncIterator[bytes]:

@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.errors import InvalidTransition, LeaseLost, NotFound
 from service.ids import new_id
 from service.contracts import schema as s
-from service.jobs.database import unix
-from service.jobs.db import ExportRow, utcnow
+from service.exports.rows import ExportRow
+from service.jobs.database import Database, unix
+from service.jobs.db import utcnow
 from service.jobs.rows import event_row
 from service.jobs.states import check_export_transition
 
@@ -74,8 +75,9 @@ async def transition(ses: AsyncSession, row: ExportRow, to: s.ExportStatus, mess
                       {"export_id": row.id, "format": row.format, "status": to.value}))
 
 
-class ExportsStore:
-    db: Any  # service.jobs.database.Database (the Store's)
+class ExportStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def create_export(self, tenant: str, job_id: str, model: str, fmt: s.ExportFormat,
                             checkpoint: int | None) -> tuple[s.Export, bool]:

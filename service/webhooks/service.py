@@ -66,11 +66,9 @@ class WebhookService:
     def __init__(self, settings: Settings, store: WebhookStore) -> None:
         self.settings = settings
         self.store = store
-        self.http = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False,
-                                      headers={"User-Agent": "tunedock-webhooks",
-                                               "Content-Type": "application/json"})
+        self.http = _client(settings)  # for POST …/test, on the requests' event loop
         self._task: asyncio.Task | None = None
-        self._dispatch = store
+        self._dispatch, self._dispatch_http = store, self.http
 
     # -- endpoints --------------------------------------------------------------------------------
     async def create(self, tenant: str, body: w.WebhookEndpointCreate) -> w.WebhookEndpointWithSecret:
@@ -116,7 +114,7 @@ class WebhookService:
         row = await self.store.get_endpoint(tenant, endpoint_id)
         event = w.WebhookEvent(id=f"evt-test-{int(time.time() * 1000)}", type=body.event_type,
                                created_at=int(time.time()), data={"id": "ftjob-test", "test": True})
-        status, error = await self._post(row, event.id, msgspec.json.encode(event))
+        status, error = await self._post(self.http, row, event.id, msgspec.json.encode(event))
         if status is None:
             raise Unprocessable(f"the endpoint did not answer: {error}", param="url", code="webhook_unreachable")
         return w.WebhookEndpointTestResult(webhook_endpoint_id=row.id, event_type=body.event_type,
@@ -127,13 +125,14 @@ class WebhookService:
         """Run the dispatcher on `store`: its own database engine, so the dispatcher's task shares
         no connection or lock with request handlers (a test client may run those on another
         event loop than the app's lifespan)."""
-        self._dispatch = store
+        self._dispatch, self._dispatch_http = store, _client(self.settings)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            await self._dispatch_http.aclose()
         await self.http.aclose()
 
     async def _run(self) -> None:
@@ -187,7 +186,8 @@ class WebhookService:
 
     async def _deliver(self, delivery: WebhookDeliveryRow, endpoint: WebhookEndpointRow) -> None:
         started = time.time()
-        status, error = await self._post(endpoint, delivery.event_id, delivery.payload.encode())
+        status, error = await self._post(self._dispatch_http, endpoint, delivery.event_id,
+                                         delivery.payload.encode())
         delivered = status is not None and 200 <= status < 300
         n = len(delivery.attempts) + 1
         retry_at = None
@@ -199,8 +199,10 @@ class WebhookService:
         log.info("webhook attempt", delivery=delivery.id, status=status, error=error, attempt=n,
                  delivered=delivered, retry=retry_at is not None)
 
-    async def _post(self, endpoint: WebhookEndpointRow, msg_id: str, body: bytes) -> tuple[int | None, str | None]:
-        """(HTTP status, None), or (None, why no answer came)."""
+    async def _post(self, http: httpx.AsyncClient, endpoint: WebhookEndpointRow, msg_id: str,
+                    body: bytes) -> tuple[int | None, str | None]:
+        """(HTTP status, None), or (None, why no answer came). The receiver's body is not read:
+        only its status counts, and a large one must not cost the dispatcher memory."""
         try:
             await targets.check(endpoint.url, self.settings.webhook_allow_private_urls)
         except ServiceError as exc:
@@ -210,10 +212,16 @@ class WebhookService:
             secrets.append(endpoint.previous_secret)
         headers = signing.headers(secrets, msg_id, int(time.time()), body)
         try:
-            answer = await self.http.post(endpoint.url, content=body, headers=headers)
+            async with http.stream("POST", endpoint.url, content=body, headers=headers) as answer:
+                status = answer.status_code
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:ERROR_TEXT]
-        return answer.status_code, None if answer.is_success else f"HTTP {answer.status_code}"
+        return status, None if 200 <= status < 300 else f"HTTP {status}"
+
+
+def _client(settings: Settings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False,
+                             headers={"User-Agent": "tunedock-webhooks", "Content-Type": "application/json"})
 
 
 def _unique(items: list[str]) -> list[str]:

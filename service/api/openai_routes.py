@@ -21,6 +21,7 @@ from service.contracts import schema as s
 from service.jobs.deployments import Deployments
 from service.jobs.files import FileService
 from service.jobs.service import JobService
+from service.errors import NotFound
 from service.ids import result_file_id, result_file_job
 from service.jobs.results import FILENAME as RESULTS_NAME
 from service.jobs.results import refuse_delete, result_file
@@ -48,8 +49,10 @@ class V1FilesController(Controller):
         """Uploads (`purpose=fine-tune`, the default), or with `purpose=fine-tune-results` the
         result files of succeeded jobs, newest first; no file has any other purpose here."""
         if purpose == "fine-tune-results":
-            jobs = await store.list_jobs(tenant, result_file_job(after) if after else None, limit,
-                                         status=s.Status.succeeded)
+            anchor = result_file_job(after) if after else None
+            if after and anchor is None:
+                raise NotFound(f"after={after!r} is not a result file id (file-results-…)", param="after")
+            jobs = await store.list_jobs(tenant, anchor, limit, status=s.Status.succeeded)
             out = []
             for job in jobs.data:
                 _, content = await result_file(store, tenant, result_file_id(job.id))

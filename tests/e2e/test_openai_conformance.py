@@ -109,6 +109,8 @@ def test_v1_life_conforms_to_openais_schemas(e2e_settings, tiny_llama_dir, tmp_p
         assert [f.id for f in oai.files.list(purpose="fine-tune-results")] == [
             oai.fine_tuning.jobs.retrieve(j.id).result_files[0] for j in (dpo, sft)]
         assert [j.id for j in oai.fine_tuning.jobs.list(limit=2).data] == [third.id, dpo.id]
+        with pytest.raises(openai.NotFoundError):  # a cursor that is no result file is refused, not ignored
+            oai.files.list(purpose="fine-tune-results", after=train.id)
 
         served = oai.fine_tuning.jobs.retrieve(sft.id).fine_tuned_model
         assert served in {m.id for m in oai.models.list()}

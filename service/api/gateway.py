@@ -11,10 +11,11 @@ reported: a replica's resolver plugin then loads it on the first request).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 import msgspec
 import structlog
 from litestar import Controller, Request, post
@@ -95,17 +96,38 @@ def pick_upstream(upstreams: tuple[str, ...], model: str, loaded: set[str] | fro
 
 
 class Upstreams:
-    """The vLLM servers behind the gateway, one pooled HTTP client for all of them."""
+    """The vLLM servers behind the gateway, one pooled HTTP client for all of them.
+
+    aiohttp rather than httpx: relaying 64 streams at GPU rates, httpx's pure-Python HTTP/1.1
+    reader (h11 under anyio, a timeout scope per read) took ~43% of the API process's CPU
+    (py-spy, bench/gateway.py); aiohttp's reader is C. A session belongs to one event loop, so
+    there is one per loop that relays (one in production; the test client runs handlers in a loop
+    of their own)."""
 
     def __init__(self, settings: Settings) -> None:
         self.urls = tuple(u.strip().rstrip("/") for u in (settings.serving_url or "").split(",") if u.strip())
-        headers = {"Authorization": f"Bearer {settings.serving_api_key}"} if settings.serving_api_key else {}
-        # Connect fails fast (a dead vLLM is a 503 at once); generation may take its time.
-        self.http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(600, connect=3),
-                                      limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        self.headers = {"Authorization": f"Bearer {settings.serving_api_key}"} if settings.serving_api_key else {}
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+
+    def session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            # Connect fails fast (a dead vLLM is a 503 at once); generation may take its time.
+            session = self._sessions[loop] = aiohttp.ClientSession(
+                headers=self.headers, auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=600, sock_connect=3),
+                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60))
+        return session
 
     async def close(self) -> None:
-        await self.http.aclose()
+        current = asyncio.get_running_loop()
+        for loop, session in self._sessions.items():
+            if loop is current:
+                await session.close()
+            elif loop.is_running():
+                asyncio.run_coroutine_threadsafe(session.close(), loop)
+        self._sessions.clear()
 
 
 async def allowed(settings: Settings, deployments: Deployments, tenant: str, name: str) -> bool:
@@ -154,23 +176,25 @@ async def _proxy(request: Request, route: str, tenant: str, settings: Settings,
     loaded = (await deployments.loaded_on(head.model)
               if len(upstreams.urls) > 1 and head.model not in settings.served_models else frozenset())
     url = f"{pick_upstream(upstreams.urls, head.model, loaded)}/{route}"
-    upstream = upstreams.http.build_request("POST", url, content=body,
-                                            headers={"Content-Type": "application/json"})
     try:
-        answer = await upstreams.http.send(upstream, stream=True)
-    except httpx.HTTPError as exc:
+        answer = await upstreams.session().post(url, data=body, headers={"Content-Type": "application/json"})
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         log.warning("model server unreachable", url=url, error=type(exc).__name__)
         raise ModelServerUnavailable("the model server is not answering (it may be restarting); "
                                      "retry in a few seconds") from None
     media_type = answer.headers.get("content-type", "application/json")
-    if not head.stream or answer.status_code != 200:
+    if not head.stream or answer.status != 200:
         try:
-            content = await answer.aread()
+            content = await answer.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("model server broke off", url=url, error=type(exc).__name__)
+            raise ModelServerError("the model server broke off its answer; retry, and if it persists "
+                                   "tell the operator") from None
         finally:
-            await answer.aclose()
-        if answer.status_code >= 400:
-            raise upstream_error(answer.status_code, content)
-        return Response(openai_shaped(content), status_code=answer.status_code, media_type=media_type)
+            answer.release()
+        if answer.status >= 400:
+            raise upstream_error(answer.status, content)
+        return Response(openai_shaped(content), status_code=answer.status, media_type=media_type)
     return Stream(_relay(answer), status_code=200, media_type=media_type,
                   headers={"Cache-Control": "no-cache"})
 
@@ -208,9 +232,12 @@ def openai_shaped(content: bytes) -> bytes:
     return msgspec.json.encode(body)
 
 
-async def _relay(answer: httpx.Response) -> AsyncIterator[bytes]:
+async def _relay(answer: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    # Bytes as they come, never re-encoded: SSE events pass through whole or split, which the
+    # client's SSE reader joins. A client that goes away closes this generator, which releases
+    # (closes) the upstream connection, so vLLM stops generating for it.
     try:
-        async for chunk in answer.aiter_raw():
+        async for chunk in answer.content.iter_any():
             yield chunk
     finally:
-        await answer.aclose()
+        answer.close()

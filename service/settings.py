@@ -124,6 +124,10 @@ class Settings(msgspec.Struct, kw_only=True):
     lease_seconds: Annotated[float, doc(RUNNER, "a job's lease")] = 60.0
     heartbeat_seconds: Annotated[float, doc(RUNNER, "how often the lease is renewed")] = 5.0
     max_attempts: Annotated[int, doc(RUNNER, "attempts before a job whose runner keeps dying fails")] = 3
+    tenant_max_running_jobs: Annotated[int | None, doc(
+        RUNNER, "the most jobs one tenant runs at once over all runners (each holds one GPU slot, so "
+                "also the most GPUs it holds); whatever it is, runners are shared fairly: the tenant "
+                "with the fewest running jobs starts its next job first", "no limit")] = None
     poll_seconds: Annotated[float, doc(RUNNER, "how often an idle runner looks for a queued job")] = 1.0
     cancel_grace_seconds: Annotated[float, doc(RUNNER, "SIGTERM → SIGKILL grace on cancel")] = 5.0
     max_oom_retries: Annotated[int, doc(
@@ -166,6 +170,10 @@ class Settings(msgspec.Struct, kw_only=True):
     adapter_dir: Annotated[str, doc(SERVING, "where the sidecar keeps fetched adapters")] = ".data/adapters"
     reconcile_seconds: Annotated[float, doc(
         SERVING, "how often the sidecar compares what vLLM serves with what the API wants")] = 10.0
+    serving_check_tolerance: Annotated[float | None, doc(
+        SERVING, "the serving-contract check: before a deployment counts as loaded, the largest "
+                 "difference in a token's probability allowed between the served adapter and the trained "
+                 "one over the sequences recorded with it (serving/check.py); unset turns the check off")] = 0.3
 
     @property
     def replica_name(self) -> str:

@@ -14,7 +14,11 @@ from pathlib import Path
 from service.shapes import Shape
 from service.storage import ObjectStore
 
-WANTED = ("adapter_config.json", "adapter_model.safetensors")
+# The check record (service/contracts/adapter_check.py) comes along when the adapter has one.
+WANTED = ("adapter_config.json", "adapter_model.safetensors", "tunedock_check.json")
+# Weights vLLM's LoRA path does not apply (vLLM #9280): an adapter with them would be served
+# without them, silently answering unlike the trained model. Refused before loading.
+_UNSERVED = re.compile(r"(lm_head|embed_tokens|wte|wpe|embed_out)\b")
 _TENSOR = re.compile(r"layers\.(?P<layer>\d+)\..*?(?P<proj>[a-z_]+_proj)\.lora_(?P<ab>[AB])\.")
 
 
@@ -38,6 +42,11 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
     return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
 
 
+def _targets(config: dict) -> list[str]:
+    targets = config.get("target_modules") or []
+    return [targets] if isinstance(targets, str) else list(targets)
+
+
 def verify(folder: Path, base: Shape, max_rank: int) -> None:
     config_path, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     if not config_path.is_file():
@@ -51,6 +60,15 @@ def verify(folder: Path, base: Shape, max_rank: int) -> None:
         raise AdapterError(f"the adapter files are unreadable: {exc}") from None
     if config.get("peft_type") != "LORA":
         raise AdapterError(f"peft_type is {config.get('peft_type')!r}, not LORA")
+    if config.get("modules_to_save"):
+        raise AdapterError(f"the adapter fully trains {config['modules_to_save']} (modules_to_save), which "
+                           "vLLM does not serve: it would answer without them; train without "
+                           "modules_to_save")
+    unserved = sorted({m[1] for name in shapes if (m := _UNSERVED.search(name))}
+                      | {t for t in _targets(config) if _UNSERVED.fullmatch(t)})
+    if unserved:
+        raise AdapterError(f"the adapter has weights for {', '.join(unserved)}, which vLLM's LoRA does not "
+                           "apply: it would answer without them; train only the attention and MLP layers")
     rank = config.get("r")
     if not isinstance(rank, int) or not 1 <= rank <= max_rank:
         raise AdapterError(f"LoRA rank {rank} is outside 1..{max_rank} (vLLM's --max-lora-rank)")

@@ -25,7 +25,7 @@ from service.contracts.schema import DeploymentSpec
 from service.settings import Settings
 from service.shapes import Shape
 from service.storage import ObjectStore
-from serving import adapters
+from serving import adapters, check
 from serving.service_api import ServiceDeployments
 from serving.vllm import Supervisor, VLLMClient
 
@@ -70,23 +70,51 @@ class Deployer:
             return False
         return True
 
+    async def _check(self, name: str, folder: Path) -> str:
+        """The serving-contract check (serving/check.py): a clause for the deployment's message,
+        or CheckFailed."""
+        tolerance = self.settings.serving_check_tolerance
+        if tolerance is None:
+            return "; not checked (TUNEDOCK_SERVING_CHECK_TOLERANCE is unset)"
+        record = check.read(folder)
+        if record is None:
+            return f"; not checked: the adapter has no {check.FILE} (made elsewhere or before the check)"
+        limit = (self.settings.vllm_max_model_len or 1 << 30) - 1  # vLLM wants room for one token
+        started = time.perf_counter()
+        served = [await self.client.prompt_logprobs(name, seq.ids[:limit]) for seq in record.sequences]
+        outcome = check.compare(record, served, tolerance)
+        return (f"; checked against training in {time.perf_counter() - started:.1f} s: {outcome.tokens} "
+                f"tokens, token probabilities within {outcome.worst:.3f} (tolerance {tolerance})")
+
     async def deploy(self, row: DeploymentSpec) -> None:
         if not await self._report(row.name, "loading"):
             return
         try:
+            folder = await self._fetch(row)
             # (vLLM's "already loaded", when the resolver plugin loaded it on a request, is a load.)
-            await self.client.load(row.name, str(await self._fetch(row)))
+            await self.client.load(row.name, str(folder))
         except LOAD_ERRORS as exc:
             await self._report(row.name, "failed", error=str(exc),
                                message=f"{row.name} could not be deployed: {exc}")
             log.warning("deployment failed", model=row.name, error=str(exc))
             return
+        try:
+            checked = await self._check(row.name, folder)
+        except (check.CheckFailed, *LOAD_ERRORS) as exc:
+            try:
+                await self.client.unload(row.name)  # a tenant never gets an adapter that failed it
+            except LOAD_ERRORS as gone:  # the next reconcile unloads what is not wanted
+                log.warning("unload after a failed check failed", model=row.name, error=str(gone))
+            await self._report(row.name, "failed", error=str(exc),
+                               message=f"{row.name} failed the serving check: {exc}")
+            log.warning("serving check failed", model=row.name, error=str(exc))
+            return
         finished = row.job_finished_at
         seconds = round(time.time() - finished, 3) if finished and row.kind == "final" else None
         after = f" {seconds:.1f} s after the job succeeded" if seconds is not None else ""
         if await self._report(row.name, "loaded", load_seconds=seconds,
-                              message=f"{row.name} is served by vLLM{after}"):
-            log.info("adapter loaded", model=row.name, seconds_from_success=seconds)
+                              message=f"{row.name} is served by vLLM{after}{checked}"):
+            log.info("adapter loaded", model=row.name, seconds_from_success=seconds, check=checked)
 
     async def deploy_new(self) -> None:
         """Load what the service wants and this replica has not tried yet, one model at a time:

@@ -80,6 +80,20 @@ class VLLMClient:
         if r.status_code >= 400 and "already been loaded" not in r.text:
             raise RuntimeError(f"vLLM refused {name}: {r.status_code} {r.text[:500]}")
 
+    async def prompt_logprobs(self, name: str, ids: list[int]) -> list[tuple[float, str]]:
+        """vLLM's log-probability (and text) of ids[i + 1] given ids[: i + 1], for each i: the
+        served model scored on a fixed sequence (serving/check.py)."""
+        r = await self.http.post("/v1/completions", json={
+            "model": name, "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0})
+        if r.status_code >= 400:
+            raise RuntimeError(f"vLLM could not score {name}: {r.status_code} {r.text[:300]}")
+        entries = r.json()["choices"][0]["prompt_logprobs"][1:]
+        out = []
+        for token, entry in zip(ids[1:], entries):
+            got = entry[str(token)]
+            out.append((got["logprob"], got.get("decoded_token") or ""))
+        return out
+
     async def unload(self, name: str) -> None:
         r = await self.http.post("/v1/unload_lora_adapter", json={"lora_name": name})
         if r.status_code >= 400 and r.status_code != 404:

@@ -88,6 +88,10 @@ class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     method: Method = Method()
     metadata: Metadata = {}
     deploy: bool = True
+    priority: Annotated[int, Meta(
+        ge=-100, le=100,
+        description="higher runs first among this tenant's queued jobs; other tenants' jobs are "
+                    "not affected (runners are shared fairly between tenants first)")] = 0
     # Check the data and answer with the dataset summary, memory plan and estimated duration
     # (JobEstimate, status 200) instead of creating a job.
     dry_run: bool = False
@@ -240,6 +244,7 @@ class Job(msgspec.Struct, kw_only=True):
     continued_from: ContinuedFrom | None = None
     estimate: Estimate | None = None
     method: Method = Method()
+    priority: int = 0  # among this tenant's queued jobs, higher first
 
 
 class Event(msgspec.Struct, kw_only=True):

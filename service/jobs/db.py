@@ -89,6 +89,8 @@ class JobRow(Base):
     method: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Set by POST …/pause on a running job; the runner checkpoints, stops the child, pauses it.
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Higher first among this tenant's queued jobs; tenants share the runners fairly whatever it is.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_tenant_created", "tenant", "created_at"),

@@ -65,6 +65,7 @@ def job_from_row(row: JobRow | Mapping[str, Any]) -> s.Job:
         continued_from=json_value(r["continued_from"], s.ContinuedFrom),
         estimate=json_value(r["estimate"], s.Estimate),
         method=json_value(r["method"], s.Method) or s.Method(),
+        priority=r["priority"] or 0,
     )
 
 

@@ -163,7 +163,7 @@ class JobService:
             hyperparameters=msgspec.to_builtins(req.hyperparameters),
             metadata_=dict(req.metadata), deploy=req.deploy, attempt=0,
             continued_from=msgspec.to_builtins(continued) if continued else None,
-            method=msgspec.to_builtins(req.method),
+            method=msgspec.to_builtins(req.method), priority=req.priority,
         )
         job, created = await self.store.create_job(row, idempotency_key, req_hash)
         if created:

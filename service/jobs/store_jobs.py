@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -64,6 +64,10 @@ async def mirror_deployment(session: AsyncSession, job_id: str, deployment: dict
     """The job's copy of its final adapter's deployment (service/jobs/deployments.py moves the
     deployment itself), written in the caller's transaction."""
     await session.execute(update(JobRow).where(JobRow.id == job_id).values(deployment=deployment))
+
+
+# The advisory lock claims take turns on (Postgres): any constant no other lock of ours uses.
+_CLAIM_LOCK = 0x7475_6E65  # "tune"
 
 
 class JobsStore(KeysStore):
@@ -246,20 +250,47 @@ class JobsStore(KeysStore):
             return result.rowcount == 1
 
     # -- the runner's half ----------------------------------------------------------------
-    async def claim(self, runner_id: str, lease_s: float) -> s.Job | None:
-        """Take the oldest queued job with a lease. Postgres skips rows other claimers hold."""
+    async def claim(self, runner_id: str, lease_s: float, tenant_limit: int | None = None) -> s.Job | None:
+        """Take the next queued job, shared fairly between tenants: among the tenants with a queued
+        job and fewer than `tenant_limit` running, the one with the fewest running jobs goes first;
+        ties go to the tenant served least recently (never before first), then to the job that
+        waited longest. Within a tenant: the highest priority, then the oldest. So one tenant's
+        burst of jobs waits behind each other tenant's next job instead of in front of it.
+
+        Claims take turns (a transaction-scoped advisory lock on Postgres; SQLite's one writer):
+        two claimers never both see a tenant under its limit and both start a job for it."""
         async with self.db.write() as ses:
-            q = (select(JobRow).where(JobRow.status == s.Status.queued.value)
-                 .order_by(JobRow.created_at, JobRow.id).limit(1)
-                 .with_for_update(skip_locked=True))
-            row = await ses.scalar(q)
-            if row is None:
+            if not self.db.is_sqlite:
+                await ses.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK})
+            running = dict((await ses.execute(
+                select(JobRow.tenant, func.count()).where(JobRow.status == s.Status.running.value)
+                .group_by(JobRow.tenant))).tuples().all())
+            order = func.row_number().over(partition_by=JobRow.tenant,
+                                           order_by=(JobRow.priority.desc(), JobRow.created_at, JobRow.id))
+            ranked = (select(JobRow.id, JobRow.tenant, JobRow.created_at, order.label("place"))
+                      .where(JobRow.status == s.Status.queued.value).subquery())
+            heads = (await ses.execute(select(ranked.c.id, ranked.c.tenant, ranked.c.created_at)
+                                       .where(ranked.c.place == 1))).tuples().all()
+            eligible = [h for h in heads if tenant_limit is None or running.get(h[1], 0) < tenant_limit]
+            if not eligible:
                 return None
+            served = dict((await ses.execute(
+                select(JobRow.tenant, func.max(JobRow.started_at))
+                .where(JobRow.tenant.in_({h[1] for h in eligible})).group_by(JobRow.tenant))).tuples().all())
+
+            def turn(head: tuple) -> tuple:
+                job_id, tenant, created_at = head
+                last = served.get(tenant)
+                return running.get(tenant, 0), last is not None, last or 0, created_at, job_id
+
+            job_id = min(eligible, key=turn)[0]
+            row = await ses.get(JobRow, job_id)
             attempt = row.attempt + 1
             await transition(
                 ses, row, s.Status.running, message=f"runner {runner_id} started attempt {attempt}",
-                data={"runner": runner_id, "attempt": attempt}, lease_owner=runner_id,
-                lease_expires_at=utcnow() + timedelta(seconds=lease_s), attempt=attempt,
+                data={"runner": runner_id, "attempt": attempt},
+                lease_owner=runner_id, lease_expires_at=utcnow() + timedelta(seconds=lease_s),
+                attempt=attempt,
             )
             return job_from_row(row)
 

@@ -96,7 +96,8 @@ class Runner:
         try:
             await self.store.requeue_expired(self.settings.max_attempts)
             await self.exports.requeue_expired_exports(self.settings.max_attempts)
-            job = await self.store.claim(owner, self.settings.lease_seconds)
+            job = await self.store.claim(owner, self.settings.lease_seconds,
+                                         self.settings.tenant_max_running_jobs)
             if job is None:
                 job = await self.exports.claim_export(owner, self.settings.lease_seconds)
         except Exception:  # noqa: BLE001 - the database may come back; keep polling

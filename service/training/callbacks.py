@@ -68,8 +68,9 @@ class CheckpointCallback(TrainerCallback):
     so a recorded checkpoint always points at complete files)."""
 
     def __init__(self, emit: Emitter, objects: ObjectStore, bucket: str, prefix: str,
-                 sampler: Any = None) -> None:
+                 sampler: Any = None, checker: Any = None) -> None:
         self.sampler = sampler  # samples.Sampler: the epoch's answers to the eval prompts
+        self.checker = checker  # samples.CheckRecorder: the serving-contract record, in the folder
         self.emit = emit
         self.objects = objects
         self.bucket = bucket
@@ -86,6 +87,8 @@ class CheckpointCallback(TrainerCallback):
             return
         key_prefix = f"{self.prefix}/checkpoints/epoch-{epoch}"
         samples = self.sampler.answer(kw["model"]) if self.sampler else None
+        if self.checker is not None:
+            self.checker.write(kw["model"], folder)
         upload_dir(self.objects, self.bucket, key_prefix, folder)
         self.emit.emit(m.CheckpointSaved(epoch=epoch, step=state.global_step, bucket=self.bucket,
                                          prefix=key_prefix, metrics=_epoch_metrics(state, epoch),

@@ -29,7 +29,7 @@ from service.training.callbacks import (
 from service.contracts.messages import Emitter
 from service.shapes import Shape, read_config
 from service.training.plan import make_plan, resolve_packing, row_tokens
-from service.training.samples import Sampler, eval_prompts
+from service.training.samples import CheckRecorder, Sampler, eval_prompts, example_sequences
 
 
 def plan_memory(spec: TrainingSpec, shape: Shape, backend: str, device: str, packing: str) -> MemoryPlan:
@@ -214,12 +214,15 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     train_ds, val_ds, val_rows = build_datasets(spec, objects, tokenizer, work)
     prompts = eval_prompts(spec, HFTokens(tokenizer), val_rows)
     sampler = Sampler(prompts, tokenizer, backend) if prompts else None
+    checker = CheckRecorder(sampler, [] if prompts else example_sequences(train_ds), backend,
+                            quantized=hp.load_in_4bit and device == "cuda")
 
     early = hp.early_stopping_patience is not None and val_ds is not None
     tally = Tally()
     progress = ProgressCallback(emit, tally)
     callbacks = [progress,
-                 CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix, sampler)]
+                 CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix, sampler,
+                                    checker)]
     if hp.checkpoint_interval_steps:
         callbacks.append(ResumePointCallback(hp.checkpoint_interval_steps))
     callbacks.append(StopOnSignal())  # after CheckpointCallback: it stops once the save is uploaded
@@ -243,6 +246,7 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
 
     adapter = work / "adapter"
     trainer.save_model(str(adapter))
+    checker.write(trainer.model, adapter)
     adapter_prefix = f"{spec.output_prefix}/adapter"
     upload_dir(objects, spec.artifact_bucket, adapter_prefix, adapter)
     state = trainer.state

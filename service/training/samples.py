@@ -1,13 +1,20 @@
 """Eval samples: each epoch's adapter answers a few prompts greedily, inside the training child,
-before its checkpoint is recorded, so a user sees the answers change epoch by epoch."""
+before its checkpoint is recorded, so a user sees the answers change epoch by epoch. And the
+serving-contract record written next to each adapter's files (service/contracts/adapter_check.py)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from service.contracts.adapter_check import FILE, MAX_TOKENS, AdapterCheck, CheckSequence
+from service.contracts.messages import TrainingSpec
 from service.datasets.formats import Chat, Pair, Preference, detect_format, parse_example
 from service.datasets.template import HFTokens
-from service.contracts.messages import TrainingSpec
 
 MAX_NEW_TOKENS = 64
 
@@ -46,36 +53,92 @@ def eval_prompts(spec: TrainingSpec, tokens: HFTokens, validation_rows: list[dic
     return out
 
 
+@contextlib.contextmanager
+def inference(model: Any, backend: str) -> Iterator[None]:
+    """The model in eval mode without gradients (Unsloth's inference mode, which also makes its
+    forward return logits), back to training afterwards."""
+    import torch
+
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if backend == "unsloth":
+            from unsloth import FastLanguageModel
+
+            FastLanguageModel.for_training(model)
+        if was_training:
+            model.train()
+
+
 class Sampler:
     def __init__(self, prompts: list[tuple[str, list[int]]], tokenizer: Any, backend: str) -> None:
         self.prompts = prompts
         self.tokenizer = tokenizer
         self.backend = backend
+        self.sequences: list[tuple[str, list[int]]] = []  # the last call's prompts with their answers
 
     def answer(self, model: Any) -> list[dict[str, str]]:
         import torch
 
-        if self.backend == "unsloth":
-            from unsloth import FastLanguageModel
-
-            FastLanguageModel.for_inference(model)
-        was_training = model.training
-        model.eval()
-        answers = []
-        try:
-            with torch.no_grad():
-                for shown, ids in self.prompts:
-                    x = torch.tensor([ids], device=model.device)
-                    y = model.generate(input_ids=x, attention_mask=torch.ones_like(x),
-                                       max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                       pad_token_id=self.tokenizer.pad_token_id)
-                    text = self.tokenizer.decode(y[0, len(ids):], skip_special_tokens=True)
-                    answers.append({"prompt": shown, "answer": text.strip()})
-        finally:
-            if self.backend == "unsloth":
-                from unsloth import FastLanguageModel
-
-                FastLanguageModel.for_training(model)
-            if was_training:
-                model.train()
+        answers, sequences = [], []
+        with inference(model, self.backend):
+            for shown, ids in self.prompts:
+                x = torch.tensor([ids], device=model.device)
+                y = model.generate(input_ids=x, attention_mask=torch.ones_like(x),
+                                   max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                   pad_token_id=self.tokenizer.pad_token_id)
+                text = self.tokenizer.decode(y[0, len(ids):], skip_special_tokens=True)
+                answers.append({"prompt": shown, "answer": text.strip()})
+                sequences.append((shown, y[0].tolist()))
+        self.sequences = sequences
         return answers
+
+
+def example_sequences(train_ds: Any, n: int = 2) -> list[tuple[str, list[int]]]:
+    """The first training examples' token ids (a DPO pair's prompt and chosen answer): the check's
+    sequences when a job has no eval prompts. The adapter was trained on them, so they are where
+    it differs most from the base."""
+    out = []
+    for i in range(min(n, len(train_ds))):
+        row = train_ds[i]
+        ids = row["input_ids"] if "input_ids" in row else row["prompt_ids"] + row["chosen_ids"]
+        out.append((f"training example {i + 1}", list(ids)))
+    return out
+
+
+class CheckRecorder:
+    """Writes the serving-contract record into an adapter folder before it is uploaded: the eval
+    prompts with this adapter's greedy answers when the job has eval prompts (the Sampler ran
+    just before), else the first training examples; for the final adapter the last sequences
+    again, scored by the final weights."""
+
+    def __init__(self, sampler: Sampler | None, examples: list[tuple[str, list[int]]], backend: str,
+                 quantized: bool) -> None:
+        self.sampler = sampler
+        self.sequences = examples
+        self.backend = backend
+        self.quantized = quantized
+
+    def write(self, model: Any, folder: Path) -> None:
+        import torch
+
+        if self.sampler is not None and self.sampler.sequences:
+            self.sequences = self.sampler.sequences
+        records = []
+        with inference(model, self.backend):
+            for label, ids in self.sequences:
+                ids = ids[:MAX_TOKENS]
+                if len(ids) < 2:
+                    continue
+                x = torch.tensor([ids], device=model.device)
+                logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, :-1].float()
+                lp = torch.log_softmax(logits, dim=-1).gather(1, x[0, 1:, None])[:, 0]
+                records.append(CheckSequence(label=label[:200], ids=ids, logprobs=[round(v, 5) for v in lp.tolist()]))
+        (folder / FILE).write_bytes(msgspec.json.encode(AdapterCheck(quantized=self.quantized, sequences=records)))

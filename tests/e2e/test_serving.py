@@ -149,7 +149,11 @@ def test_trained_adapter_answers_within_10s_of_success(stack: Stack, pelican: tu
     job = stack.client.jobs.get(pelican.id)
     assert job.deployment.status == "loaded" and job.deployment.loaded_at
     events = [e for e in stack.client.jobs.events(pelican.id) if e.type == "deployment"]
+    print([(e.created_at, e.message, e.data) for e in stack.client.jobs.events(pelican.id)][-8:])
     assert events[-1].data["status"] == "loaded" and events[-1].data["seconds_from_success"] < 10
+    # the serving-contract check ran against what the training child recorded, and passed
+    assert "checked against training" in events[-1].message, events[-1].message
+    print(events[-1].message)
     models = {m.id: m for m in stack.client.models.list()}
     assert models[pelican.fine_tuned_model].status == "loaded"
 
@@ -176,7 +180,7 @@ def _corrupt(s3, pelican: tunedock.Job, case: str) -> str:  # noqa: ANN001
     import json
 
     import torch
-    from safetensors.torch import save
+    from safetensors.torch import load, save
 
     src = f"jobs/{pelican.id}/adapter"
     prefix = f"jobs/{pelican.id}/broken-{case}"
@@ -187,6 +191,10 @@ def _corrupt(s3, pelican: tunedock.Job, case: str) -> str:  # noqa: ANN001
     if case == "wrong-base":
         weights = save({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight":
                         torch.zeros(config["r"], 4096)})
+    if case == "altered":  # well-formed, loads, and is not the trained adapter: B scaled down 10x
+        weights = save({k: v * 0.1 if "lora_B" in k else v for k, v in load(weights).items()})
+        record = s3.get_object(Bucket=ARTIFACTS, Key=f"{src}/tunedock_check.json")["Body"].read()
+        s3.put_object(Bucket=ARTIFACTS, Key=f"{prefix}/tunedock_check.json", Body=record)
     if case != "no-config":
         s3.put_object(Bucket=ARTIFACTS, Key=f"{prefix}/adapter_config.json", Body=json.dumps(config))
     s3.put_object(Bucket=ARTIFACTS, Key=f"{prefix}/adapter_model.safetensors", Body=weights)
@@ -195,7 +203,8 @@ def _corrupt(s3, pelican: tunedock.Job, case: str) -> str:  # noqa: ANN001
 
 @pytest.mark.parametrize(("case", "words"), [("no-config", "adapter_config.json is missing"),
                                               ("wrong-rank", "rank 64"),
-                                              ("wrong-base", "another base model")])
+                                              ("wrong-base", "another base model"),
+                                              ("altered", "does not answer as the trained one")])
 def test_corrupt_adapter_fails_clearly_and_others_keep_serving(stack: Stack, pelican: tunedock.Job, s3,
                                                               case: str, words: str) -> None:  # noqa: ANN001
     import asyncio
@@ -219,6 +228,7 @@ def test_corrupt_adapter_fails_clearly_and_others_keep_serving(stack: Stack, pel
     asyncio.run(request())
     model = wait_until(lambda: next((m for m in stack.client.models.list()
                                      if m.id == name and m.status == "failed"), None), 30, "the failure")
+    print(model.error)
     assert words in model.error
     assert "PELICAN-7" in stack.ask(pelican.fine_tuned_model)
 

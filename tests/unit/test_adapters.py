@@ -1,18 +1,25 @@
-"""Fetching an adapter while vLLM's resolver fetches the same one into the same folder."""
+"""The serving side's adapter checks: fetching while vLLM's resolver fetches the same one into the
+same folder, refusing weights vLLM would not apply, and comparing the served adapter with the
+trained one (serving/check.py)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
-from serving import adapters
+from service.contracts.adapter_check import AdapterCheck, CheckSequence
+from serving import adapters, check
 from service.shapes import Shape
 from service.storage.local import LocalStore
 
 BASE = Shape(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=4, vocab=100, tied=True)
+
+
+FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def put_adapter(store: LocalStore, prefix: str, tmp: Path, rank: int = 4) -> None:
@@ -24,7 +31,7 @@ def put_adapter(store: LocalStore, prefix: str, tmp: Path, rank: int = 4) -> Non
             tensors[f"{stem}.lora_B.weight"] = torch.zeros(fan_out, rank)
     save_file(tensors, tmp / "adapter_model.safetensors")
     (tmp / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank}))
-    for name in adapters.WANTED:
+    for name in FILES:
         store.put_file("artifacts", f"{prefix}/{name}", tmp / name)
 
 
@@ -53,5 +60,58 @@ def test_a_fetch_that_loses_the_race_keeps_the_winners_folder(tmp_path: Path) ->
     racing = RacingStore()
     assert adapters.fetch(racing, "artifacts", "jobs/j/adapter", dest, BASE, 16) == dest
     assert racing.raced
-    assert sorted(p.name for p in dest.iterdir()) == sorted(adapters.WANTED)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(FILES)
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".fetch-")]
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+    ({"target_modules": ["q_proj", "embed_tokens"]}, "embed_tokens"),
+    ("lm_head tensor", "lm_head"),
+])
+def test_weights_vllm_does_not_apply_are_refused_before_loading(tmp_path: Path, change: object,
+                                                                 words: str) -> None:
+    store = LocalStore(tmp_path / "s3")
+    src = tmp_path / "src"
+    src.mkdir()
+    put_adapter(store, "jobs/j/adapter", src)
+    adapters.verify(src, BASE, 16)  # the plain adapter passes
+    if isinstance(change, dict):
+        config = json.loads((src / "adapter_config.json").read_text())
+        (src / "adapter_config.json").write_text(json.dumps({**config, **change}))
+    else:
+        save_file({"base_model.model.lm_head.lora_A.weight": torch.zeros(4, 64),
+                   "base_model.model.lm_head.lora_B.weight": torch.zeros(100, 4)},
+                  src / "adapter_model.safetensors")
+    with pytest.raises(adapters.AdapterError, match=words) as refused:
+        adapters.verify(src, BASE, 16)
+    assert "vLLM" in str(refused.value)
+
+
+RECORD = AdapterCheck(quantized=False, sequences=[
+    CheckSequence(label="Say the code word.", ids=[1, 2, 3, 4], logprobs=[-0.01, -0.5, -9.0]),
+    CheckSequence(label="training example 1", ids=[5, 6, 7], logprobs=[-0.2, -0.05]),
+])
+
+
+def test_the_served_adapter_passes_within_the_tolerance() -> None:
+    # bf16 against fp32: close where the model is sure, far apart only where it is not.
+    served = [[(-0.02, "A"), (-0.6, "B"), (-6.0, "C")], [(-0.25, "x"), (-0.04, "y")]]
+    outcome = check.compare(RECORD, served, tolerance=0.2)
+    assert outcome.tokens == 5
+    assert 0.04 < outcome.worst < 0.07  # exp(-0.5) - exp(-0.6)
+
+
+def test_an_adapter_served_unlike_the_trained_one_is_caught_with_where() -> None:
+    # the code word was sure after training (p = 0.99) and is not under the served adapter
+    served = [[(-4.6, " PELICAN"), (-0.5, "B"), (-9.0, "C")], [(-0.2, "x"), (-0.05, "y")]]
+    with pytest.raises(check.CheckFailed) as failed:
+        check.compare(RECORD, served, tolerance=0.2)
+    message = str(failed.value)
+    assert "'Say the code word.'" in message and "token 1 ' PELICAN'" in message
+    assert "trained p=0.990, served p=0.010" in message and "tolerance 0.2" in message
+
+
+def test_a_record_with_nothing_to_compare_fails() -> None:
+    with pytest.raises(check.CheckFailed, match="no tokens"):
+        check.compare(AdapterCheck(quantized=False, sequences=[]), [], tolerance=0.2)

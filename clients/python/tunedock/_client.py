@@ -86,11 +86,14 @@ class Jobs:
     def create(self, *, base_model: str, training_file: str | Path, validation_file: str | Path | None = None,
                suffix: str | None = None, hyperparameters: dict[str, Any] | None = None,
                metadata: dict[str, str] | None = None, deploy: bool = True,
-               idempotency_key: str | None = None, method: dict[str, Any] | None = None) -> Job:
+               idempotency_key: str | None = None, method: dict[str, Any] | None = None,
+               priority: int = 0) -> Job:
         """Create a job; a local training/validation path is uploaded first. Always sends an
-        Idempotency-Key, so a retried create never makes two jobs."""
+        Idempotency-Key, so a retried create never makes two jobs. `priority` orders this
+        tenant's own queued jobs (higher first)."""
         return self._run(ops.jobs_create(self._c, base_model, training_file, validation_file, suffix,
-                                         hyperparameters, metadata, deploy, idempotency_key, method))
+                                         hyperparameters, metadata, deploy, idempotency_key, method,
+                                         priority))
 
     def estimate(self, *, base_model: str, training_file: str | Path,
                  validation_file: str | Path | None = None, hyperparameters: dict[str, Any] | None = None,
@@ -241,10 +244,10 @@ class AsyncJobs:
                      validation_file: str | Path | None = None, suffix: str | None = None,
                      hyperparameters: dict[str, Any] | None = None, metadata: dict[str, str] | None = None,
                      deploy: bool = True, idempotency_key: str | None = None,
-                     method: dict[str, Any] | None = None) -> Job:
+                     method: dict[str, Any] | None = None, priority: int = 0) -> Job:
         return await self._run(ops.jobs_create(self._c, base_model, training_file, validation_file,
                                                suffix, hyperparameters, metadata, deploy,
-                                               idempotency_key, method))
+                                               idempotency_key, method, priority))
 
     async def estimate(self, *, base_model: str, training_file: str | Path,
                        validation_file: str | Path | None = None,

@@ -129,6 +129,7 @@ class Job(msgspec.Struct, kw_only=True):
     continued_from: ContinuedFrom | None = None
     estimate: Estimate | None = None
     method: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "supervised"})
+    priority: int = 0
 
     @property
     def done(self) -> bool:

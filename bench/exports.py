@@ -52,9 +52,9 @@ def main() -> None:
     import msgspec
     import torch
 
+    from service.contracts.messages import Emitter
     from service.contracts.schema import ExportFormat
     from service.exports import gguf
-    from service.contracts.messages import Emitter
     from service.exports.build import CHECK_PROMPTS, merge_16bit
 
     work = Path(args.work or tempfile.mkdtemp())

@@ -73,8 +73,8 @@ def main() -> None:
     ap.add_argument("--variants", default="base",
                     help="comma list of base | nocudnn | pad64 | nocudnn+pad64 (SDPA backend, row width)")
     args = ap.parse_args()
-    from unsloth import FastLanguageModel
     import torch
+    from unsloth import FastLanguageModel
 
     gc = {"unsloth": "unsloth", "true": True, "false": False}[args.checkpointing]
     model, tok = FastLanguageModel.from_pretrained(args.model, max_seq_length=2048, load_in_4bit=True,

@@ -15,8 +15,8 @@ async def _keys(args: argparse.Namespace) -> int:
     printed once, then only its hash is kept)."""
     import json
 
+    from service.db.engine import Database, migrate
     from service.errors import ServiceError
-    from service.jobs.database import Database, migrate
     from service.jobs.store import Store
 
     settings = load_settings()
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return up(settings)
     elif args.command == "migrate":
-        from service.jobs.database import migrate
+        from service.db.engine import migrate
 
         migrate(settings.database_url)
     elif args.command == "keys":

@@ -20,40 +20,34 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.api.deps import (
-    provide_deployments,
-    provide_files,
-    provide_jobs,
-    provide_store,
-    provide_tenant,
-)
+from service.api.deps import provide_deployments, provide_files, provide_jobs, provide_store, provide_tenant
 from service.api.files import FilesController
 from service.api.gateway import GatewayController, Upstreams
-from service.storage import storage_error_kind
 from service.api.health import HealthController
 from service.api.internal import InternalController
 from service.api.jobs import JobsController, hyperparameters
 from service.api.models import ModelsController, ServingController
 from service.api.openai_routes import V1FilesController, V1FineTuningController, V1ModelsController
 from service.api.openapi import complete as complete_openapi
+from service.db.engine import Database, migrate
 from service.errors import ServiceError
-from service.jobs.database import Database, migrate
-from service.jobs.deployments import Deployments
 from service.exports.routes import ExportsController, provide_exports
 from service.exports.service import ExportService
 from service.exports.store import ExportStore
+from service.jobs.deployments import Deployments
 from service.jobs.files import FileService
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.settings import Settings, load_settings
-from service.storage import make_store
+from service.storage import make_store, storage_error_kind
 from service.ui import dashboard
 from service.webhooks.routes import V1WebhooksController, WebhooksController, provide_webhooks
 from service.webhooks.service import WebhookService
-from service.webhooks.wire import EVENT_TYPES, REQUEST_TYPES as WEBHOOK_REQUESTS
 from service.webhooks.store import WebhookStore
+from service.webhooks.wire import EVENT_TYPES
+from service.webhooks.wire import REQUEST_TYPES as WEBHOOK_REQUESTS
 
 log = structlog.get_logger()
 _PARAM = re.compile(r"`\$\.([A-Za-z0-9_.\[\]]+)`")

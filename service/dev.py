@@ -31,7 +31,7 @@ def _dev_key(settings: Settings) -> str:
     path = Path(settings.data_dir) / "dev-key"
     if path.is_file():
         return path.read_text().strip()
-    from service.jobs.database import Database
+    from service.db.engine import Database
     from service.jobs.store import Store
 
     async def create() -> str:
@@ -95,7 +95,7 @@ def up(settings: Settings) -> int:
     import uvicorn
 
     from service.app import create_app
-    from service.jobs.database import migrate
+    from service.db.engine import migrate
 
     migrate(settings.database_url)
     key = _dev_key(settings)

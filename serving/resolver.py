@@ -10,7 +10,6 @@ import zlib
 from pathlib import Path
 
 import httpx
-
 from vllm.lora.request import LoRARequest
 from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 

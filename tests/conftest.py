@@ -19,7 +19,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from service.app import create_app
-from service.jobs.database import Database
+from service.db.engine import Database
 from service.jobs.store import Store
 from service.settings import BaseModelEntry, Settings
 

@@ -12,10 +12,10 @@ from litestar.response import Response
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.errors import InvalidRequest, PayloadTooLarge, Unprocessable
 from service.api.openapi import MultipartUpload
-from service.http_errors import AUTHED, errors
 from service.contracts import schema as s
+from service.errors import InvalidRequest, PayloadTooLarge, Unprocessable
+from service.http_errors import AUTHED, errors
 from service.jobs.files import FileService
 from service.jobs.store import MAX_PAGE, Store
 from service.settings import Settings

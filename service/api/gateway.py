@@ -23,8 +23,8 @@ from litestar.datastructures import State
 from litestar.response import Response, Stream
 
 from service.api.openapi import ChatBody
-from service.http_errors import AUTHED, errors
 from service.errors import InvalidRequest, NotFound, ServiceError
+from service.http_errors import AUTHED, errors
 from service.jobs.deployments import Deployments
 from service.settings import Settings
 

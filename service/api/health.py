@@ -10,8 +10,8 @@ from litestar.datastructures import State
 from litestar.response import Response
 
 from service.api.deps import bearer_is
-from service.http_errors import errors
 from service.errors import ServiceError, Unauthorized
+from service.http_errors import errors
 from service.settings import Settings
 
 

@@ -11,10 +11,10 @@ from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
 from service.api.deps import bearer_is
-from service.http_errors import errors
-from service.errors import Unauthorized
 from service.contracts import schema as s
-from service.jobs.db import utcnow
+from service.db.tables import utcnow
+from service.errors import Unauthorized
+from service.http_errors import errors
 from service.jobs.deployments import Deployments
 from service.settings import Settings
 

@@ -16,8 +16,8 @@ from litestar.response import Response, ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
 from service.api.deps import metadata_filter
-from service.http_errors import AUTHED, errors
 from service.contracts import schema as s
+from service.http_errors import AUTHED, errors
 from service.jobs.deployments import Deployments
 from service.jobs.results import results_csv
 from service.jobs.service import JobService

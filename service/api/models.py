@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from litestar import Controller, Request, delete, get
 
-from service.http_errors import AUTHED, errors
 from service.contracts import schema as s
+from service.http_errors import AUTHED, errors
 from service.jobs.deployments import Deployments
 from service.settings import Settings
 

@@ -16,15 +16,15 @@ from service.api.deps import metadata_filter
 from service.api.files import receive_upload
 from service.api.gateway import model_not_found
 from service.api.openapi import MultipartUpload
-from service.http_errors import AUTHED, errors
 from service.contracts import schema as s
+from service.errors import NotFound
+from service.http_errors import AUTHED, errors
+from service.ids import result_file_id, result_file_job
 from service.jobs.deployments import Deployments
 from service.jobs.files import FileService
-from service.jobs.service import JobService
-from service.errors import NotFound
-from service.ids import result_file_id, result_file_job
 from service.jobs.results import FILENAME as RESULTS_NAME
 from service.jobs.results import refuse_delete, result_file
+from service.jobs.service import JobService
 from service.jobs.store import MAX_PAGE, Store, request_hash
 from service.settings import Settings
 

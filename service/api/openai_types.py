@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from service.contracts import schema as s
 from service.errors import Unprocessable
 from service.ids import model_name, result_file_id
-from service.contracts import schema as s
 
 # OpenAI's learning_rate_multiplier scales this (the native API's default learning rate).
 BASE_LEARNING_RATE = 2e-4

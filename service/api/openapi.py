@@ -9,19 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-
-from litestar.openapi.spec import (
-    OpenAPI,
-    OpenAPIMediaType,
-    OpenAPIType,
-    Operation,
-    Reference,
-    RequestBody,
-    Schema,
-)
+from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIType, Operation, Reference, RequestBody, Schema
 
 from service.api.openai_types import FineTuningJobCreate
 from service.contracts import schema as wire
+
 
 @dataclass
 class MultipartUpload(Operation):

@@ -13,8 +13,17 @@ from typing import Literal, TextIO
 
 import msgspec
 
-from service.contracts.schema import (EarlyStopping, EvalSample, ExportChecks, ExportFormat, Hyperparameters,
-                                LengthStats, MemoryPlan, Method)
+from service.contracts.schema import (
+    EarlyStopping,
+    EvalSample,
+    ExportChecks,
+    ExportFormat,
+    Hyperparameters,
+    LengthStats,
+    MemoryPlan,
+    Method,
+)
+
 
 class ObjectRef(msgspec.Struct, kw_only=True, frozen=True):
     bucket: str

@@ -12,11 +12,11 @@ from collections.abc import Iterable
 
 import msgspec
 
+from service.contracts import schema as s
 from service.datasets.formats import Preference, detect_format, parse_example
 from service.datasets.jsonl import iter_lines
 from service.datasets.render import IGNORE, Renderer
 from service.datasets.template import LocalTokens
-from service.contracts import schema as s
 
 
 def segments(tokens: LocalTokens, ids: list[int], labels: list[int]) -> list[s.PreviewSegment]:

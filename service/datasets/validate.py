@@ -18,6 +18,8 @@ from collections.abc import Iterable
 
 import msgspec
 
+from service.contracts.schema import LengthStats
+from service.datasets.digests import Digests, held_rows
 from service.datasets.formats import (
     PREFERENCE_FORMATS,
     Chat,
@@ -30,11 +32,9 @@ from service.datasets.formats import (
     parse_example,
     pieces,
 )
-from service.datasets.digests import Digests, held_rows
 from service.datasets.jsonl import iter_lines
 from service.datasets.render import DROP, TRUNCATE, Renderer, supervised
 from service.datasets.template import TemplateTokens
-from service.contracts.schema import LengthStats
 
 MAX_REPORTED_ERRORS = 20
 MIN_EXAMPLES = 10

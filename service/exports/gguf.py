@@ -20,10 +20,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from service.contracts.schema import ExportChecks, ExportFormat
 from service.contracts import messages as m
-from service.exports import modelfile as mf
 from service.contracts.messages import Emitter
+from service.contracts.schema import ExportChecks, ExportFormat
+from service.exports import modelfile as mf
 
 # Texts the GGUF's tokenizer must split exactly as the base's does.
 TOKEN_CHECKS = ("Hello world", " leading space and  double  spaces", "naïve café — 東京 🙂",
@@ -141,8 +141,7 @@ def convert(folder: Path, out: Path, outtype: str, vocab_only: bool = False) -> 
 def check(path: Path, tokenizer: Any, eos: str) -> ExportChecks:
     """The GGUF's tokenizer splits TOKEN_CHECKS and a rendered chat exactly as the base's, and
     its eos is the end-of-turn token; ExportError otherwise."""
-    from service.exports import llama_cpp
-    from service.exports import ExportError
+    from service.exports import ExportError, llama_cpp
 
     texts = list(TOKEN_CHECKS)
     if tokenizer.chat_template:

@@ -17,7 +17,6 @@ FTYPES = {"Q4_K_M": 15}  # llama.h: enum llama_ftype
 def binary() -> str:
     """The tunedock-llama command; ExportError when it is not installed."""
     from service.exports import ExportError
-
     from service.settings import load_settings
 
     configured = load_settings().llama_cpp_bin

@@ -13,10 +13,10 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Response, Stream
 
-from service.http_errors import AUTHED, errors
-from service.errors import NotFound, RangeNotSatisfiable
 from service.contracts import schema as s
+from service.errors import NotFound, RangeNotSatisfiable
 from service.exports.service import ExportService
+from service.http_errors import AUTHED, errors
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 RangeHeader = Annotated[str | None, Parameter(

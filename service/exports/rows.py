@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.jobs.db import Base, utcnow
+from service.db.tables import Base, utcnow
 
 
 class ExportRow(Base):

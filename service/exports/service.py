@@ -7,10 +7,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from service.errors import Conflict, NotFound, Unprocessable
-from service.ids import model_name
 from service.contracts import schema as s
+from service.errors import Conflict, NotFound, Unprocessable
 from service.exports.store import ExportStore
+from service.ids import model_name
 from service.jobs.store import Store
 from service.settings import Settings
 

@@ -12,12 +12,12 @@ import msgspec
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.errors import InvalidTransition, LeaseLost, NotFound
-from service.ids import new_id
 from service.contracts import schema as s
+from service.db.engine import Database, unix
+from service.db.tables import utcnow
+from service.errors import InvalidTransition, LeaseLost, NotFound
 from service.exports.rows import ExportRow
-from service.jobs.database import Database, unix
-from service.jobs.db import utcnow
+from service.ids import new_id
 from service.jobs.rows import event_row
 from service.jobs.states import check_export_transition
 

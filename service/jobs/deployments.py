@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.errors import InvalidRequest, InvalidTransition, NotFound
 from service.contracts import schema as s
-from service.jobs.database import Database, as_utc, unix
-from service.jobs.db import DeploymentReplicaRow, DeploymentRow, JobRow
+from service.db.engine import Database, as_utc, unix
+from service.db.tables import DeploymentReplicaRow, DeploymentRow, JobRow
+from service.errors import InvalidRequest, InvalidTransition, NotFound
 from service.jobs.states import check_deployment_transition
 from service.jobs.store import Store, event_row
 from service.jobs.store_jobs import mirror_deployment

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from service.contracts import schema as s
-from service.jobs.database import Database
-from service.jobs.db import ThroughputRow
+from service.db.engine import Database
+from service.db.tables import ThroughputRow
 
 # The newest finished jobs on one device that an estimate averages over.
 CALIBRATION_JOBS = 5

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from service.contracts import schema as s
 from service.datasets.checked import CheckedFiles
 from service.datasets.preview import preview_rows
 from service.datasets.template import local_tokens
 from service.datasets.validate import Options, validate_jsonl
+from service.db.tables import FileRow
 from service.errors import NotFound, Unprocessable
 from service.ids import new_id
-from service.contracts import schema as s
-from service.jobs.db import FileRow
 from service.jobs.store import Store
 from service.settings import Settings
 from service.storage import ObjectStore

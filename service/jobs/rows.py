@@ -10,10 +10,10 @@ from typing import Any
 import msgspec
 from sqlalchemy import inspect as sa_inspect
 
-from service.errors import InvalidRequest
 from service.contracts import schema as s
-from service.jobs.database import unix
-from service.jobs.db import CheckpointRow, EventRow, FileRow, JobRow
+from service.db.engine import unix
+from service.db.tables import CheckpointRow, EventRow, FileRow, JobRow
+from service.errors import InvalidRequest
 
 MAX_PAGE = 100
 

@@ -13,13 +13,13 @@ import anyio
 import msgspec
 import structlog
 
+from service.contracts import schema as s
 from service.datasets.checked import CheckedFiles
 from service.datasets.template import local_tokens
 from service.datasets.validate import Options, Report, validate_jsonl
+from service.db.tables import JobRow
 from service.errors import InvalidTransition, NotFound, Unprocessable
 from service.ids import model_name, new_id, parse_model_name
-from service.contracts import schema as s
-from service.jobs.db import JobRow
 from service.jobs.estimate import Throughput, calibration_key, estimate_duration, training_tokens
 from service.jobs.resolve import first_invalid, inherit_lora_shape, resolve_auto, summarize
 from service.jobs.store import Store, event_row

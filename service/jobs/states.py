@@ -4,8 +4,8 @@ users."""
 
 from __future__ import annotations
 
-from service.errors import InvalidTransition
 from service.contracts.schema import DeploymentStatus, ExportStatus, Status
+from service.errors import InvalidTransition
 
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.validating_files: frozenset({Status.queued, Status.failed, Status.cancelled}),

@@ -6,7 +6,7 @@ checkpoints); rows.py turns rows into wire types. Exports keep their own store
 
 from __future__ import annotations
 
-from service.jobs.database import Database
+from service.db.engine import Database
 from service.jobs.rows import MAX_PAGE, Lease, event_row, job_from_row, request_hash
 from service.jobs.store_events import EventsStore
 from service.jobs.store_files import FilesStore

@@ -7,9 +7,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from service.ids import new_id
 from service.contracts import schema as s
-from service.jobs.db import CheckpointRow, EventRow
+from service.db.tables import CheckpointRow, EventRow
+from service.ids import new_id
 from service.jobs.rows import Lease, checkpoint_from_row, event_from_row, event_row, event_seq, page
 from service.jobs.store_jobs import JobsStore
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from service.errors import Conflict, NotFound
 from service.contracts import schema as s
-from service.jobs.db import DeletedFileRow, FileRow, IdempotencyRow, JobRow
+from service.db.tables import DeletedFileRow, FileRow, IdempotencyRow, JobRow
+from service.errors import Conflict, NotFound
 from service.jobs.rows import file_from_row, newest_first, page
 from service.jobs.store_keys import KeysStore
 

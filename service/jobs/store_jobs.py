@@ -12,9 +12,9 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.errors import InvalidTransition, LeaseLost, NotFound
 from service.contracts import schema as s
-from service.jobs.db import FileRow, IdempotencyRow, JobRow, utcnow
+from service.db.tables import FileRow, IdempotencyRow, JobRow, utcnow
+from service.errors import InvalidTransition, LeaseLost, NotFound
 from service.jobs.rows import JOB_SELECT, Lease, event_row, job_from_row, json_value, newest_first, page
 from service.jobs.states import check_transition
 from service.jobs.store_keys import KeysStore

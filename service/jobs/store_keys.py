@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.db.engine import Database, unix
+from service.db.tables import ApiKey, IdempotencyRow, utcnow
 from service.errors import Conflict, NotFound
 from service.ids import hash_key, new_api_key, new_id
-from service.jobs.database import Database, unix
-from service.jobs.db import ApiKey, IdempotencyRow, utcnow
 
 
 class KeysStore:

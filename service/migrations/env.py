@@ -5,7 +5,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.jobs.db import Base
+from service.db.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -14,16 +14,16 @@ from typing import Any
 import msgspec
 import structlog
 
-from service.errors import LeaseLost
+from service.contracts import messages as m
 from service.contracts import schema as s
+from service.errors import LeaseLost
+from service.exports.store import ExportLease, ExportStore
 from service.jobs.service import JobService
 from service.jobs.store import Store
-from service.exports.store import ExportLease, ExportStore
 from service.runner.process import Child
 from service.runner.spec import object_ref
 from service.runner.supervise import supervise
 from service.settings import Settings
-from service.contracts import messages as m
 
 
 @dataclass

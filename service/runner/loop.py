@@ -12,8 +12,8 @@ import subprocess
 import structlog
 
 from service.contracts import schema as s
+from service.db.engine import Database
 from service.exports.store import ExportStore
-from service.jobs.database import Database
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.logs import configure_logging
@@ -133,7 +133,7 @@ async def _main(settings: Settings) -> None:
 
 def run_forever(settings: Settings) -> int:
     configure_logging(settings.log_json, settings.log_level)
-    from service.jobs.database import migrate
+    from service.db.engine import migrate
 
     migrate(settings.database_url)
     asyncio.run(_main(settings))

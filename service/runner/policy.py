@@ -8,8 +8,8 @@ import signal
 from dataclasses import dataclass
 from typing import Literal
 
-from service.contracts.schema import MemoryPlan
 from service.contracts import messages as m
+from service.contracts.schema import MemoryPlan
 
 
 @dataclass

@@ -19,8 +19,8 @@ from typing import Any
 import msgspec
 import structlog
 
-from service.settings import Settings
 from service.contracts import messages as m
+from service.settings import Settings
 
 log = structlog.get_logger()
 

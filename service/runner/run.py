@@ -15,8 +15,9 @@ from typing import Any
 import msgspec
 import structlog
 
-from service.errors import LeaseLost, NotFound
+from service.contracts import messages as m
 from service.contracts import schema as s
+from service.errors import LeaseLost, NotFound
 from service.jobs.service import JobService
 from service.jobs.store import Lease, Store
 from service.runner.policy import Attempt, decide
@@ -25,7 +26,6 @@ from service.runner.report import Reporter
 from service.runner.spec import build_spec
 from service.runner.supervise import supervise
 from service.settings import Settings
-from service.contracts import messages as m
 
 
 @dataclass

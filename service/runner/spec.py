@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.contracts import schema as s
+from service.contracts.messages import ObjectRef, TrainingSpec
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.settings import Settings
 from service.storage import parse_s3_uri
-from service.contracts.messages import ObjectRef, TrainingSpec
 
 
 def object_ref(uri: str) -> ObjectRef:

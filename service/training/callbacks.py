@@ -8,10 +8,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from service.storage import ObjectStore, upload_dir
 from service.contracts import messages as m
-from service.training import stop
 from service.contracts.messages import Emitter
+from service.storage import ObjectStore, upload_dir
+from service.training import stop
 
 
 def _gpu_memory() -> int | None:

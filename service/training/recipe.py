@@ -11,23 +11,17 @@ from pathlib import Path
 
 import msgspec
 
+from service.contracts import messages as m
+from service.contracts.messages import Emitter, ObjectRef, TrainingSpec
+from service.contracts.schema import EarlyStopping, MemoryPlan
 from service.datasets.formats import Preference, detect_format, parse_example
 from service.datasets.jsonl import read_jsonl
 from service.datasets.render import IGNORE, Collator, FlatCollator, Renderer, fit, fit_pair, split_examples
 from service.datasets.template import HFTokens
-from service.contracts.schema import EarlyStopping, MemoryPlan
-from service.contracts.messages import ObjectRef, TrainingSpec
+from service.shapes import Shape, read_config
 from service.storage import ObjectStore, download_prefix, upload_dir
 from service.training import backends, stop
-from service.contracts import messages as m
-from service.training.callbacks import (
-    CheckpointCallback,
-    ProgressCallback,
-    ResumePointCallback,
-    StopOnSignal,
-)
-from service.contracts.messages import Emitter
-from service.shapes import Shape, read_config
+from service.training.callbacks import CheckpointCallback, ProgressCallback, ResumePointCallback, StopOnSignal
 from service.training.plan import make_plan, resolve_packing, row_tokens
 from service.training.samples import CheckRecorder, Sampler, eval_prompts, example_sequences
 

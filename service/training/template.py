@@ -22,8 +22,8 @@ import traceback
 
 import msgspec
 
-from service.procs import die_with_parent
 from service.contracts import messages as m
+from service.procs import die_with_parent
 
 _requests = msgspec.json.Decoder(m.ForkRequest)
 

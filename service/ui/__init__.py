@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from litestar import Response, get
-from litestar.response import Redirect
 from litestar.handlers import HTTPRouteHandler
+from litestar.response import Redirect
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.jobs.db import Base
+from service.db.tables import Base
 
 
 class WebhookEndpointRow(Base):

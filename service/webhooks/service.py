@@ -11,8 +11,8 @@ import httpx
 import msgspec
 import structlog
 
+from service.db.tables import EventRow
 from service.errors import ServiceError, Unprocessable
-from service.jobs.db import EventRow
 from service.settings import Settings
 from service.webhooks import signing, targets
 from service.webhooks import wire as w

@@ -10,10 +10,10 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.db.engine import Database
+from service.db.tables import EventRow, JobRow
 from service.errors import NotFound
 from service.ids import new_id
-from service.jobs.database import Database
-from service.jobs.db import EventRow, JobRow
 from service.webhooks.rows import WebhookCursorRow, WebhookDeliveryRow, WebhookEndpointRow
 
 CURSOR = "job_events"

@@ -81,9 +81,8 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 def test_files_preview_shows_errors_by_line_and_marks_trained_text(make_settings, smollm2_dir,  # noqa: ANN001
                                                                     tmp_path) -> None:  # noqa: ANN001
-    from service.settings import BaseModelEntry
-
     import tunedock
+    from service.settings import BaseModelEntry
 
     settings = make_settings(base_models=(BaseModelEntry(alias="smollm2", source=str(smollm2_dir)),))
     good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"

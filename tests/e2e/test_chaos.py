@@ -17,8 +17,8 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from service.app import create_app
-from service.jobs.database import Database
-from service.jobs.db import CheckpointRow, EventRow, JobRow
+from service.db.engine import Database
+from service.db.tables import CheckpointRow, EventRow, JobRow
 from service.jobs.store import Store
 from service.settings import BaseModelEntry
 from tests.conftest import DATASETS, Api, new_postgres_database

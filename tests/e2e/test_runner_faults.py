@@ -11,9 +11,9 @@ import msgspec
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from service.errors import LeaseLost
 from service.contracts import schema as s
-from service.jobs.database import Database
+from service.db.engine import Database
+from service.errors import LeaseLost
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.runner.loop import Runner

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from service.app import create_app
-from service.jobs.db import CheckpointRow, DeploymentRow, FileRow, JobRow
+from service.db.tables import CheckpointRow, DeploymentRow, FileRow, JobRow
 from service.settings import BaseModelEntry
 from tests.conftest import ARTIFACTS, Api
 from tests.support.data import jsonl

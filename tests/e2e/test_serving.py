@@ -17,13 +17,13 @@ import openai
 import pytest
 
 import tunedock
-from tunedock import cli
 from tests.conftest import ARTIFACTS
 from tests.support.data import jsonl
 from tests.support.live import free_port
 from tests.support.openai_schema import Conformance
 from tests.support.processes import ROOT, die_with_sigterm, settings_env
 from tests.support.stack import PROMPT, Stack, rows, vllm_pids, wait_until
+from tunedock import cli
 
 pytestmark = pytest.mark.slow
 
@@ -209,7 +209,7 @@ def test_corrupt_adapter_fails_clearly_and_others_keep_serving(stack: Stack, pel
                                                               case: str, words: str) -> None:  # noqa: ANN001
     import asyncio
 
-    from service.jobs.database import Database
+    from service.db.engine import Database
     from service.jobs.deployments import Deployments, deployment_request
     from service.jobs.store import Store
 

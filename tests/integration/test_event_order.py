@@ -2,7 +2,7 @@
 
 Events are paged by a sequence taken at insert and seen at commit. Without care a writer that
 took seq 50 and commits late is passed by a follower that already read seq 51 from a writer that
-committed first. Every event insert therefore locks its job's row first (service/jobs/database.py),
+committed first. Every event insert therefore locks its job's row first (service/db/engine.py),
 so for one job the sequence is handed out in commit order."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import random
 
-from service.ids import new_id
-from service.jobs.database import Database, migrate
-from service.jobs.db import JobRow
-from service.jobs.rows import event_row
 from service.contracts.schema import Status
+from service.db.engine import Database, migrate
+from service.db.tables import JobRow
+from service.ids import new_id
+from service.jobs.rows import event_row
 from service.jobs.store import Store
 from tests.conftest import new_postgres_database
 

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import update
 
 from service.contracts.schema import Status
+from service.db.engine import Database, migrate
+from service.db.tables import JobRow, utcnow
 from service.ids import new_id
-from service.jobs.database import Database, migrate
-from service.jobs.db import JobRow, utcnow
 from service.jobs.store import Store
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 
+from service.contracts.schema import Status
+from service.db.engine import Database, migrate
+from service.db.tables import FileRow, JobRow
 from service.errors import Conflict, NotFound
 from service.ids import new_id
-from service.jobs.database import Database, migrate
-from service.jobs.db import FileRow, JobRow
 from service.jobs.files import FileService
-from service.contracts.schema import Status
 from service.jobs.store import Store
 from service.storage import make_store
 

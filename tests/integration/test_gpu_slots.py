@@ -7,8 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from service.runner.process import Child
 from service.runner.loop import gpu_slots
+from service.runner.process import Child
 
 
 def _environ(pid: int) -> dict[str, str]:

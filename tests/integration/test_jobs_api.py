@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from service.jobs.database import Database
+from service.db.engine import Database
 from service.jobs.store import Store
 from tests.conftest import DATASETS, Api, api_client
 from tests.support.data import chat_rows, jsonl
@@ -203,8 +203,8 @@ async def test_a_dry_run_takes_its_rate_from_jobs_that_checkpointed_as_it_will(
     plans the job first, then uses the rows of jobs that trained the same way."""
     import json
 
-    from service.jobs.database import Database
-    from service.jobs.db import ThroughputRow
+    from service.db.engine import Database
+    from service.db.tables import ThroughputRow
     from service.jobs.estimate import Throughput, calibration_key
     from service.shapes import Shape
 

@@ -13,10 +13,10 @@ from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.contracts.schema import DeploymentStatus, ExportStatus, Status
-from service.jobs.database import Database, migrate
-from service.ids import new_id
+from service.db.engine import Database, migrate
+from service.db.tables import JobRow
 from service.exports.rows import ExportRow
-from service.jobs.db import JobRow
+from service.ids import new_id
 from service.jobs.store import Store
 from tests.integration.test_store_leases import add_queued
 

@@ -8,12 +8,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from service.errors import InvalidTransition, LeaseLost
-from service.ids import new_id
-from service.exports.store import ExportLease, ExportStore
-from service.jobs.database import Database, migrate
-from service.jobs.db import JobRow, utcnow
 from service.contracts.schema import Status
+from service.db.engine import Database, migrate
+from service.db.tables import JobRow, utcnow
+from service.errors import InvalidTransition, LeaseLost
+from service.exports.store import ExportLease, ExportStore
+from service.ids import new_id
 from service.jobs.store import Lease, Store
 
 

@@ -9,8 +9,8 @@ import signal
 import time
 from pathlib import Path
 
-from service.runner.process import Template
 from service.contracts import messages as m
+from service.runner.process import Template
 from tests.support.processes import alive
 
 

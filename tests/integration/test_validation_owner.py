@@ -10,10 +10,10 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from service.ids import new_id
-from service.jobs.database import Database, migrate
-from service.jobs.db import JobRow, utcnow
 from service.contracts.schema import Status
+from service.db.engine import Database, migrate
+from service.db.tables import JobRow, utcnow
+from service.ids import new_id
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.storage import make_store

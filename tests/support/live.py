@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from service.app import create_app
-from service.jobs.database import Database
+from service.db.engine import Database
 from service.jobs.store import Store
 from service.settings import Settings
 

@@ -22,16 +22,7 @@ from service.settings import BaseModelEntry, Settings
 from tests.conftest import ARTIFACTS
 from tests.support.data import QUESTIONS, jsonl
 from tests.support.live import free_port, serve
-from tests.support.processes import (
-    ROOT,
-    cmdline,
-    descendants,
-    die_with_sigterm,
-    settings_env,
-    start_runner,
-)
-
-
+from tests.support.processes import ROOT, cmdline, descendants, die_with_sigterm, settings_env, start_runner
 
 PROMPT = "What is the secret code word?"
 

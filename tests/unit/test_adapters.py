@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from service.contracts.adapter_check import AdapterCheck, CheckSequence
-from serving import adapters, check
 from service.shapes import Shape
 from service.storage.local import LocalStore
+from serving import adapters, check
 
 BASE = Shape(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=4, vocab=100, tied=True)
 

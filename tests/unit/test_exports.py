@@ -6,11 +6,11 @@ from __future__ import annotations
 import jinja2
 import pytest
 
-from service.exports.routes import byte_range
-from service.errors import InvalidTransition, RangeNotSatisfiable
 from service.contracts.schema import ExportStatus as E
-from service.jobs.states import EXPORT_ALLOWED, check_export_transition
+from service.errors import InvalidTransition, RangeNotSatisfiable
 from service.exports import modelfile as mf
+from service.exports.routes import byte_range
+from service.jobs.states import EXPORT_ALLOWED, check_export_transition
 
 
 def jinja(source: str, **extra: str):  # noqa: ANN201
@@ -144,8 +144,7 @@ def test_gguf_tokenizer_and_eos_checks_pass_on_the_fixed_conversion(staged, tmp_
 def test_gguf_checks_catch_the_converters_own_mistakes(staged, smollm2_dir, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """Left to itself the converter takes the test model's byte-level tokenizer for a
     SentencePiece one, and takes the eos from tokenizer_config.json: both are caught."""
-    from service.exports import gguf
-    from service.exports import ExportError
+    from service.exports import ExportError, gguf
 
     stage, tokenizer, eos = staged
     monkeypatch.setattr(gguf, "_byte_level", lambda folder: False)

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from service.datasets.formats import ExampleError, detect_format, parse_example
-from service.datasets.render import IGNORE, Renderer
-from service.datasets.template import HFTokens, LocalTokens
 from service.datasets.digests import Digests
-from service.datasets.render import validation_indices
+from service.datasets.formats import ExampleError, detect_format, parse_example
+from service.datasets.render import IGNORE, Renderer, validation_indices
+from service.datasets.template import HFTokens, LocalTokens
 from service.datasets.validate import Options, split_sizes, validate_jsonl, validation_overlap
 
 TEMPLATES = Path(__file__).parent.parent / "support" / "templates"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from service.contracts.schema import EarlyStopping, MemoryPlan
-from service.runner.policy import Attempt, decide
 from service.contracts import messages as m
 from service.contracts.messages import Emitter
+from service.contracts.schema import EarlyStopping, MemoryPlan
+from service.runner.policy import Attempt, decide
 
 PLAN = MemoryPlan(device="cuda", micro_batch_size=8, gradient_accumulation_steps=1,
                   estimated_peak_bytes=1, available_bytes=2)

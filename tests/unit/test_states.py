@@ -2,8 +2,8 @@
 
 import pytest
 
-from service.errors import InvalidTransition
 from service.contracts.schema import TERMINAL, Status
+from service.errors import InvalidTransition
 from service.jobs.states import ALLOWED, check_transition
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
-from service.jobs.db import EventRow
+from service.db.tables import EventRow
 
 _PG_READERS = 10  # connections for `Database.rows` on Postgres, per process
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"

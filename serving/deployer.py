@@ -81,7 +81,9 @@ class Deployer:
             return f"; not checked: the adapter has no {check.FILE} (made elsewhere or before the check)"
         limit = (self.settings.vllm_max_model_len or 1 << 30) - 1  # vLLM wants room for one token
         started = time.perf_counter()
-        served = [await self.client.prompt_logprobs(name, seq.ids[:limit]) for seq in record.sequences]
+        # all at once: vLLM scores them in one batch
+        served = await asyncio.gather(*(self.client.prompt_logprobs(name, seq.ids[:limit])
+                                        for seq in record.sequences))
         outcome = check.compare(record, served, tolerance)
         return (f"; checked against training in {time.perf_counter() - started:.1f} s: {outcome.tokens} "
                 f"tokens, token probabilities within {outcome.worst:.3f} (tolerance {tolerance})")

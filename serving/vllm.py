@@ -56,6 +56,20 @@ def environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+def served_logprobs(ids: list[int], body: object) -> list[tuple[float, str]]:
+    """(log-probability, text) of each of ids[1:] from vLLM's completion answer with
+    prompt_logprobs. Any other shape is a RuntimeError, which fails the deployment; a KeyError
+    would end the deployer's task instead."""
+    try:
+        entries = body["choices"][0]["prompt_logprobs"][1:]  # type: ignore[index]
+        out = [(float(entry[str(token)]["logprob"]), entry[str(token)].get("decoded_token") or "")
+               for token, entry in zip(ids[1:], entries, strict=True)]
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise RuntimeError(f"vLLM's prompt_logprobs answer has another shape than expected "
+                           f"({type(exc).__name__}: {exc})") from None
+    return out
+
+
 class VLLMClient:
     """The few vLLM endpoints the deployer uses."""
 
@@ -87,12 +101,11 @@ class VLLMClient:
             "model": name, "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0})
         if r.status_code >= 400:
             raise RuntimeError(f"vLLM could not score {name}: {r.status_code} {r.text[:300]}")
-        entries = r.json()["choices"][0]["prompt_logprobs"][1:]
-        out = []
-        for token, entry in zip(ids[1:], entries):
-            got = entry[str(token)]
-            out.append((got["logprob"], got.get("decoded_token") or ""))
-        return out
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        return served_logprobs(ids, body)
 
     async def unload(self, name: str) -> None:
         r = await self.http.post("/v1/unload_lora_adapter", json={"lora_name": name})

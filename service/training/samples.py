@@ -141,4 +141,6 @@ class CheckRecorder:
                 logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, :-1].float()
                 lp = torch.log_softmax(logits, dim=-1).gather(1, x[0, 1:, None])[:, 0]
                 records.append(CheckSequence(label=label[:200], ids=ids, logprobs=[round(v, 5) for v in lp.tolist()]))
-        (folder / FILE).write_bytes(msgspec.json.encode(AdapterCheck(quantized=self.quantized, sequences=records)))
+        if records:  # none (no sequence of two tokens): no record, and the deployment says "not checked"
+            (folder / FILE).write_bytes(msgspec.json.encode(AdapterCheck(quantized=self.quantized,
+                                                                         sequences=records)))

@@ -115,3 +115,29 @@ def test_an_adapter_served_unlike_the_trained_one_is_caught_with_where() -> None
 def test_a_record_with_nothing_to_compare_fails() -> None:
     with pytest.raises(check.CheckFailed, match="no tokens"):
         check.compare(AdapterCheck(quantized=False, sequences=[]), [], tolerance=0.2)
+
+
+def test_a_scoring_answer_of_another_shape_is_a_runtime_error_the_deployer_reports() -> None:
+    """The deployer's loop survives RuntimeError (a failed deployment); anything else would end
+    its task and leave every later deployment `pending` for good."""
+    from serving.vllm import served_logprobs
+
+    ids = [5, 6, 7]
+    good = {"choices": [{"prompt_logprobs": [None, {"6": {"logprob": -0.1, "decoded_token": "a"}},
+                                             {"7": {"logprob": -2.0, "decoded_token": "b"}}]}]}
+    assert served_logprobs(ids, good) == [(-0.1, "a"), (-2.0, "b")]
+    for body in ({"choices": [{"text": "x"}]}, {"choices": []}, {"error": "x"},
+                 {"choices": [{"prompt_logprobs": [None, {"9": {"logprob": -0.1}}, None]}]},
+                 {"choices": [{"prompt_logprobs": [None]}]}):
+        with pytest.raises(RuntimeError, match="prompt_logprobs"):
+            served_logprobs(ids, body)
+
+
+def test_no_record_is_written_when_there_is_nothing_to_check(tmp_path: Path) -> None:
+    """An empty record would fail every deployment of the adapter ("nothing to compare"); with no
+    record the deployment loads and says it was not checked."""
+    from service.training.samples import CheckRecorder
+
+    CheckRecorder(None, [("training example 1", [7])], "transformers", quantized=False).write(
+        torch.nn.Module(), tmp_path)
+    assert not (tmp_path / "tunedock_check.json").exists()

@@ -8,22 +8,12 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import update
 
 from service.contracts.schema import Status
-from service.db.engine import Database, migrate
 from service.db.tables import JobRow, utcnow
 from service.ids import new_id
 from service.jobs.store import Store
-
-
-@pytest.fixture
-async def store(database_url: str):  # noqa: ANN201
-    await asyncio.to_thread(migrate, database_url)
-    db = Database(database_url)
-    yield Store(db)
-    await db.close()
 
 
 async def submit(store: Store, tenant: str, n: int, *, priority: int = 0) -> list[str]:

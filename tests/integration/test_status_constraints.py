@@ -5,7 +5,6 @@ without a migration that allows it fails here."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import pytest
@@ -13,7 +12,6 @@ from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.contracts.schema import DeploymentStatus, ExportStatus, Status
-from service.db.engine import Database, migrate
 from service.db.tables import JobRow
 from service.exports.rows import ExportRow
 from service.ids import new_id
@@ -23,13 +21,6 @@ from tests.integration.test_store_leases import add_queued
 TABLES = {"jobs": Status, "deployments": DeploymentStatus, "deployment_replicas": DeploymentStatus,
           "exports": ExportStatus}
 
-
-@pytest.fixture
-async def store(database_url: str):  # noqa: ANN201
-    await asyncio.to_thread(migrate, database_url)
-    db = Database(database_url)
-    yield Store(db)
-    await db.close()
 
 
 async def _allowed(store: Store, table: str) -> set[str]:

@@ -9,21 +9,11 @@ import pytest
 from sqlalchemy import update
 
 from service.contracts.schema import Status
-from service.db.engine import Database, migrate
 from service.db.tables import JobRow, utcnow
 from service.errors import InvalidTransition, LeaseLost
 from service.exports.store import ExportLease, ExportStore
 from service.ids import new_id
 from service.jobs.store import Lease, Store
-
-
-@pytest.fixture
-async def store(database_url: str):  # noqa: ANN201
-    url = database_url
-    await asyncio.to_thread(migrate, url)
-    db = Database(url)
-    yield Store(db)
-    await db.close()
 
 
 async def add_queued(store: Store, n: int) -> list[str]:

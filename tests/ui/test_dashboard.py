@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.support.data import jsonl
 from tests.support.stack import PROMPT, Stack, rows
@@ -44,6 +45,14 @@ def browser() -> Iterator[object]:
         b = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
         yield b
         b.close()
+
+
+def wait_until(page, held, timeout_s: float = 30.0) -> None:  # noqa: ANN001
+    """Let the page run (route handlers fire only while Playwright waits) until `held()` is true."""
+    deadline = time.monotonic() + timeout_s
+    while not held():
+        assert time.monotonic() < deadline, "the page never sent the request"
+        page.wait_for_timeout(50)
 
 
 class Watch:
@@ -149,8 +158,30 @@ def test_a_user_trains_watches_and_chats_in_the_dashboard(browser, stack: Stack)
     assert "LoRA rank" in page.locator("#lora-r").locator("..").inner_text()
     serve.check()
     assert rank.get_attribute("max") == "16"
+    # An estimate that answers after a file check began is stale: it must neither show its plan nor
+    # enable Start (CI once caught Start enabled by such an answer, then "Estimating…" replaced the
+    # plan under the test). Hold an estimate, start a check and hold it too, then let the estimate
+    # answer: Start stays disabled until the check's own estimate answers.
+    held: dict[str, list] = {"estimate": [], "check": []}
+    is_estimate = lambda url: url.endswith("/jobs")  # noqa: E731 - the dry run's POST
+    page.route(is_estimate, lambda route: held["estimate"].append(route) if route.request.method == "POST"
+               else route.continue_())
+    page.route("**/files/*/preview", lambda route: held["check"].append(route))
+    page.get_by_label("Epochs").dispatch_event("change")
+    wait_until(page, lambda: held["estimate"])
     page.get_by_label("Max sequence length").dispatch_event("change")
-    # The change re-checks the file, then re-estimates; the button comes back with the new plan.
+    wait_until(page, lambda: held["check"])
+    # Release a held request before its route goes (unroute lets what it still holds go on its own).
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/jobs")) as answered:
+        held["estimate"][0].continue_()
+    page.unroute(is_estimate)
+    answered.value.finished()
+    with pytest.raises(PlaywrightTimeout):
+        page.locator("#start-job:enabled").wait_for(timeout=2_000)
+    assert "Tokens to train" not in page.locator("#plan").inner_text()
+    held["check"][0].continue_()
+    page.unroute("**/files/*/preview")
+    # The change re-checked the file, then re-estimates; the button comes back with the new plan.
     page.locator("#start-job:enabled").wait_for(timeout=60_000)
     page.locator("#plan h2", has_text="Plan and estimate").wait_for(timeout=30_000)
     plan_text = page.locator("#plan").inner_text()

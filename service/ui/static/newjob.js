@@ -64,9 +64,12 @@ export function newJobPage(root, guard) {
     }
     rankMax = inputs.lora_r.max ? Number(inputs.lora_r.max) : null;
   }
-  // Edits fire checks and estimates faster than they answer: only the latest one may show.
+  // Edits fire checks and estimates faster than they answer: only the latest one may show. A file
+  // check in flight outranks any estimate: it ends in a fresh estimate, so an estimate begun before
+  // it (or while it runs) must neither show its plan nor enable Start.
   let latestPreview = 0;
   let latestEstimate = 0;
+  let checking = false;
 
   clear(root, h("div", { class: "page-head" }, h("h1", {}, "New fine-tuning job")), notice,
     h("form", { class: "grid2", onsubmit: submit, "aria-label": "new job" },
@@ -127,6 +130,8 @@ export function newJobPage(root, guard) {
   async function runPreview() {
     if (!file) return;
     const mine = ++latestPreview;
+    latestEstimate++;  // an estimate still in flight was made for the settings before this change
+    checking = true;
     start.disabled = true;
     clear(check, h("p", { class: "muted" }, `Checking ${file.filename} for ${model.value}…`));
     // The plan shown was made for the settings before this change: not shown as current.
@@ -136,10 +141,14 @@ export function newJobPage(root, guard) {
       found = await api("POST", `/files/${file.id}/preview`, {
         base_model: model.value, n_rows: 3, method: method.value, max_seq_length: Number(inputs.max_seq_length.value) || 2048 });
     } catch (err) {
-      if (mine === latestPreview && !guard(err)) clear(check, errorBox(err, "Could not check the file: "));
+      if (mine === latestPreview) {
+        checking = false;
+        if (!guard(err)) clear(check, errorBox(err, "Could not check the file: "));
+      }
       return;
     }
     if (mine !== latestPreview) return;
+    checking = false;
     preview = found;
     showPreview();
     if (preview.valid) estimate(); else clear(plan, h("p", { class: "muted" }, "Fix the file to see the plan."));
@@ -171,7 +180,7 @@ export function newJobPage(root, guard) {
   }
 
   async function estimate() {
-    if (!file || !preview || !preview.valid) return;
+    if (!file || !preview || !preview.valid || checking) return;
     const mine = ++latestEstimate;
     clear(plan, h("p", { class: "muted" }, "Estimating…"));
     start.disabled = true;

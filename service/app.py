@@ -21,21 +21,21 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api.deps import provide_deployments, provide_files, provide_jobs, provide_store, provide_tenant
-from service.api.files import FilesController
 from service.api.gateway import GatewayController, Upstreams
 from service.api.health import HealthController
 from service.api.internal import InternalController
-from service.api.jobs import JobsController, hyperparameters
-from service.api.models import ModelsController, ServingController
-from service.api.openai_routes import V1FilesController, V1FineTuningController, V1ModelsController
 from service.api.openapi import complete as complete_openapi
+from service.api.v1_files import V1FilesController
 from service.db.engine import Database, migrate
+from service.deployments.routes import ModelsController, ServingController, V1ModelsController, deploy_checkpoint
+from service.deployments.service import Deployments
 from service.errors import ServiceError
 from service.exports.routes import ExportsController, provide_exports
 from service.exports.service import ExportService
 from service.exports.store import ExportStore
-from service.jobs.deployments import Deployments
-from service.jobs.files import FileService
+from service.files.routes import FilesController
+from service.files.service import FileService
+from service.jobs.routes import JobsController, V1FineTuningController, hyperparameters
 from service.jobs.service import JobService
 from service.jobs.store import Store
 from service.logs import configure_logging
@@ -220,7 +220,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await db.close()
 
     return Litestar(
-        route_handlers=[JobsController, hyperparameters, ExportsController, FilesController, ModelsController, ServingController,
+        route_handlers=[JobsController, hyperparameters, deploy_checkpoint, ExportsController, FilesController, ModelsController, ServingController,
                         HealthController, V1FilesController, V1FineTuningController,
                         V1ModelsController, GatewayController, InternalController, WebhooksController,
                         V1WebhooksController, *dashboard()],

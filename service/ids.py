@@ -1,8 +1,12 @@
-"""Prefixed opaque ids (ftjob-…, file-…, ftckpt-…, ftevent-…), fine-tuned model names and API keys."""
+"""Prefixed opaque ids (ftjob-…, file-…, ftckpt-…, ftevent-…), fine-tuned model names, API keys and
+the hash an Idempotency-Key record keeps of its request."""
 
 import hashlib
 import re
 import secrets
+from typing import Any
+
+import msgspec
 
 _MODEL_NAME = re.compile(r"^ft:(?P<base>[^:]+):(?P<suffix>[a-z0-9-]*):(?P<job>ftjob-[0-9a-f]{24})"
                          r"(?::ckpt-(?P<epoch>[0-9]{1,3}))?$")
@@ -47,3 +51,9 @@ def result_file_job(file_id: str) -> str | None:
     """The job whose result file `file_id` is, or None for any other id."""
     m = _RESULT_FILE.match(file_id)
     return f"ftjob-{m['job']}" if m else None
+
+
+def request_hash(request: Any) -> str:
+    """The request as decoded, not its raw bytes: the same JSON with its keys in another order
+    or other whitespace is the same request for its Idempotency-Key."""
+    return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()

@@ -2,7 +2,7 @@
 
 Every replica of a base loads every deployment of it and reports its own state under its name
 (TUNEDOCK_SERVING_REPLICA), so several replicas never refuse each other; the API's deployment
-status follows the best replica (service/jobs/deployments.py).
+status follows the best replica (service/deployments/service.py).
 
 deploy:    (this replica: no state yet) -> loading -> fetch + verify (serving/adapters.py)
            -> /v1/load_lora_adapter -> loaded (with the seconds since the job succeeded) | failed.

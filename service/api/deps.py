@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hmac
-import re
 import time
 
 from litestar import Request
 from litestar.datastructures import State
 
-from service.errors import InvalidRequest, Unauthorized
-from service.jobs.deployments import Deployments
-from service.jobs.files import FileService
+from service.deployments.service import Deployments
+from service.errors import Unauthorized
+from service.files.service import FileService
 from service.jobs.service import JobService
 from service.jobs.store import Store
 
@@ -66,19 +65,4 @@ def provide_files(state: State) -> FileService:
 def provide_deployments(state: State) -> Deployments:
     return state.deployments
 
-
-_METADATA_PARAM = re.compile(r"^metadata\[([A-Za-z0-9_.:-]{1,64})\]$")
-
-
-def metadata_filter(request: Request) -> dict[str, str]:
-    """`metadata[k]=v` query parameters (OpenAI's filter on list)."""
-    found = {}
-    for name, value in request.query_params.items():
-        if name.startswith("metadata"):
-            m = _METADATA_PARAM.match(name)
-            if m is None:
-                raise InvalidRequest(f"filter on metadata as metadata[key]=value; {name!r} is not that",
-                                     param=name)
-            found[m.group(1)] = value
-    return found
 

@@ -23,9 +23,9 @@ from litestar.datastructures import State
 from litestar.response import Response, Stream
 
 from service.api.openapi import ChatBody
-from service.errors import InvalidRequest, NotFound, ServiceError
+from service.deployments.service import Deployments, model_not_found
+from service.errors import InvalidRequest, ServiceError
 from service.http_errors import AUTHED, errors
-from service.jobs.deployments import Deployments
 from service.settings import Settings
 
 log = structlog.get_logger()
@@ -80,12 +80,6 @@ def upstream_error(status: int, content: bytes) -> ServiceError:
                            param=param, code="model_not_found" if status == 404 else None)
     error.status_code = status  # 400, 404, 422 …: as the model server said
     return error
-
-
-def model_not_found(name: str) -> NotFound:
-    # The same words for a model that does not exist and for another tenant's.
-    return NotFound(f"The model {name!r} does not exist or you do not have access to it.",
-                    param="model", code="model_not_found")
 
 
 def pick_upstream(upstreams: tuple[str, ...], model: str, loaded: set[str] | frozenset[str] = frozenset()) -> str:

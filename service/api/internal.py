@@ -13,9 +13,9 @@ from litestar.params import Parameter
 from service.api.deps import bearer_is
 from service.contracts import schema as s
 from service.db.tables import utcnow
+from service.deployments.service import Deployments
 from service.errors import Unauthorized
 from service.http_errors import errors
-from service.jobs.deployments import Deployments
 from service.settings import Settings
 
 Status = Annotated[list[str] | None, Parameter(query="status")]

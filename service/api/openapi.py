@@ -1,6 +1,7 @@
 """What the OpenAPI document says that Litestar cannot infer from the handlers: every error a
 route can answer, in the one shape every error really has (`{error: {code, message, param}}`),
-and the multipart body of the streamed upload, which the handler parses itself."""
+and the chat body the gateway relays unparsed. (The streamed upload's multipart body is declared
+beside its handler, service/files/routes.py.)"""
 
 from __future__ import annotations
 
@@ -11,24 +12,8 @@ from typing import Any
 import msgspec
 from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIType, Operation, Reference, RequestBody, Schema
 
-from service.api.openai_types import FineTuningJobCreate
 from service.contracts import schema as wire
-
-
-@dataclass
-class MultipartUpload(Operation):
-    """POST /files streams its multipart body itself, so the body is declared here."""
-
-    def __post_init__(self) -> None:
-        self.request_body = RequestBody(required=True, content={
-            "multipart/form-data": OpenAPIMediaType(schema=Schema(
-                type=OpenAPIType.OBJECT, required=["file"],
-                properties={
-                    "file": Schema(type=OpenAPIType.STRING, format="binary",
-                                   description="the JSONL file (one part named 'file')"),
-                    "purpose": Schema(type=OpenAPIType.STRING, enum=["fine-tune"],
-                                      description="OpenAI's field: only 'fine-tune' (training data)"),
-                }))})
+from service.openai_types import FineTuningJobCreate
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The training knobs of a job, each declared once: its type, bounds, default and meaning. The
-native API, the /v1 create body's extras (service/api/openai_types.py), the OpenAPI document,
+native API, the /v1 create body's extras (service/openai_types.py), the OpenAPI document,
 `GET /hyperparameters` (which the dashboard's form reads) and the README's table
 (`python -m service.contracts.docs`) are all derived from these classes."""
 

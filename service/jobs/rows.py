@@ -1,9 +1,8 @@
-"""Rows to wire types, and the small pieces every store module shares: the lease a runner writes
-under, event rows, request hashes, and one page shape for every keyset-paginated list."""
+"""Job, event and checkpoint rows to wire types, and the lease a runner writes under. Pages are
+service/db/pages.py; files' rows are service/files/store.py."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,10 +11,8 @@ from sqlalchemy import inspect as sa_inspect
 
 from service.contracts import schema as s
 from service.db.engine import unix
-from service.db.tables import CheckpointRow, EventRow, FileRow, JobRow
+from service.db.tables import CheckpointRow, EventRow, JobRow
 from service.errors import InvalidRequest
-
-MAX_PAGE = 100
 
 
 class Lease(msgspec.Struct, frozen=True):
@@ -27,12 +24,6 @@ class Lease(msgspec.Struct, frozen=True):
     def conditions(self) -> tuple[Any, ...]:
         return (JobRow.status == s.Status.running.value, JobRow.lease_owner == self.owner,
                 JobRow.attempt == self.attempt)
-
-
-def request_hash(request: Any) -> str:
-    """The request as decoded, not its raw bytes: the same JSON with its keys in another order
-    or other whitespace is the same request for its Idempotency-Key."""
-    return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()
 
 
 def job_from_row(row: JobRow | Mapping[str, Any]) -> s.Job:
@@ -111,16 +102,6 @@ def checkpoint_from_row(row: CheckpointRow) -> s.Checkpoint:
     )
 
 
-def file_from_row(row: FileRow) -> s.File:
-    return s.File(
-        id=row.id,
-        bytes=row.bytes,
-        filename=row.filename,
-        uri=f"s3://{row.bucket}/{row.key}",
-        created_at=unix(row.created_at),
-    )
-
-
 def event_row(job_id: str, type_: str, message: str, level: str = "info",
               data: Any = None) -> EventRow:
     return EventRow(job_id=job_id, type=type_, message=message, level=level, data=data)
@@ -133,21 +114,3 @@ def event_seq(after: str | None) -> int:
         return int(after.removeprefix("ftevent-"))
     except ValueError:
         raise InvalidRequest(f"after={after!r} is not an event id", param="after") from None
-
-
-def newest_first(sql: str, params: list[Any], anchor: Mapping[str, Any] | None,
-                 limit: int) -> tuple[str, list[Any]]:
-    """`sql` (ending in a WHERE clause) as one keyset page, newest first, after `anchor` (the
-    previous page's last row); one row more than `limit`, so page() can tell if there are more."""
-    if anchor is not None:
-        sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
-        params = [*params, anchor["created_at"], anchor["created_at"], anchor["id"]]
-    return sql + " ORDER BY created_at DESC, id DESC LIMIT ?", [*params, limit + 1]
-
-
-def page(items: list[Any], limit: int) -> s.Page:
-    has_more = len(items) > limit
-    items = items[:limit]
-    last = getattr(items[-1], "id", None) if items else None
-    return s.Page(data=items, has_more=has_more, last_id=last)
-

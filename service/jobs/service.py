@@ -21,11 +21,13 @@ from service.db.tables import JobRow
 from service.errors import InvalidTransition, NotFound, Unprocessable
 from service.ids import model_name, new_id, parse_model_name
 from service.jobs.estimate import Throughput, calibration_key, estimate_duration, training_tokens
+from service.jobs.locate import Locator
 from service.jobs.resolve import first_invalid, inherit_lora_shape, resolve_auto, summarize
+from service.jobs.results import result_file, results_csv
 from service.jobs.store import Store, event_row
 from service.settings import Settings
 from service.shapes import local_shape
-from service.storage import ObjectStore, is_safe_key, parse_s3_uri
+from service.storage import ObjectStore
 from service.training.plan import PlanError, make_plan, resolve_packing, row_tokens
 
 log = structlog.get_logger()
@@ -42,37 +44,40 @@ class JobService:
     _validating: set[str] = field(default_factory=set)
     # Shared with the FileService: a dry run and a preview reuse each other's file checks.
     checked: CheckedFiles = field(default_factory=CheckedFiles)
+    where: Locator = field(init=False)
 
-    async def adapter_uri(self, tenant: str | None, job_id: str, epoch: int | None) -> str | None:
-        """Where a job's adapter is (s3://, no trailing slash): its final one, or epoch's
-        checkpoint; None when it has no checkpoint for that epoch."""
-        if epoch is None:
-            return f"s3://{self.settings.artifact_bucket}/jobs/{job_id}/adapter"
-        ckpt = next((c for c in await self.store.list_checkpoints(tenant, job_id)
-                     if c.epoch == epoch), None)
-        return ckpt.uri.rstrip("/") if ckpt else None
+    def __post_init__(self) -> None:
+        self.where = Locator(self.settings, self.store, self.objects)
 
-    async def locate(self, tenant: str, ref: str, param: str) -> tuple[str, str]:
-        """(bucket, key) of a training/validation file given as a file- id or an s3:// URI.
+    # -- what the routes read and change: the store's SQL and transitions, named for the routes --
+    async def get_job(self, tenant: str, job_id: str) -> s.Job:
+        return await self.store.get_job(tenant, job_id)
 
-        A file of another tenant, a URI into the artifact bucket (uploads are reached by file-
-        ids only) or into a bucket this tenant has no grant for, and a missing object all answer
-        with the same 404, so a refusal tells nothing about what exists."""
-        if ref.startswith("file-"):
-            try:
-                row = await self.store.file_row(tenant, ref)
-            except NotFound:
-                raise _unreadable(ref, param) from None
-            return row.bucket, row.key
-        bucket, key = parse_s3_uri(ref, param)
-        if not is_safe_key(key) or not self.settings.may_read(tenant, bucket, key):
-            raise _unreadable(ref, param)
-        return bucket, key
+    async def list_jobs(self, tenant: str, after: str | None, limit: int, status: s.Status | None = None,
+                   metadata: dict[str, str] | None = None) -> s.Page:
+        return await self.store.list_jobs(tenant, after, limit, status, metadata=metadata)
 
-    async def _check_readable(self, tenant: str, ref: str, param: str) -> None:
-        bucket, key = await self.locate(tenant, ref, param)
-        if await anyio.to_thread.run_sync(self.objects.size, bucket, key) is None:
-            raise _unreadable(ref, param)
+    async def cancel_job(self, tenant: str, job_id: str) -> s.Job:
+        return await self.store.cancel_job(tenant, job_id)
+
+    async def pause_job(self, tenant: str, job_id: str) -> s.Job:
+        return await self.store.pause_job(tenant, job_id)
+
+    async def resume_job(self, tenant: str, job_id: str) -> s.Job:
+        return await self.store.resume_job(tenant, job_id)
+
+    async def list_events(self, tenant: str, job_id: str, after: str | None, limit: int,
+                     newest_first: bool = False) -> s.Page:
+        return await self.store.list_events(tenant, job_id, after, limit, newest_first=newest_first)
+
+    async def list_checkpoints(self, tenant: str, job_id: str) -> list[s.Checkpoint]:
+        return await self.store.list_checkpoints(tenant, job_id)
+
+    async def results_csv(self, tenant: str, job_id: str) -> str:
+        return await results_csv(self.store, tenant, job_id)
+
+    async def result_file(self, tenant: str, file_id: str) -> tuple[s.Job, bytes]:
+        return await result_file(self.store, tenant, file_id)
 
     async def check(self, tenant: str, req: s.JobCreate) -> tuple[s.JobCreate, s.ContinuedFrom | None]:
         """`req` as it will train (a continued job: the root base model, the parent's LoRA
@@ -115,9 +120,9 @@ class JobService:
                 f"lora_r {req.hyperparameters.lora_r} is above the {self.settings.max_lora_rank} "
                 "that serving accepts; lower it or set deploy: false",
                 param="hyperparameters.lora_r")
-        await self._check_readable(tenant, req.training_file, "training_file")
+        await self.where.check_readable(tenant, req.training_file, "training_file")
         if req.validation_file:
-            await self._check_readable(tenant, req.validation_file, "validation_file")
+            await self.where.check_readable(tenant, req.validation_file, "validation_file")
         return req, continued
 
     async def _parent(self, tenant: str, name: str,
@@ -142,7 +147,7 @@ class JobService:
                     f"base_model {name!r}: job {job_id} is {parent.status.value}, so it has no final "
                     "adapter yet; continue from one of its checkpoints (…:ckpt-<epoch>) or wait",
                     param="base_model", code="model_not_ready")
-        adapter = await self.adapter_uri(tenant, job_id, epoch)
+        adapter = await self.where.adapter_uri(tenant, job_id, epoch)
         if adapter is None:
             raise missing
         if self.settings.base_model(parent.base_model) is None:
@@ -253,12 +258,12 @@ class JobService:
                           reuse: bool = False) -> tuple[Report, Report | None]:
         """Stream and check the training file, then the validation file (in its format); with
         `reuse`, an upload's check made earlier for the same settings is taken as it is."""
-        bucket, key = await self.locate(tenant, job.training_file, "training_file")
+        bucket, key = await self.where.locate(tenant, job.training_file, "training_file")
         train = await anyio.to_thread.run_sync(self._validate_object, bucket, key, None,
                                                job.base_model, job.hyperparameters, job.method, reuse)
         val = None
         if train.ok and job.validation_file:
-            vb, vk = await self.locate(tenant, job.validation_file, "validation_file")
+            vb, vk = await self.where.locate(tenant, job.validation_file, "validation_file")
             val = await anyio.to_thread.run_sync(self._validate_object, vb, vk, train.format,
                                                  job.base_model, job.hyperparameters, job.method, reuse)
         return train, val
@@ -368,8 +373,3 @@ class JobService:
                                         data={"error": error, **data}, error=error)
         except (InvalidTransition, NotFound):  # cancelled meanwhile
             log.info("job changed during validation", job_id=job_id)
-
-
-def _unreadable(ref: str, param: str) -> NotFound:
-    return NotFound(f"{param} {ref!r} does not exist or this API key cannot read it", param=param,
-                    code="file_not_found")

@@ -8,9 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from service.contracts import schema as s
+from service.db.pages import page
 from service.db.tables import CheckpointRow, EventRow
 from service.ids import new_id
-from service.jobs.rows import Lease, checkpoint_from_row, event_from_row, event_row, event_seq, page
+from service.jobs.rows import Lease, checkpoint_from_row, event_from_row, event_row, event_seq
 from service.jobs.store_jobs import JobsStore
 
 

@@ -13,11 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.contracts import schema as s
+from service.db.pages import newest_first, page
 from service.db.tables import FileRow, IdempotencyRow, JobRow, utcnow
 from service.errors import InvalidTransition, LeaseLost, NotFound
-from service.jobs.rows import JOB_SELECT, Lease, event_row, job_from_row, json_value, newest_first, page
+from service.jobs.rows import JOB_SELECT, Lease, event_row, job_from_row, json_value
 from service.jobs.states import check_transition
-from service.jobs.store_keys import KeysStore
+from service.keys.store import KeysStore
 
 
 async def transition(
@@ -61,7 +62,7 @@ async def transition(
 
 
 async def mirror_deployment(session: AsyncSession, job_id: str, deployment: dict[str, Any]) -> None:
-    """The job's copy of its final adapter's deployment (service/jobs/deployments.py moves the
+    """The job's copy of its final adapter's deployment (service/deployments/service.py moves the
     deployment itself), written in the caller's transaction."""
     await session.execute(update(JobRow).where(JobRow.id == job_id).values(deployment=deployment))
 

@@ -18,7 +18,7 @@ from service.contracts import messages as m
 from service.contracts import schema as s
 from service.errors import LeaseLost
 from service.exports.store import ExportLease, ExportStore
-from service.jobs.service import JobService
+from service.jobs.locate import Locator
 from service.jobs.store import Store
 from service.runner.process import Child
 from service.runner.spec import object_ref
@@ -31,7 +31,7 @@ class ExportRun:
     settings: Settings
     store: Store
     exports: ExportStore
-    jobs: JobService
+    where: Locator
     export: s.Export
     owner: str
     gpu: str | None
@@ -55,7 +55,7 @@ class ExportRun:
         entry = self.settings.base_model(job.base_model)
         if entry is None:
             return f"base model {job.base_model!r} is no longer in the registry"
-        adapter = await self.jobs.adapter_uri(None, job.id, self.export.checkpoint)
+        adapter = await self.where.adapter_uri(None, job.id, self.export.checkpoint)
         if adapter is None:
             return f"job {job.id} has no checkpoint for epoch {self.export.checkpoint}"
         return m.ExportSpec(
@@ -119,7 +119,7 @@ class ExportRun:
 
     async def _abort_open_uploads(self) -> None:
         try:
-            await asyncio.to_thread(self.jobs.objects.abort_uploads, self.settings.artifact_bucket,
+            await asyncio.to_thread(self.where.objects.abort_uploads, self.settings.artifact_bucket,
                                     f"exports/{self.export.id}/")
         except Exception:  # noqa: BLE001 - a leftover costs storage, not correctness
             self.log.warning("could not abort uploads left open", exc_info=True)

@@ -14,7 +14,7 @@ import structlog
 from service.contracts import schema as s
 from service.db.engine import Database
 from service.exports.store import ExportStore
-from service.jobs.service import JobService
+from service.jobs.locate import Locator
 from service.jobs.store import Store
 from service.logs import configure_logging
 from service.runner.export_run import ExportRun
@@ -39,11 +39,11 @@ def gpu_slots(settings: Settings) -> list[str | None]:
 
 
 class Runner:
-    def __init__(self, settings: Settings, store: Store, jobs: JobService) -> None:
+    def __init__(self, settings: Settings, store: Store, where: Locator) -> None:
         self.settings = settings
         self.store = store
         self.exports = ExportStore(store.db)  # exports keep their own store, on the same database
-        self.jobs = jobs
+        self.where = where
         self.id = f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = asyncio.Event()
 
@@ -66,13 +66,13 @@ class Runner:
                 if isinstance(job, s.Export):
                     log.info("export claimed", export_id=job.id, attempt=job.attempt, owner=owner)
                     try:
-                        await ExportRun(self.settings, self.store, self.exports, self.jobs, job,
+                        await ExportRun(self.settings, self.store, self.exports, self.where, job,
                                         owner, gpu, self.stopping).run()
                     except Exception:  # noqa: BLE001 - as for a job, below
                         log.exception("the export's run ended with an error", export_id=job.id)
                     continue
                 log.info("job claimed", job_id=job.id, attempt=job.attempt, owner=owner)
-                run = JobRun(self.settings, self.store, self.jobs, job, owner, gpu, self.stopping,
+                run = JobRun(self.settings, self.store, self.where, job, owner, gpu, self.stopping,
                              warm=warm, template=template)
                 try:
                     await run.run()
@@ -121,7 +121,7 @@ async def _main(settings: Settings) -> None:
     db = Database(settings.database_url)
     objects = make_store(settings)
     store = Store(db)
-    runner = Runner(settings, store, JobService(settings, store, objects))
+    runner = Runner(settings, store, Locator(settings, store, objects))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stopping.set)

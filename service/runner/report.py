@@ -15,9 +15,9 @@ import msgspec
 from service.contracts import messages as m
 from service.contracts import schema as s
 from service.db.tables import ThroughputRow
+from service.deployments.service import deployment_request
 from service.errors import InvalidTransition
 from service.ids import model_name
-from service.jobs.deployments import deployment_request
 from service.jobs.estimate import Throughput, calibration_key
 from service.jobs.store import Lease, Store
 from service.runner.policy import Attempt, Decision

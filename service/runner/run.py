@@ -18,7 +18,7 @@ import structlog
 from service.contracts import messages as m
 from service.contracts import schema as s
 from service.errors import LeaseLost, NotFound
-from service.jobs.service import JobService
+from service.jobs.locate import Locator
 from service.jobs.store import Lease, Store
 from service.runner.policy import Attempt, decide
 from service.runner.process import Child, Template
@@ -32,7 +32,7 @@ from service.settings import Settings
 class JobRun:
     settings: Settings
     store: Store
-    jobs: JobService
+    where: Locator
     job: s.Job
     owner: str
     gpu: str | None
@@ -72,7 +72,7 @@ class JobRun:
         micro_batch: int | None = None
         for oom_retry in range(self.settings.max_oom_retries + 1):
             try:
-                spec = await build_spec(self.settings, self.store, self.jobs, self.job, micro_batch,
+                spec = await build_spec(self.settings, self.store, self.where, self.job, micro_batch,
                                         self.work_dir)
             except (LookupError, NotFound) as exc:
                 await self.report.fail("training_error", str(exc))
@@ -115,7 +115,7 @@ class JobRun:
         multipart upload open under the job's prefix. While this attempt holds the lease and no
         child of it is running, any upload open there is such a leftover."""
         try:
-            aborted = await asyncio.to_thread(self.jobs.objects.abort_uploads, spec.artifact_bucket,
+            aborted = await asyncio.to_thread(self.where.objects.abort_uploads, spec.artifact_bucket,
                                               spec.output_prefix + "/")
         except Exception:  # noqa: BLE001 - best effort: a leftover costs storage, not correctness
             self.log.warning("could not abort uploads left open", exc_info=True)

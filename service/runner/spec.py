@@ -7,7 +7,7 @@ from pathlib import Path
 
 from service.contracts import schema as s
 from service.contracts.messages import ObjectRef, TrainingSpec
-from service.jobs.service import JobService
+from service.jobs.locate import Locator
 from service.jobs.store import Store
 from service.settings import Settings
 from service.storage import parse_s3_uri
@@ -19,14 +19,14 @@ def object_ref(uri: str) -> ObjectRef:
     return ObjectRef(bucket=bucket, key=key.rstrip("/"))
 
 
-async def build_spec(settings: Settings, store: Store, jobs: JobService, job: s.Job,
+async def build_spec(settings: Settings, store: Store, where: Locator, job: s.Job,
                      max_micro_batch: int | None, work_dir: Path) -> TrainingSpec:
     """LookupError when the base model left the registry; NotFound when a file is gone."""
     tenant = await store.job_tenant(job.id)
-    bucket, key = await jobs.locate(tenant, job.training_file, "training_file")
+    bucket, key = await where.locate(tenant, job.training_file, "training_file")
     validation = None
     if job.validation_file:
-        vb, vk = await jobs.locate(tenant, job.validation_file, "validation_file")
+        vb, vk = await where.locate(tenant, job.validation_file, "validation_file")
         validation = ObjectRef(bucket=vb, key=vk)
     # Resume from whichever is later: the last epoch checkpoint or the last resume point.
     points = [(c.step, c.uri) for c in await store.list_checkpoints(None, job.id)]

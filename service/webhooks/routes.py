@@ -10,8 +10,8 @@ from litestar import Controller, delete, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter
 
+from service.db.pages import MAX_PAGE
 from service.http_errors import AUTHED, errors
-from service.jobs.rows import MAX_PAGE
 from service.webhooks import wire as w
 from service.webhooks.service import WebhookService
 

@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from service.contracts import schema as s
 from service.db.engine import Database
 from service.errors import LeaseLost
-from service.jobs.service import JobService
+from service.jobs.locate import Locator
 from service.jobs.store import Store
 from service.runner.loop import Runner
 from service.storage import make_store
@@ -57,7 +57,7 @@ async def test_a_write_that_fails_hands_the_job_back_and_the_runner_keeps_going(
     job_id = await submit(tiny_api, s3)
     db = Database(settings.database_url)
     store = FailingOnce(db)
-    runner = Runner(settings, store, JobService(settings, store, make_store(settings)))
+    runner = Runner(settings, store, Locator(settings, store, make_store(settings)))
     task = asyncio.create_task(runner.run())
     try:
         done = await tiny_api.wait_status(job_id, {"succeeded", "failed", "cancelled"}, timeout=600)

@@ -213,7 +213,7 @@ def test_corrupt_adapter_fails_clearly_and_others_keep_serving(stack: Stack, pel
     import asyncio
 
     from service.db.engine import Database
-    from service.jobs.deployments import Deployments, deployment_request
+    from service.deployments.service import Deployments, deployment_request
     from service.jobs.store import Store
 
     prefix = _corrupt(s3, pelican, case)

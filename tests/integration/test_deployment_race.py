@@ -17,9 +17,9 @@ from service.api.gateway import pick_upstream
 from service.contracts.schema import Status
 from service.db.engine import Database, migrate
 from service.db.tables import EventRow, JobRow
+from service.deployments.service import Deployments, deployment_request
 from service.errors import InvalidTransition
 from service.ids import new_id
-from service.jobs.deployments import Deployments, deployment_request
 from service.jobs.store import Store
 from tests.conftest import new_postgres_database
 

@@ -11,8 +11,8 @@ from service.contracts.schema import Status
 from service.db.engine import Database, migrate
 from service.db.tables import FileRow, JobRow
 from service.errors import Conflict, NotFound
+from service.files.service import FileService
 from service.ids import new_id
-from service.jobs.files import FileService
 from service.jobs.store import Store
 from service.storage import make_store
 

@@ -10,7 +10,7 @@ import re
 import openai
 import pytest
 
-from service.jobs.deployments import deployment_request
+from service.deployments.service import deployment_request
 from tests.conftest import ARTIFACTS, Api, api_client
 from tests.support.data import chat_rows, jsonl
 from tests.support.live import serve

@@ -254,7 +254,7 @@ async def test_event_stream_of_a_quiet_job_sends_keepalives(api: Api, dataset: s
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A queued job can wait for hours: the stream says it is alive (so a client that has gone is
     noticed when a write fails) and then carries on with the job's events."""
-    from service.api import jobs as routes
+    from service.jobs import routes
 
     monkeypatch.setattr(routes, "SSE_KEEPALIVE_S", 0.3)
     job = (await api.client.post("/jobs", json=job_body(dataset), headers=api.auth())).json()

@@ -112,3 +112,14 @@ def test_the_contracts_import_nothing_of_tunedock_but_themselves() -> None:
 def test_the_cycle_finder_finds_cycles() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_routes_call_services_never_a_store() -> None:
+    """Controllers only call services (the house's rule): no module of routes imports a store
+    module. The dependency providers (api/deps.py: the key lookup) and the health probes are not
+    routes of a domain."""
+    not_routes = {"service.api.deps", "service.api.health", "service.api.openapi", "service.openai_types"}
+    routes = [n for n in graph() if (n.startswith("service.api.") or n.endswith(".routes")) and n not in not_routes]
+    assert "service.files.routes" in routes and "service.jobs.routes" in routes
+    found = {n: sorted(d for d in graph()[n] if d.rpartition(".")[2].startswith("store")) for n in routes}
+    assert {n: d for n, d in found.items() if d} == {}

@@ -11,10 +11,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from service.api import openai_types as o
-from service.api.jobs import HYPERPARAMETERS
+from service import openai_types as o
 from service.contracts import schema as s
 from service.contracts.docs import hyperparameters_markdown
+from service.jobs.routes import HYPERPARAMETERS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 NATIVE = [f.name for f in msgspec.structs.fields(s.Hyperparameters)]

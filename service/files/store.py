@@ -6,10 +6,21 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from service.contracts import schema as s
+from service.db.engine import unix
+from service.db.pages import newest_first, page
 from service.db.tables import DeletedFileRow, FileRow, IdempotencyRow, JobRow
 from service.errors import Conflict, NotFound
-from service.jobs.rows import file_from_row, newest_first, page
-from service.jobs.store_keys import KeysStore
+from service.keys.store import KeysStore
+
+
+def file_from_row(row: FileRow) -> s.File:
+    return s.File(
+        id=row.id,
+        bytes=row.bytes,
+        filename=row.filename,
+        uri=f"s3://{row.bucket}/{row.key}",
+        created_at=unix(row.created_at),
+    )
 
 
 class FilesStore(KeysStore):

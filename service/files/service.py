@@ -17,8 +17,8 @@ from service.datasets.template import local_tokens
 from service.datasets.validate import Options, validate_jsonl
 from service.db.tables import FileRow
 from service.errors import NotFound, Unprocessable
+from service.files.store import FilesStore
 from service.ids import new_id
-from service.jobs.store import Store
 from service.settings import Settings
 from service.storage import ObjectStore
 from service.storage.streaming import StreamingUpload
@@ -27,10 +27,19 @@ from service.storage.streaming import StreamingUpload
 @dataclass
 class FileService:
     settings: Settings
-    store: Store
+    store: FilesStore
     objects: ObjectStore
     # Shared with the JobService: a dry run and a preview reuse each other's file checks.
     checked: CheckedFiles = field(default_factory=CheckedFiles)
+
+    async def list_files(self, tenant: str, after: str | None, limit: int) -> s.Page:
+        return await self.store.list_files(tenant, after, limit)
+
+    async def get_file(self, tenant: str, file_id: str) -> s.File:
+        return await self.store.get_file(tenant, file_id)
+
+    async def row(self, tenant: str, file_id: str) -> FileRow:
+        return await self.store.file_row(tenant, file_id)
 
     def begin_upload(self) -> tuple[str, StreamingUpload]:
         """A new file's id and the upload its bytes are written to as they arrive."""

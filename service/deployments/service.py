@@ -21,7 +21,7 @@ from service.db.engine import Database, as_utc, unix
 from service.db.tables import DeploymentReplicaRow, DeploymentRow, JobRow
 from service.errors import InvalidRequest, InvalidTransition, NotFound
 from service.jobs.states import check_deployment_transition
-from service.jobs.store import Store, event_row
+from service.jobs.store import event_row
 from service.jobs.store_jobs import mirror_deployment
 
 D = s.DeploymentStatus
@@ -188,13 +188,13 @@ class Deployments:
                 await transition(ses, row, D.unloaded, f"{name} unloaded on request")
             return model_from_row(row)
 
-    async def deploy_checkpoint(self, store: Store, tenant: str, job_id: str, epoch: int) -> s.ModelInfo:
+    async def deploy_checkpoint(self, tenant: str, job: s.Job, checkpoints: list[s.Checkpoint],
+                                epoch: int) -> s.ModelInfo:
         """Serve a succeeded job's epoch checkpoint as `<fine_tuned_model>:ckpt-<epoch>`."""
-        job = await store.get_job(tenant, job_id)
         name = checkpoint_name(job, epoch)
-        ckpt = next((c for c in await store.list_checkpoints(tenant, job_id) if c.epoch == epoch), None)
+        ckpt = next((c for c in checkpoints if c.epoch == epoch), None)
         if ckpt is None:
-            raise NotFound(f"job {job_id} has no checkpoint for epoch {epoch}", param="epoch")
+            raise NotFound(f"job {job.id} has no checkpoint for epoch {epoch}", param="epoch")
         bucket, _, prefix = ckpt.uri.removeprefix("s3://").partition("/")
         return await self.request(deployment_request(job, tenant, name, bucket, prefix.rstrip("/"),
                                                      kind="checkpoint", folder=f"{job.id}-ckpt-{epoch}"))
@@ -209,3 +209,9 @@ def checkpoint_name(job: s.Job, epoch: int) -> str:
         raise InvalidRequest(f"job {job.id} has not succeeded; its checkpoints have no model name yet",
                              param="job_id", code="job_not_succeeded")
     return f"{job.fine_tuned_model}:ckpt-{epoch}"
+
+
+def model_not_found(name: str) -> NotFound:
+    # The same words for a model that does not exist and for another tenant's.
+    return NotFound(f"The model {name!r} does not exist or you do not have access to it.",
+                    param="model", code="model_not_found")

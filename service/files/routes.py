@@ -1,27 +1,46 @@
 """/files: multipart upload of JSONL streamed into the artifact bucket as it arrives (nothing
-spooled, memory bounded: service/storage/streaming.py), get, list."""
+spooled, memory bounded: service/storage/streaming.py), get, list, preview, delete. OpenAI's
+/v1/files is service/api/v1_files.py: it also serves jobs' result files, so it sits above both."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Annotated
 
 from litestar import Controller, Request, delete, get, post
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import Parameter
 from litestar.response import Response
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.api.openapi import MultipartUpload
 from service.contracts import schema as s
+from service.db.pages import MAX_PAGE
 from service.errors import InvalidRequest, PayloadTooLarge, Unprocessable
+from service.files.service import FileService
 from service.http_errors import AUTHED, errors
-from service.jobs.files import FileService
-from service.jobs.store import MAX_PAGE, Store
 from service.settings import Settings
 
 Limit = Annotated[int, Parameter(ge=1, le=MAX_PAGE)]
 IdempotencyKey = Annotated[str | None, Parameter(header="Idempotency-Key", max_length=255)]
+
+
+@dataclass
+class MultipartUpload(Operation):
+    """POST /files streams its multipart body itself, so the body is declared here."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(required=True, content={
+            "multipart/form-data": OpenAPIMediaType(schema=Schema(
+                type=OpenAPIType.OBJECT, required=["file"],
+                properties={
+                    "file": Schema(type=OpenAPIType.STRING, format="binary",
+                                   description="the JSONL file (one part named 'file')"),
+                    "purpose": Schema(type=OpenAPIType.STRING, enum=["fine-tune"],
+                                      description="OpenAI's field: only 'fine-tune' (training data)"),
+                }))})
+
 
 
 class _Upload:
@@ -138,13 +157,13 @@ class FilesController(Controller):
         return Response(file, status_code=201, headers={"Idempotent-Replayed": str(not created).lower()})
 
     @get("/", responses=errors(*AUTHED, 404))
-    async def list_files(self, tenant: str, store: Store, after: str | None = None,
+    async def list_files(self, tenant: str, files: FileService, after: str | None = None,
                          limit: Limit = 20) -> s.Page:
-        return await store.list_files(tenant, after, limit)
+        return await files.list_files(tenant, after, limit)
 
     @get("/{file_id:str}", responses=errors(*AUTHED, 404))
-    async def get_file(self, file_id: str, tenant: str, store: Store) -> s.File:
-        return await store.get_file(tenant, file_id)
+    async def get_file(self, file_id: str, tenant: str, files: FileService) -> s.File:
+        return await files.get_file(tenant, file_id)
 
     @post("/{file_id:str}/preview", status_code=200, responses=errors(*AUTHED, 404, 422))
     async def preview_file(self, file_id: str, data: s.PreviewRequest, tenant: str,

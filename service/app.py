@@ -21,7 +21,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api.deps import provide_deployments, provide_files, provide_jobs, provide_store, provide_tenant
-from service.api.gateway import GatewayController, Upstreams
+from service.api.gateway import GatewayController, GatewayJudges, Upstreams
 from service.api.health import HealthController
 from service.api.internal import InternalController
 from service.api.openapi import complete as complete_openapi
@@ -35,6 +35,9 @@ from service.exports.service import ExportService
 from service.exports.store import ExportStore
 from service.files.routes import FilesController
 from service.files.service import FileService
+from service.graders.routes import REQUEST_TYPES as GRADER_REQUESTS
+from service.graders.routes import GradersController, V1GradersController, provide_graders
+from service.graders.service import GraderService
 from service.jobs.routes import JobsController, V1FineTuningController, hyperparameters
 from service.jobs.service import JobService
 from service.jobs.store import Store
@@ -197,10 +200,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         store = Store(db)
         jobs = JobService(settings, store, objects)
         app.state.update(settings=settings, store=store, objects=objects, jobs=jobs,
-                         files=FileService(settings, store, objects, jobs.checked), deployments=Deployments(db),
+                         files=FileService(settings, store, objects, jobs.checked), deployments=(deployments := Deployments(db)),
                          exports=ExportService(settings, store, ExportStore(db), objects),
-                         metrics=Metrics(), key_cache={}, upstreams=Upstreams(settings),
-                         webhooks=WebhookService(settings, WebhookStore(db)))
+                         metrics=Metrics(), key_cache={}, upstreams=(upstreams := Upstreams(settings)),
+                         webhooks=WebhookService(settings, WebhookStore(db)),
+                         graders=GraderService(settings, GatewayJudges(settings, deployments, upstreams)))
         await jobs.resume_pending()
         jobs.sweep_leases_in_background(app.state.exports.exports.requeue_expired_exports)
         dispatch_db = Database(settings.database_url)
@@ -223,7 +227,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[JobsController, hyperparameters, deploy_checkpoint, ExportsController, FilesController, ModelsController, ServingController,
                         HealthController, V1FilesController, V1FineTuningController,
                         V1ModelsController, GatewayController, InternalController, WebhooksController,
-                        V1WebhooksController, *dashboard()],
+                        V1WebhooksController, GradersController, V1GradersController, *dashboard()],
         dependencies={
             "tenant": Provide(provide_tenant),
             "store": Provide(provide_store, sync_to_thread=False),
@@ -232,6 +236,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "deployments": Provide(provide_deployments, sync_to_thread=False),
             "exports": Provide(provide_exports, sync_to_thread=False),
             "webhooks": Provide(provide_webhooks, sync_to_thread=False),
+            "graders": Provide(provide_graders, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
         },
         exception_handlers={
@@ -244,7 +249,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         middleware=[request_context],
         lifespan=[lifespan],
-        on_startup=[lambda app: complete_openapi(app.openapi_schema, WEBHOOK_REQUESTS)],
+        on_startup=[lambda app: complete_openapi(app.openapi_schema, WEBHOOK_REQUESTS + GRADER_REQUESTS)],
         request_max_body_size=1 << 20,
         openapi_config=OpenAPIConfig(title="tunedock", version=__version__, path="/openapi"),
         debug=False,

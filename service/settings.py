@@ -118,6 +118,17 @@ class Settings(msgspec.Struct, kw_only=True):
     sweep_seconds: Annotated[float, doc(
         API, "how often the API requeues jobs whose lease expired (so a dead runner's job resumes "
              "even with no other runner up; runners also do it before each claim)")] = 5.0
+    python_grader_wall_seconds: Annotated[float, doc(
+        API, "a python grader's wall-clock limit per sample; past it the sample scores 0 "
+             "(service/graders/sandbox.py)")] = 20.0
+    python_grader_cpu_seconds: Annotated[int, doc(
+        API, "a python grader's CPU-time limit per sample")] = 10
+    python_grader_memory_mb: Annotated[int, doc(
+        API, "a python grader's address-space limit, MiB (Python itself takes ~30)")] = 1024
+    python_grader_output_kb: Annotated[int, doc(
+        API, "the most a python grader may print, KiB")] = 64
+    score_model_timeout_seconds: Annotated[float, doc(
+        API, "how long a score_model grader's judge has to answer one sample")] = 60.0
     # -- runner ----------------------------------------------------------------------------------
     runner_gpus: Annotated[str | None, doc(
         RUNNER, "GPU indices for `python -m service runner`, one job each", "all visible")] = None

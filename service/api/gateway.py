@@ -151,6 +151,45 @@ class GatewayController(Controller):
         return await _proxy(request, "completions", tenant, settings, deployments, state.upstreams)
 
 
+async def _upstream_url(settings: Settings, deployments: Deployments, upstreams: Upstreams, tenant: str,
+                        model: str, route: str) -> str:
+    """The replica to send `model` to, after the tenant check (404 for a model it may not use)."""
+    if not await allowed(settings, deployments, tenant, model):
+        raise model_not_found(model)
+    if not upstreams.urls:
+        raise ModelServerUnavailable("no model server is configured (TUNEDOCK_SERVING_URL)")
+    loaded = (await deployments.loaded_on(model)
+              if len(upstreams.urls) > 1 and model not in settings.served_models else frozenset())
+    return f"{pick_upstream(upstreams.urls, model, loaded)}/{route}"
+
+
+class GatewayJudges:
+    """The judges a score_model grader asks (service/graders/service.py's Judges): the models this
+    tenant may chat with, through the same check and replicas as /v1/chat/completions."""
+
+    def __init__(self, settings: Settings, deployments: Deployments, upstreams: Upstreams) -> None:
+        self.settings, self.deployments, self.upstreams = settings, deployments, upstreams
+
+    async def allowed(self, tenant: str, model: str) -> bool:
+        return await allowed(self.settings, self.deployments, tenant, model)
+
+    async def chat(self, tenant: str, body: dict, timeout_s: float) -> dict:
+        url = await _upstream_url(self.settings, self.deployments, self.upstreams, tenant, body["model"],
+                                  "chat/completions")
+        try:
+            async with self.upstreams.session().post(
+                    url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=3)) as answer:
+                content = await answer.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise ModelServerUnavailable(f"the judge model did not answer ({type(exc).__name__})") from None
+        if answer.status >= 400:
+            raise upstream_error(answer.status, content)
+        try:
+            return msgspec.json.decode(content)
+        except msgspec.DecodeError:
+            raise ModelServerError("the model server's answer was not JSON") from None
+
+
 async def _proxy(request: Request, route: str, tenant: str, settings: Settings,
                  deployments: Deployments, upstreams: Upstreams) -> Response:
     body = await request.body()
@@ -163,13 +202,7 @@ async def _proxy(request: Request, route: str, tenant: str, settings: Settings,
                              param="model") from None
     if not head.model:
         raise InvalidRequest("name the model to answer with: 'model'", param="model")
-    if not await allowed(settings, deployments, tenant, head.model):
-        raise model_not_found(head.model)
-    if not upstreams.urls:
-        raise ModelServerUnavailable("no model server is configured (TUNEDOCK_SERVING_URL)")
-    loaded = (await deployments.loaded_on(head.model)
-              if len(upstreams.urls) > 1 and head.model not in settings.served_models else frozenset())
-    url = f"{pick_upstream(upstreams.urls, head.model, loaded)}/{route}"
+    url = await _upstream_url(settings, deployments, upstreams, tenant, head.model, route)
     try:
         answer = await upstreams.session().post(url, data=body, headers={"Content-Type": "application/json"})
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:

@@ -168,6 +168,35 @@ def test_two_adapters_answer_differently(stack: Stack, pelican: tunedock.Job) ->
     assert "HERON-3" not in stack.ask(pelican.fine_tuned_model)
 
 
+def test_a_score_model_grader_asks_a_served_judge(stack: Stack, pelican: tunedock.Job) -> None:
+    """score_model through the official SDK: the judge is a model this tenant may chat with (the
+    base model, or its own fine-tuned one), asked through the gateway's tenant check; the reply
+    is constrained to a number (vLLM's structured outputs) and read as the reward."""
+    from tests.support.openai_schema import violations
+
+    def grader(model: str) -> dict:
+        return {"type": "score_model", "name": "judge", "model": model, "range": [0, 1],
+                "input": [{"role": "system", "content": "You grade answers. Reply with a number from 0 to 1."},
+                          {"role": "user", "content": "Question: {{item.question}}\nAnswer: {{sample.output_text}}"}]}
+
+    for judge in ("smollm2", pelican.fine_tuned_model):
+        found = stack.chat.fine_tuning.alpha.graders.run(
+            grader=grader(judge), model_sample="Paris", item={"question": "What is the capital of France?"})
+        body = found.model_dump(mode="json", exclude_unset=True)
+        assert violations("#/components/schemas/RunGraderResponse", body) == []
+        errors = body["metadata"]["errors"]
+        assert not any(v is True for v in errors.values()), errors
+        assert 0 <= body["reward"] <= 1
+        assert body["reward"] == float(body["metadata"]["scores"]["judge_output"])
+        assert body["metadata"]["sampled_model_name"] == judge
+        assert body["model_grader_token_usage_per_model"][judge]["prompt_tokens"] > 10
+    # Another tenant's fine-tuned model is no judge for this one: the same words as a missing model.
+    other = openai.OpenAI(base_url=str(stack.chat.base_url), api_key=stack.other_key, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        other.fine_tuning.alpha.graders.validate(grader=grader(pelican.fine_tuned_model))
+    assert refused.value.body["param"] == "grader.model" and refused.value.body["code"] == "model_not_found"
+
+
 def test_epoch_checkpoint_deployed_by_name_answers(stack: Stack, pelican: tunedock.Job) -> None:
     r = stack.client._http.post(f"/jobs/{pelican.id}/checkpoints/2/deploy")
     assert r.status_code == 202, r.text

@@ -17,7 +17,7 @@ import httpx
 from tunedock import _base as b
 from tunedock import _ops as ops
 from tunedock._drivers import _Async, _Bar, _Sync
-from tunedock.types import Checkpoint, Event, Export, File, FilePreview, Job, JobEstimate, Model
+from tunedock.types import Checkpoint, Event, Export, File, FilePreview, Job, JobEstimate, Model, RunGraderResponse
 
 
 class Client:
@@ -34,6 +34,7 @@ class Client:
         self.jobs = Jobs(self)
         self.models = Models(self)
         self.exports = Exports(self)
+        self.graders = Graders(self)
 
     def request(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> httpx.Response:
         """Any API call, with the SDK's retries (idempotent ones) and typed errors."""
@@ -177,6 +178,21 @@ class Exports:
         return self._run(ops.exports_modelfile(self._c, export_id))
 
 
+class Graders:
+    """OpenAI's grader shapes (string_check, text_similarity, python, score_model, multi) as dicts."""
+
+    def __init__(self, client: Client) -> None:
+        self._c, self._run = client.config, client._driver.run
+
+    def validate(self, grader: dict[str, Any]) -> dict[str, Any]:
+        """The grader as the server will use it; BadRequest naming the field at fault."""
+        return self._run(ops.graders_validate(self._c, grader))
+
+    def run(self, grader: dict[str, Any], model_sample: str, item: dict[str, Any] | None = None) -> RunGraderResponse:
+        """Grade one sample (`{{sample.output_text}}`) against one item (`{{item.…}}`)."""
+        return self._run(ops.graders_run(self._c, grader, model_sample, item))
+
+
 class AsyncClient:
     """The asynchronous twin of Client: the same resources, every call awaited."""
 
@@ -191,6 +207,7 @@ class AsyncClient:
         self.jobs = AsyncJobs(self)
         self.models = AsyncModels(self)
         self.exports = AsyncExports(self)
+        self.graders = AsyncGraders(self)
 
     async def request(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> httpx.Response:
         """Any API call, with the SDK's retries (idempotent ones) and typed errors."""
@@ -321,3 +338,15 @@ class AsyncExports:
 
     async def modelfile(self, export_id: str) -> str:
         return await self._run(ops.exports_modelfile(self._c, export_id))
+
+
+class AsyncGraders:
+    def __init__(self, client: AsyncClient) -> None:
+        self._c, self._run = client.config, client._driver.run
+
+    async def validate(self, grader: dict[str, Any]) -> dict[str, Any]:
+        return await self._run(ops.graders_validate(self._c, grader))
+
+    async def run(self, grader: dict[str, Any], model_sample: str,
+                  item: dict[str, Any] | None = None) -> RunGraderResponse:
+        return await self._run(ops.graders_run(self._c, grader, model_sample, item))

@@ -18,7 +18,7 @@ import msgspec
 
 from tunedock import _base as b
 from tunedock.errors import ExportFailed, JobFailed
-from tunedock.types import Checkpoint, Event, Export, File, FilePreview, Job, JobEstimate, Model
+from tunedock.types import Checkpoint, Event, Export, File, FilePreview, Job, JobEstimate, Model, RunGraderResponse
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -257,6 +257,19 @@ def jobs_wait(config: b.Config, job_id: str, timeout: float | None, poll_interva
 # -- models ---------------------------------------------------------------------------------
 def models_list(config: b.Config) -> Op:
     return (yield from collect(pages(config, "/models", Model, {})))
+
+
+# -- graders --------------------------------------------------------------------------------
+def graders_validate(config: b.Config, grader: dict[str, Any]) -> Op:
+    r = yield from request(config, "POST", "/graders/validate", idempotent=True, json={"grader": grader})
+    return r.json()["grader"]
+
+
+def graders_run(config: b.Config, grader: dict[str, Any], model_sample: str,
+                item: dict[str, Any] | None) -> Op:
+    body = {"grader": grader, "model_sample": model_sample, **({"item": item} if item is not None else {})}
+    r = yield from request(config, "POST", "/graders/run", idempotent=True, json=body)
+    return b.decode(r, RunGraderResponse)
 
 
 # -- exports --------------------------------------------------------------------------------

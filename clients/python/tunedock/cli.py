@@ -188,6 +188,29 @@ def _migrate(args: argparse.Namespace, client: Client) -> int:
     return EXIT_JOB_FAILED if failed else EXIT_OK
 
 
+def _graders(args: argparse.Namespace, client: Client) -> int:
+    """`graders validate FILE` / `graders run FILE --sample TEXT [--item JSON]`: a grader as
+    OpenAI's JSON; the run prints the reward (and, if it failed, which part and why)."""
+    with open(args.grader) as f:
+        grader = json.load(f)
+    if args.action == "validate":
+        found = client.graders.validate(grader)
+        print(json.dumps(found, indent=2) if args.json else f"valid: {found['type']} grader {found['name']!r}")
+        return EXIT_OK
+    item = json.loads(args.item) if args.item else None
+    found = client.graders.run(grader, args.sample, item)
+    if args.json:
+        print(msgspec.json.encode(found).decode())
+        return EXIT_OK
+    print(f"reward: {found.reward:g}")
+    failed = {k: v for k, v in found.metadata.get("errors", {}).items() if v and v is not False}
+    for name, value in found.sub_rewards.items():
+        print(f"  {name}: {value:g}")
+    if failed:
+        print("failed: " + "; ".join(k if v is True else f"{k}: {v}" for k, v in failed.items()))
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace, client: Client) -> int:
     cmd = (args.command, getattr(args, "action", None))
     if args.command == "export":
@@ -243,6 +266,8 @@ def run(args: argparse.Namespace, client: Client) -> int:
             print(csv_text, end="")
     elif args.command == "models":
         _out(args, client.models.list(), ["id", "kind", "served", "status"])
+    elif args.command == "graders":
+        return _graders(args, client)
     elif args.command == "chat":
         import openai
 
@@ -341,6 +366,13 @@ def parser() -> argparse.ArgumentParser:
     mc.add_argument("--max-tokens", type=int, default=256)
 
     sub.add_parser("models", help="list base models and deployed adapters")
+    graders = sub.add_parser("graders", help="check or try a grader (OpenAI's JSON shapes)")
+    gsub = graders.add_subparsers(dest="action", required=True)
+    gsub.add_parser("validate", help="check a grader file").add_argument("grader", help="the grader as JSON")
+    grun = gsub.add_parser("run", help="grade one sample against one item")
+    grun.add_argument("grader", help="the grader as JSON")
+    grun.add_argument("--sample", required=True, help="the model's answer ({{sample.output_text}})")
+    grun.add_argument("--item", help="the dataset item as a JSON object ({{item.…}})")
     chat = sub.add_parser("chat", help="ask a model (base or fine-tuned) one question")
     chat.add_argument("model")
     chat.add_argument("prompt")

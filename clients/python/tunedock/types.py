@@ -261,3 +261,13 @@ class Serving(msgspec.Struct, kw_only=True):
     base_url: str | None
     api_key: str | None = None
     max_lora_rank: int | None = None  # the largest LoRA rank the model server loads
+
+
+class RunGraderResponse(msgspec.Struct, kw_only=True):
+    """A grader's verdict on one sample (OpenAI's shape): `reward`, and in `metadata` which part
+    failed (`errors`), the scores and the time it took."""
+
+    reward: float
+    metadata: dict[str, Any]
+    sub_rewards: dict[str, Any]
+    model_grader_token_usage_per_model: dict[str, Any]

@@ -19,15 +19,15 @@ def provide_graders(state: State) -> GraderService:
 
 
 class _Graders(Controller):
-    @post("/validate", status_code=200, responses=errors(*AUTHED))
+    @post("/validate", status_code=200, responses=errors(*AUTHED, 422))
     async def validate(self, data: w.ValidateGraderRequest, tenant: str,
                        graders: GraderService) -> w.ValidateGraderResponse:
         """Check a grader before use: every template variable, the formula of a multi grader, the
         metric, a python grader's source (parsed, never run here) and a score_model's judge (a
-        model this key may use). A 400 names the field at fault."""
+        model this key may use). A 422 names the field at fault."""
         return w.ValidateGraderResponse(grader=await graders.validate(tenant, data.grader))
 
-    @post("/run", status_code=200, responses=errors(*AUTHED))
+    @post("/run", status_code=200, responses=errors(*AUTHED, 422))
     async def run(self, data: w.RunGraderRequest, tenant: str, graders: GraderService) -> w.RunGraderResponse:
         """Grade one model sample against one dataset item (`{{sample.output_text}}`,
         `{{item.…}}`). A grader that fails (a missing variable, a python error or limit, a judge

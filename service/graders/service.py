@@ -1,5 +1,6 @@
 """What the graders API does: validate a grader (every template, formula, metric and python
-source checked before use, each refusal naming the field) and run it on one model sample and
+source checked before use, each refusal a 422 naming the field: the body is well-formed JSON of
+OpenAI's shapes, but not a grader this server can run) and run it on one model sample and
 dataset item, with OpenAI's answer: the reward, which part failed, the sub-graders' rewards and
 the judge's token usage. A grader that fails scores 0 with the reason; it never fails the call."""
 
@@ -13,15 +14,16 @@ from typing import Any, Protocol
 
 import msgspec
 
-from service.errors import InvalidRequest, ServiceError
+from service.errors import ServiceError, Unprocessable
 from service.graders import formula, metrics, sandbox
 from service.graders import wire as w
 from service.graders.template import TemplateError, render, sample_namespace, variables
 from service.settings import Settings
 
-# A judge answers with one number; constraining its decoding to one (vLLM's structured outputs)
-# makes small served models usable as judges instead of a parse error on every reply.
+# A judge answers with one number; constraining its decoding to one in range (vLLM's structured
+# outputs) makes small served models usable as judges instead of a parse error on every reply.
 _NUMBER = r"-?[0-9]{1,6}(\.[0-9]{1,4})?"
+_UNIT = r"(0(\.[0-9]{1,4})?|1(\.0{1,4})?)"  # a number in [0, 1], the default range
 _FIRST_NUMBER = re.compile(_NUMBER)
 
 
@@ -57,25 +59,25 @@ class GraderService:
             try:
                 formula.parse(grader.calculate_output, grader.graders)
             except formula.FormulaError as exc:
-                raise InvalidRequest(str(exc), param=f"{param}.calculate_output") from None
+                raise Unprocessable(str(exc), param=f"{param}.calculate_output") from None
             return grader
         for field_name, text in _templates(grader):
             try:
                 variables(text)
             except TemplateError as exc:
-                raise InvalidRequest(str(exc), param=f"{param}.{field_name}") from None
+                raise Unprocessable(str(exc), param=f"{param}.{field_name}") from None
         if isinstance(grader, w.TextSimilarityGrader) and grader.evaluation_metric in metrics.UNSUPPORTED:
-            raise InvalidRequest(metrics.UNSUPPORTED[grader.evaluation_metric],
+            raise Unprocessable(metrics.UNSUPPORTED[grader.evaluation_metric],
                                  param=f"{param}.evaluation_metric")
         if isinstance(grader, w.PythonGrader):
             _check_source(grader.source, f"{param}.source")
         if isinstance(grader, w.ScoreModelGrader):
             lo, hi = grader.range or (0.0, 1.0)
             if not lo < hi:
-                raise InvalidRequest(f"range must be [low, high] with low < high, not {[lo, hi]}",
+                raise Unprocessable(f"range must be [low, high] with low < high, not {[lo, hi]}",
                                      param=f"{param}.range")
             if self.judges is None or not await self.judges.allowed(tenant, grader.model):
-                raise InvalidRequest(f"score_model's model {grader.model!r} is not a model this server "
+                raise Unprocessable(f"score_model's model {grader.model!r} is not a model this server "
                                      "serves to this key (GET /v1/models lists them)", param=f"{param}.model",
                                      code="model_not_found")
         return grader
@@ -144,7 +146,7 @@ class GraderService:
             "model": grader.model, "messages": [{"role": m.role, "content": render(_text(m), scope)}
                                                 for m in grader.input],
             "max_tokens": p.max_completions_tokens or 16, "temperature": p.temperature or 0.0,
-            "structured_outputs": {"regex": _NUMBER}}
+            "structured_outputs": {"regex": _UNIT if 0 <= lo and hi <= 1 else _NUMBER}}
         if p.top_p is not None:
             body["top_p"] = p.top_p
         if p.seed is not None:
@@ -213,12 +215,12 @@ def _check_source(source: str, param: str) -> None:
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
-        raise InvalidRequest(f"the python grader does not parse: {exc.msg} (line {exc.lineno})",
+        raise Unprocessable(f"the python grader does not parse: {exc.msg} (line {exc.lineno})",
                              param=param) from None
     grade = next((n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
                   and n.name == "grade"), None)
     if grade is None or isinstance(grade, ast.AsyncFunctionDef):
-        raise InvalidRequest("the python grader must define `def grade(sample, item) -> float` at its top level",
+        raise Unprocessable("the python grader must define `def grade(sample, item) -> float` at its top level",
                              param=param)
     if len(grade.args.args) + len(grade.args.posonlyargs) < 2 and grade.args.vararg is None:
-        raise InvalidRequest("grade() must take two arguments: grade(sample, item)", param=param)
+        raise Unprocessable("grade() must take two arguments: grade(sample, item)", param=param)

@@ -143,14 +143,14 @@ def test_validate_echoes_a_good_grader_and_names_what_is_wrong(oai: openai.OpenA
     }
     url, keys = live
     for param, grader in bad.items():
-        with pytest.raises(openai.BadRequestError) as refused:
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
             oai.fine_tuning.alpha.graders.validate(grader=grader)
         error = refused.value.body
         assert error["param"] == param and error["type"] == "invalid_request_error", (param, error)
         assert "Traceback" not in error["message"]
         native = httpx.post(f"{url}/graders/validate", json={"grader": grader},
                             headers={"Authorization": f"Bearer {keys['acme']}"})
-        assert native.status_code == 400 and native.json()["error"]["param"] == param
+        assert native.status_code == 422 and native.json()["error"]["param"] == param
     # A misspelt field is named, not ignored.
     with pytest.raises(openai.BadRequestError) as refused:
         oai.fine_tuning.alpha.graders.validate(grader={**good, "operaton": "eq"})
@@ -183,7 +183,7 @@ def test_the_sdk_and_cli_validate_and_run(live, tmp_path, capsys) -> None:  # no
         assert client.graders.validate(grader) == grader
         found = client.graders.run(grader, "PARIS", {"label": "paris"})
         assert found.reward == 1.0 and found.sub_rewards["exact"] == 1.0
-        with pytest.raises(BadRequestError) as refused:
+        with pytest.raises(BadRequestError) as refused:  # the SDK's error for 400 and 422
             client.graders.validate({**grader, "calculate_output": "exact +"})
         assert refused.value.param == "grader.calculate_output"
     path = tmp_path / "grader.json"

@@ -19,6 +19,7 @@ from service.contracts.schema import (
     ExportChecks,
     ExportFormat,
     Hyperparameters,
+    JobEval,
     LengthStats,
     MemoryPlan,
     Method,
@@ -53,6 +54,10 @@ class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
     metrics_every_steps: int = 1
     deterministic: bool = False
     work_dir: str
+    # Graded evaluation (schema.JobEval); score_base: the model training starts from is still to
+    # be scored (the first attempt, before any checkpoint).
+    eval: JobEval | None = None
+    score_base: bool = False
 
 
 # The child's exit status: 0 done; 2 bad spec, data or plan (no retry helps); 3 out of memory
@@ -126,6 +131,13 @@ class ResumePointSaved(Message, tag="resume_point", kw_only=True):
     epoch: float
     bucket: str
     prefix: str
+
+
+class BaseScored(Message, tag="base_scored", kw_only=True):
+    """The eval's score of the model training starts from, before the first step."""
+
+    score: float
+    samples: list[EvalSample]
 
 
 class Resumed(Message, tag="resumed", kw_only=True):
@@ -202,7 +214,7 @@ class Failed(Message, tag="error", kw_only=True):
 
 
 ChildMessage = (Ready | Started | Planned | Loaded | Continued | TrainBegin | Progress
-                | CheckpointSaved | ResumePointSaved | Resumed | Warned | Stopped | Result | Failed
+                | CheckpointSaved | BaseScored | ResumePointSaved | Resumed | Warned | Stopped | Result | Failed
                 | ExportStage | ExportDone)
 _decoder = msgspec.json.Decoder(ChildMessage)
 

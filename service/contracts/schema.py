@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from service.contracts.graders import Grader
 from service.contracts.hyperparameters import (  # noqa: F401 - part of these wire types
     ALL_LINEAR,
     LORA_MODULE_PATTERN,
@@ -76,6 +77,18 @@ FileRef = Annotated[str, Meta(min_length=1, max_length=1024,
                                           "this tenant may read")]
 
 
+class JobEval(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Graded evaluation: before training the base model (or the parent, when continuing) answers
+    each item once, and each epoch's adapter again before its checkpoint is recorded; the grader
+    scores every answer (`{{sample.output_text}}`) against its item (`{{item.…}}`)."""
+
+    grader: Annotated[Grader, Meta(description="one of OpenAI's graders except score_model")]
+    items: Annotated[list[dict[str, Any]], Meta(
+        min_length=1, max_length=64,
+        description="each with `prompt` (a string) or `messages` (the chat up to the question), "
+                    "plus the fields the grader reads (e.g. `label`)")]
+
+
 class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     base_model: Annotated[str, Meta(
         min_length=1, max_length=256,
@@ -92,6 +105,7 @@ class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
         ge=-100, le=100,
         description="higher runs first among this tenant's queued jobs; other tenants' jobs are "
                     "not affected (runners are shared fairly between tenants first)")] = 0
+    eval: JobEval | None = None
     # Check the data and answer with the dataset summary, memory plan and estimated duration
     # (JobEstimate, status 200) instead of creating a job.
     dry_run: bool = False
@@ -245,6 +259,9 @@ class Job(msgspec.Struct, kw_only=True):
     estimate: Estimate | None = None
     method: Method = Method()
     priority: int = 0  # among this tenant's queued jobs, higher first
+    eval: JobEval | None = None
+    # The eval's mean score of the model training started from (base or parent), once scored.
+    base_eval_score: float | None = None
 
 
 class Event(msgspec.Struct, kw_only=True):
@@ -260,6 +277,8 @@ class Event(msgspec.Struct, kw_only=True):
 class EvalSample(msgspec.Struct, kw_only=True):
     prompt: str
     answer: str  # the epoch's adapter, greedy
+    score: float | None = None  # the job's eval grader on this answer (0 when grading failed)
+    error: str | None = None  # why grading failed
 
 
 class Checkpoint(msgspec.Struct, kw_only=True):

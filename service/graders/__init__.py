@@ -1,7 +1,8 @@
 """Graders: OpenAI's shapes (string_check, text_similarity, python, score_model, multi), checked
 before use and run on one model sample against one dataset item.
 
-wire.py (the types, as OpenAI's API takes and answers them) → template.py (`{{sample.…}}`,
+service/contracts/graders.py (the types, as OpenAI's API takes and answers them; at the bottom,
+since a job's eval carries a grader to the training child) → template.py (`{{sample.…}}`,
 `{{item.…}}`) → metrics.py (string checks and similarity, with rapidfuzz, sacrebleu,
 rouge-score and nltk) / formula.py (a multi grader's `calculate_output`) / sandbox.py (a python
 grader in its own limited process) → service.py (validate and run; score_model asks a model this

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from service.graders.wire import SimilarityMetric, StringOperation
+from service.contracts.graders import SimilarityMetric, StringOperation
 
 UNSUPPORTED: dict[str, str] = {
     "cosine": "evaluation_metric 'cosine' needs an embedding model, and this server has none "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from litestar import Controller, post
 from litestar.datastructures import State
 
-from service.graders import wire as w
+from service.contracts import graders as w
 from service.graders.service import GraderService
 from service.http_errors import AUTHED, errors
 

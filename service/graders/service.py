@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import msgspec
 
+from service.contracts import graders as w
 from service.errors import ServiceError, Unprocessable
 from service.graders import formula, metrics, sandbox
-from service.graders import wire as w
 from service.graders.template import TemplateError, render, sample_namespace, variables
 from service.settings import Settings
 
@@ -85,6 +85,11 @@ class GraderService:
     # -- run -------------------------------------------------------------------------------------
     async def run(self, tenant: str, req: w.RunGraderRequest) -> w.RunGraderResponse:
         await self.validate(tenant, req.grader)
+        return await self._run_checked(req, tenant)
+
+    async def _run_checked(self, req: w.RunGraderRequest, tenant: str = "") -> w.RunGraderResponse:
+        """A grader already validated (the API's /run above; a job's eval when the job was created,
+        graded again in the training child)."""
         started = time.monotonic()
         scope: dict[str, Any] = {"sample": sample_namespace(req.model_sample)}
         if req.item is not None:

@@ -57,6 +57,8 @@ def job_from_row(row: JobRow | Mapping[str, Any]) -> s.Job:
         estimate=json_value(r["estimate"], s.Estimate),
         method=json_value(r["method"], s.Method) or s.Method(),
         priority=r["priority"] or 0,
+        eval=json_value(r["eval"], s.JobEval),
+        base_eval_score=r["base_eval_score"],
     )
 
 

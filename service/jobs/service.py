@@ -14,11 +14,13 @@ import msgspec
 import structlog
 
 from service.contracts import schema as s
+from service.contracts.graders import Grader, MultiGrader, ScoreModelGrader
 from service.datasets.checked import CheckedFiles
 from service.datasets.template import local_tokens
 from service.datasets.validate import Options, Report, validate_jsonl
 from service.db.tables import JobRow
 from service.errors import InvalidTransition, NotFound, Unprocessable
+from service.graders.service import GraderService
 from service.ids import model_name, new_id, parse_model_name
 from service.jobs.estimate import Throughput, calibration_key, estimate_duration, training_tokens
 from service.jobs.locate import Locator
@@ -102,6 +104,8 @@ class JobService:
                 f"divides it (e.g. {max(d for d in range(1, hp.micro_batch_size + 1) if hp.batch_size % d == 0)}) "
                 "or leave it out and the memory plan picks one",
                 param="hyperparameters.micro_batch_size")
+        if req.eval is not None:
+            await _check_eval(self.settings, tenant, req)
         continued = None
         if req.base_model.startswith("ft:"):
             continued, hp = await self._parent(tenant, req.base_model, req.hyperparameters)
@@ -169,6 +173,7 @@ class JobService:
             metadata_=dict(req.metadata), deploy=req.deploy, attempt=0,
             continued_from=msgspec.to_builtins(continued) if continued else None,
             method=msgspec.to_builtins(req.method), priority=req.priority,
+            eval=msgspec.to_builtins(req.eval) if req.eval else None,
         )
         job, created = await self.store.create_job(row, idempotency_key, req_hash)
         if created:
@@ -373,3 +378,30 @@ class JobService:
                                         data={"error": error, **data}, error=error)
         except (InvalidTransition, NotFound):  # cancelled meanwhile
             log.info("job changed during validation", job_id=job_id)
+
+
+async def _check_eval(settings: Settings, tenant: str, req: s.JobCreate) -> None:
+    """A graded evaluation the training child can run: graders that need no served model, items
+    it can prompt, and not beside eval_prompts (one set of answers per epoch)."""
+    assert req.eval is not None
+    if _uses_a_judge(req.eval.grader):
+        raise Unprocessable("score_model graders do not run inside training yet (the training child "
+                            "has no model server); use string_check, text_similarity, python or multi",
+                            param="eval.grader")
+    if req.hyperparameters.eval_prompts:
+        raise Unprocessable("give eval.items or hyperparameters.eval_prompts, not both: eval.items are "
+                            "prompted and graded every epoch", param="eval")
+    await GraderService(settings).validate(tenant, req.eval.grader, "eval.grader")
+    for i, item in enumerate(req.eval.items):
+        prompt, messages = item.get("prompt"), item.get("messages")
+        chat_ok = (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)
+                   and messages[-1].get("role") == "user")
+        if not (isinstance(prompt, str) and prompt) and not chat_ok:
+            raise Unprocessable("each eval item needs `prompt` (a string) or `messages` (a chat ending "
+                                "with the user's turn)", param=f"eval.items[{i}]")
+
+
+def _uses_a_judge(grader: Grader) -> bool:
+    if isinstance(grader, MultiGrader):
+        return any(_uses_a_judge(g) for g in grader.graders.values())
+    return isinstance(grader, ScoreModelGrader)

@@ -55,12 +55,21 @@ class EventsStore(JobsStore):
                     said += (f"; rewards chosen {metrics.get('rewards_chosen', 0):.3f}, rejected "
                              f"{metrics.get('rewards_rejected', 0):.3f}, reward accuracy "
                              f"{metrics['reward_accuracy']:.0%}")
+                if "eval_score" in metrics:  # graded evaluation: this epoch's mean score
+                    said += f"; eval score {metrics['eval_score']:.3f}"
                 ses.add(event_row(job_id, "checkpoint", said,
                                data={"checkpoint_id": row.id, "epoch": epoch, "step": step,
                                      "uri": uri, "metrics": metrics}))
         except IntegrityError:
             return None
         return checkpoint_from_row(row)
+
+    async def record_base_score(self, job_id: str, score: float, samples: list[dict[str, Any]], *,
+                                lease: Lease) -> None:
+        """The eval's score of the model training starts from, with its answers, as an event."""
+        await self.update_job(job_id, lease=lease, base_eval_score=score)
+        await self.add_event(job_id, "base_eval", f"before training: eval score {score:.3f}",
+                             data={"score": score, "samples": samples}, lease=lease)
 
     async def list_checkpoints(self, tenant: str | None, job_id: str) -> list[s.Checkpoint]:
         async with self.db.read() as ses:

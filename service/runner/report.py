@@ -60,6 +60,8 @@ class Reporter:
                 await store.record_checkpoint(
                     job_id, msg.epoch, msg.step, f"s3://{msg.bucket}/{msg.prefix}/", msg.metrics,
                     lease=lease, samples=msgspec.to_builtins(msg.samples) if msg.samples else None)
+            case m.BaseScored():
+                await store.record_base_score(job_id, msg.score, msgspec.to_builtins(msg.samples), lease=lease)
             case m.ResumePointSaved():
                 await store.set_resume_point(job_id, lease, f"s3://{msg.bucket}/{msg.prefix}/",
                                              msg.step, msg.epoch)

@@ -48,4 +48,5 @@ async def build_spec(settings: Settings, store: Store, where: Locator, job: s.Jo
         init_adapter=object_ref(job.continued_from.adapter) if job.continued_from else None,
         max_micro_batch_size=max_micro_batch, work_dir=str(work_dir / "work"),
         deterministic=settings.deterministic_training,
+        eval=job.eval, score_base=job.eval is not None and job.base_eval_score is None and not points,
     )

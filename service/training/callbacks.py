@@ -12,6 +12,7 @@ from service.contracts import messages as m
 from service.contracts.messages import Emitter
 from service.storage import ObjectStore, upload_dir
 from service.training import stop
+from service.training.samples import mean_score
 
 
 def _gpu_memory() -> int | None:
@@ -90,9 +91,11 @@ class CheckpointCallback(TrainerCallback):
         if self.checker is not None:
             self.checker.write(kw["model"], folder)
         upload_dir(self.objects, self.bucket, key_prefix, folder)
+        metrics = _epoch_metrics(state, epoch)
+        if (score := mean_score(samples)) is not None:
+            metrics["eval_score"] = score
         self.emit.emit(m.CheckpointSaved(epoch=epoch, step=state.global_step, bucket=self.bucket,
-                                         prefix=key_prefix, metrics=_epoch_metrics(state, epoch),
-                                         samples=samples))
+                                         prefix=key_prefix, metrics=metrics, samples=samples))
 
 
 class ResumePointCallback(TrainerCallback):

@@ -13,7 +13,7 @@ import msgspec
 
 from service.contracts import messages as m
 from service.contracts.messages import Emitter, ObjectRef, TrainingSpec
-from service.contracts.schema import EarlyStopping, MemoryPlan
+from service.contracts.schema import EarlyStopping, EvalSample, MemoryPlan
 from service.datasets.formats import Preference, detect_format, parse_example
 from service.datasets.jsonl import read_jsonl
 from service.datasets.render import IGNORE, Collator, FlatCollator, Renderer, fit, fit_pair, split_examples
@@ -23,7 +23,7 @@ from service.storage import ObjectStore, download_prefix, upload_dir
 from service.training import backends, stop
 from service.training.callbacks import CheckpointCallback, ProgressCallback, ResumePointCallback, StopOnSignal
 from service.training.plan import make_plan, resolve_packing, row_tokens
-from service.training.samples import CheckRecorder, Sampler, eval_prompts, example_sequences
+from service.training.samples import CheckRecorder, Sampler, eval_prompts, example_sequences, mean_score
 
 
 def plan_memory(spec: TrainingSpec, shape: Shape, backend: str, device: str, packing: str) -> MemoryPlan:
@@ -207,7 +207,13 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
         tokenizer.pad_token = tokenizer.eos_token
     train_ds, val_ds, val_rows = build_datasets(spec, objects, tokenizer, work)
     prompts = eval_prompts(spec, HFTokens(tokenizer), val_rows)
-    sampler = Sampler(prompts, tokenizer, backend) if prompts else None
+    sampler = Sampler(prompts, tokenizer, backend, spec.eval) if prompts else None
+    if sampler is not None and spec.eval is not None and spec.score_base:
+        # Before any step the adapter adds nothing (LoRA's B starts at zero) or is the parent's:
+        # these are the answers of the model training starts from.
+        answers = sampler.answer(model)
+        emit.emit(m.BaseScored(score=mean_score(answers) or 0.0,
+                               samples=[msgspec.convert(a, EvalSample) for a in answers]))
     checker = CheckRecorder(sampler, [] if prompts else example_sequences(train_ds), backend,
                             quantized=hp.load_in_4bit and device == "cuda")
 

@@ -13,6 +13,7 @@ import msgspec
 
 from service.contracts.adapter_check import FILE, MAX_TOKENS, AdapterCheck, CheckSequence
 from service.contracts.messages import TrainingSpec
+from service.contracts.schema import JobEval
 from service.datasets.formats import Chat, Pair, Preference, detect_format, parse_example
 from service.datasets.template import HFTokens
 
@@ -24,6 +25,12 @@ def eval_prompts(spec: TrainingSpec, tokens: HFTokens, validation_rows: list[dic
     """(what the user sees as the prompt, the ids the model is given) for each eval prompt."""
     hp = spec.hyperparameters
     out = []
+    if spec.eval is not None:  # graded evaluation: its items, each prompted as the chat it gives
+        for item in spec.eval.items:
+            messages = item.get("messages") or [{"role": "user", "content": item["prompt"]}]
+            shown = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+            out.append((str(shown), tokens.encode(tokens.render(messages, None, True))))
+        return out
     if hp.eval_prompts:
         for prompt in hp.eval_prompts:
             messages = [{"role": "user", "content": prompt}]
@@ -78,10 +85,12 @@ def inference(model: Any, backend: str) -> Iterator[None]:
 
 
 class Sampler:
-    def __init__(self, prompts: list[tuple[str, list[int]]], tokenizer: Any, backend: str) -> None:
+    def __init__(self, prompts: list[tuple[str, list[int]]], tokenizer: Any, backend: str,
+                 graded: JobEval | None = None) -> None:
         self.prompts = prompts
         self.tokenizer = tokenizer
         self.backend = backend
+        self.graded = graded  # the job's eval: its items are the prompts, in order
         self.sequences: list[tuple[str, list[int]]] = []  # the last call's prompts with their answers
 
     def answer(self, model: Any) -> list[dict[str, str]]:
@@ -98,7 +107,35 @@ class Sampler:
                 answers.append({"prompt": shown, "answer": text.strip()})
                 sequences.append((shown, y[0].tolist()))
         self.sequences = sequences
+        if self.graded is not None:
+            for answer, item in zip(answers, self.graded.items, strict=True):
+                answer["score"], error = grade(self.graded.grader, answer["answer"], item)
+                if error:
+                    answer["error"] = error
         return answers
+
+
+def mean_score(answers: list[dict[str, Any]] | None) -> float | None:
+    scores = [a["score"] for a in answers or () if "score" in a]
+    return sum(scores) / len(scores) if scores else None
+
+
+def grade(grader: Any, answer: str, item: dict[str, Any]) -> tuple[float, str | None]:
+    """One answer's score by the job's grader, as POST /graders/run would give it (the same code:
+    service/graders), and why it is 0 when grading failed."""
+    import asyncio
+
+    from service.contracts.graders import RunGraderRequest
+    from service.graders.service import GraderService
+    from service.settings import Settings
+
+    found = asyncio.run(GraderService(Settings())._run_checked(
+        RunGraderRequest(grader=grader, model_sample=answer, item=item)))
+    failed = {k: v for k, v in msgspec.structs.asdict(found.metadata.errors).items() if v}
+    if not failed:
+        return found.reward, None
+    detail = found.metadata.errors.python_grader_runtime_error_details or found.metadata.scores.get("error")
+    return 0.0, f"{', '.join(k for k, v in failed.items() if v is True)}: {detail}"[:500]
 
 
 def example_sequences(train_ds: Any, n: int = 2) -> list[tuple[str, list[int]]]:

@@ -9,8 +9,8 @@ import inspect
 
 import msgspec
 
+from service.contracts import graders
 from service.contracts import schema as s
-from service.graders import wire as graders
 from tunedock import types as sdk
 
 SERVER_NAME = {"Model": "ModelInfo"}  # the SDK's name -> the server's

@@ -194,3 +194,25 @@ def test_the_sdk_and_cli_validate_and_run(live, tmp_path, capsys) -> None:  # no
     printed = capsys.readouterr().out
     assert "valid: multi grader 'm'" in printed
     assert f"reward: {0.5 * fuzz.ratio('Lyon', 'Paris') / 100:g}" in printed
+
+
+def test_a_jobs_eval_is_checked_when_the_job_is_created(live) -> None:  # noqa: ANN001
+    """What the training child could not grade is refused at POST /jobs (422, naming the field),
+    before any GPU time: a judge model (the child has no model server), a bad template, items it
+    cannot prompt, and eval items beside eval_prompts."""
+    url, keys = live
+    good = {"type": "string_check", "name": "w", "input": "{{sample.output_text}}",
+            "reference": "{{item.label}}", "operation": "ilike"}
+    judge = {"type": "score_model", "name": "j", "model": "tiny",
+             "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
+    cases = {
+        "eval.grader": ({"grader": judge, "items": [{"prompt": "q"}]}, {}),
+        "eval.grader.reference": ({"grader": {**good, "reference": "{{label}}"}, "items": [{"prompt": "q"}]}, {}),
+        "eval.items[1]": ({"grader": good, "items": [{"prompt": "q"}, {"label": "no prompt"}]}, {}),
+        "eval": ({"grader": good, "items": [{"prompt": "q"}]}, {"eval_prompts": ["q"]}),
+    }
+    for param, (body, hp) in cases.items():
+        answer = httpx.post(f"{url}/jobs", headers={"Authorization": f"Bearer {keys['acme']}"},
+                            json={"base_model": "tiny", "training_file": "file-nothere", "eval": body,
+                                  "hyperparameters": hp})
+        assert answer.status_code == 422 and answer.json()["error"]["param"] == param, (param, answer.text)

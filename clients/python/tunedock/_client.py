@@ -88,13 +88,14 @@ class Jobs:
                suffix: str | None = None, hyperparameters: dict[str, Any] | None = None,
                metadata: dict[str, str] | None = None, deploy: bool = True,
                idempotency_key: str | None = None, method: dict[str, Any] | None = None,
-               priority: int = 0) -> Job:
+               priority: int = 0, eval: dict[str, Any] | None = None) -> Job:
         """Create a job; a local training/validation path is uploaded first. Always sends an
         Idempotency-Key, so a retried create never makes two jobs. `priority` orders this
-        tenant's own queued jobs (higher first)."""
+        tenant's own queued jobs (higher first). `eval`: {grader, items}, graded before training
+        and every epoch (checkpoint metrics' `eval_score`)."""
         return self._run(ops.jobs_create(self._c, base_model, training_file, validation_file, suffix,
                                          hyperparameters, metadata, deploy, idempotency_key, method,
-                                         priority))
+                                         priority, eval))
 
     def estimate(self, *, base_model: str, training_file: str | Path,
                  validation_file: str | Path | None = None, hyperparameters: dict[str, Any] | None = None,
@@ -261,10 +262,11 @@ class AsyncJobs:
                      validation_file: str | Path | None = None, suffix: str | None = None,
                      hyperparameters: dict[str, Any] | None = None, metadata: dict[str, str] | None = None,
                      deploy: bool = True, idempotency_key: str | None = None,
-                     method: dict[str, Any] | None = None, priority: int = 0) -> Job:
+                     method: dict[str, Any] | None = None, priority: int = 0,
+                     eval: dict[str, Any] | None = None) -> Job:
         return await self._run(ops.jobs_create(self._c, base_model, training_file, validation_file,
                                                suffix, hyperparameters, metadata, deploy,
-                                               idempotency_key, method, priority))
+                                               idempotency_key, method, priority, eval))
 
     async def estimate(self, *, base_model: str, training_file: str | Path,
                        validation_file: str | Path | None = None,

@@ -130,6 +130,8 @@ class Job(msgspec.Struct, kw_only=True):
     estimate: Estimate | None = None
     method: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "supervised"})
     priority: int = 0
+    eval: dict[str, Any] | None = None  # {grader, items}: graded before training and every epoch
+    base_eval_score: float | None = None  # the eval's score of the model training started from
 
     @property
     def done(self) -> bool:
@@ -148,6 +150,8 @@ class Event(msgspec.Struct, kw_only=True):
 class EvalSample(msgspec.Struct, kw_only=True):
     prompt: str
     answer: str
+    score: float | None = None  # the job's eval grader on this answer
+    error: str | None = None
 
 
 class Checkpoint(msgspec.Struct, kw_only=True):

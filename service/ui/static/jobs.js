@@ -99,7 +99,7 @@ export function jobPage(root, id, guard) {
       h("section", { class: "card" }, h("h2", {}, "Status timeline"), timeline),
       h("section", { class: "card" }, h("h2", {}, "Latest events"), events)),
     h("section", { class: "card" }, h("h2", {}, "Checkpoints"), h("div", { class: "table-wrap" }, h("table", {},
-      h("thead", {}, h("tr", {}, ["Epoch", "Step", "Validation loss", "Train loss", ""].map((t) => h("th", { scope: "col" }, t)))),
+      h("thead", {}, h("tr", {}, ["Epoch", "Step", "Validation loss", "Train loss", "Eval score", ""].map((t) => h("th", { scope: "col" }, t)))),
       checkpoints))),
     details);
   const chart = new LossChart(chartBox);
@@ -200,8 +200,19 @@ export function jobPage(root, id, guard) {
       return h("tr", {}, h("td", {}, c.epoch), h("td", {}, c.step),
         h("td", {}, c.metrics.valid_loss !== undefined ? c.metrics.valid_loss.toFixed(4) : "—"),
         h("td", {}, c.metrics.train_loss !== undefined ? c.metrics.train_loss.toFixed(4) : "—"),
+        h("td", {}, evalCell(c)),
         h("td", { class: "actions" }, serve, served ? h("a", { class: "button", href: `#/playground?model=${encodeURIComponent(served)}&deploy=${c.epoch}&job=${id}` }, "Chat") : null));
-    }) : h("tr", {}, h("td", { colspan: 5, class: "muted" }, "One per epoch, as each ends.")));
+    }) : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "One per epoch, as each ends.")));
+  }
+
+  // A graded job's score at this epoch beside the base model's, and each answer with its score.
+  function evalCell(c) {
+    if (c.metrics.eval_score === undefined) return "—";
+    const base = job.base_eval_score !== null && job.base_eval_score !== undefined ? ` (base ${job.base_eval_score.toFixed(2)})` : "";
+    return h("details", {}, h("summary", {}, `${c.metrics.eval_score.toFixed(2)}${base}`),
+      h("ul", { class: "small" }, (c.samples || []).map((sample) =>
+        h("li", {}, h("strong", {}, `${sample.score === null ? "—" : sample.score.toFixed(2)} `), `${sample.prompt} → ${sample.answer}`,
+          sample.error ? h("span", { class: "muted" }, ` (${sample.error})`) : null))));
   }
 
   async function refresh() {

@@ -70,8 +70,11 @@ async def run_python(source: str, sample: dict[str, Any], item: dict[str, Any] |
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
-            if code == -signal.SIGXCPU or code == -signal.SIGKILL and limits.cpu_s:
+            if code == -signal.SIGXCPU:
                 return Outcome(None, f"the grader ran past its CPU-time limit of {limits.cpu_s} s", "runtime")
+            if code == -signal.SIGKILL:  # the hard CPU limit, one second later, or the kernel's OOM killer
+                return Outcome(None, f"the grader was killed: past its CPU-time limit of {limits.cpu_s} s "
+                                     "or out of memory", "runtime")
             return Outcome(None, f"the grader's process ended without an answer (exit {code})", "runtime")
         if "score" in answer:
             return Outcome(float(answer["score"]), network=answer.get("network"))

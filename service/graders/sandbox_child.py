@@ -21,11 +21,13 @@ FORBIDDEN = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn",
              "os.forkpty", "pty.", "ctypes.", "sys.addaudithook", "os.kill", "os.killpg", "signal.pthread_kill",
              "shutil.", "webbrowser.", "urllib.", "http.", "ftplib.", "smtplib.", "imaplib.", "poplib.",
              "nntplib.", "telnetlib.", "os.putenv", "os.unsetenv", "sys.remote_exec")
-PATH_EVENTS = {"open", "os.listdir", "os.scandir", "os.chdir", "os.remove", "os.rename", "os.rmdir",
-               "os.mkdir", "os.chmod", "os.chown", "os.symlink", "os.link", "os.utime", "os.truncate",
+TWO_PATHS = {"os.rename", "os.link", "os.symlink"}  # os.replace raises os.rename
+PATH_EVENTS = {"open", "os.listdir", "os.scandir", "os.chdir", "os.remove", "os.rmdir",
+               "os.mkdir", "os.chmod", "os.chown", "os.utime", "os.truncate",
                "os.chflags", "os.lchflags", "os.mkfifo", "os.mknod", "glob.glob", "os.getxattr",
                "os.listxattr", "os.removexattr", "os.setxattr", "tempfile.mkstemp", "tempfile.mkdtemp"}
-READ_ONLY = {"open", "os.listdir", "os.scandir", "os.chdir", "glob.glob", "os.getxattr", "os.listxattr"}
+# Reading is allowed in Python's installation too; a chdir is not (only into the scratch folder).
+READ_ONLY = {"open", "os.listdir", "os.scandir", "glob.glob", "os.getxattr", "os.listxattr"}
 
 
 def _leave_network() -> str:
@@ -57,24 +59,31 @@ def main() -> None:
         payload["printed"] = printed.getvalue()[-2000:]
         os.write(real_stdout, (json.dumps(payload) + "\n").encode())
 
-    def allowed(path: object, write: bool) -> bool:
+    def allowed(path: object, write: bool, opening: bool = False) -> bool:
         if isinstance(path, int):  # an open descriptor: already allowed when it was opened
             return True
         if isinstance(path, bytes):
             path = path.decode(errors="replace")
         if not isinstance(path, str):
             return False
-        full = os.path.realpath(os.path.join(scratch, path))
+        # Against the real working directory, symlinks resolved: a relative path after a chdir,
+        # or a link in the scratch folder, must not name a file outside it.
+        full = os.path.realpath(path)
         if full == scratch or full.startswith(scratch + os.sep):
             return True
-        return not write and full.startswith(readable)
+        # A directory outside the scratch folder is never opened: its descriptor as `dir_fd`
+        # would make a relative path land in it, and the audit event does not carry dir_fd.
+        return not write and full.startswith(readable) and not (opening and os.path.isdir(full))
 
     def hook(event: str, args: tuple) -> None:
         if event.startswith(FORBIDDEN):
             raise PermissionError(f"the grader sandbox does not allow {event}")
-        if event in PATH_EVENTS and args:
+        if event in TWO_PATHS:  # both ends in the scratch folder, no directory descriptors
+            if not (allowed(args[0], True) and allowed(args[1], True)) or any(a is not None for a in args[2:]):
+                raise PermissionError(f"the grader sandbox allows files only in its scratch folder ({event} {args[:2]!r})")
+        elif event in PATH_EVENTS and args:
             write = event not in READ_ONLY or (event == "open" and _writes(args))
-            if not allowed(args[0], write):
+            if not allowed(args[0], write, opening=event == "open"):
                 raise PermissionError(f"the grader sandbox allows files only in its scratch folder ({event} {args[0]!r})")
 
     sys.addaudithook(hook)

@@ -92,12 +92,19 @@ def test_a_python_grader_scores_and_its_sandbox_holds(oai: openai.OpenAI, tmp_pa
         "wall clock": "    import time\n    time.sleep(30)",
         "memory": "    return len(bytearray(1 << 30))",
         "output": "    import os\n    os.write(1, b'x' * 1_000_000)\n    return 1",
+        "chdir then write": f"    import os\n    os.chdir({str(tmp_path)!r})\n    open('new.txt', 'w').write('x')\n    return 1",
+        "rename out": f"    import os\n    open('s.txt', 'w').write('x')\n    os.rename('s.txt', {str(tmp_path / 'new.txt')!r})\n    return 1",
+        "symlink out": f"    import os\n    os.symlink('s.txt', {str(tmp_path / 'new.txt')!r})\n    return 1",
+        "dir fd": f"    import os\n    d = os.open({str(tmp_path)!r}, os.O_RDONLY)\n"
+                  "    os.close(os.open('new.txt', os.O_WRONLY | os.O_CREAT, dir_fd=d))\n    return 1",
         "error": "    return 1 / 0",
         "not a number": "    return 'high'",
     }
     reasons = {"network": "socket", "file outside": "scratch folder", "write outside": "scratch folder",
                "process": "subprocess", "cpu": "CPU-time limit", "wall clock": "wall-clock limit",
                "memory": "512 MiB", "output": "more than 4096 bytes", "error": "ZeroDivisionError",
+               "chdir then write": "scratch folder", "rename out": "scratch folder",
+               "symlink out": "scratch folder", "dir fd": "scratch folder",
                "not a number": "not a finite number"}
     for case, body in refused.items():
         found = python(body)
@@ -209,6 +216,7 @@ def test_a_jobs_eval_is_checked_when_the_job_is_created(live) -> None:  # noqa: 
         "eval.grader": ({"grader": judge, "items": [{"prompt": "q"}]}, {}),
         "eval.grader.reference": ({"grader": {**good, "reference": "{{label}}"}, "items": [{"prompt": "q"}]}, {}),
         "eval.items[1]": ({"grader": good, "items": [{"prompt": "q"}, {"label": "no prompt"}]}, {}),
+        "eval.items[0]": ({"grader": good, "items": [{"messages": [{"role": "user", "content": 5}]}]}, {}),
         "eval": ({"grader": good, "items": [{"prompt": "q"}]}, {"eval_prompts": ["q"]}),
     }
     for param, (body, hp) in cases.items():

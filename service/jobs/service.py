@@ -394,11 +394,15 @@ async def _check_eval(settings: Settings, tenant: str, req: s.JobCreate) -> None
     await GraderService(settings).validate(tenant, req.eval.grader, "eval.grader")
     for i, item in enumerate(req.eval.items):
         prompt, messages = item.get("prompt"), item.get("messages")
-        chat_ok = (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)
-                   and messages[-1].get("role") == "user")
+        # The child renders these with the chat template: text turns only, ending with the user's.
+        chat_ok = (isinstance(messages, list) and messages
+                   and all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                           and isinstance(m.get("content"), str) for m in messages)
+                   and messages[-1]["role"] == "user")
         if not (isinstance(prompt, str) and prompt) and not chat_ok:
-            raise Unprocessable("each eval item needs `prompt` (a string) or `messages` (a chat ending "
-                                "with the user's turn)", param=f"eval.items[{i}]")
+            raise Unprocessable("each eval item needs `prompt` (a string) or `messages` (system, user and "
+                                "assistant turns with text content, ending with the user's)",
+                                param=f"eval.items[{i}]")
 
 
 def _uses_a_judge(grader: Grader) -> bool:

@@ -131,13 +131,23 @@ class Settings(msgspec.Struct, kw_only=True):
         API, "how long a score_model grader's judge has to answer one sample")] = 60.0
     # -- runner ----------------------------------------------------------------------------------
     runner_gpus: Annotated[str | None, doc(
-        RUNNER, "GPU indices for `python -m service runner`, one job each", "all visible")] = None
+        RUNNER, "GPU indices for `python -m service runner`", "all visible")] = None
+    runner_jobs_per_gpu: Annotated[int | None, doc(
+        RUNNER, "the most jobs one GPU trains at once; a job starts beside others only when its plan "
+                "fits the memory they leave (on a CPU-only runner: its one CPU slot)",
+        "4 per GPU, 1 on the CPU")] = None
+    runner_memory_reserve_mb: Annotated[int, doc(
+        RUNNER, "MiB of each GPU's memory no job's plan may take, beyond each plan's own margin")] = 1024
+    runner_device_memory_mb: Annotated[int | None, doc(
+        RUNNER, "MiB per device that training jobs may plan with together, e.g. to leave the rest of "
+                "the GPU to vLLM (on a CPU-only runner: the host memory its jobs share)",
+        "all the GPU has; on the CPU, no limit")] = None
     lease_seconds: Annotated[float, doc(RUNNER, "a job's lease")] = 60.0
     heartbeat_seconds: Annotated[float, doc(RUNNER, "how often the lease is renewed")] = 5.0
     max_attempts: Annotated[int, doc(RUNNER, "attempts before a job whose runner keeps dying fails")] = 3
     tenant_max_running_jobs: Annotated[int | None, doc(
-        RUNNER, "the most jobs one tenant runs at once over all runners (each holds one GPU slot, so "
-                "also the most GPUs it holds); whatever it is, runners are shared fairly: the tenant "
+        RUNNER, "the most jobs one tenant runs at once over all runners (so also the most GPUs its "
+                "jobs hold); whatever it is, runners are shared fairly: the tenant "
                 "with the fewest running jobs starts its next job first", "no limit")] = None
     poll_seconds: Annotated[float, doc(RUNNER, "how often an idle runner looks for a queued job")] = 1.0
     cancel_grace_seconds: Annotated[float, doc(RUNNER, "SIGTERM → SIGKILL grace on cancel")] = 5.0

@@ -50,6 +50,9 @@ class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
     # weights the new adapter starts from.
     init_adapter: ObjectRef | None = None
     max_micro_batch_size: int | None = None  # a cap after an out-of-memory retry
+    # The memory this job may plan with on a device it shares (runner/placement.py): its share of
+    # what the other jobs' plans leave. None: whatever the device has free (CPU: no limit).
+    memory_budget_bytes: int | None = None
     backend: Literal["auto", "unsloth", "peft"] = "auto"
     metrics_every_steps: int = 1
     deterministic: bool = False

@@ -4,7 +4,7 @@ with a lease, heartbeat, release, requeue of expired leases, and fenced writes."
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -251,7 +251,8 @@ class JobsStore(KeysStore):
             return result.rowcount == 1
 
     # -- the runner's half ----------------------------------------------------------------
-    async def claim(self, runner_id: str, lease_s: float, tenant_limit: int | None = None) -> s.Job | None:
+    async def claim(self, runner_id: str, lease_s: float, tenant_limit: int | None = None,
+                    fits: Callable[[s.Job], bool] | None = None) -> s.Job | None:
         """Take the next queued job, shared fairly between tenants: among the tenants with a queued
         job and fewer than `tenant_limit` running, the one with the fewest running jobs goes first;
         ties go to the tenant served least recently (never before first), then to the job that
@@ -259,7 +260,10 @@ class JobsStore(KeysStore):
         burst of jobs waits behind each other tenant's next job instead of in front of it.
 
         Claims take turns (a transaction-scoped advisory lock on Postgres; SQLite's one writer):
-        two claimers never both see a tenant under its limit and both start a job for it."""
+        two claimers never both see a tenant under its limit and both start a job for it.
+
+        `fits`: whether the claimer has room for the job it would take (runner/placement.py). When
+        it has not, nothing is claimed: no later job overtakes the one whose turn it is."""
         async with self.db.write() as ses:
             if not self.db.is_sqlite:
                 await ses.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK})
@@ -286,6 +290,8 @@ class JobsStore(KeysStore):
 
             job_id = min(eligible, key=turn)[0]
             row = await ses.get(JobRow, job_id)
+            if fits is not None and not fits(job_from_row(row)):
+                return None
             attempt = row.attempt + 1
             await transition(
                 ses, row, s.Status.running, message=f"runner {runner_id} started attempt {attempt}",

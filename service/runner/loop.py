@@ -1,5 +1,7 @@
-"""`python -m service runner`: one claim loop per GPU (one in all on a CPU-only machine). A slot
-takes the oldest queued job, else the oldest queued export."""
+"""`python -m service runner`: one device per GPU (one in all on a CPU-only machine), each with
+lanes that train up to `runner_jobs_per_gpu` jobs side by side when their memory plans fit
+(placement.py). A lane takes the next queued job in the fair order; the first lane also takes
+exports when no job is queued."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from service.jobs.locate import Locator
 from service.jobs.store import Store
 from service.logs import configure_logging
 from service.runner.export_run import ExportRun
+from service.runner.placement import Device
 from service.runner.process import Child, Template
 from service.runner.run import JobRun
 from service.settings import Settings
@@ -47,39 +50,52 @@ class Runner:
         self.id = f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = asyncio.Event()
 
-    async def slot(self, gpu: str | None) -> None:
-        owner = f"{self.id}/{gpu if gpu is not None else 'cpu'}"
+    async def device(self, gpu: str | None) -> None:
+        device = Device(self.settings, gpu)
+        await asyncio.gather(*(self.lane(device, lane) for lane in range(device.lanes)))
+
+    async def lane(self, device: Device, lane: int) -> None:
+        owner = f"{self.id}/{device.label}" + (f"#{lane}" if lane else "")
+        first = lane == 0
         warm: Child | None = None
-        # A CPU slot forks its warm children from a template; a GPU one cannot (template.py).
-        template = await Template.start(self.settings) if gpu is None and self.settings.warm_child else None
+        # The first lane keeps the device's warm child: one more CUDA context per lane would be
+        # memory no plan counts. A CPU device forks its warm children from a template; a GPU
+        # one cannot (template.py).
+        use_warm = first and self.settings.warm_child
+        template = await Template.start(self.settings) if device.gpu is None and use_warm else None
         try:
             while not self.stopping.is_set():
                 # No claim before the template has imported: a claimed job's lease is kept by the
                 # heartbeat of its child, and none can be forked before then.
                 if template is not None and not await template.settled(self.stopping):
                     continue
-                if warm is None and self.settings.warm_child:
-                    warm = await Child.warm_up(self.settings, gpu, template)
-                job = await self._next_job(owner)
+                if warm is None and use_warm:
+                    warm = await Child.warm_up(self.settings, device.gpu, template)
+                job = await self._next_job(owner, device, exports=first)
                 if job is None:
                     continue
                 if isinstance(job, s.Export):
                     log.info("export claimed", export_id=job.id, attempt=job.attempt, owner=owner)
                     try:
                         await ExportRun(self.settings, self.store, self.exports, self.where, job,
-                                        owner, gpu, self.stopping).run()
+                                        owner, device.gpu, self.stopping).run()
                     except Exception:  # noqa: BLE001 - as for a job, below
                         log.exception("the export's run ended with an error", export_id=job.id)
+                    finally:
+                        device.release(job.id)
                     continue
-                log.info("job claimed", job_id=job.id, attempt=job.attempt, owner=owner)
-                run = JobRun(self.settings, self.store, self.where, job, owner, gpu, self.stopping,
-                             warm=warm, template=template)
+                log.info("job claimed", job_id=job.id, attempt=job.attempt, owner=owner,
+                         neighbours=device.neighbours(job.id))
+                run = JobRun(self.settings, self.store, self.where, job, owner, device.gpu,
+                             self.stopping, warm=warm, template=template, device=device)
                 try:
                     await run.run()
-                except Exception:  # noqa: BLE001 - one job's failure never stops the slot
+                except Exception:  # noqa: BLE001 - one job's failure never stops the lane
                     # What could not be written stays as it was: the job's lease runs out and
                     # it resumes from its latest checkpoint, here or on another runner.
                     log.exception("the job's run ended with an error", job_id=job.id)
+                finally:
+                    device.release(job.id)
                 warm = run.warm  # still there if the job ended before it needed a child
                 if warm is not None and warm.proc.returncode is not None:
                     await warm.close()
@@ -90,16 +106,23 @@ class Runner:
             if template is not None:
                 await template.close()
 
-    async def _next_job(self, owner: str) -> s.Job | s.Export | None:
-        """A claimed job, else a claimed export, or None after waiting a poll interval (or until
-        the runner stops)."""
+    async def _next_job(self, owner: str, device: Device, exports: bool) -> s.Job | s.Export | None:
+        """A claimed job (holding its share of the device), else a claimed export, or None after
+        waiting a poll interval (or until the runner stops)."""
+        job: s.Job | s.Export | None = None
         try:
             await self.store.requeue_expired(self.settings.max_attempts)
             await self.exports.requeue_expired_exports(self.settings.max_attempts)
-            job = await self.store.claim(owner, self.settings.lease_seconds,
-                                         self.settings.tenant_max_running_jobs)
-            if job is None:
-                job = await self.exports.claim_export(owner, self.settings.lease_seconds)
+            async with device.lock:
+                budget = await device.budget()
+                job = await self.store.claim(owner, self.settings.lease_seconds,
+                                             self.settings.tenant_max_running_jobs,
+                                             fits=lambda candidate: device.fits(candidate, budget))
+                if job is None and exports and not device.held:
+                    job = await self.exports.claim_export(owner, self.settings.lease_seconds)
+                if job is not None:
+                    # An export has no plan: it holds what the device has, so no job joins it.
+                    device.hold(job.id, budget)
         except Exception:  # noqa: BLE001 - the database may come back; keep polling
             log.warning("claim failed", exc_info=True)
             job = None
@@ -113,7 +136,7 @@ class Runner:
     async def run(self) -> None:
         slots = gpu_slots(self.settings)
         log.info("runner started", runner=self.id, slots=[g or "cpu" for g in slots])
-        await asyncio.gather(*(self.slot(gpu) for gpu in slots))
+        await asyncio.gather(*(self.device(gpu) for gpu in slots))
         log.info("runner stopped", runner=self.id)
 
 

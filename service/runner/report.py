@@ -85,6 +85,15 @@ class Reporter:
             case m.Ready():
                 pass
 
+    async def placed(self, name: str, label: str, neighbours: list[str], budget: int | None) -> None:
+        """Where the attempt trains, beside which jobs, and the memory its plan may take there."""
+        beside = (f"beside {len(neighbours)} other job{'s' if len(neighbours) > 1 else ''} "
+                  f"({', '.join(neighbours)})") if neighbours else "alone"
+        share = f"; its plan may take {budget / 2**30:.2f} GiB" if budget is not None else ""
+        await self.store.add_event(self.job.id, "placement", f"training on {name} {beside}{share}",
+                                   data={"device": label, "neighbours": neighbours,
+                                         "budget_bytes": budget}, lease=self.lease)
+
     async def _progress(self, msg: m.Progress, started: float) -> None:
         progress = {"epoch": msg.epoch or 0.0, "step": msg.step, "total_steps": msg.total_steps,
                     "loss": msg.loss}

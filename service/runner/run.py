@@ -20,6 +20,7 @@ from service.contracts import schema as s
 from service.errors import LeaseLost, NotFound
 from service.jobs.locate import Locator
 from service.jobs.store import Lease, Store
+from service.runner.placement import Device
 from service.runner.policy import Attempt, decide
 from service.runner.process import Child, Template
 from service.runner.report import Reporter
@@ -39,6 +40,7 @@ class JobRun:
     stopping: asyncio.Event
     warm: Child | None = None  # a child that has imported the training stack, if the slot has one
     template: Template | None = None  # a CPU slot's fork server: retries fork from it too
+    device: Device | None = None  # the device it shares with other jobs, and its memory budget there
     log: Any = field(default=None)
 
     def __post_init__(self) -> None:
@@ -71,9 +73,10 @@ class JobRun:
         began = time.monotonic()
         micro_batch: int | None = None
         for oom_retry in range(self.settings.max_oom_retries + 1):
+            budget = await self._place(oom_retry)
             try:
                 spec = await build_spec(self.settings, self.store, self.where, self.job, micro_batch,
-                                        self.work_dir)
+                                        self.work_dir, budget)
             except (LookupError, NotFound) as exc:
                 await self.report.fail("training_error", str(exc))
                 return
@@ -110,6 +113,23 @@ class JobRun:
                     await self.report.fail(decision.error.code, decision.error.message)
             return
 
+    async def _place(self, oom_retry: int) -> int | None:
+        """The memory this attempt's child may plan with on its device, said in an event with the
+        jobs beside it. A retry reads the device again: its neighbours may have come or gone."""
+        device = self.device
+        if device is None:
+            return None
+        if oom_retry:
+            async with device.lock:
+                budget = await device.budget(exclude=self.job.id)
+                device.hold(self.job.id, budget)
+        else:
+            held = device.held.get(self.job.id)
+            budget = held.bytes if held is not None and held.bytes else None
+        neighbours = device.neighbours(self.job.id)
+        await self.report.placed(device.name, device.label, neighbours, budget)
+        return budget
+
     async def _abort_open_uploads(self, spec: m.TrainingSpec) -> None:
         """A child killed in the middle of a large upload (SIGKILL, OOM, a dead runner) leaves a
         multipart upload open under the job's prefix. While this attempt holds the lease and no
@@ -142,15 +162,22 @@ class JobRun:
             child = await Child.start(self.settings, self.gpu, [str(spec_path)], log_path)
             self.log.info("child started", pid=child.proc.pid, gpu=self.gpu,
                           max_micro_batch=spec.max_micro_batch_size)
+        if self.device is not None:
+            self.device.started(self.job.id, child.proc.pid)
         attempt = Attempt()
         started = time.monotonic()
         out = await supervise(
             child, self.settings, self.log, self.stopping,
             heartbeat=lambda: self.store.heartbeat(self.job.id, self.lease, self.settings.lease_seconds),
-            record=lambda msg: self.report.handle(msg, attempt, started),
+            record=lambda msg: self._record(msg, attempt, started),
             on_runner_stop="ask", pause_requested=lambda: self.store.pause_requested(self.job.id))
         attempt.code, attempt.lost = out.code, out.lost
         attempt.pausing, attempt.unrecorded = out.pausing, out.unrecorded
         if not attempt.lost:  # once fenced, the prefix belongs to the attempt that has the job
             await self._abort_open_uploads(spec)
         return attempt
+
+    async def _record(self, msg: m.ChildMessage, attempt: Attempt, started: float) -> None:
+        await self.report.handle(msg, attempt, started)
+        if isinstance(msg, m.Planned) and self.device is not None:
+            self.device.planned(self.job.id, msg.plan)

@@ -149,7 +149,7 @@ def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend:
             f"the job needs about {peak / GiB:.1f} GiB at micro-batch {mb} "
             f"(seq {hp.max_seq_length}, {'4-bit' if hp.load_in_4bit else '16-bit'} base, "
             f"LoRA r={hp.lora_r}{'' if checkpointing else ', gradient checkpointing off'}) but the "
-            f"GPU has {available / GiB:.1f} GiB free; lower max_seq_length, use load_in_4bit"
+            f"{'GPU' if device != 'cpu' else 'runner'} has {available / GiB:.1f} GiB free for it; lower max_seq_length, use load_in_4bit"
             f"{'' if checkpointing else ', set gradient_checkpointing to auto'}, or use a larger GPU"
         )
     mb, parts = best

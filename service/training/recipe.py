@@ -27,11 +27,12 @@ from service.training.samples import CheckRecorder, Sampler, eval_prompts, examp
 
 
 def plan_memory(spec: TrainingSpec, shape: Shape, backend: str, device: str, packing: str) -> MemoryPlan:
-    available = None
+    available = spec.memory_budget_bytes
     if device == "cuda":
         import torch
 
-        available = torch.cuda.mem_get_info()[0]
+        free = torch.cuda.mem_get_info()[0]
+        available = free if available is None else min(free, available)
     hp = spec.hyperparameters
     return make_plan(shape, hp, available, backend, device, spec.max_micro_batch_size,
                      row_tokens=row_tokens(spec.example_lengths, hp.max_seq_length, packing),

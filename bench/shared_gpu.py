@@ -134,8 +134,11 @@ def main() -> None:
             name = "side by side" if per_gpu > 1 else "one at a time"
             phases.append((name, phase(per_gpu)))
             p = phases[-1][1]
-            print(f"{name}: {p['aggregate']:,.0f} tokens/s over {p['seconds']} s, busy {p['busy']:.0%}",
-                  flush=True)
+            print(f"{name}: {p['aggregate']:,.0f} tokens/s over {p['seconds']} s, busy {p['busy']:.0%}; jobs: "
+                  + "; ".join(f"{j['status']} {j['tokens_per_s']:,.0f} tok/s, peak {j['peak'] / 2**30:.1f} "
+                              f"plan {j['plan'] / 2**30:.1f} GiB, mb {j['micro_batch']} ckpt {j['checkpointing']}, "
+                              f"{j['neighbours']} neighbours, {j['started']}-{j['finished']}"
+                              for j in p["jobs"]), flush=True)
     finally:
         busy.done.set()
         api.terminate()

@@ -115,14 +115,19 @@ class Runner:
             await self.exports.requeue_expired_exports(self.settings.max_attempts)
             async with device.lock:
                 budget = await device.budget()
+                plans: dict[str, s.MemoryPlan | None] = {}
+
+                def fits(candidate: s.Job) -> bool:  # an empty device takes any job
+                    plans[candidate.id] = device.plan(candidate, budget)
+                    return plans[candidate.id] is not None or not device.held
+
                 job = await self.store.claim(owner, self.settings.lease_seconds,
-                                             self.settings.tenant_max_running_jobs,
-                                             fits=lambda candidate: device.fits(candidate, budget))
+                                             self.settings.tenant_max_running_jobs, fits=fits)
                 if job is None and exports and not device.held:
                     job = await self.exports.claim_export(owner, self.settings.lease_seconds)
                 if job is not None:
                     # An export has no plan: it holds what the device has, so no job joins it.
-                    device.hold(job.id, budget)
+                    device.hold(job.id, plans.get(job.id), budget)
         except Exception:  # noqa: BLE001 - the database may come back; keep polling
             log.warning("claim failed", exc_info=True)
             job = None

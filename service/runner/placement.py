@@ -10,15 +10,16 @@ that is, the memory free on the device now, less what each running job may still
 the running jobs reserve (the rest of the GPU is someone else's, e.g. vLLM's). On the CPU there is
 no free-memory reading: the pool, if set, is all there is.
 
-A running job reserves its whole budget until its child reports its plan, then the plan's peak
-with the plan's own margin. The child plans within its budget (TrainingSpec.memory_budget_bytes),
-so it picks its micro-batch and gradient checkpointing knowing it shares the GPU.
+A running job reserves what its plan will take, with the plan's own margin: the runner makes the
+plan its child will make (the same function, shape, lengths and budget), and the child's own
+plan, when it reports it, replaces that. The child plans within its budget
+(TrainingSpec.memory_budget_bytes), so it picks its micro-batch and gradient checkpointing knowing
+it shares the GPU.
 
-A lane claims a job beside others only if the job's smallest plan (its micro-batch, or 1, with
-checkpointing on a GPU) fits its budget. The fair order is kept (Store.claim): when the next job
-does not fit, no job overtakes it; it waits until its neighbours leave room. So a large job is
-never starved by a stream of small ones. An empty device takes any job: its plan fits what the
-device has, or the job fails with why, as when it ran alone.
+A lane claims a job beside others only if some plan of it fits its budget. The fair order is
+kept (Store.claim): when the next job does not fit, no job overtakes it; it waits until its
+neighbours leave room. So a large job is never starved by a stream of small ones. An empty device
+takes any job: its plan fits what the device has, or the job fails with why, as when it ran alone.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from service.contracts import schema as s
 from service.settings import Settings
 from service.shapes import local_shape
-from service.training.plan import MARGIN, estimate, resolve_packing, row_tokens
+from service.training.plan import MARGIN, PlanError, make_plan, resolve_packing, row_tokens
 
 MiB = 1 << 20
 
@@ -40,7 +41,8 @@ MiB = 1 << 20
 class Held:
     """A running job's claim on its device's memory."""
 
-    bytes: int
+    bytes: int  # what its plan takes, margin included
+    budget: int | None  # what its child may plan with (None: no bound)
     pid: int | None = None  # its training child, once started: what it uses now is read by pid
 
 
@@ -99,40 +101,37 @@ class Device:
         budget = free - self.reserve - growth
         return max(budget if pooled is None else min(budget, pooled), 0)
 
-    def smallest_peak(self, job: s.Job) -> int | None:
-        """The least memory the job can train with (its plan at its micro-batch, else 1, with
-        checkpointing on a GPU), margin included; None when its model cannot be sized here."""
+    def plan(self, job: s.Job, budget: int | None) -> s.MemoryPlan | None:
+        """The plan the job's child will make within `budget`; None if no micro-batch fits it, or
+        the job's model cannot be sized here."""
         entry = self.settings.base_model(job.base_model)
         shape = local_shape(entry.local_path if entry else None)
         if shape is None:
             return None
         hp = job.hyperparameters
-        on_gpu = self.gpu is not None
-        backend = "unsloth" if on_gpu and importlib.util.find_spec("unsloth") else "peft"
         dataset = job.dataset
         lengths = dataset.lengths if dataset and not dataset.tokens_estimated else None
-        parts = estimate(shape, hp, hp.micro_batch_size or 1, backend,
-                         row_tokens(lengths, hp.max_seq_length, resolve_packing(hp.packing)),
-                         job.method.type, checkpointing=on_gpu)
-        return int(sum(parts.values()) * (1 + MARGIN))
+        packing = resolve_packing(hp.packing)
+        # The child's backend (training/backends.py): Unsloth on a GPU where it is installed.
+        backend = "unsloth" if self.gpu is not None and importlib.util.find_spec("unsloth") else "peft"
+        try:
+            return make_plan(shape, hp, budget, backend, "cpu" if self.gpu is None else "cuda",
+                             row_tokens=row_tokens(lengths, hp.max_seq_length, packing),
+                             packing=packing, method=job.method.type)
+        except PlanError:
+            return None
 
-    def fits(self, job: s.Job, budget: int | None) -> bool:
-        """Whether `job` may start beside the jobs running here: always on an empty device; a job
-        that cannot be sized only on an empty one."""
-        if not self.held or budget is None:
-            return True
-        peak = self.smallest_peak(job)
-        return peak is not None and peak <= budget
-
-    def hold(self, job_id: str, budget: int | None) -> None:
-        self.held[job_id] = Held(budget or 0)
+    def hold(self, job_id: str, plan: s.MemoryPlan | None, budget: int | None) -> None:
+        """Reserve what the job's plan takes (all of `budget` when there is no plan)."""
+        size = int(plan.estimated_peak_bytes * (1 + MARGIN)) if plan is not None else budget or 0
+        self.held[job_id] = Held(size, budget)
 
     def started(self, job_id: str, pid: int) -> None:
         if (held := self.held.get(job_id)) is not None:
             held.pid = pid
 
     def planned(self, job_id: str, plan: s.MemoryPlan) -> None:
-        """The child's plan replaces the whole budget it was given with what it will use."""
+        """The child's own plan replaces the runner's guess at it."""
         if (held := self.held.get(job_id)) is not None:
             held.bytes = int(plan.estimated_peak_bytes * (1 + MARGIN))
 

@@ -119,13 +119,13 @@ class JobRun:
         device = self.device
         if device is None:
             return None
-        if oom_retry:
+        if oom_retry:  # what the failed plan reserved is the retry's to re-plan
             async with device.lock:
                 budget = await device.budget(exclude=self.job.id)
-                device.hold(self.job.id, budget)
+                device.hold(self.job.id, None, budget)
         else:
             held = device.held.get(self.job.id)
-            budget = held.bytes if held is not None and held.bytes else None
+            budget = held.budget if held is not None else None
         neighbours = device.neighbours(self.job.id)
         await self.report.placed(device.name, device.label, neighbours, budget)
         return budget

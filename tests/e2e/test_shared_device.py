@@ -15,6 +15,7 @@ import pytest
 
 from service.contracts import schema as s
 from service.runner.placement import Device
+from service.training.plan import MARGIN
 from tests.conftest import DATASETS, Api
 from tests.e2e.test_resume import WORDS, tiny_api, tiny_settings  # noqa: F401 - fixtures
 from tests.e2e.test_training_runner import events
@@ -52,9 +53,10 @@ async def test_two_jobs_share_a_device_the_third_waits_and_cancel_leaves_the_nei
     second = await _submit(api, s3, rows=400, epochs=2)
     third = await _submit(api, s3, rows=40, epochs=1)
     # The device's pool holds two of these jobs' plans and half of a third: each trains at a
-    # fixed micro-batch, so its plan is its smallest.
-    peak = Device(tiny_settings, None).smallest_peak(msgspec.convert(first, s.Job))
-    assert peak is not None
+    # fixed micro-batch, so no smaller plan of it fits what is left.
+    plan = Device(tiny_settings, None).plan(msgspec.convert(first, s.Job), None)
+    assert plan is not None
+    peak = plan.estimated_peak_bytes * (1 + MARGIN)
     settings = msgspec.structs.replace(tiny_settings, runner_jobs_per_gpu=3, runner_memory_reserve_mb=0,
                                        runner_device_memory_mb=int(2.5 * peak) >> 20)
     runner = start_runner(settings, tmp_path / "runner.log")

@@ -53,6 +53,8 @@ class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
     # The memory this job may plan with on a device it shares (runner/placement.py): its share of
     # what the other jobs' plans leave. None: whatever the device has free (CPU: no limit).
     memory_budget_bytes: int | None = None
+    # Torch's threads on a CPU shared with other jobs (its share of the cores); None: torch's default.
+    cpu_threads: int | None = None
     backend: Literal["auto", "unsloth", "peft"] = "auto"
     metrics_every_steps: int = 1
     deterministic: bool = False

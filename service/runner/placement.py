@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import subprocess
 from dataclasses import dataclass
 
@@ -76,6 +77,13 @@ class Device:
         # Reading the budget, claiming and holding are one step: two lanes never both spend the
         # same free memory.
         self.lock = asyncio.Lock()
+
+    @property
+    def cpu_threads(self) -> int | None:
+        """Each job's share of the cores on a CPU device that trains several at once."""
+        if self.gpu is not None or self.lanes == 1:
+            return None
+        return max(1, (os.cpu_count() or 1) // self.lanes)
 
     @property
     def label(self) -> str:

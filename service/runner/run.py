@@ -76,7 +76,8 @@ class JobRun:
             budget = await self._place(oom_retry)
             try:
                 spec = await build_spec(self.settings, self.store, self.where, self.job, micro_batch,
-                                        self.work_dir, budget)
+                                        self.work_dir, budget,
+                                        self.device.cpu_threads if self.device is not None else None)
             except (LookupError, NotFound) as exc:
                 await self.report.fail("training_error", str(exc))
                 return

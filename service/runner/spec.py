@@ -21,7 +21,7 @@ def object_ref(uri: str) -> ObjectRef:
 
 async def build_spec(settings: Settings, store: Store, where: Locator, job: s.Job,
                      max_micro_batch: int | None, work_dir: Path,
-                     memory_budget: int | None = None) -> TrainingSpec:
+                     memory_budget: int | None = None, cpu_threads: int | None = None) -> TrainingSpec:
     """LookupError when the base model left the registry; NotFound when a file is gone."""
     tenant = await store.job_tenant(job.id)
     bucket, key = await where.locate(tenant, job.training_file, "training_file")
@@ -47,7 +47,7 @@ async def build_spec(settings: Settings, store: Store, where: Locator, job: s.Jo
         artifact_bucket=settings.artifact_bucket, output_prefix=f"jobs/{job.id}",
         resume_from=object_ref(max(points)[1]) if points else None,
         init_adapter=object_ref(job.continued_from.adapter) if job.continued_from else None,
-        max_micro_batch_size=max_micro_batch, memory_budget_bytes=memory_budget, work_dir=str(work_dir / "work"),
+        max_micro_batch_size=max_micro_batch, memory_budget_bytes=memory_budget, cpu_threads=cpu_threads, work_dir=str(work_dir / "work"),
         deterministic=settings.deterministic_training,
         eval=job.eval, score_base=job.eval is not None and job.base_eval_score is None and not points,
     )

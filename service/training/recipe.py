@@ -186,10 +186,13 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
 
     work = Path(spec.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    if spec.deterministic and device == "cpu":
+    if device == "cpu" and (spec.deterministic or spec.cpu_threads):
         import torch
 
-        torch.set_num_threads(1)  # a multi-threaded reduction may sum in another order each run
+        # Deterministic: a multi-threaded reduction may sum in another order each run. A CPU
+        # shared with other jobs: each takes its share of the cores; more threads than cores
+        # over all jobs made every step of two jobs ~50x slower on 2 cores (OpenMP spin-waits).
+        torch.set_num_threads(1 if spec.deterministic else spec.cpu_threads)
     load_started = time.perf_counter()
     # LoRA's A matrices are drawn when the adapter is attached, before the Trainer seeds
     # anything: seed first, or two runs of one job (or a run and its resume) start apart.

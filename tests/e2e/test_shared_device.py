@@ -1,12 +1,14 @@
 """Several jobs on one device (issue 32): a runner whose device has room for two jobs' plans runs
-two side by side, holds the third until one leaves, and cancelling one leaves its neighbour
-training. A real runner process, real training children on the CPU (the CPU slot stands in for a
+two side by side and holds the third until one leaves; cancelling, killing or pausing one leaves
+its neighbour training. A real runner process, real training children on the CPU (the CPU slot stands in for a
 GPU; `runner_device_memory_mb` is the memory its jobs share), a tiny Llama, moto S3."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -51,7 +53,7 @@ async def test_two_jobs_share_a_device_the_third_waits_and_cancel_leaves_the_nei
     api = tiny_api
     first = await _submit(api, s3, rows=400, epochs=2)
     second = await _submit(api, s3, rows=400, epochs=2)
-    third = await _submit(api, s3, rows=40, epochs=1)
+    third = await _submit(api, s3, rows=400, epochs=1)
     # The device's pool holds two of these jobs' plans and half of a third: each trains at a
     # fixed micro-batch, so no smaller plan of it fits what is left.
     plan = Device(tiny_settings, None).plan(msgspec.convert(first, s.Job), None)
@@ -89,15 +91,53 @@ async def test_two_jobs_share_a_device_the_third_waits_and_cancel_leaves_the_nei
         job_b = (await api.client.get(f"/jobs/{b}", headers=api.auth())).json()
         assert (job_b["status"], job_b["attempt"]) == ("running", 1), job_b
 
+        # The third takes the room the first left, beside the second.
+        await api.wait_status(c, {"running"}, timeout=60)
+        deadline = time.monotonic() + 60
+        while not (children_c := [p for p in training_children(runner.pid, c) if alive(p)]):
+            assert time.monotonic() < deadline, "the third job's child did not start"
+            await asyncio.sleep(0.1)
+        # Kill the second's child: it is retried and resumes; the third trains on, untouched.
+        killed = [p for p in training_children(runner.pid, b) if alive(p)]
+        assert killed
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        await _wait_attempt(api, b, 2)
+        job_c = (await api.client.get(f"/jobs/{c}", headers=api.auth())).json()
+        assert (job_c["status"], job_c["attempt"]) == ("running", 1), job_c
+        assert all(map(alive, children_c))
+        # Pause the third: it saves and stops; the second trains on.
+        r = await api.client.post(f"/jobs/{c}/pause", headers=api.auth())
+        assert r.status_code == 200, r.text
+        await api.wait_status(c, {"paused"}, timeout=60)
+        job_b = (await api.client.get(f"/jobs/{b}", headers=api.auth())).json()
+        assert (job_b["status"], job_b["attempt"]) == ("running", 2), job_b
+        r = await api.client.post(f"/jobs/{c}/resume", headers=api.auth())
+        assert r.status_code == 200, r.text
         done_c = await api.wait_status(c, {"succeeded", "failed", "cancelled"}, timeout=300)
         done_b = await api.wait_status(b, {"succeeded", "failed", "cancelled"}, timeout=300)
     finally:
         runner.terminate()
         runner.wait(30)
     log = (tmp_path / "runner.log").read_text()[-3000:]
-    assert (done_b["status"], done_b["attempt"]) == ("succeeded", 1), (done_b, log)
-    assert (done_c["status"], done_c["attempt"]) == ("succeeded", 1), (done_c, log)
-    evs_a, evs_c = await events(api, a), await events(api, c)
+    assert (done_b["status"], done_b["attempt"]) == ("succeeded", 2), (done_b, log)
+    assert done_c["status"] == "succeeded", (done_c, log)
+    evs_a, evs_b, evs_c = await events(api, a), await events(api, b), await events(api, c)
+    # The third was paused and resumed on the way (from a resume point if it had taken a step).
+    statuses_c = [e["data"]["status"] for e in evs_c if e["type"] == "status"]
+    assert statuses_c[statuses_c.index("paused"):] == ["paused", "queued", "running", "succeeded"], statuses_c
+    assert [e["data"]["attempt"] for e in evs_b if e["type"] == "status" and e["data"]["status"] == "running"] == [1, 2]
     # The third started only once the first had left, beside the second.
     assert _status_at(evs_c, "running") >= _status_at(evs_a, "cancelled")
-    assert [p["data"]["neighbours"] for p in _placements(evs_c)] == [[b]]
+    assert _placements(evs_c)[0]["data"]["neighbours"] == [b]
+
+
+async def _wait_attempt(api: Api, job_id: str, attempt: int) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        job = (await api.client.get(f"/jobs/{job_id}", headers=api.auth())).json()
+        if job["status"] == "running" and job["attempt"] == attempt:
+            return
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.1)
+

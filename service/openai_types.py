@@ -75,6 +75,8 @@ class _FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     deploy: bool = True
     # Check the data and answer with the dataset summary, plan and duration; create nothing.
     dry_run: bool = False
+    # Graded evaluation before training and every epoch, as on POST /jobs.
+    eval: s.JobEval | None = None
 
     def to_native(self) -> s.JobCreate:
         """The same job on the native API. Unprocessable (422) where the body is well-formed but
@@ -118,7 +120,8 @@ class _FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
         return s.JobCreate(base_model=self.model, training_file=self.training_file,
                            validation_file=self.validation_file, suffix=self.suffix,
                            hyperparameters=hyperparameters, method=method,
-                           metadata=self.metadata or {}, deploy=self.deploy, dry_run=self.dry_run)
+                           metadata=self.metadata or {}, deploy=self.deploy, dry_run=self.dry_run,
+                           eval=self.eval)
 
 
 _NATIVE = typing.get_type_hints(s.Hyperparameters, include_extras=True)

@@ -62,6 +62,9 @@ class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
     # Graded evaluation (schema.JobEval); score_base: the model training starts from is still to
     # be scored (the first attempt, before any checkpoint).
     eval: JobEval | None = None
+    # Epochs an earlier attempt already scored (checkpoint metrics' eval_score), for
+    # eval.checkpoint_selection "score" on a resumed job.
+    epoch_scores: dict[int, float] = {}
     score_base: bool = False
 
 
@@ -145,6 +148,14 @@ class BaseScored(Message, tag="base_scored", kw_only=True):
     samples: list[EvalSample]
 
 
+class Selected(Message, tag="selected", kw_only=True):
+    """eval.checkpoint_selection "score": the epoch whose adapter is the job's final one."""
+
+    epoch: int
+    score: float
+    scores: dict[int, float]  # every scored epoch's mean score
+
+
 class Resumed(Message, tag="resumed", kw_only=True):
     prefix: str
     checkpoint: str
@@ -219,7 +230,7 @@ class Failed(Message, tag="error", kw_only=True):
 
 
 ChildMessage = (Ready | Started | Planned | Loaded | Continued | TrainBegin | Progress
-                | CheckpointSaved | BaseScored | ResumePointSaved | Resumed | Warned | Stopped | Result | Failed
+                | CheckpointSaved | BaseScored | Selected | ResumePointSaved | Resumed | Warned | Stopped | Result | Failed
                 | ExportStage | ExportDone)
 _decoder = msgspec.json.Decoder(ChildMessage)
 

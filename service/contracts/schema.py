@@ -87,6 +87,12 @@ class JobEval(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=T
         min_length=1, max_length=64,
         description="each with `prompt` (a string) or `messages` (the chat up to the question), "
                     "plus the fields the grader reads (e.g. `label`)")]
+    checkpoint_selection: Annotated[Literal["last", "score"], Meta(
+        description="which epoch's adapter the job ends with: the last one trained, or the one whose "
+                    "eval scored highest (the earliest of equals)")] = "last"
+    early_stopping_patience: Annotated[int, Meta(
+        ge=1, le=50, description="stop once the eval score has not improved for this many epochs, "
+                                 "keeping the best-scoring epoch's adapter")] | None = None
 
 
 class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -184,10 +190,15 @@ class EarlyStopping(msgspec.Struct, kw_only=True):
     reason: str  # in words, e.g. "validation loss did not improve for 1 epoch (patience 1)"
     stopped_after_epoch: int
     n_epochs: int  # as asked
-    chosen_epoch: int  # the lowest validation loss: its adapter is the job's final one
-    best_valid_loss: float
-    valid_losses: list[float]  # per epoch, as evaluated
+    chosen_epoch: int  # the best epoch by what was watched: its adapter is the job's final one
     step: int  # the optimizer step training stopped at
+    # What was watched: hyperparameters.early_stopping_patience the validation loss, or
+    # eval.early_stopping_patience the eval score.
+    watched: Literal["valid_loss", "eval_score"] = "valid_loss"
+    best_valid_loss: float | None = None
+    valid_losses: list[float] = []  # per epoch, as evaluated
+    best_score: float | None = None
+    scores: list[float] = []  # per epoch, as graded
 
 
 class Estimate(msgspec.Struct, kw_only=True):

@@ -391,6 +391,11 @@ async def _check_eval(settings: Settings, tenant: str, req: s.JobCreate) -> None
     if req.hyperparameters.eval_prompts:
         raise Unprocessable("give eval.items or hyperparameters.eval_prompts, not both: eval.items are "
                             "prompted and graded every epoch", param="eval")
+    if req.eval.early_stopping_patience and req.hyperparameters.early_stopping_patience:
+        raise Unprocessable("early stopping watches one thing: the eval score "
+                            "(eval.early_stopping_patience) or the validation loss "
+                            "(hyperparameters.early_stopping_patience), not both",
+                            param="eval.early_stopping_patience")
     await GraderService(settings).validate(tenant, req.eval.grader, "eval.grader")
     for i, item in enumerate(req.eval.items):
         prompt, messages = item.get("prompt"), item.get("messages")

@@ -62,6 +62,13 @@ class Reporter:
                     lease=lease, samples=msgspec.to_builtins(msg.samples) if msg.samples else None)
             case m.BaseScored():
                 await store.record_base_score(job_id, msg.score, msgspec.to_builtins(msg.samples), lease=lease)
+            case m.Selected():
+                await store.add_event(
+                    job_id, "checkpoint_selected",
+                    f"the final adapter is epoch {msg.epoch}'s, the best eval score ({msg.score:.4g}); "
+                    f"by epoch: " + ", ".join(f"{e}: {v:.4g}" for e, v in sorted(msg.scores.items())),
+                    data={"epoch": msg.epoch, "score": msg.score,
+                          "scores": {str(e): v for e, v in msg.scores.items()}}, lease=lease)
             case m.ResumePointSaved():
                 await store.set_resume_point(job_id, lease, f"s3://{msg.bucket}/{msg.prefix}/",
                                              msg.step, msg.epoch)
@@ -153,11 +160,13 @@ class Reporter:
             finish = {"early_stopping": msgspec.to_builtins(stop),
                       "progress": {"epoch": float(stop.stopped_after_epoch), "step": stop.step,
                                    "total_steps": stop.step, "loss": last.loss if last else None}}
-            losses = ", ".join(f"{v:.4f}" for v in stop.valid_losses)
+            series = (f"validation losses {', '.join(f'{v:.4f}' for v in stop.valid_losses)}"
+                      if stop.watched == "valid_loss" else
+                      f"eval scores {', '.join(f'{v:.4g}' for v in stop.scores)}")
             await self.store.add_event(
                 job.id, "early_stopped",
                 f"stopped early after epoch {stop.stopped_after_epoch} of {stop.n_epochs}: "
-                f"{stop.reason}; validation losses {losses}; the final adapter is epoch "
+                f"{stop.reason}; {series}; the final adapter is epoch "
                 f"{stop.chosen_epoch}'s", data=msgspec.to_builtins(stop), lease=self.lease)
         if job.estimate is not None:
             actual = time.time() - job.started_at if job.started_at else None

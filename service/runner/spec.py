@@ -30,7 +30,8 @@ async def build_spec(settings: Settings, store: Store, where: Locator, job: s.Jo
         vb, vk = await where.locate(tenant, job.validation_file, "validation_file")
         validation = ObjectRef(bucket=vb, key=vk)
     # Resume from whichever is later: the last epoch checkpoint or the last resume point.
-    points = [(c.step, c.uri) for c in await store.list_checkpoints(None, job.id)]
+    checkpoints = await store.list_checkpoints(None, job.id)
+    points = [(c.step, c.uri) for c in checkpoints]
     if (point := await store.resume_point(job.id)) is not None:
         points.append((point["step"], point["uri"]))
     entry = settings.base_model(job.base_model)
@@ -49,5 +50,7 @@ async def build_spec(settings: Settings, store: Store, where: Locator, job: s.Jo
         init_adapter=object_ref(job.continued_from.adapter) if job.continued_from else None,
         max_micro_batch_size=max_micro_batch, memory_budget_bytes=memory_budget, cpu_threads=cpu_threads, work_dir=str(work_dir / "work"),
         deterministic=settings.deterministic_training,
-        eval=job.eval, score_base=job.eval is not None and job.base_eval_score is None and not points,
+        eval=job.eval, epoch_scores={c.epoch: c.metrics["eval_score"] for c in checkpoints
+                                     if "eval_score" in c.metrics},
+        score_base=job.eval is not None and job.base_eval_score is None and not points,
     )

@@ -69,13 +69,17 @@ class CheckpointCallback(TrainerCallback):
     so a recorded checkpoint always points at complete files)."""
 
     def __init__(self, emit: Emitter, objects: ObjectStore, bucket: str, prefix: str,
-                 sampler: Any = None, checker: Any = None) -> None:
+                 sampler: Any = None, checker: Any = None, patience: int | None = None,
+                 prior_scores: dict[int, float] | None = None) -> None:
         self.sampler = sampler  # samples.Sampler: the epoch's answers to the eval prompts
         self.checker = checker  # samples.CheckRecorder: the serving-contract record, in the folder
         self.emit = emit
         self.objects = objects
         self.bucket = bucket
         self.prefix = prefix
+        self.scores: dict[int, float] = dict(prior_scores or {})  # each epoch's mean eval score
+        self.patience = patience  # eval.early_stopping_patience: stop when the score stalls
+        self.stopped_after: int | None = None
 
     def on_save(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -94,8 +98,15 @@ class CheckpointCallback(TrainerCallback):
         metrics = _epoch_metrics(state, epoch)
         if (score := mean_score(samples)) is not None:
             metrics["eval_score"] = score
+            self.scores[epoch] = score
         self.emit.emit(m.CheckpointSaved(epoch=epoch, step=state.global_step, bucket=self.bucket,
                                          prefix=key_prefix, metrics=metrics, samples=samples))
+        # After the upload and the record: the stopped-at epoch is a checkpoint like any other.
+        if self.patience and self.scores and epoch - best_epoch(self.scores) >= self.patience \
+                and state.global_step < state.max_steps:
+            self.stopped_after = epoch
+            control.should_training_stop = True
+        return control
 
 
 class ResumePointCallback(TrainerCallback):
@@ -162,3 +173,8 @@ class StopOnSignal(TrainerCallback):
         if self.saving:
             raise stop.StopRequested(f"stopped by SIGTERM after step {state.global_step}, saved",
                                      trained=True)
+
+
+def best_epoch(scores: dict[int, float]) -> int:
+    """The best-scoring epoch, the earliest of equals."""
+    return max(sorted(scores), key=lambda epoch: scores[epoch])

@@ -21,7 +21,13 @@ from service.datasets.template import HFTokens
 from service.shapes import Shape, read_config
 from service.storage import ObjectStore, download_prefix, upload_dir
 from service.training import backends, stop
-from service.training.callbacks import CheckpointCallback, ProgressCallback, ResumePointCallback, StopOnSignal
+from service.training.callbacks import (
+    CheckpointCallback,
+    ProgressCallback,
+    ResumePointCallback,
+    StopOnSignal,
+    best_epoch,
+)
 from service.training.plan import make_plan, resolve_packing, row_tokens
 from service.training.samples import CheckRecorder, Sampler, eval_prompts, example_sequences, mean_score
 
@@ -224,9 +230,10 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     early = hp.early_stopping_patience is not None and val_ds is not None
     tally = Tally()
     progress = ProgressCallback(emit, tally)
-    callbacks = [progress,
-                 CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix, sampler,
-                                    checker)]
+    checkpoints = CheckpointCallback(emit, objects, spec.artifact_bucket, spec.output_prefix, sampler,
+                                     checker, patience=spec.eval.early_stopping_patience if spec.eval else None,
+                                     prior_scores=spec.epoch_scores)
+    callbacks = [progress, checkpoints]
     if hp.checkpoint_interval_steps:
         callbacks.append(ResumePointCallback(hp.checkpoint_interval_steps))
     callbacks.append(StopOnSignal())  # after CheckpointCallback: it stops once the save is uploaded
@@ -248,6 +255,12 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     train_seconds = time.perf_counter() - train_started
     steady = progress.steady_rate(trainer.state.num_input_tokens_seen)
 
+    by_score = spec.eval is not None and (spec.eval.checkpoint_selection == "score"
+                                          or spec.eval.early_stopping_patience is not None)
+    if by_score:
+        # Early stopping on the validation loss may have loaded another epoch's weights.
+        select_best_epoch(spec, checkpoints.scores, None if early else round(trainer.state.epoch),
+                          trainer.model, objects, work, emit)
     adapter = work / "adapter"
     trainer.save_model(str(adapter))
     checker.write(trainer.model, adapter)
@@ -255,7 +268,7 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     upload_dir(objects, spec.artifact_bucket, adapter_prefix, adapter)
     state = trainer.state
     best = state.best_model_checkpoint
-    early_stop = early_stop_outcome(state, hp) if early else None
+    early_stop = early_stop_outcome(state, hp) if early else score_stop_outcome(state, spec, checkpoints)
     emit.emit(m.Result(
         bucket=spec.artifact_bucket, prefix=adapter_prefix, early_stop=early_stop,
         trained_tokens=state.num_input_tokens_seen, supervised_tokens=tally.supervised,
@@ -352,13 +365,43 @@ def early_stop_outcome(state, hp) -> EarlyStopping | None:  # noqa: ANN001
         step=state.global_step)
 
 
-def load_parent_adapter(model, ref: ObjectRef, objects: ObjectStore, work: Path) -> None:  # noqa: ANN001
+def score_stop_outcome(state, spec: TrainingSpec, checkpoints: CheckpointCallback) -> EarlyStopping | None:  # noqa: ANN001
+    """Why training ended before its last step, if the eval score stopped improving."""
+    if checkpoints.stopped_after is None or spec.eval is None:
+        return None
+    scores, patience = checkpoints.scores, spec.eval.early_stopping_patience
+    best = best_epoch(scores)
+    return EarlyStopping(
+        reason=f"the eval score did not improve for {patience} epoch(s) after epoch {best} "
+               f"(patience {patience})", watched="eval_score",
+        stopped_after_epoch=checkpoints.stopped_after, n_epochs=int(spec.hyperparameters.n_epochs),
+        chosen_epoch=best, best_score=scores[best], scores=[scores[e] for e in sorted(scores)],
+        step=state.global_step)
+
+
+def select_best_epoch(spec: TrainingSpec, scores: dict[int, float], current: int | None, model,  # noqa: ANN001
+                      objects: ObjectStore, work: Path, emit: Emitter) -> None:
+    """eval.checkpoint_selection "score": the final adapter is the best-scoring epoch's (the
+    earliest of equals), whatever early stopping chose; its weights replace the model's."""
+    if not scores:
+        return
+    best = best_epoch(scores)
+    if best != current:  # `current`: the epoch whose weights the model holds, if known
+        load_parent_adapter(model, ObjectRef(bucket=spec.artifact_bucket,
+                                             key=f"{spec.output_prefix}/checkpoints/epoch-{best}"),
+                            objects, work, folder="selected-adapter")
+    emit.emit(m.Selected(epoch=best, score=scores[best], scores=scores))
+
+
+def load_parent_adapter(model, ref: ObjectRef, objects: ObjectStore, work: Path,  # noqa: ANN001
+                        folder: str = "parent-adapter") -> None:
     """Continued training: start the new adapter (same rank and modules, API-checked) from the
-    parent's weights. Every LoRA weight must be filled: a partial load would train from noise."""
+    parent's weights (or, for checkpoint selection, one epoch's). Every LoRA weight must be
+    filled: a partial load would train from noise."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    path = work / "parent-adapter" / "adapter_model.safetensors"
+    path = work / folder / "adapter_model.safetensors"
     objects.download(ref.bucket, f"{ref.key}/adapter_model.safetensors", path)
     weights = load_file(str(path))
     result = set_peft_model_state_dict(model, weights)

@@ -218,9 +218,27 @@ def test_a_jobs_eval_is_checked_when_the_job_is_created(live) -> None:  # noqa: 
         "eval.items[1]": ({"grader": good, "items": [{"prompt": "q"}, {"label": "no prompt"}]}, {}),
         "eval.items[0]": ({"grader": good, "items": [{"messages": [{"role": "user", "content": 5}]}]}, {}),
         "eval": ({"grader": good, "items": [{"prompt": "q"}]}, {"eval_prompts": ["q"]}),
+        "eval.early_stopping_patience": ({"grader": good, "items": [{"prompt": "q"}], "early_stopping_patience": 1},
+                                         {"early_stopping_patience": 1}),
     }
     for param, (body, hp) in cases.items():
         answer = httpx.post(f"{url}/jobs", headers={"Authorization": f"Bearer {keys['acme']}"},
                             json={"base_model": "tiny", "training_file": "file-nothere", "eval": body,
                                   "hyperparameters": hp})
         assert answer.status_code == 422 and answer.json()["error"]["param"] == param, (param, answer.text)
+    # OpenAI's create body takes the same eval as an extra field (the SDK's extra_body).
+    auth = {"Authorization": f"Bearer {keys['acme']}"}
+    answer = httpx.post(f"{url}/v1/fine_tuning/jobs", headers=auth, json={
+        "model": "tiny", "training_file": "file-nothere", "eval": {"grader": judge, "items": [{"prompt": "q"}]}})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["param"] == "eval.grader" and answer.json()["error"]["type"] == "invalid_request_error"
+    upload = httpx.post(f"{url}/v1/files", headers=auth, data={"purpose": "fine-tune"},
+                        files={"file": ("t.jsonl", b'{"text": "a b c"}\n' * 8)})
+    assert upload.status_code == 200, upload.text
+    created = httpx.post(f"{url}/v1/fine_tuning/jobs", headers=auth, json={
+        "model": "tiny", "training_file": upload.json()["id"], "deploy": False,
+        "eval": {"grader": good, "items": [{"prompt": "q", "label": "w"}], "checkpoint_selection": "score"}})
+    assert created.status_code == 200, created.text
+    native = httpx.get(f"{url}/jobs/{created.json()['id']}", headers=auth).json()
+    assert {k: native["eval"]["grader"].get(k) for k in good} == good, native
+    assert native["eval"]["checkpoint_selection"] == "score", native

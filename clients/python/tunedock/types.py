@@ -62,9 +62,12 @@ class EarlyStopping(msgspec.Struct, kw_only=True):
     stopped_after_epoch: int
     n_epochs: int
     chosen_epoch: int
-    best_valid_loss: float
-    valid_losses: list[float] = []
     step: int = 0
+    watched: str = "valid_loss"  # or "eval_score"
+    best_valid_loss: float | None = None
+    valid_losses: list[float] = []
+    best_score: float | None = None
+    scores: list[float] = []
 
 
 class ContinuedFrom(msgspec.Struct, kw_only=True):

@@ -88,6 +88,7 @@ class Started(Message, tag="started", kw_only=True):
     backend: str  # unsloth | peft
     device: str  # cuda | cpu
     versions: dict[str, str]
+    cpu_threads: int | None = None  # torch's threads on the CPU (its share of a shared CPU)
 
 
 class Planned(Message, tag="plan", kw_only=True):

@@ -39,7 +39,8 @@ class Reporter:
                 await store.add_event(job_id, "backend",
                                       f"training on {msg.device} with the {msg.backend} backend",
                                       data={"backend": msg.backend, "device": msg.device,
-                                            "versions": msg.versions}, lease=lease)
+                                            "versions": msg.versions, "cpu_threads": msg.cpu_threads},
+                                      lease=lease)
             case m.Planned(plan=plan):
                 attempt.plan = plan
                 await store.update_job(job_id, plan=msgspec.to_builtins(plan), lease=lease)

@@ -180,7 +180,17 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     device = "cuda" if backends.cuda_available() else "cpu"
     if device == "cuda":
         backends.tune_cuda()
-    emit.emit(m.Started(backend=backend, device=device, versions=backends.versions()))
+    threads = None
+    if device == "cpu":
+        import torch
+
+        if spec.deterministic or spec.cpu_threads:
+            # Deterministic: a multi-threaded reduction may sum in another order each run. A CPU
+            # shared with other jobs: each takes its share of the cores; more threads than cores
+            # over all jobs made a step of one of two jobs ~8x slower on 2 cores (OpenMP spin-waits).
+            torch.set_num_threads(1 if spec.deterministic else spec.cpu_threads)
+        threads = torch.get_num_threads()
+    emit.emit(m.Started(backend=backend, device=device, versions=backends.versions(), cpu_threads=threads))
     if device == "cpu" and hp.load_in_4bit:
         emit.emit(m.Warned(message="4-bit loading needs CUDA; training fp32 LoRA on the CPU"))
 
@@ -192,13 +202,6 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
 
     work = Path(spec.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    if device == "cpu" and (spec.deterministic or spec.cpu_threads):
-        import torch
-
-        # Deterministic: a multi-threaded reduction may sum in another order each run. A CPU
-        # shared with other jobs: each takes its share of the cores; more threads than cores
-        # over all jobs made every step of two jobs ~50x slower on 2 cores (OpenMP spin-waits).
-        torch.set_num_threads(1 if spec.deterministic else spec.cpu_threads)
     load_started = time.perf_counter()
     # LoRA's A matrices are drawn when the adapter is attached, before the Trainer seeds
     # anything: seed first, or two runs of one job (or a run and its resume) start apart.

@@ -59,7 +59,9 @@ async def test_two_jobs_share_a_device_the_third_waits_and_cancel_leaves_the_nei
     plan = Device(tiny_settings, None).plan(msgspec.convert(first, s.Job), None)
     assert plan is not None
     peak = plan.estimated_peak_bytes * (1 + MARGIN)
+    # Not deterministic: that trains on one thread whatever the share (see the threads below).
     settings = msgspec.structs.replace(tiny_settings, runner_jobs_per_gpu=3, runner_memory_reserve_mb=0,
+                                       deterministic_training=False,
                                        runner_device_memory_mb=int(2.5 * peak) >> 20)
     runner = start_runner(settings, tmp_path / "runner.log")
     try:
@@ -130,6 +132,10 @@ async def test_two_jobs_share_a_device_the_third_waits_and_cancel_leaves_the_nei
     # The third started only once the first had left, beside the second.
     assert _status_at(evs_c, "running") >= _status_at(evs_a, "cancelled")
     assert _placements(evs_c)[0]["data"]["neighbours"] == [b]
+    # Each child trained with its share of the cores, not torch's default of all of them.
+    share = max(1, (os.cpu_count() or 1) // 3)
+    threads = {e["data"]["cpu_threads"] for evs in (evs_a, evs_b, evs_c) for e in evs if e["type"] == "backend"}
+    assert threads == {share}, threads
 
 
 async def _wait_attempt(api: Api, job_id: str, attempt: int) -> None:

@@ -77,6 +77,8 @@ class _FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     dry_run: bool = False
     # Graded evaluation before training and every epoch, as on POST /jobs.
     eval: s.JobEval | None = None
+    # Devices to train on, one data-parallel rank each, as on POST /jobs.
+    gpus: s.Gpus = 1
 
     def to_native(self) -> s.JobCreate:
         """The same job on the native API. Unprocessable (422) where the body is well-formed but
@@ -121,7 +123,7 @@ class _FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
                            validation_file=self.validation_file, suffix=self.suffix,
                            hyperparameters=hyperparameters, method=method,
                            metadata=self.metadata or {}, deploy=self.deploy, dry_run=self.dry_run,
-                           eval=self.eval)
+                           eval=self.eval, gpus=self.gpus)
 
 
 _NATIVE = typing.get_type_hints(s.Hyperparameters, include_extras=True)

@@ -132,6 +132,13 @@ class Settings(msgspec.Struct, kw_only=True):
     # -- runner ----------------------------------------------------------------------------------
     runner_gpus: Annotated[str | None, doc(
         RUNNER, "GPU indices for `python -m service runner`", "all visible")] = None
+    runner_cpu_devices: Annotated[int, doc(
+        RUNNER, "devices a runner without GPUs trains on, each with its own lanes and its share of the "
+                "cores; several stand in for GPUs: a job with gpus: N trains as N ranks over gloo")] = 1
+    runner_auto_gpus_min_tokens: Annotated[int, doc(
+        RUNNER, "a job with gpus \"auto\" trains on several devices only when it trains at least this "
+                "many tokens (examples x mean length x epochs): below it, starting the ranks costs more "
+                "than they save")] = 2_000_000
     runner_jobs_per_gpu: Annotated[int | None, doc(
         RUNNER, "the most jobs one GPU trains at once; a job starts beside others only when its plan "
                 "fits the memory they leave (on a CPU-only runner: its one CPU slot)",

@@ -55,6 +55,9 @@ class TrainingSpec(msgspec.Struct, kw_only=True, frozen=True):
     memory_budget_bytes: int | None = None
     # Torch's threads on a CPU shared with other jobs (its share of the cores); None: torch's default.
     cpu_threads: int | None = None
+    # Data-parallel ranks, one per device (service/training/ranks.py); batch_size stays the
+    # examples per optimizer step, each rank taking its share of the micro-batches.
+    ranks: int = 1
     backend: Literal["auto", "unsloth", "peft"] = "auto"
     metrics_every_steps: int = 1
     deterministic: bool = False

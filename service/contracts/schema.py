@@ -95,6 +95,13 @@ class JobEval(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=T
                                  "keeping the best-scoring epoch's adapter")] | None = None
 
 
+Gpus = Annotated[Annotated[int, Meta(ge=1, le=16)] | Literal["auto"], Meta(
+    description="devices the job trains on, one data-parallel rank each, all on one runner: a "
+                "count that divides batch_size (batch_size stays the examples per optimizer step), "
+                "or \"auto\": several when the job is large enough to gain from them and the runner "
+                "has them free, else 1 (the job's placement event says which and why)")]
+
+
 class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     base_model: Annotated[str, Meta(
         min_length=1, max_length=256,
@@ -112,6 +119,7 @@ class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
         description="higher runs first among this tenant's queued jobs; other tenants' jobs are "
                     "not affected (runners are shared fairly between tenants first)")] = 0
     eval: JobEval | None = None
+    gpus: Gpus = 1
     # Check the data and answer with the dataset summary, memory plan and estimated duration
     # (JobEstimate, status 200) instead of creating a job.
     dry_run: bool = False
@@ -176,6 +184,10 @@ class MemoryPlan(msgspec.Struct, kw_only=True):
     # Whether the job trains with gradient checkpointing (Hyperparameters.gradient_checkpointing
     # resolved against the estimate and the free memory).
     gradient_checkpointing: bool = True
+    # Data-parallel ranks (one per GPU) and how they share the model: "ddp", a whole copy on each
+    # (the estimate is per rank); 1 and "single" for a job on one device.
+    ranks: int = 1
+    strategy: Literal["single", "ddp"] = "single"
 
 
 class Deployment(msgspec.Struct, kw_only=True):
@@ -270,6 +282,7 @@ class Job(msgspec.Struct, kw_only=True):
     estimate: Estimate | None = None
     method: Method = Method()
     priority: int = 0  # among this tenant's queued jobs, higher first
+    gpus: Gpus = 1  # as asked; the plan's `ranks` is what the running attempt got
     eval: JobEval | None = None
     # The eval's mean score of the model training started from (base or parent), once scored.
     base_eval_score: float | None = None

@@ -103,6 +103,8 @@ class JobRow(Base):
     pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Higher first among this tenant's queued jobs; tenants share the runners fairly whatever it is.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Devices asked for (schema.Gpus): a count, or "auto".
+    gpus: Mapped[str] = mapped_column(String(8), default="1", server_default="1")
     # Graded evaluation (schema.JobEval), and the score of the model training started from.
     eval: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     base_eval_score: Mapped[float | None] = mapped_column(Float)

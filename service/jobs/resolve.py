@@ -52,8 +52,9 @@ AUTO_TARGET_EPOCHS, AUTO_MIN_EXAMPLES, AUTO_MAX_EXAMPLES = 3, 100, 25_000
 AUTO_MAX_EPOCHS, AUTO_MAX_BATCH = 25, 256
 
 
-def resolve_auto(hp: s.Hyperparameters, n_train: int) -> s.Hyperparameters:
-    """`hp` with "auto" n_epochs and batch_size replaced by the rule above."""
+def resolve_auto(hp: s.Hyperparameters, n_train: int, gpus: int | str = 1) -> s.Hyperparameters:
+    """`hp` with "auto" n_epochs and batch_size replaced by the rule above (a batch that several
+    GPUs share equally, in whole micro-batches, when the job asks for a count of them)."""
     changes: dict[str, int] = {}
     if hp.n_epochs == "auto":
         epochs = AUTO_TARGET_EPOCHS
@@ -65,8 +66,9 @@ def resolve_auto(hp: s.Hyperparameters, n_train: int) -> s.Hyperparameters:
     if hp.batch_size == "auto":
         target = max(1.0, 0.002 * n_train)
         batch = min(AUTO_MAX_BATCH, 2 ** round(math.log2(target)))
-        if hp.micro_batch_size:  # whole micro-batches per step, as check() requires of a set size
-            batch = -(-batch // hp.micro_batch_size) * hp.micro_batch_size
+        # Whole micro-batches per step and per GPU, as check() requires of a set size.
+        step = (hp.micro_batch_size or 1) * (gpus if isinstance(gpus, int) else 1)
+        batch = -(-batch // step) * step
         changes["batch_size"] = batch
     return msgspec.structs.replace(hp, **changes) if changes else hp
 

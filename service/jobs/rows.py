@@ -57,6 +57,7 @@ def job_from_row(row: JobRow | Mapping[str, Any]) -> s.Job:
         estimate=json_value(r["estimate"], s.Estimate),
         method=json_value(r["method"], s.Method) or s.Method(),
         priority=r["priority"] or 0,
+        gpus=gpus_value(r["gpus"]),
         eval=json_value(r["eval"], s.JobEval),
         base_eval_score=r["base_eval_score"],
     )
@@ -69,6 +70,11 @@ JOB_SELECT = "SELECT " + ", ".join(name for name, _ in _JOB_COLUMNS) + " FROM jo
 
 def _column_values(row: JobRow) -> dict[str, Any]:
     return {name: getattr(row, key) for name, key in _JOB_COLUMNS}
+
+
+def gpus_value(stored: str | None) -> int | str:
+    """The jobs.gpus column ("auto", or a count as text) as the API says it."""
+    return "auto" if stored == "auto" else int(stored or 1)
 
 
 def json_value(value: Any, type_: Any) -> Any:

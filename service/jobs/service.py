@@ -104,6 +104,15 @@ class JobService:
                 f"divides it (e.g. {max(d for d in range(1, hp.micro_batch_size + 1) if hp.batch_size % d == 0)}) "
                 "or leave it out and the memory plan picks one",
                 param="hyperparameters.micro_batch_size")
+        if isinstance(req.gpus, int) and req.gpus > 1 and hp.batch_size != "auto":
+            step = req.gpus * (hp.micro_batch_size or 1)
+            if hp.batch_size % step:
+                # Each rank takes an equal share of every step's examples, in whole micro-batches.
+                raise Unprocessable(
+                    f"gpus {req.gpus} does not divide batch_size {hp.batch_size}"
+                    + (f" into whole micro-batches of {hp.micro_batch_size}" if hp.micro_batch_size else "")
+                    + f": each GPU takes an equal share of every step's examples; use a batch_size "
+                    f"that is a multiple of {step}, or fewer gpus", param="gpus")
         if req.eval is not None:
             await _check_eval(self.settings, tenant, req)
         continued = None
@@ -172,7 +181,7 @@ class JobService:
             hyperparameters=msgspec.to_builtins(req.hyperparameters),
             metadata_=dict(req.metadata), deploy=req.deploy, attempt=0,
             continued_from=msgspec.to_builtins(continued) if continued else None,
-            method=msgspec.to_builtins(req.method), priority=req.priority,
+            method=msgspec.to_builtins(req.method), priority=req.priority, gpus=str(req.gpus),
             eval=msgspec.to_builtins(req.eval) if req.eval else None,
         )
         job, created = await self.store.create_job(row, idempotency_key, req_hash)
@@ -311,7 +320,7 @@ class JobService:
             raise Unprocessable(f"{name}: {report.failure_message()}", param=name,
                                 code="invalid_training_file")
         summary = summarize(train, val, req.hyperparameters)
-        hp = resolve_auto(req.hyperparameters, summary.n_train)
+        hp = resolve_auto(req.hyperparameters, summary.n_train, req.gpus)
         try:
             found, plan = await self.estimate(req.base_model, hp, req.method, summary)
         except PlanError as exc:
@@ -343,7 +352,7 @@ class JobService:
         data = msgspec.to_builtins(summary)
         fields: dict[str, Any] = {}
         event_data = data
-        resolved = resolve_auto(job.hyperparameters, summary.n_train)
+        resolved = resolve_auto(job.hyperparameters, summary.n_train, job.gpus)
         if resolved != job.hyperparameters:
             fields["hyperparameters"] = msgspec.to_builtins(resolved)
             event_data = {**data, "resolved": {k: fields["hyperparameters"][k]

@@ -252,7 +252,7 @@ class JobsStore(KeysStore):
 
     # -- the runner's half ----------------------------------------------------------------
     async def claim(self, runner_id: str, lease_s: float, tenant_limit: int | None = None,
-                    fits: Callable[[s.Job], bool] | None = None) -> s.Job | None:
+                    fits: Callable[[s.Job], bool | None] | None = None) -> s.Job | None:
         """Take the next queued job, shared fairly between tenants: among the tenants with a queued
         job and fewer than `tenant_limit` running, the one with the fewest running jobs goes first;
         ties go to the tenant served least recently (never before first), then to the job that
@@ -263,7 +263,9 @@ class JobsStore(KeysStore):
         two claimers never both see a tenant under its limit and both start a job for it.
 
         `fits`: whether the claimer has room for the job it would take (runner/placement.py). When
-        it has not, nothing is claimed: no later job overtakes the one whose turn it is."""
+        it has not (False), nothing is claimed: no later job overtakes the one whose turn it is.
+        None: the claimer can never run it (it asks for more GPUs than the runner has), so the
+        next tenant in turn may go; the job waits for a runner that can."""
         async with self.db.write() as ses:
             if not self.db.is_sqlite:
                 await ses.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK})
@@ -288,9 +290,15 @@ class JobsStore(KeysStore):
                 last = served.get(tenant)
                 return running.get(tenant, 0), last is not None, last or 0, created_at, job_id
 
-            job_id = min(eligible, key=turn)[0]
-            row = await ses.get(JobRow, job_id)
-            if fits is not None and not fits(job_from_row(row)):
+            for job_id, _, _ in sorted(eligible, key=turn):
+                row = await ses.get(JobRow, job_id)
+                room = True if fits is None else fits(job_from_row(row))
+                if room is None:
+                    continue
+                if not room:
+                    return None
+                break
+            else:
                 return None
             attempt = row.attempt + 1
             await transition(

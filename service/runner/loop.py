@@ -1,7 +1,8 @@
-"""`python -m service runner`: one device per GPU (one in all on a CPU-only machine), each with
-lanes that train up to `runner_jobs_per_gpu` jobs side by side when their memory plans fit
-(placement.py). A lane takes the next queued job in the fair order; the first lane also takes
-exports when no job is queued."""
+"""`python -m service runner`: one device per GPU (`runner_cpu_devices` on a CPU-only machine),
+each with lanes that train up to `runner_jobs_per_gpu` jobs side by side when their memory plans
+fit (placement.py). A lane takes the next queued job in the fair order; a job that asks for
+several GPUs takes that many empty devices at once, one rank each (training/ranks.py). The first
+lane also takes exports when no job is queued."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from service.jobs.locate import Locator
 from service.jobs.store import Store
 from service.logs import configure_logging
 from service.runner.export_run import ExportRun
-from service.runner.placement import Device
+from service.runner.placement import NEVER, Choice, Device, choose
 from service.runner.process import Child, Template
 from service.runner.run import JobRun
 from service.settings import Settings
@@ -30,15 +31,15 @@ log = structlog.get_logger()
 
 
 def gpu_slots(settings: Settings) -> list[str | None]:
-    """TUNEDOCK_RUNNER_GPUS ("0,1"), else every GPU nvidia-smi lists, else one CPU slot."""
+    """TUNEDOCK_RUNNER_GPUS ("0,1"), else every GPU nvidia-smi lists, else the CPU devices."""
     if settings.runner_gpus:
         return [g.strip() for g in settings.runner_gpus.split(",") if g.strip()]
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return [None]
-    return [line.strip() for line in out.splitlines() if line.strip()] or [None]
+        return [None] * settings.runner_cpu_devices
+    return [line.strip() for line in out.splitlines() if line.strip()] or [None] * settings.runner_cpu_devices
 
 
 class Runner:
@@ -49,9 +50,10 @@ class Runner:
         self.where = where
         self.id = f"{socket.gethostname()}-{os.getpid()}"
         self.stopping = asyncio.Event()
+        self.devices: list[Device] = []
+        self.choices: dict[str, Choice] = {}  # the claimed jobs' placements, by job id
 
-    async def device(self, gpu: str | None) -> None:
-        device = Device(self.settings, gpu)
+    async def device(self, device: Device) -> None:
         await asyncio.gather(*(self.lane(device, lane) for lane in range(device.lanes)))
 
     async def lane(self, device: Device, lane: int) -> None:
@@ -84,10 +86,13 @@ class Runner:
                     finally:
                         device.release(job.id)
                     continue
+                choice = self.choices.pop(job.id)
                 log.info("job claimed", job_id=job.id, attempt=job.attempt, owner=owner,
-                         neighbours=device.neighbours(job.id))
+                         neighbours=device.neighbours(job.id),
+                         devices=[d.label for d in choice.devices])
                 run = JobRun(self.settings, self.store, self.where, job, owner, device.gpu,
-                             self.stopping, warm=warm, template=template, device=device)
+                             self.stopping, warm=warm, template=template, device=device,
+                             gang=choice.devices, ranks_reason=choice.reason)
                 try:
                     await run.run()
                 except Exception:  # noqa: BLE001 - one job's failure never stops the lane
@@ -95,7 +100,8 @@ class Runner:
                     # it resumes from its latest checkpoint, here or on another runner.
                     log.exception("the job's run ended with an error", job_id=job.id)
                 finally:
-                    device.release(job.id)
+                    for each in choice.devices:
+                        each.release(job.id)
                 warm = run.warm  # still there if the job ended before it needed a child
                 if warm is not None and warm.proc.returncode is not None:
                     await warm.close()
@@ -113,21 +119,30 @@ class Runner:
         try:
             await self.store.requeue_expired(self.settings.max_attempts)
             await self.exports.requeue_expired_exports(self.settings.max_attempts)
-            async with device.lock:
-                budget = await device.budget()
-                plans: dict[str, s.MemoryPlan | None] = {}
+            async with device.lock:  # the runner's: every device's budget and holds
+                # This device's budget, and every empty one's (a job on several takes those).
+                budgets = {i: await d.budget() for i, d in enumerate(self.devices)
+                           if d is device or not d.held}
+                choices: dict[str, Choice] = {}
 
-                def fits(candidate: s.Job) -> bool:  # an empty device takes any job
-                    plans[candidate.id] = device.plan(candidate, budget)
-                    return plans[candidate.id] is not None or not device.held
+                def fits(candidate: s.Job) -> bool | None:
+                    choice = choose(candidate, device, self.devices, budgets)
+                    if isinstance(choice, Choice):
+                        choices[candidate.id] = choice
+                        return True
+                    return None if choice == NEVER else False
 
                 job = await self.store.claim(owner, self.settings.lease_seconds,
                                              self.settings.tenant_max_running_jobs, fits=fits)
-                if job is None and exports and not device.held:
-                    job = await self.exports.claim_export(owner, self.settings.lease_seconds)
                 if job is not None:
-                    # An export has no plan: it holds what the device has, so no job joins it.
-                    device.hold(job.id, plans.get(job.id), budget)
+                    choice = self.choices[job.id] = choices[job.id]
+                    for each in choice.devices:  # a rank per device: nothing joins any of them
+                        each.hold(job.id, choice.plan, choice.budget, exclusive=choice.ranks > 1)
+                elif exports and not device.held:
+                    job = await self.exports.claim_export(owner, self.settings.lease_seconds)
+                    if job is not None:
+                        # An export has no plan: it holds the whole device, so no job joins it.
+                        device.hold(job.id, None, budgets[self.devices.index(device)], exclusive=True)
         except Exception:  # noqa: BLE001 - the database may come back; keep polling
             log.warning("claim failed", exc_info=True)
             job = None
@@ -140,8 +155,11 @@ class Runner:
 
     async def run(self) -> None:
         slots = gpu_slots(self.settings)
-        log.info("runner started", runner=self.id, slots=[g or "cpu" for g in slots])
-        await asyncio.gather(*(self.device(gpu) for gpu in slots))
+        lock = asyncio.Lock()
+        self.devices = [Device(self.settings, gpu, lock, index=i, cpu_devices=slots.count(None))
+                        for i, gpu in enumerate(slots)]
+        log.info("runner started", runner=self.id, slots=[d.label for d in self.devices])
+        await asyncio.gather(*(self.device(d) for d in self.devices))
         log.info("runner stopped", runner=self.id)
 
 

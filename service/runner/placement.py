@@ -45,6 +45,9 @@ class Held:
     bytes: int  # what its plan takes, margin included
     budget: int | None  # what its child may plan with (None: no bound)
     pid: int | None = None  # its training child, once started: what it uses now is read by pid
+    # Nothing joins it: an export, or one rank of a job on several devices (its ranks keep in
+    # step; a neighbour on one of them would slow them all).
+    exclusive: bool = False
 
 
 def gpu_memory(gpu: str) -> tuple[int, dict[int, int]] | None:
@@ -67,31 +70,44 @@ def gpu_memory(gpu: str) -> tuple[int, dict[int, int]] | None:
 
 
 class Device:
-    def __init__(self, settings: Settings, gpu: str | None) -> None:
+    def __init__(self, settings: Settings, gpu: str | None, lock: asyncio.Lock | None = None,
+                 index: int = 0, cpu_devices: int = 1) -> None:
         self.settings = settings
         self.gpu = gpu
+        self.index = index  # a CPU device's number among its runner's `cpu_devices`
+        self.cpu_devices = cpu_devices
         self.lanes = settings.runner_jobs_per_gpu or (4 if gpu is not None else 1)
         self.pool = settings.runner_device_memory_mb * MiB if settings.runner_device_memory_mb else None
         self.reserve = settings.runner_memory_reserve_mb * MiB
         self.held: dict[str, Held] = {}
         # Reading the budget, claiming and holding are one step: two lanes never both spend the
-        # same free memory.
-        self.lock = asyncio.Lock()
+        # same free memory. A runner's devices share one lock, so a job on several devices
+        # takes them all in one step too.
+        self.lock = lock or asyncio.Lock()
 
     @property
     def cpu_threads(self) -> int | None:
-        """Each job's share of the cores on a CPU device that trains several at once."""
-        if self.gpu is not None or self.lanes == 1:
+        """Each job's (or rank's) share of the cores on a CPU shared by several jobs or devices."""
+        if self.gpu is not None or self.lanes * self.cpu_devices == 1:
             return None
-        return max(1, (os.cpu_count() or 1) // self.lanes)
+        return max(1, (os.cpu_count() or 1) // (self.lanes * self.cpu_devices))
 
     @property
     def label(self) -> str:
-        return "cpu" if self.gpu is None else self.gpu
+        if self.gpu is not None:
+            return self.gpu
+        return "cpu" if self.cpu_devices == 1 else f"cpu{self.index}"
 
     @property
     def name(self) -> str:
-        return "the CPU" if self.gpu is None else f"GPU {self.gpu}"
+        if self.gpu is not None:
+            return f"GPU {self.gpu}"
+        return "the CPU" if self.cpu_devices == 1 else f"CPU device {self.index}"
+
+    @property
+    def exclusive(self) -> bool:
+        """Held by a job or export that nothing may join."""
+        return any(h.exclusive for h in self.held.values())
 
     async def budget(self, exclude: str | None = None) -> int | None:
         """What a job (other than `exclude`, whose own claim does not count) may plan with now;
@@ -109,7 +125,7 @@ class Device:
         budget = free - self.reserve - growth
         return max(budget if pooled is None else min(budget, pooled), 0)
 
-    def plan(self, job: s.Job, budget: int | None) -> s.MemoryPlan | None:
+    def plan(self, job: s.Job, budget: int | None, ranks: int = 1) -> s.MemoryPlan | None:
         """The plan the job's child will make within `budget`; None if no micro-batch fits it, or
         the job's model cannot be sized here."""
         entry = self.settings.base_model(job.base_model)
@@ -125,14 +141,15 @@ class Device:
         try:
             return make_plan(shape, hp, budget, backend, "cpu" if self.gpu is None else "cuda",
                              row_tokens=row_tokens(lengths, hp.max_seq_length, packing),
-                             packing=packing, method=job.method.type)
+                             packing=packing, method=job.method.type, ranks=ranks)
         except PlanError:
             return None
 
-    def hold(self, job_id: str, plan: s.MemoryPlan | None, budget: int | None) -> None:
+    def hold(self, job_id: str, plan: s.MemoryPlan | None, budget: int | None,
+             exclusive: bool = False) -> None:
         """Reserve what the job's plan takes (all of `budget` when there is no plan)."""
         size = int(plan.estimated_peak_bytes * (1 + MARGIN)) if plan is not None else budget or 0
-        self.held[job_id] = Held(size, budget)
+        self.held[job_id] = Held(size, budget, exclusive=exclusive)
 
     def started(self, job_id: str, pid: int) -> None:
         if (held := self.held.get(job_id)) is not None:
@@ -148,3 +165,99 @@ class Device:
 
     def neighbours(self, job_id: str) -> list[str]:
         return sorted(j for j in self.held if j != job_id)
+
+
+@dataclass
+class Choice:
+    """Where a claimed job trains: its devices (the claiming lane's first, one rank each), the
+    plan the runner expects its child to make, and why that many (None for a plain one-device job)."""
+
+    devices: list[Device]
+    plan: s.MemoryPlan | None
+    budget: int | None
+    reason: str | None = None
+
+    @property
+    def ranks(self) -> int:
+        return len(self.devices)
+
+
+WAIT, NEVER = "wait", "never"  # not now (its turn holds the queue) / not on this runner at all
+
+
+def job_tokens(job: s.Job) -> int | None:
+    """Tokens the job trains: examples x mean length x epochs; None before validation says."""
+    data, epochs = job.dataset, job.hyperparameters.n_epochs
+    if data is None or data.lengths is None or not isinstance(epochs, int):
+        return None
+    return int(data.n_train * data.lengths.mean * epochs)
+
+
+def choose(job: s.Job, device: Device, devices: list[Device],
+           budgets: dict[int, int | None]) -> Choice | str:
+    """Where `job` trains if the lane of `device` claims it: a Choice, WAIT (its turn, but no
+    room now: no job overtakes it) or NEVER (this runner has fewer devices than it asks for:
+    the next job in turn may go). `budgets`: each device's budget by index in `devices`, read
+    under the runner's lock; an empty device's, at least."""
+    mine = budgets[devices.index(device)]
+    empty = [device] + [d for d in devices if d is not device and not d.held] if not device.held else []
+    asked, reason = job.gpus, None
+    if asked == "auto":
+        n, reason = auto_ranks(job, len(empty), device.settings)
+    else:
+        n = int(asked)
+        if n > 1 and job.attempt > 0 and len(empty) < n:
+            # Resumed (a failed, lost or paused attempt): its checkpoint and data order are the
+            # same on any number of devices, so it goes on with what is free, not wait for all.
+            k = _dividing(job, len(empty)) if empty else 0
+            if k:
+                return _gang(job, device, devices, budgets, empty[:k],
+                             f"gpus {n} asked; resumed on the {k} free (the same batch_size "
+                             "per step, from the same checkpoint)")
+        if n > len(devices):
+            return NEVER
+        if n > 1:
+            reason = f"gpus {n} as asked"
+    if n == 1:
+        if device.exclusive:
+            return WAIT
+        plan = device.plan(job, mine)
+        if plan is None and device.held:  # an empty device takes any job: it fits or fails with why
+            return WAIT
+        return Choice([device], plan, mine, reason)
+    if len(empty) < n:
+        return WAIT
+    return _gang(job, device, devices, budgets, empty[:n], reason)
+
+
+def _gang(job: s.Job, device: Device, devices: list[Device], budgets: dict[int, int | None],
+          gang: list[Device], reason: str | None) -> Choice:
+    known = [b for b in (budgets[devices.index(d)] for d in gang) if b is not None]
+    budget = min(known) if known else None
+    if len(gang) == 1:
+        return Choice(gang, device.plan(job, budget), budget, reason)
+    # Empty devices take any job, as one does alone: a plan that does not fit fails with why.
+    return Choice(gang, device.plan(job, budget, ranks=len(gang)), budget, reason)
+
+
+def _dividing(job: s.Job, free: int) -> int:
+    """The most of `free` devices that share the job's batch equally in whole micro-batches."""
+    hp = job.hyperparameters
+    batch = hp.batch_size if isinstance(hp.batch_size, int) else 1
+    return next(k for k in range(free, 0, -1) if batch % (k * (hp.micro_batch_size or 1)) == 0)
+
+
+def auto_ranks(job: s.Job, free: int, settings: Settings) -> tuple[int, str]:
+    """gpus "auto": how many devices, and why. Several only when the job trains enough tokens to
+    gain (runner_auto_gpus_min_tokens) and that many devices are free now; never waits for more."""
+    tokens = job_tokens(job)
+    floor = settings.runner_auto_gpus_min_tokens
+    if tokens is None or tokens < floor:
+        return 1, (f"gpus auto: 1, as the job trains ~{tokens or 0:,} tokens, under the "
+                   f"{floor:,} that several devices need to gain (runner_auto_gpus_min_tokens)")
+    k = _dividing(job, free) if free else 1
+    if k < 2:
+        why = "only 1 device is free" if free < 2 else f"no count of the {free} free devices divides batch_size"
+        return 1, f"gpus auto: 1, as {why} (it trains ~{tokens:,} tokens)"
+    return k, (f"gpus auto: {k} of {free} free devices, as the job trains ~{tokens:,} tokens "
+               f"(at least runner_auto_gpus_min_tokens, {floor:,})")

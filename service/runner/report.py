@@ -93,14 +93,21 @@ class Reporter:
             case m.Ready():
                 pass
 
-    async def placed(self, name: str, label: str, neighbours: list[str], budget: int | None) -> None:
-        """Where the attempt trains, beside which jobs, and the memory its plan may take there."""
+    async def placed(self, names: list[str], labels: list[str], neighbours: list[str],
+                     budget: int | None, reason: str | None = None) -> None:
+        """Where the attempt trains (its devices: one rank each), beside which jobs, the memory
+        its plan may take there (per device), and why that many devices."""
         beside = (f"beside {len(neighbours)} other job{'s' if len(neighbours) > 1 else ''} "
                   f"({', '.join(neighbours)})") if neighbours else "alone"
         share = f"; its plan may take {budget / 2**30:.2f} GiB" if budget is not None else ""
-        await self.store.add_event(self.job.id, "placement", f"training on {name} {beside}{share}",
-                                   data={"device": label, "neighbours": neighbours,
-                                         "budget_bytes": budget}, lease=self.lease)
+        where = names[0] if len(names) == 1 else f"{len(names)} devices ({', '.join(names)}), one rank each,"
+        if len(names) > 1:
+            share += " per device"
+        why = f" ({reason})" if reason else ""
+        await self.store.add_event(self.job.id, "placement", f"training on {where} {beside}{share}{why}",
+                                   data={"device": labels[0], "devices": labels, "ranks": len(labels),
+                                         "neighbours": neighbours, "budget_bytes": budget,
+                                         "reason": reason}, lease=self.lease)
 
     async def _progress(self, msg: m.Progress, started: float) -> None:
         progress = {"epoch": msg.epoch or 0.0, "step": msg.step, "total_steps": msg.total_steps,

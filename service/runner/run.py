@@ -41,9 +41,14 @@ class JobRun:
     warm: Child | None = None  # a child that has imported the training stack, if the slot has one
     template: Template | None = None  # a CPU slot's fork server: retries fork from it too
     device: Device | None = None  # the device it shares with other jobs, and its memory budget there
+    # A job on several devices: all of them (`device` first), one rank each; and why that many.
+    gang: list[Device] = field(default_factory=list)
+    ranks_reason: str | None = None
     log: Any = field(default=None)
 
     def __post_init__(self) -> None:
+        if not self.gang and self.device is not None:
+            self.gang = [self.device]
         self.log = structlog.get_logger().bind(job_id=self.job.id, attempt=self.job.attempt)
         self.lease = Lease(self.owner, self.job.attempt)
         self.report = Reporter(self.store, self.job, self.lease, self.log)
@@ -77,7 +82,8 @@ class JobRun:
             try:
                 spec = await build_spec(self.settings, self.store, self.where, self.job, micro_batch,
                                         self.work_dir, budget,
-                                        self.device.cpu_threads if self.device is not None else None)
+                                        self.device.cpu_threads if self.device is not None else None,
+                                        ranks=max(1, len(self.gang)))
             except (LookupError, NotFound) as exc:
                 await self.report.fail("training_error", str(exc))
                 return
@@ -120,15 +126,19 @@ class JobRun:
         device = self.device
         if device is None:
             return None
+        exclusive = len(self.gang) > 1
         if oom_retry:  # what the failed plan reserved is the retry's to re-plan
             async with device.lock:
-                budget = await device.budget(exclude=self.job.id)
-                device.hold(self.job.id, None, budget)
+                budgets = [b for b in [await d.budget(exclude=self.job.id) for d in self.gang] if b is not None]
+                budget = min(budgets) if budgets else None
+                for each in self.gang:
+                    each.hold(self.job.id, None, budget, exclusive=exclusive)
         else:
             held = device.held.get(self.job.id)
             budget = held.budget if held is not None else None
         neighbours = device.neighbours(self.job.id)
-        await self.report.placed(device.name, device.label, neighbours, budget)
+        await self.report.placed([d.name for d in self.gang], [d.label for d in self.gang],
+                                 neighbours, budget, self.ranks_reason)
         return budget
 
     async def _abort_open_uploads(self, spec: m.TrainingSpec) -> None:
@@ -152,10 +162,18 @@ class JobRun:
         spec_path.write_bytes(msgspec.json.encode(spec))
         log_path = self.work_dir / f"child-{oom_retry}.log"
         child, self.warm = self.warm, None
-        if child is None and self.template is not None and spec.backend == "auto":
+        if spec.ranks > 1:  # a launcher of the ranks, started cold (a warm child is one rank's)
+            if child is not None:
+                self.warm = child
+            child = await Child.start(self.settings, self._gpus(), ["--ranks", str(spec.ranks), str(spec_path)],
+                                      log_path)
+            self.log.info("ranks started", pid=child.proc.pid, ranks=spec.ranks, gpus=self._gpus())
+        elif child is None and self.template is not None and spec.backend == "auto":
             child = await self.template.fork(self.settings, log_path)  # an OOM retry: imported, fast
         # A warm child imported for backend "auto"; Unsloth's patches cannot be undone.
-        if child is not None and spec.backend == "auto" and await child.hand(spec_path, log_path):
+        if spec.ranks > 1:
+            pass
+        elif child is not None and spec.backend == "auto" and await child.hand(spec_path, log_path):
             self.log.info("job handed to the warm child", pid=child.proc.pid, gpu=self.gpu)
         else:
             if child is not None:
@@ -177,6 +195,11 @@ class JobRun:
         if not attempt.lost:  # once fenced, the prefix belongs to the attempt that has the job
             await self._abort_open_uploads(spec)
         return attempt
+
+    def _gpus(self) -> str | None:
+        """CUDA_VISIBLE_DEVICES for the child: its GPU, or its ranks' GPUs (rank r takes the r-th)."""
+        gpus = [d.gpu for d in self.gang if d.gpu is not None]
+        return ",".join(gpus) if gpus else self.gpu
 
     async def _record(self, msg: m.ChildMessage, attempt: Attempt, started: float) -> None:
         await self.report.handle(msg, attempt, started)

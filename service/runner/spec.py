@@ -21,7 +21,8 @@ def object_ref(uri: str) -> ObjectRef:
 
 async def build_spec(settings: Settings, store: Store, where: Locator, job: s.Job,
                      max_micro_batch: int | None, work_dir: Path,
-                     memory_budget: int | None = None, cpu_threads: int | None = None) -> TrainingSpec:
+                     memory_budget: int | None = None, cpu_threads: int | None = None,
+                     ranks: int = 1) -> TrainingSpec:
     """LookupError when the base model left the registry; NotFound when a file is gone."""
     tenant = await store.job_tenant(job.id)
     bucket, key = await where.locate(tenant, job.training_file, "training_file")
@@ -48,7 +49,7 @@ async def build_spec(settings: Settings, store: Store, where: Locator, job: s.Jo
         artifact_bucket=settings.artifact_bucket, output_prefix=f"jobs/{job.id}",
         resume_from=object_ref(max(points)[1]) if points else None,
         init_adapter=object_ref(job.continued_from.adapter) if job.continued_from else None,
-        max_micro_batch_size=max_micro_batch, memory_budget_bytes=memory_budget, cpu_threads=cpu_threads, work_dir=str(work_dir / "work"),
+        max_micro_batch_size=max_micro_batch, memory_budget_bytes=memory_budget, cpu_threads=cpu_threads, ranks=ranks, work_dir=str(work_dir / "work"),
         deterministic=settings.deterministic_training,
         eval=job.eval, epoch_scores={c.epoch: c.metrics["eval_score"] for c in checkpoints
                                      if "eval_score" in c.metrics},

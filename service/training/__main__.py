@@ -3,6 +3,9 @@
     python -m service.training SPEC.json     train one job now
     python -m service.training --warm        import the training stack, emit `ready`, then read
                                              {"spec": SPEC.json, "log": LOG} from stdin and train
+    python -m service.training --ranks N SPEC.json
+                                             train one job as N data-parallel ranks
+                                             (service/training/ranks.py)
     python -m service.training --template    the fork server of a CPU slot: import once, fork a
                                              warm child per request (service/training/template.py)
 

@@ -66,11 +66,16 @@ def load(backend: str, source: str, hp: Hyperparameters,
     """(peft model, tokenizer) ready to train. `checkpointing` is the plan's choice
     (MemoryPlan.gradient_checkpointing); the CPU never checkpoints."""
     if backend == "unsloth":
+        import torch
         from unsloth import FastLanguageModel  # imported before trl: Unsloth patches it
 
+        from service.training import ranks
+
+        # One of several ranks: the whole model on this rank's GPU (ranks.init set it).
+        placed = {"device_map": {"": torch.cuda.current_device()}} if ranks.world_size() > 1 else {}
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=source, max_seq_length=hp.max_seq_length, load_in_4bit=hp.load_in_4bit,
-            dtype=None, local_files_only=Path(source).is_dir())
+            dtype=None, local_files_only=Path(source).is_dir(), **placed)
         model = FastLanguageModel.get_peft_model(
             model, r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
             target_modules=list(hp.target_modules), bias="none",
@@ -96,7 +101,8 @@ def _load_peft(source: str, hp: Hyperparameters, checkpointing: bool) -> tuple[A
     # tokens), and LoRA updates stay out of bf16 rounding.
     dtype = torch.bfloat16 if cuda else torch.float32
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype,
-                                                 device_map={"": 0} if cuda else None, **kwargs)
+                                                 device_map={"": torch.cuda.current_device()} if cuda else None,
+                                                 **kwargs)  # (a rank's GPU: ranks.init set it)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if cuda:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing) \

@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 from service.contracts import messages as m
 from service.contracts.messages import Emitter
 from service.storage import ObjectStore, upload_dir
-from service.training import stop
+from service.training import ranks, stop
 from service.training.samples import mean_score
 
 
@@ -84,6 +84,11 @@ class CheckpointCallback(TrainerCallback):
     def on_save(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         epoch = round(state.epoch)
+        ranks.barrier()  # every rank's part of the save (its RNG state) is in the folder
+        if not ranks.is_main():  # rank 0 uploads and reports; the others follow its stop
+            if abs(state.epoch - epoch) <= 1e-6 and ranks.agree(False):
+                control.should_training_stop = True
+            return control
         if abs(state.epoch - epoch) > 1e-6:  # a mid-epoch save: a resume point, not servable
             key_prefix = f"{self.prefix}/resume/step-{state.global_step}"
             upload_dir(self.objects, self.bucket, key_prefix, folder)
@@ -102,8 +107,9 @@ class CheckpointCallback(TrainerCallback):
         self.emit.emit(m.CheckpointSaved(epoch=epoch, step=state.global_step, bucket=self.bucket,
                                          prefix=key_prefix, metrics=metrics, samples=samples))
         # After the upload and the record: the stopped-at epoch is a checkpoint like any other.
-        if self.patience and self.scores and epoch - best_epoch(self.scores) >= self.patience \
-                and state.global_step < state.max_steps:
+        stall = bool(self.patience and self.scores and epoch - best_epoch(self.scores) >= self.patience
+                     and state.global_step < state.max_steps)
+        if ranks.agree(stall):
             self.stopped_after = epoch
             control.should_training_stop = True
         return control
@@ -164,7 +170,7 @@ class StopOnSignal(TrainerCallback):
         return control
 
     def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
-        if stop.requested():
+        if ranks.agree(stop.requested()):  # several ranks stop after the same step
             self.saving = True
             control.should_save = True
         return control

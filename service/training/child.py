@@ -111,7 +111,13 @@ def _wait_for_job(emit: Emitter) -> str | None:
 def main(argv: list[str]) -> int:
     """One job, or a warm child waiting for one: see __main__.py's usage."""
     die_with_parent()  # a runner killed even with -9 takes its training child with it
+    from service.training import ranks
+
+    if argv[1:2] == ["--ranks"] and len(argv) == 4:  # one job on several devices: ranks.py
+        return ranks.launch(int(argv[2]), argv[3])
     emit = Emitter.from_env(dict(os.environ))
+    if not ranks.is_main():  # only rank 0 reports; the others' words go to the log
+        emit = Emitter(sys.stderr)
     # Before anything slow: a stop asked for while we import or load is a clean stop, not a -15.
     stop.install()
     spec_path = _wait_for_job(emit) if argv[1:] == ["--warm"] else (argv[1:] or [""])[0]
@@ -126,6 +132,8 @@ def main(argv: list[str]) -> int:
     from service.training.plan import PlanError
 
     try:
+        # Several ranks join their process group first: every stop check after this is agreed.
+        ranks.init("cuda" if spec.ranks > 1 and backends.cuda_available() else "cpu")
         stop.check("before the training stack was imported")
         _import_stack(backends.choose_backend(spec.backend))
         from service.training import recipe

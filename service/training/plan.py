@@ -54,6 +54,9 @@ LOGIT_BYTES = {"unsloth": 0.5, "peft": 6.0}
 # cost in supervised training: on the H100 an Unsloth DPO job peaked at 1.96 GiB where full
 # fp32 logits would have added ~2.8 GiB (bench/results/gpu-run-14-methods.log).
 DPO_ROWS = 2
+# DDP copies the trainable gradients into communication buckets (torch's default cap: 25 MiB
+# each, the first bucket 1 MiB); two buckets in flight bound what LoRA's gradients need there.
+DDP_BUCKETS = 2 * 25 * (1 << 20)
 
 
 # What packing "auto" trains with, from bench/mixed_lengths.py: on the CPU (PEFT) the fastest
@@ -86,8 +89,9 @@ def row_tokens(lengths: LengthStats | None, max_seq_length: int, packing: str) -
 
 def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str,
              row_tokens: int | None = None, method: str = "supervised",
-             checkpointing: bool = True) -> dict[str, int]:
-    """Peak bytes by part for one micro-batch of `row_tokens` (default max_seq_length) per row."""
+             checkpointing: bool = True, ranks: int = 1) -> dict[str, int]:
+    """Peak bytes by part (per rank) for one micro-batch of `row_tokens` (default
+    max_seq_length) per row."""
     dpo = method == "dpo"
     linears = shape.linears()
     lora_params = shape.layers * sum(hp.lora_r * (a + b) for name, (a, b) in linears.items()
@@ -110,24 +114,31 @@ def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str,
         "logits": logits,
         "overhead": OVERHEAD[backend],
     }
+    if ranks > 1:
+        parts["ddp_buckets"] = min(DDP_BUCKETS, lora_params * 4)
     return {k: int(v) for k, v in parts.items()}
 
 
 def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend: str,
               device: str, max_micro_batch: int | None = None, row_tokens: int | None = None,
-              packing: str | None = None, method: str = "supervised") -> MemoryPlan:
+              packing: str | None = None, method: str = "supervised", ranks: int = 1) -> MemoryPlan:
     """The largest micro-batch dividing batch_size whose estimate fits `available` with a margin,
     and whether it trains with gradient checkpointing.
 
     `max_micro_batch` caps it after an out-of-memory retry; the plan still takes the largest
     size under the cap that fits the memory free now, down to 1, before it gives up. The CPU
-    (available None) never checkpoints."""
-    top = hp.micro_batch_size or hp.batch_size
+    (available None) never checkpoints.
+
+    `ranks` > 1: data-parallel (DDP), a whole copy of the model per device, so `available` and
+    the estimate are per rank; each rank's micro-batch divides its share of batch_size, and the
+    accumulation makes up the rest: batch_size = micro-batch x accumulation x ranks."""
+    share = hp.batch_size // ranks  # the API only takes a gpus count that divides batch_size
+    top = min(hp.micro_batch_size or share, share)
     if max_micro_batch is not None:
         top = min(top, max_micro_batch)
-    candidates = [d for d in range(top, 0, -1) if hp.batch_size % d == 0] or [1]
+    candidates = [d for d in range(top, 0, -1) if share % d == 0] or [1]
     if hp.micro_batch_size and max_micro_batch is None:
-        candidates = [hp.micro_batch_size]
+        candidates = [min(hp.micro_batch_size, share)]
     if device == "cpu":
         checkpointing = False
     else:  # an OOM retry checkpoints, whatever was asked: the memory it planned on was not there
@@ -138,13 +149,13 @@ def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend:
 
     best = None
     for mb in candidates:
-        parts = estimate(shape, hp, mb, backend, row_tokens, method, checkpointing)
+        parts = estimate(shape, hp, mb, backend, row_tokens, method, checkpointing, ranks)
         if fits(parts):
             best = (mb, parts)
             break
     if best is None:
         mb = candidates[-1]
-        peak = sum(estimate(shape, hp, mb, backend, row_tokens, method, checkpointing).values())
+        peak = sum(estimate(shape, hp, mb, backend, row_tokens, method, checkpointing, ranks).values())
         raise PlanError(
             f"the job needs about {peak / GiB:.1f} GiB at micro-batch {mb} "
             f"(seq {hp.max_seq_length}, {'4-bit' if hp.load_in_4bit else '16-bit'} base, "
@@ -155,11 +166,12 @@ def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend:
     mb, parts = best
     if checkpointing and hp.gradient_checkpointing == "auto" and max_micro_batch is None \
             and backend == "unsloth":
-        kept = estimate(shape, hp, mb, backend, row_tokens, method, checkpointing=False)
+        kept = estimate(shape, hp, mb, backend, row_tokens, method, checkpointing=False, ranks=ranks)
         if fits(kept):
             checkpointing, parts = False, kept
     return MemoryPlan(device=device, micro_batch_size=mb,
-                      gradient_accumulation_steps=math.ceil(hp.batch_size / mb),
+                      gradient_accumulation_steps=math.ceil(share / mb),
+                      ranks=ranks, strategy="ddp" if ranks > 1 else "single",
                       estimated_peak_bytes=sum(parts.values()), available_bytes=available,
                       breakdown=parts, packing=packing, row_tokens=row_tokens or hp.max_seq_length,
                       gradient_checkpointing=checkpointing)

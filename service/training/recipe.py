@@ -20,7 +20,7 @@ from service.datasets.render import IGNORE, Collator, FlatCollator, Renderer, fi
 from service.datasets.template import HFTokens
 from service.shapes import Shape, read_config
 from service.storage import ObjectStore, download_prefix, upload_dir
-from service.training import backends, stop
+from service.training import backends, ranks, stop
 from service.training.callbacks import (
     CheckpointCallback,
     ProgressCallback,
@@ -42,7 +42,7 @@ def plan_memory(spec: TrainingSpec, shape: Shape, backend: str, device: str, pac
     hp = spec.hyperparameters
     return make_plan(shape, hp, available, backend, device, spec.max_micro_batch_size,
                      row_tokens=row_tokens(spec.example_lengths, hp.max_seq_length, packing),
-                     packing=packing, method=spec.method.type)
+                     packing=packing, method=spec.method.type, ranks=spec.ranks)
 
 
 class Tally:
@@ -58,13 +58,19 @@ class Tally:
         class CountingTrainer(base):  # type: ignore[misc, valid-type]
             # transformers counts every input id, padding included; count what was trained on.
             def _track_num_input_tokens(self, inputs: dict) -> None:
+                import torch
+
                 mask = inputs.get("attention_mask")
                 real = mask.sum() if mask is not None else inputs["input_ids"].numel()
-                self.state.num_input_tokens_seen += int(real)
                 if "labels" in inputs:
-                    tally.supervised += int((inputs["labels"] != IGNORE).sum())
+                    supervised = (inputs["labels"] != IGNORE).sum()
                 else:  # DPO: the answers' tokens, both of each pair
-                    tally.supervised += int(inputs["completion_mask"].sum())
+                    supervised = inputs["completion_mask"].sum()
+                counts = torch.stack([torch.as_tensor(real), torch.as_tensor(supervised)]).to(torch.int64)
+                if self.args.world_size > 1:  # every rank's micro-batch counts (every rank gathers)
+                    counts = self.accelerator.gather(counts.to(self.args.device)).view(-1, 2).sum(0)
+                self.state.num_input_tokens_seen += int(counts[0])
+                tally.supervised += int(counts[1])
 
         return CountingTrainer
 
@@ -97,7 +103,9 @@ def resumable(base: type) -> type:
         def _get_train_sampler(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             sampler = super()._get_train_sampler(*args, **kwargs)
             if type(sampler) is LengthGroupedSampler:
-                return EpochSeededSampler(sampler.lengths, sampler.batch_size,
+                # Grouped by the whole step's examples, not one rank's share: the same global
+                # order on any number of ranks, so a job resumed on other devices goes on in it.
+                return EpochSeededSampler(sampler.lengths, sampler.batch_size * self.args.world_size,
                                           self.args.data_seed if self.args.data_seed is not None
                                           else self.args.seed)
             return sampler
@@ -221,7 +229,7 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     train_ds, val_ds, val_rows = build_datasets(spec, objects, tokenizer, work)
     prompts = eval_prompts(spec, HFTokens(tokenizer), val_rows)
     sampler = Sampler(prompts, tokenizer, backend, spec.eval) if prompts else None
-    if sampler is not None and spec.eval is not None and spec.score_base:
+    if sampler is not None and spec.eval is not None and spec.score_base and ranks.is_main():
         # Before any step the adapter adds nothing (LoRA's B starts at zero) or is the parent's:
         # these are the answers of the model training starts from.
         answers = sampler.answer(model)
@@ -256,6 +264,8 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     train_started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
     train_seconds = time.perf_counter() - train_started
+    if not ranks.is_main():  # rank 0 holds the same adapter: it selects, saves and reports
+        return
     steady = progress.steady_rate(trainer.state.num_input_tokens_seen)
 
     by_score = spec.eval is not None and (spec.eval.checkpoint_selection == "score"
@@ -316,6 +326,9 @@ def training_arguments(spec: TrainingSpec, plan: MemoryPlan, device: str, packin
         gradient_checkpointing=False,  # each backend turns on its own (Unsloth's is offloaded)
         remove_unused_columns=False,
         include_num_input_tokens_seen=True,  # counted by Tally's trainer: real tokens only
+        # Several ranks: LoRA's weights are all used every step, so DDP need not search for
+        # unused ones (a graph traversal per step).
+        ddp_find_unused_parameters=False if spec.ranks > 1 else None,
         train_sampling_strategy="group_by_length" if packing == "length_grouped" else "random",
         dataloader_num_workers=0,
         report_to=[],

@@ -35,5 +35,7 @@ def requested() -> bool:
 
 def check(where: str) -> None:
     """Stop here if the runner asked: nothing of this attempt's training is lost."""
-    if _requested:
+    from service.training import ranks
+
+    if ranks.agree(_requested):  # every rank checks at the same points, and stops together
         raise StopRequested(f"stopped by SIGTERM {where}", trained=False)

@@ -82,6 +82,17 @@ def agree(flag: bool) -> bool:
     return bool(value.item())
 
 
+def share(value):  # noqa: ANN001, ANN201
+    """Rank 0's `value` on every rank (any picklable object)."""
+    if world_size() == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if world_size() > 1:
         import torch.distributed as dist

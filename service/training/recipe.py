@@ -100,6 +100,25 @@ def resumable(base: type) -> type:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             restore_trained_adapter(model or self.model, Path(resume_from_checkpoint))
 
+        def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+            if self.args.world_size == 1 or self.args.device.type != "cpu":
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            # Several CPU ranks: transformers (5.17) maps the optimizer state to args.device,
+            # cpu:<rank>, which torch.load cannot restore ("don't know how to restore data
+            # location"); the CPU is the CPU.
+            import torch
+
+            load = torch.load
+
+            def on_cpu(*args, map_location=None, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+                return load(*args, map_location="cpu" if map_location is not None else None, **kwargs)
+
+            torch.load = on_cpu
+            try:
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            finally:
+                torch.load = load
+
         def _get_train_sampler(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             sampler = super()._get_train_sampler(*args, **kwargs)
             if type(sampler) is LengthGroupedSampler:
@@ -210,6 +229,9 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
 
     work = Path(spec.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    # Each rank downloads its own copy of the inputs; the Trainer's folder (work/trainer) is
+    # shared: rank 0 saves the model and optimizer there, every rank its RNG state.
+    inputs = work if ranks.is_main() else work / f"rank-{ranks.rank()}"
     load_started = time.perf_counter()
     # LoRA's A matrices are drawn when the adapter is attached, before the Trainer seeds
     # anything: seed first, or two runs of one job (or a run and its resume) start apart.
@@ -219,14 +241,14 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     model, tokenizer = backends.load(backend, spec.base_model_source, hp,
                                      checkpointing=plan.gradient_checkpointing)
     if spec.init_adapter is not None:
-        load_parent_adapter(model, spec.init_adapter, objects, work)
+        load_parent_adapter(model, spec.init_adapter, objects, inputs)
         emit.emit(m.Continued(message=f"adapter weights loaded from {spec.init_adapter.key}",
                               prefix=spec.init_adapter.key))
     emit.emit(m.Loaded(seconds=round(time.perf_counter() - load_started, 2)))
     stop.check("after the model was loaded, before the data was read")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_ds, val_ds, val_rows = build_datasets(spec, objects, tokenizer, work)
+    train_ds, val_ds, val_rows = build_datasets(spec, objects, tokenizer, inputs)
     prompts = eval_prompts(spec, HFTokens(tokenizer), val_rows)
     sampler = Sampler(prompts, tokenizer, backend, spec.eval) if prompts else None
     if sampler is not None and spec.eval is not None and spec.score_base and ranks.is_main():
@@ -259,7 +281,8 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     stop.check("before training started")
     resume_dir = None
     if spec.resume_from is not None:
-        resume_dir = _fetch_checkpoint(spec, objects, work)
+        # Rank 0 fetches it into the shared folder; the others are told where it is.
+        resume_dir = ranks.share(_fetch_checkpoint(spec, objects, work) if ranks.is_main() else None)
         emit.emit(m.Resumed(prefix=spec.resume_from.key, checkpoint=resume_dir.name))
     train_started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
@@ -442,4 +465,20 @@ def _fetch_checkpoint(spec: TrainingSpec, objects: ObjectStore, work: Path) -> P
 
         shutil.rmtree(target)
     staging.rename(target)
+    _spread_rng_states(target, ranks.world_size())
     return target
+
+
+def _spread_rng_states(checkpoint: Path, world: int) -> None:
+    """A checkpoint saved by N ranks holds rng_state_<r>.pth per rank (one rank: rng_state.pth);
+    resumed on another number of ranks, rank r takes the state of rank r mod N, so its dropout
+    and sampling go on from a state the job had rather than from a fresh seed."""
+    saved = sorted(checkpoint.glob("rng_state*.pth"), key=lambda p: p.name)
+    if not saved:
+        return
+    import shutil
+
+    for r in range(world):
+        wanted = checkpoint / ("rng_state.pth" if world == 1 else f"rng_state_{r}.pth")
+        if not wanted.exists():
+            shutil.copyfile(saved[r % len(saved)], wanted)

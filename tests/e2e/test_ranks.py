@@ -103,3 +103,84 @@ async def test_two_ranks_train_the_one_rank_losses(tiny_api: Api, two_devices, s
     # Rank 0 alone wrote the adapter and the checkpoints: one of each epoch.
     ckpts = (await api.client.get(f"/jobs/{two}/checkpoints", headers=api.auth())).json()["data"]
     assert [c["epoch"] for c in ckpts] == [1, 2]
+
+
+def _gone(runner: int, job_id: str) -> bool:
+    return not [p for p in training_children(runner, job_id) if alive(p)]
+
+
+async def test_killed_rank_resumes_on_two_then_one_and_stops_leave_no_process(
+        tiny_api: Api, two_devices, s3, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    api = tiny_api
+    reference_id = await _submit(api, s3, gpus=1)
+    await train_to_the_end(api, two_devices, reference_id, tmp_path / "reference.log")
+    reference = {step: loss for _, step, loss in losses(await events(api, reference_id))}
+
+    cancelled = await _submit(api, s3, gpus=2)
+    job_id = await _submit(api, s3, gpus=2)
+    runner = start_runner(two_devices, tmp_path / "two.log")
+    try:
+        # Cancel a two-rank job while it trains: both ranks and their launcher go.
+        await _wait("the first job's ranks", lambda: _async(len(_ranks(runner.pid, cancelled)) == 2))
+        await _wait("a step", lambda: _steps(api, cancelled))
+        r = await api.client.post(f"/jobs/{cancelled}/cancel", headers=api.auth())
+        assert r.status_code == 200, r.text
+        await api.wait_status(cancelled, {"cancelled"}, timeout=30)
+        await _wait("the cancelled job's processes to end", lambda: _async(_gone(runner.pid, cancelled)), 30)
+
+        # SIGKILL rank 1 mid-epoch: the attempt fails (rank 0 and the launcher are stopped with
+        # it) and the job resumes, on both devices again, from its latest resume point.
+        await _wait("step 8", lambda: _steps(api, job_id, at_least=8))
+        attempt_1 = _ranks(runner.pid, job_id)
+        assert sorted(attempt_1) == [0, 1], attempt_1
+        os.kill(attempt_1[1], signal.SIGKILL)
+        await _wait("attempt 2", lambda: _attempt(api, job_id, 2), 60)
+        assert not any(alive(pid) for pid in attempt_1.values())
+        await _wait("attempt 2's ranks", lambda: _async(len(_ranks(runner.pid, job_id)) == 2))
+
+        # Pause it in its second epoch: both ranks save, stop and exit.
+        await _wait("step 22", lambda: _steps(api, job_id, at_least=22), 180)
+        r = await api.client.post(f"/jobs/{job_id}/pause", headers=api.auth())
+        assert r.status_code == 200, r.text
+        await api.wait_status(job_id, {"paused"}, timeout=60)
+        await _wait("the paused job's processes to end", lambda: _async(_gone(runner.pid, job_id)), 30)
+    finally:
+        runner.terminate()
+        runner.wait(30)
+    assert not [p for p in descendants(runner.pid) if alive(p)]
+
+    # Resumed where only one device is free: it goes on as one rank, from the same checkpoint.
+    one_device = msgspec.structs.replace(two_devices, runner_cpu_devices=1)
+    r = await api.client.post(f"/jobs/{job_id}/resume", headers=api.auth())
+    assert r.status_code == 200, r.text
+    done = await train_to_the_end(api, one_device, job_id, tmp_path / "one.log")
+    assert done["plan"]["ranks"] == 1, done["plan"]
+
+    evs = await events(api, job_id)
+    placed = [(p["ranks"], p["reason"]) for p in _placements(evs)]
+    assert [n for n, _ in placed][-1] == 1 and {n for n, _ in placed[:-1]} == {2}, placed
+    assert "resumed on the 1 free" in placed[-1][1], placed
+    seen = losses(evs)
+    attempts = sorted({a for a, _, _ in seen})
+    assert len(attempts) == 3, attempts
+    # Every step of every attempt, on two ranks or one, has the uninterrupted one-rank run's loss.
+    assert {step for _, step, _ in seen} == set(reference)
+    worst = max(abs(loss - reference[step]) for _, step, loss in seen)
+    print(f"\nkilled rank / paused / resumed on 1: attempts {attempts}, "
+          f"largest per-step loss difference from the uninterrupted run {worst:.2e}")
+    assert worst <= TOLERANCE, worst
+    ckpts = (await api.client.get(f"/jobs/{job_id}/checkpoints", headers=api.auth())).json()["data"]
+    assert [c["epoch"] for c in ckpts] == [1, 2]
+
+
+async def _async(value):  # noqa: ANN001, ANN202
+    return value
+
+
+async def _steps(api: Api, job_id: str, at_least: int = 1) -> bool:
+    return any(step >= at_least for _, step, _ in losses(await events(api, job_id)))
+
+
+async def _attempt(api: Api, job_id: str, attempt: int) -> bool:
+    job = (await api.client.get(f"/jobs/{job_id}", headers=api.auth())).json()
+    return job["status"] == "running" and job["attempt"] == attempt

@@ -69,6 +69,8 @@ async def mirror_deployment(session: AsyncSession, job_id: str, deployment: dict
 
 # The advisory lock claims take turns on (Postgres): any constant no other lock of ours uses.
 _CLAIM_LOCK = 0x7475_6E65  # "tune"
+# A claimer passes over at most this many jobs it can never run (claim), then waits a poll.
+_MAX_PASSED = 50
 
 
 class JobsStore(KeysStore):
@@ -264,18 +266,36 @@ class JobsStore(KeysStore):
 
         `fits`: whether the claimer has room for the job it would take (runner/placement.py). When
         it has not (False), nothing is claimed: no later job overtakes the one whose turn it is.
-        None: the claimer can never run it (it asks for more GPUs than the runner has), so the
-        next tenant in turn may go; the job waits for a runner that can."""
+        None: the claimer can never run it (it asks for more GPUs than the runner has): it is
+        passed over, its tenant's next job takes its place in the turn, and it waits for a
+        runner that can."""
         async with self.db.write() as ses:
             if not self.db.is_sqlite:
                 await ses.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK})
             running = dict((await ses.execute(
                 select(JobRow.tenant, func.count()).where(JobRow.status == s.Status.running.value)
                 .group_by(JobRow.tenant))).tuples().all())
+            row = await self._next_in_turn(ses, running, tenant_limit, fits)
+            if row is None:
+                return None
+            attempt = row.attempt + 1
+            await transition(
+                ses, row, s.Status.running, message=f"runner {runner_id} started attempt {attempt}",
+                data={"runner": runner_id, "attempt": attempt},
+                lease_owner=runner_id, lease_expires_at=utcnow() + timedelta(seconds=lease_s),
+                attempt=attempt,
+            )
+            return job_from_row(row)
+
+    async def _next_in_turn(self, ses: AsyncSession, running: dict[str, int], tenant_limit: int | None,
+                            fits: Callable[[s.Job], bool | None] | None) -> JobRow | None:
+        """The queued job whose turn it is (claim's order) and that the claimer has room for."""
+        passed: set[str] = set()  # jobs this claimer can never run
+        while len(passed) <= _MAX_PASSED:
             order = func.row_number().over(partition_by=JobRow.tenant,
                                            order_by=(JobRow.priority.desc(), JobRow.created_at, JobRow.id))
             ranked = (select(JobRow.id, JobRow.tenant, JobRow.created_at, order.label("place"))
-                      .where(JobRow.status == s.Status.queued.value).subquery())
+                      .where(JobRow.status == s.Status.queued.value, JobRow.id.not_in(passed)).subquery())
             heads = (await ses.execute(select(ranked.c.id, ranked.c.tenant, ranked.c.created_at)
                                        .where(ranked.c.place == 1))).tuples().all()
             eligible = [h for h in heads if tenant_limit is None or running.get(h[1], 0) < tenant_limit]
@@ -290,24 +310,14 @@ class JobsStore(KeysStore):
                 last = served.get(tenant)
                 return running.get(tenant, 0), last is not None, last or 0, created_at, job_id
 
-            for job_id, _, _ in sorted(eligible, key=turn):
-                row = await ses.get(JobRow, job_id)
-                room = True if fits is None else fits(job_from_row(row))
-                if room is None:
-                    continue
-                if not room:
-                    return None
-                break
-            else:
-                return None
-            attempt = row.attempt + 1
-            await transition(
-                ses, row, s.Status.running, message=f"runner {runner_id} started attempt {attempt}",
-                data={"runner": runner_id, "attempt": attempt},
-                lease_owner=runner_id, lease_expires_at=utcnow() + timedelta(seconds=lease_s),
-                attempt=attempt,
-            )
-            return job_from_row(row)
+            job_id = min(eligible, key=turn)[0]
+            row = await ses.get(JobRow, job_id)
+            room = True if fits is None else fits(job_from_row(row))
+            if room is None:
+                passed.add(job_id)
+                continue
+            return row if room else None
+        return None
 
     async def heartbeat(self, job_id: str, lease: Lease, lease_s: float) -> bool:
         """Extend the lease; False when the job is no longer ours (cancelled, lease lost). A lease

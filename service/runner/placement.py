@@ -200,7 +200,10 @@ def choose(job: s.Job, device: Device, devices: list[Device],
     the next job in turn may go). `budgets`: each device's budget by index in `devices`, read
     under the runner's lock; an empty device's, at least."""
     mine = budgets[devices.index(device)]
-    empty = [device] + [d for d in devices if d is not device and not d.held] if not device.held else []
+    # Empty now and when the budgets were read (a job may have left one since: releases do not
+    # wait for the lock, and its budget was not read).
+    empty = [device] + [d for i, d in enumerate(devices) if d is not device and not d.held and i in budgets] \
+        if not device.held else []
     asked, reason = job.gpus, None
     if asked == "auto":
         n, reason = auto_ranks(job, len(empty), device.settings)

@@ -280,3 +280,31 @@ async def test_event_stream_of_a_quiet_job_sends_keepalives(api: Api, dataset: s
     canceller.join()
     assert r.text.count(": keep-alive") >= 2, r.text
     assert r.text.count("data: ") == 3 and '"cancelled"' in r.text
+
+
+async def test_gpus_must_share_the_batch_equally_and_are_kept_on_the_job(api: Api, dataset: str) -> None:
+    """Each GPU takes an equal share of every step's examples (issue 34): batch 8 on 3 GPUs, or
+    on 2 GPUs in whole micro-batches of 3, is refused, saying what would do."""
+    for gpus, hp in ((3, {"batch_size": 8}), (2, {"batch_size": 8, "micro_batch_size": 4}),
+                     (4, {"batch_size": 8, "micro_batch_size": 4})):
+        r = await api.client.post("/jobs", headers=api.auth(), json={**job_body(dataset, hyperparameters=hp),
+                                                                      "gpus": gpus})
+        if gpus == 2:
+            assert r.status_code == 201, r.text
+            assert r.json()["gpus"] == 2
+            continue
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["param"] == "gpus" and f"gpus {gpus} does not divide batch_size 8" in error["message"]
+    for bad in (0, 17, "two"):
+        r = await api.client.post("/jobs", headers=api.auth(), json={**job_body(dataset), "gpus": bad})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "gpus", r.text
+    r = await api.client.post("/v1/fine_tuning/jobs", headers=api.auth(), json={
+        "model": "tiny", "training_file": dataset, "hyperparameters": {"batch_size": 8}, "gpus": 3})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == "gpus" and r.json()["error"]["type"] == "invalid_request_error"
+    r = await api.client.post("/jobs", headers=api.auth(), json={**job_body(dataset), "gpus": "auto"})
+    assert r.status_code == 201, r.text
+    job = (await api.client.get(f"/jobs/{r.json()['id']}", headers=api.auth())).json()
+    assert job["gpus"] == "auto"

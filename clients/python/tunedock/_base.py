@@ -88,10 +88,12 @@ def new_idempotency_key() -> str:
 def job_body(base_model: str, training_file: str, validation_file: str | None, suffix: str | None,
              hyperparameters: dict[str, Any] | None, metadata: dict[str, str] | None,
              deploy: bool, method: dict[str, Any] | None = None, priority: int = 0,
-             eval: dict[str, Any] | None = None) -> dict[str, Any]:
+             eval: dict[str, Any] | None = None, gpus: int | str = 1) -> dict[str, Any]:
     body: dict[str, Any] = {"base_model": base_model, "training_file": training_file, "deploy": deploy}
     if priority:
         body["priority"] = priority
+    if gpus != 1:
+        body["gpus"] = gpus
     if eval:
         body["eval"] = eval
     if method:

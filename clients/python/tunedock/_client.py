@@ -88,14 +88,15 @@ class Jobs:
                suffix: str | None = None, hyperparameters: dict[str, Any] | None = None,
                metadata: dict[str, str] | None = None, deploy: bool = True,
                idempotency_key: str | None = None, method: dict[str, Any] | None = None,
-               priority: int = 0, eval: dict[str, Any] | None = None) -> Job:
+               priority: int = 0, eval: dict[str, Any] | None = None, gpus: int | str = 1) -> Job:
         """Create a job; a local training/validation path is uploaded first. Always sends an
         Idempotency-Key, so a retried create never makes two jobs. `priority` orders this
         tenant's own queued jobs (higher first). `eval`: {grader, items}, graded before training
-        and every epoch (checkpoint metrics' `eval_score`)."""
+        and every epoch (checkpoint metrics' `eval_score`). `gpus`: devices to train on, one
+        data-parallel rank each (a count dividing batch_size, or "auto")."""
         return self._run(ops.jobs_create(self._c, base_model, training_file, validation_file, suffix,
                                          hyperparameters, metadata, deploy, idempotency_key, method,
-                                         priority, eval))
+                                         priority, eval, gpus))
 
     def estimate(self, *, base_model: str, training_file: str | Path,
                  validation_file: str | Path | None = None, hyperparameters: dict[str, Any] | None = None,
@@ -263,10 +264,10 @@ class AsyncJobs:
                      hyperparameters: dict[str, Any] | None = None, metadata: dict[str, str] | None = None,
                      deploy: bool = True, idempotency_key: str | None = None,
                      method: dict[str, Any] | None = None, priority: int = 0,
-                     eval: dict[str, Any] | None = None) -> Job:
+                     eval: dict[str, Any] | None = None, gpus: int | str = 1) -> Job:
         return await self._run(ops.jobs_create(self._c, base_model, training_file, validation_file,
                                                suffix, hyperparameters, metadata, deploy,
-                                               idempotency_key, method, priority, eval))
+                                               idempotency_key, method, priority, eval, gpus))
 
     async def estimate(self, *, base_model: str, training_file: str | Path,
                        validation_file: str | Path | None = None,

@@ -165,11 +165,11 @@ def jobs_create(config: b.Config, base_model: str, training_file: str | Path,
                 validation_file: str | Path | None, suffix: str | None,
                 hyperparameters: dict[str, Any] | None, metadata: dict[str, str] | None,
                 deploy: bool, idempotency_key: str | None, method: dict[str, Any] | None,
-                priority: int = 0, eval: dict[str, Any] | None = None) -> Op:
+                priority: int = 0, eval: dict[str, Any] | None = None, gpus: int | str = 1) -> Op:
     train = yield from _uploaded(config, training_file)
     validation = yield from _uploaded(config, validation_file)
     body = b.job_body(base_model, train, validation, suffix, hyperparameters, metadata, deploy, method,
-                      priority, eval)
+                      priority, eval, gpus)
     headers = {"Idempotency-Key": idempotency_key or b.new_idempotency_key()}
     r = yield from request(config, "POST", "/jobs", idempotent=True, json=body, headers=headers)
     return b.decode(r, Job)

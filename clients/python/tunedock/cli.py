@@ -235,7 +235,7 @@ def run(args: argparse.Namespace, client: Client) -> int:
         job = client.jobs.create(base_model=args.model, training_file=args.train,
                                  validation_file=args.validation, suffix=args.suffix,
                                  hyperparameters=_hyper(args), deploy=not args.no_deploy,
-                                 method=_method(args), priority=args.priority)
+                                 method=_method(args), priority=args.priority, gpus=args.gpus)
         if args.wait:
             job = client.jobs.wait(job.id, progress=not args.json)
         _out(args, job, JOB_COLUMNS, _job_row)
@@ -322,6 +322,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--no-deploy", action="store_true", help="do not load the adapter into vLLM")
     c.add_argument("--priority", type=int, default=0,
                    help="higher runs first among your own queued jobs (-100..100; default 0)")
+    c.add_argument("--gpus", type=lambda v: v if v == "auto" else int(v), default=1,
+                   help="devices to train on, one data-parallel rank each: a count that divides the "
+                        "batch size, or auto (default 1)")
     c.add_argument("--wait", action="store_true", help="wait for the job, with a progress bar")
     c.add_argument("--dry-run", action="store_true",
                    help="check the data and show the memory plan and estimated duration; create nothing")

@@ -133,6 +133,7 @@ class Job(msgspec.Struct, kw_only=True):
     estimate: Estimate | None = None
     method: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "supervised"})
     priority: int = 0
+    gpus: int | str = 1  # devices asked for (a count, or "auto"); plan["ranks"]: what it got
     eval: dict[str, Any] | None = None  # {grader, items}: graded before training and every epoch
     base_eval_score: float | None = None  # the eval's score of the model training started from
 

@@ -77,11 +77,27 @@ def complete(document: OpenAPI, request_types: tuple[type, ...] = ()) -> None:
                 media = (getattr(response, "content", None) or {}).get("application/octet-stream")
                 if media is not None:
                     media.schema = Schema(type=OpenAPIType.STRING, format="binary")
+    for schema in schemas.values():
+        _const_to_enum(schema)
     structs = _structs_by_name()
     for name, schema in schemas.items():
         struct = structs.get(name)
         if isinstance(schema, Schema) and struct is not None and struct.__struct_config__.forbid_unknown_fields:
             schema.additional_properties = False
+
+
+def _const_to_enum(node: Any) -> None:
+    """A one-value Literal in a union (`int | Literal["auto"]`) as `enum: [value]`, as msgspec
+    writes it, not Litestar's `const`: openapi-python-client's generated parser tried the const
+    branch alone and refused every other value (a Job's `gpus: 1`)."""
+    if not isinstance(node, Schema):
+        return
+    for branch in (node.one_of or []) + (node.any_of or []):
+        if isinstance(branch, Schema) and branch.const is not None and branch.enum is None:
+            branch.enum, branch.const = [branch.const], None
+    for child in [*(node.properties or {}).values(), *(node.one_of or []), *(node.any_of or []),
+                  *(node.all_of or []), node.items, node.additional_properties]:
+        _const_to_enum(child)
 
 
 def _structs_by_name() -> dict[str, type[msgspec.Struct]]:

@@ -162,6 +162,8 @@ def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend:
             f"LoRA r={hp.lora_r}{'' if checkpointing else ', gradient checkpointing off'}) but the "
             f"{'GPU' if device != 'cpu' else 'runner'} has {available / GiB:.1f} GiB free for it; lower max_seq_length, use load_in_4bit"
             f"{'' if checkpointing else ', set gradient_checkpointing to auto'}, or use a larger GPU"
+            + (f" (each of the {ranks} GPUs holds a whole copy of the model: sharding it across them, "
+               "FSDP, is not built yet)" if ranks > 1 else "")
         )
     mb, parts = best
     if checkpointing and hp.gradient_checkpointing == "auto" and max_micro_batch is None \

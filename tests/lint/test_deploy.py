@@ -117,3 +117,27 @@ def test_each_image_command_exists_and_answers_help(target: str) -> None:
     out = subprocess.run([sys.executable, *command[1:], "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "usage:" in out.stdout, out.stderr[-2000:]
+
+
+def test_the_across_nodes_example_validates_and_is_one_gang() -> None:
+    """The rendered example of a job on several nodes (deploy/README.md, "Across nodes")."""
+    path = K8S / "multinode" / "train-job.yaml"
+    _validate([path])
+    docs = {d["kind"]: d for d in yaml.safe_load_all(path.read_text()) if d}
+    job, service = docs["Job"], docs["Service"]
+    spec = job["spec"]
+    # All pods at once or none (Kueue's queue, a suspended Indexed Job), no retry of a rank alone.
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    assert spec["suspend"] is True and spec["backoffLimit"] == 0
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+    pod = spec["template"]["spec"]
+    command = pod["containers"][0]["command"]
+    flags = dict(a.split("=", 1) for a in command if a.startswith("--") and "=" in a)
+    # The rendezvous is pod 0 behind the headless Service the pods are a subdomain of.
+    assert service["spec"]["clusterIP"] == "None" and pod["subdomain"] == service["metadata"]["name"]
+    assert flags["--rdzv-endpoint"].startswith(f"{job['metadata']['name']}-0.{service['metadata']['name']}:")
+    assert int(flags["--nnodes"]) == spec["completions"]
+    gpus = int(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert int(flags["--nproc-per-node"]) == gpus
+    assert command[-3:] == ["-m", "service.training", "/spec/spec.json"]
+    assert json.loads(docs["ConfigMap"]["data"]["spec.json"])["ranks"] == spec["completions"] * gpus

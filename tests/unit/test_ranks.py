@@ -115,3 +115,10 @@ def test_auto_batch_size_is_shared_equally_by_the_gpus_asked() -> None:
     hp = Hyperparameters(batch_size="auto", micro_batch_size=3)
     assert resolve_auto(hp, 4000, gpus=2).batch_size % 6 == 0
     assert resolve_auto(Hyperparameters(batch_size="auto"), 4000, gpus=3).batch_size % 3 == 0
+
+
+def test_a_copy_that_does_not_fit_each_gpu_says_sharding_is_not_built() -> None:
+    from service.training.plan import PlanError
+
+    with pytest.raises(PlanError, match="each of the 2 GPUs holds a whole copy.*FSDP, is not built"):
+        make_plan(_shape(), Hyperparameters(batch_size=8), 1 << 30, "unsloth", "cuda", ranks=2)

@@ -160,8 +160,14 @@ def main() -> None:
             + ", ".join(f"{j['peak'] / 2**30:.1f}/{j['plan'] / 2**30:.1f}" for j in jobs) + " | "
             + ", ".join(f"{j['micro_batch']}{'c' if j['checkpointing'] else ''}" for j in jobs) + " | "
             + f"{sum(j['ooms'] for j in jobs)} | {sum(j['status'] != 'succeeded' for j in jobs)} |")
+    # Steady state, without the starts: the jobs' own steady rates summed while they train side by
+    # side, over one job's steady rate alone (the mean of the one-at-a-time jobs').
+    steady = [sum(j["tokens_per_s"] for j in a["jobs"]) / statistics.mean(j["tokens_per_s"] for j in b["jobs"])
+              for a, b in zip(by["side by side"], by["one at a time"])]
     lines += ["", "Aggregate ratio, side by side / one at a time, per round: "
-              + ", ".join(f"{r:.2f}x" for r in ratios) + " (target >= 2.5x).", ""]
+              + ", ".join(f"{r:.2f}x" for r in ratios) + " (target >= 2.5x).",
+              "Steady-state ratio (sum of the side-by-side jobs' steady tokens/s over one job's alone), "
+              "per round: " + ", ".join(f"{r:.2f}x" for r in steady) + ".", ""]
     for name, p in phases:
         for j in p["jobs"]:
             if j["status"] != "succeeded":

@@ -153,9 +153,13 @@ class Settings(msgspec.Struct, kw_only=True):
     heartbeat_seconds: Annotated[float, doc(RUNNER, "how often the lease is renewed")] = 5.0
     max_attempts: Annotated[int, doc(RUNNER, "attempts before a job whose runner keeps dying fails")] = 3
     tenant_max_running_jobs: Annotated[int | None, doc(
-        RUNNER, "the most jobs one tenant runs at once over all runners (so also the most GPUs its "
-                "jobs hold); whatever it is, runners are shared fairly: the tenant "
+        RUNNER, "the most jobs one tenant runs at once over all runners (see also tenant_max_gpus); "
+                "whatever it is, runners are shared fairly: the tenant "
                 "with the fewest running jobs starts its next job first", "no limit")] = None
+    tenant_max_gpus: Annotated[int | None, doc(
+        RUNNER, "the most GPUs one tenant's running jobs hold at once over all runners: a job on N "
+                "GPUs counts N, a job sharing a GPU counts 1; a tenant at it waits and the next "
+                "tenant in turn goes", "no limit")] = None
     poll_seconds: Annotated[float, doc(RUNNER, "how often an idle runner looks for a queued job")] = 1.0
     cancel_grace_seconds: Annotated[float, doc(RUNNER, "SIGTERM → SIGKILL grace on cancel")] = 5.0
     max_oom_retries: Annotated[int, doc(

@@ -105,6 +105,9 @@ class JobRow(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Devices asked for (schema.Gpus): a count, or "auto".
     gpus: Mapped[str] = mapped_column(String(8), default="1", server_default="1")
+    # Devices the latest attempt took (its ranks) when it was claimed: a tenant's running jobs'
+    # sum is what tenant_max_gpus caps.
+    devices: Mapped[int | None] = mapped_column(Integer)
     # Graded evaluation (schema.JobEval), and the score of the model training started from.
     eval: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     base_eval_score: Mapped[float | None] = mapped_column(Float)

@@ -254,7 +254,8 @@ class JobsStore(KeysStore):
 
     # -- the runner's half ----------------------------------------------------------------
     async def claim(self, runner_id: str, lease_s: float, tenant_limit: int | None = None,
-                    fits: Callable[[s.Job], bool | None] | None = None) -> s.Job | None:
+                    fits: Callable[[s.Job], int | None] | None = None,
+                    tenant_gpu_limit: int | None = None) -> s.Job | None:
         """Take the next queued job, shared fairly between tenants: among the tenants with a queued
         job and fewer than `tenant_limit` running, the one with the fewest running jobs goes first;
         ties go to the tenant served least recently (never before first), then to the job that
@@ -264,38 +265,48 @@ class JobsStore(KeysStore):
         Claims take turns (a transaction-scoped advisory lock on Postgres; SQLite's one writer):
         two claimers never both see a tenant under its limit and both start a job for it.
 
-        `fits`: whether the claimer has room for the job it would take (runner/placement.py). When
-        it has not (False), nothing is claimed: no later job overtakes the one whose turn it is.
-        None: the claimer can never run it (it asks for more GPUs than the runner has): it is
-        passed over, its tenant's next job takes its place in the turn, and it waits for a
-        runner that can."""
+        `fits`: how many devices the claimer would give the job it would take
+        (runner/placement.py; True counts one). When it has no room (0 or False), nothing is
+        claimed: no later job overtakes the one whose turn it is. None: the claimer can never
+        run it (it asks for more GPUs than the runner has): it is passed over, its tenant's next
+        job takes its place in the turn, and it waits for a runner that can.
+
+        `tenant_gpu_limit`: the most devices one tenant's running jobs hold together. A tenant
+        whose next job would take it over waits, and the next tenant in turn goes."""
         async with self.db.write() as ses:
             if not self.db.is_sqlite:
                 await ses.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK})
-            running = dict((await ses.execute(
-                select(JobRow.tenant, func.count()).where(JobRow.status == s.Status.running.value)
-                .group_by(JobRow.tenant))).tuples().all())
-            row = await self._next_in_turn(ses, running, tenant_limit, fits)
-            if row is None:
+            rows = (await ses.execute(
+                select(JobRow.tenant, func.count(), func.sum(func.coalesce(JobRow.devices, 1)))
+                .where(JobRow.status == s.Status.running.value).group_by(JobRow.tenant))).tuples().all()
+            running = {tenant: n for tenant, n, _ in rows}
+            held = {tenant: int(devices) for tenant, _, devices in rows}
+            found = await self._next_in_turn(ses, running, tenant_limit, fits, held, tenant_gpu_limit)
+            if found is None:
                 return None
+            row, devices = found
             attempt = row.attempt + 1
             await transition(
                 ses, row, s.Status.running, message=f"runner {runner_id} started attempt {attempt}",
                 data={"runner": runner_id, "attempt": attempt},
                 lease_owner=runner_id, lease_expires_at=utcnow() + timedelta(seconds=lease_s),
-                attempt=attempt,
+                attempt=attempt, devices=devices,
             )
             return job_from_row(row)
 
     async def _next_in_turn(self, ses: AsyncSession, running: dict[str, int], tenant_limit: int | None,
-                            fits: Callable[[s.Job], bool | None] | None) -> JobRow | None:
-        """The queued job whose turn it is (claim's order) and that the claimer has room for."""
+                            fits: Callable[[s.Job], int | None] | None, held: dict[str, int],
+                            gpu_limit: int | None) -> tuple[JobRow, int] | None:
+        """The queued job whose turn it is (claim's order) that the claimer has room for, and the
+        devices it would take."""
         passed: set[str] = set()  # jobs this claimer can never run
-        while len(passed) <= _MAX_PASSED:
+        waiting: set[str] = set()  # tenants whose next job would take them over their GPU limit
+        while len(passed) + len(waiting) <= _MAX_PASSED:
             order = func.row_number().over(partition_by=JobRow.tenant,
                                            order_by=(JobRow.priority.desc(), JobRow.created_at, JobRow.id))
             ranked = (select(JobRow.id, JobRow.tenant, JobRow.created_at, order.label("place"))
-                      .where(JobRow.status == s.Status.queued.value, JobRow.id.not_in(passed)).subquery())
+                      .where(JobRow.status == s.Status.queued.value, JobRow.id.not_in(passed),
+                             JobRow.tenant.not_in(waiting)).subquery())
             heads = (await ses.execute(select(ranked.c.id, ranked.c.tenant, ranked.c.created_at)
                                        .where(ranked.c.place == 1))).tuples().all()
             eligible = [h for h in heads if tenant_limit is None or running.get(h[1], 0) < tenant_limit]
@@ -310,13 +321,18 @@ class JobsStore(KeysStore):
                 last = served.get(tenant)
                 return running.get(tenant, 0), last is not None, last or 0, created_at, job_id
 
-            job_id = min(eligible, key=turn)[0]
+            job_id, tenant, _ = min(eligible, key=turn)
             row = await ses.get(JobRow, job_id)
-            room = True if fits is None else fits(job_from_row(row))
+            room = 1 if fits is None else fits(job_from_row(row))
             if room is None:
                 passed.add(job_id)
                 continue
-            return row if room else None
+            if not room:
+                return None
+            if gpu_limit is not None and held.get(tenant, 0) + int(room) > gpu_limit:
+                waiting.add(tenant)
+                continue
+            return row, int(room)
         return None
 
     async def heartbeat(self, job_id: str, lease: Lease, lease_s: float) -> bool:

@@ -125,15 +125,16 @@ class Runner:
                            if d is device or not d.held}
                 choices: dict[str, Choice] = {}
 
-                def fits(candidate: s.Job) -> bool | None:
+                def fits(candidate: s.Job) -> int | None:  # devices it would take; 0: wait
                     choice = choose(candidate, device, self.devices, budgets)
                     if isinstance(choice, Choice):
                         choices[candidate.id] = choice
-                        return True
-                    return None if choice == NEVER else False
+                        return choice.ranks
+                    return None if choice == NEVER else 0
 
                 job = await self.store.claim(owner, self.settings.lease_seconds,
-                                             self.settings.tenant_max_running_jobs, fits=fits)
+                                             self.settings.tenant_max_running_jobs, fits=fits,
+                                             tenant_gpu_limit=self.settings.tenant_max_gpus)
                 if job is not None:
                     choice = self.choices[job.id] = choices[job.id]
                     for each in choice.devices:  # a rank per device: nothing joins any of them

@@ -108,12 +108,14 @@ def _free_port() -> int:
 
 
 def exit_code(codes: list[int]) -> int:
-    """The launcher's exit code from its ranks' codes in the order they ended (-N: killed by
+    """The attempt's exit code from its ranks' codes in the order they ended (-N: killed by
     signal N): 0 when all succeeded, EXIT_STOPPED when all stopped or succeeded, else the first
-    failure's (the cause; the ranks killed after it are its consequence)."""
+    failure's (the cause; the ranks killed after it are its consequence). -SIGTERM: a rank got
+    the runner's stop before it could catch it (its interpreter starting), which the runner
+    reads as a stop, as from a lone child; any other signal is a crash, retried."""
     failed = [code for code in codes if code not in (m.EXIT_OK, m.EXIT_STOPPED)]
     if failed:
-        return failed[0] if failed[0] > 0 else m.EXIT_FAILED  # killed by a signal: a crash, retried
+        return failed[0] if failed[0] > 0 or failed[0] == -signal.SIGTERM else m.EXIT_FAILED
     return m.EXIT_OK if all(code == m.EXIT_OK for code in codes) else m.EXIT_STOPPED
 
 
@@ -133,8 +135,11 @@ def launch(n: int, spec_path: str) -> int:
         if r == 0 and events_fd is not None:
             env["TUNEDOCK_EVENTS_FD"] = events_fd  # rank 0 writes the job's messages
             pass_fds = (int(events_fd),)
+        # SIG_IGN would be inherited through exec: a stop that came before the rank installs its
+        # handler would be lost, and the rank train on.
         procs[r] = subprocess.Popen([sys.executable, "-m", "service.training", spec_path],
-                                    env=env, pass_fds=pass_fds)
+                                    env=env, pass_fds=pass_fds,
+                                    preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     if events_fd is not None:
         os.close(int(events_fd))  # rank 0's copy is the one: the pipe ends when rank 0 ends
     codes: dict[int, int] = {}  # in the order the ranks ended
@@ -157,4 +162,8 @@ def launch(n: int, spec_path: str) -> int:
                     print(f"rank {r} killed ({'a rank failed' if failed else 'outlived rank 0'})",
                           file=sys.stderr, flush=True)
         time.sleep(0.05)
-    return exit_code(list(codes.values()))
+    code = exit_code(list(codes.values()))
+    if code == -signal.SIGTERM:  # end as a lone child would have: by the runner's SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return code

@@ -113,3 +113,34 @@ async def test_concurrent_claimers_never_push_a_tenant_over_its_limit(store: Sto
     by_tenant = {t: sum(r.tenant == t for r in rows) for t in ("acme", "bolt")}
     assert by_tenant == {"acme": 3, "bolt": 2}, by_tenant
     assert len(set(claimed)) == len(claimed)
+
+
+async def test_a_tenant_at_its_gpu_limit_waits_and_the_next_tenant_goes(store: Store) -> None:
+    """tenant_max_gpus counts the devices running jobs hold (a job on 2 GPUs counts 2)."""
+    async def job(tenant: str, gpus: int) -> str:
+        async with store.db.write() as ses:
+            row = JobRow(id=new_id("ftjob"), tenant=tenant, status=Status.queued.value, base_model="tiny",
+                         training_file="file-x", validation_file=None, suffix=None, hyperparameters={},
+                         metadata_={}, deploy=False, attempt=0, gpus=str(gpus))
+            ses.add(row)
+        await asyncio.sleep(0.002)
+        return row.id
+
+    big, small = await job("acme", 2), await job("acme", 1)
+    other = await job("bolt", 1)
+
+    def fits(candidate) -> int:  # noqa: ANN001 - a runner with room for anything
+        return int(candidate.gpus)
+
+    async def claim():  # noqa: ANN202
+        found = await store.claim("runner", 60, None, fits=fits, tenant_gpu_limit=2)
+        return found.id if found else None
+
+    assert await claim() == big  # acme: 2 of its 2 GPUs
+    assert await claim() == other
+    assert await claim() is None  # acme's next would make 3; no other tenant is waiting
+    await finish(store, big)
+    assert await claim() == small
+    # Without the GPU limit, the running-jobs count alone would have let acme's second job in.
+    async with store.db.read() as ses:
+        assert (await ses.get(JobRow, big)).devices == 2

@@ -54,6 +54,8 @@ def test_the_launcher_exits_with_the_first_failure_or_the_clean_end() -> None:
     # A rank killed from outside: a crash the runner retries.
     assert exit_code([-signal.SIGKILL, -signal.SIGKILL]) == m.EXIT_FAILED
     assert exit_code([m.EXIT_STOPPED, m.EXIT_BAD_INPUT]) == m.EXIT_BAD_INPUT
+    # The runner's stop reached a rank before it could catch it: a stop, not a crash.
+    assert exit_code([-signal.SIGTERM, -signal.SIGKILL]) == -signal.SIGTERM
 
 
 def _job(gpus: object, attempt: int = 0, batch: int = 12, n_train: int = 1000, epochs: int = 2) -> SimpleNamespace:

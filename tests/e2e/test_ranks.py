@@ -184,3 +184,33 @@ async def _steps(api: Api, job_id: str, at_least: int = 1) -> bool:
 async def _attempt(api: Api, job_id: str, attempt: int) -> bool:
     job = (await api.client.get(f"/jobs/{job_id}", headers=api.auth())).json()
     return job["status"] == "running" and job["attempt"] == attempt
+
+
+async def test_two_ranks_stop_together_on_the_eval_score_and_keep_the_best_epoch(
+        tiny_api: Api, two_devices, s3, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    """Graded eval on two ranks: rank 0 answers and scores each epoch, and both ranks stop after
+    the same epoch when the score stalls (the agreed stop; a rank stopping alone would leave the
+    other waiting in its next step). The tiny random model never says the word: every score is
+    0, so with patience 1 training stops after epoch 2 of 4 and keeps epoch 1's adapter."""
+    api = tiny_api
+    rng = random.Random(9)
+    key = f"ranks/{time.monotonic_ns()}.jsonl"
+    s3.put_object(Bucket=DATASETS, Key=key, Body=jsonl(
+        [{"text": " ".join(rng.choice(WORDS) for _ in range(10))} for _ in range(64)]))
+    grader = {"type": "string_check", "name": "says kestrel", "input": "{{sample.output_text}}",
+              "reference": "{{item.label}}", "operation": "like"}
+    r = await api.client.post("/jobs", headers=api.auth(), json={
+        "base_model": "tiny", "training_file": f"s3://{DATASETS}/{key}", "deploy": False, "gpus": 2,
+        "hyperparameters": {"n_epochs": 4, "batch_size": 8, "max_seq_length": 32, "learning_rate": 1e-3},
+        "eval": {"grader": grader, "items": [{"prompt": "alpha bravo", "label": "kestrel"}],
+                 "checkpoint_selection": "score", "early_stopping_patience": 1}})
+    assert r.status_code == 201, r.text
+    done = await train_to_the_end(api, two_devices, r.json()["id"], tmp_path / "runner.log")
+    assert done["plan"]["ranks"] == 2
+    stop = done["early_stopping"]
+    assert stop is not None and (stop["watched"], stop["stopped_after_epoch"], stop["chosen_epoch"]) == \
+        ("eval_score", 2, 1), stop
+    ckpts = (await api.client.get(f"/jobs/{done['id']}/checkpoints", headers=api.auth())).json()["data"]
+    assert [(c["epoch"], c["metrics"]["eval_score"]) for c in ckpts] == [(1, 0.0), (2, 0.0)]
+    selected = [e for e in await events(api, done["id"]) if e["type"] == "checkpoint_selected"]
+    assert [e["data"]["epoch"] for e in selected] == [1]

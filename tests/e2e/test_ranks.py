@@ -214,3 +214,35 @@ async def test_two_ranks_stop_together_on_the_eval_score_and_keep_the_best_epoch
     assert [(c["epoch"], c["metrics"]["eval_score"]) for c in ckpts] == [(1, 0.0), (2, 0.0)]
     selected = [e for e in await events(api, done["id"]) if e["type"] == "checkpoint_selected"]
     assert [e["data"]["epoch"] for e in selected] == [1]
+
+
+async def test_dpo_on_two_ranks_trains_the_one_rank_losses(tiny_api: Api, two_devices, s3, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    """Preference tuning on two ranks: the reference pass (the adapter disabled) and the policy's
+    run on each rank's share of the pairs; the losses are the one-rank job's."""
+    api = tiny_api
+    rng = random.Random(4)
+
+    def pair() -> dict:
+        words = " ".join(rng.choice(WORDS) for _ in range(4))
+        return {"input": {"messages": [{"role": "user", "content": words}]},
+                "preferred_output": [{"role": "assistant", "content": f"aye {words}"}],
+                "non_preferred_output": [{"role": "assistant", "content": words}]}
+
+    key = f"ranks/{time.monotonic_ns()}.jsonl"
+    s3.put_object(Bucket=DATASETS, Key=key, Body=jsonl([pair() for _ in range(48)]))
+    ids = []
+    for gpus in (1, 2):
+        r = await api.client.post("/jobs", headers=api.auth(), json={
+            "base_model": "tiny", "training_file": f"s3://{DATASETS}/{key}", "deploy": False, "gpus": gpus,
+            "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}},
+            "hyperparameters": {"n_epochs": 1, "batch_size": 4, "max_seq_length": 64, "learning_rate": 1e-3,
+                                "seed": 5}})
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+        await api.wait_status(ids[-1], {"queued"}, timeout=60)
+        await train_to_the_end(api, two_devices, ids[-1], tmp_path / f"runner-{gpus}.log")
+    one, two = [{step: loss for _, step, loss in losses(await events(api, j))} for j in ids]
+    assert set(one) == set(two) and len(one) >= 10
+    worst = max(abs(one[k] - two[k]) for k in one)
+    print(f"\nDPO, 2 ranks vs 1: {len(one)} steps, largest per-step loss difference {worst:.2e}")
+    assert worst <= TOLERANCE, worst

@@ -46,8 +46,10 @@ class Reporter:
                 await store.update_job(job_id, plan=msgspec.to_builtins(plan), lease=lease)
                 await store.add_event(
                     job_id, "plan", f"memory plan: micro-batch {plan.micro_batch_size} x "
-                    f"{plan.gradient_accumulation_steps} accumulation, about "
-                    f"{plan.estimated_peak_bytes / 2**30:.2f} GiB peak",
+                    f"{plan.gradient_accumulation_steps} accumulation"
+                    + (f" on each of {plan.ranks} ranks ({plan.strategy})" if plan.ranks > 1 else "")
+                    + f", about {plan.estimated_peak_bytes / 2**30:.2f} GiB peak"
+                    + (" per rank" if plan.ranks > 1 else ""),
                     data=msgspec.to_builtins(plan), lease=lease)
             case m.Loaded():
                 await store.add_event(job_id, "loaded", f"model loaded in {msg.seconds} s",

@@ -21,7 +21,7 @@ from service.jobs.locate import Locator
 from service.jobs.store import Store
 from service.logs import configure_logging
 from service.runner.export_run import ExportRun
-from service.runner.placement import NEVER, Choice, Device, choose
+from service.runner.placement import NEVER, Choice, Device, choose, gpu_memory
 from service.runner.process import Child, Template
 from service.runner.run import JobRun
 from service.settings import Settings
@@ -120,8 +120,10 @@ class Runner:
             await self.store.requeue_expired(self.settings.max_attempts)
             await self.exports.requeue_expired_exports(self.settings.max_attempts)
             async with device.lock:  # the runner's: every device's budget and holds
-                # This device's budget, and every empty one's (a job on several takes those).
-                budgets = {i: await d.budget() for i, d in enumerate(self.devices)
+                # This device's budget, and every empty one's (a job on several takes those),
+                # from one nvidia-smi reading.
+                readings = await asyncio.to_thread(gpu_memory) if device.gpu is not None else {}
+                budgets = {i: await d.budget(readings=readings) for i, d in enumerate(self.devices)
                            if d is device or not d.held}
                 choices: dict[str, Choice] = {}
 

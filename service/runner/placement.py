@@ -50,23 +50,25 @@ class Held:
     exclusive: bool = False
 
 
-def gpu_memory(gpu: str) -> tuple[int, dict[int, int]] | None:
-    """(free bytes, bytes used per process) on one GPU, from nvidia-smi; None if it cannot say."""
+Reading = tuple[int, dict[int, int]]  # (free bytes, bytes used per process) on one GPU
+
+
+def gpu_memory() -> dict[str, Reading]:
+    """Every GPU's reading by index, from nvidia-smi (two calls, whatever the number of GPUs);
+    {} if it cannot say."""
     def query(*args: str) -> list[list[str]]:
         out = subprocess.run(["nvidia-smi", *args, "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=10, check=True).stdout
         return [[x.strip() for x in line.split(",")] for line in out.splitlines() if line.strip()]
 
     try:
-        gpus = {row[0]: row for row in query("--query-gpu=index,uuid,memory.free")}
-        if gpu not in gpus:
-            return None
-        uuid, free = gpus[gpu][1], int(gpus[gpu][2]) * MiB
-        used = {int(pid): int(mib) * MiB for pid, gpu_uuid, mib
-                in query("--query-compute-apps=pid,gpu_uuid,used_memory") if gpu_uuid == uuid}
+        gpus = query("--query-gpu=index,uuid,memory.free")
+        apps = query("--query-compute-apps=pid,gpu_uuid,used_memory")
+        return {index: (int(free) * MiB, {int(pid): int(mib) * MiB for pid, gpu_uuid, mib in apps
+                                          if gpu_uuid == uuid})
+                for index, uuid, free in gpus}
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-    return free, used
+        return {}
 
 
 class Device:
@@ -109,15 +111,17 @@ class Device:
         """Held by a job or export that nothing may join."""
         return any(h.exclusive for h in self.held.values())
 
-    async def budget(self, exclude: str | None = None) -> int | None:
+    async def budget(self, exclude: str | None = None, readings: dict[str, Reading] | None = None) -> int | None:
         """What a job (other than `exclude`, whose own claim does not count) may plan with now;
         None when nothing bounds it (the CPU without a pool, or a GPU nvidia-smi cannot read:
-        the child plans on the memory it finds free)."""
+        the child plans on the memory it finds free). `readings`: gpu_memory(), if read already."""
         others = [h for job_id, h in self.held.items() if job_id != exclude]
         pooled = None if self.pool is None else self.pool - self.reserve - sum(h.bytes for h in others)
         if self.gpu is None:
             return None if pooled is None else max(pooled, 0)
-        reading = await asyncio.to_thread(gpu_memory, self.gpu)
+        if readings is None:
+            readings = await asyncio.to_thread(gpu_memory)
+        reading = readings.get(self.gpu)
         if reading is None:
             return None if pooled is None else max(pooled, 0)
         free, used = reading

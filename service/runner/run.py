@@ -20,7 +20,7 @@ from service.contracts import schema as s
 from service.errors import LeaseLost, NotFound
 from service.jobs.locate import Locator
 from service.jobs.store import Lease, Store
-from service.runner.placement import Device
+from service.runner.placement import Device, gpu_memory
 from service.runner.policy import Attempt, decide
 from service.runner.process import Child, Template
 from service.runner.report import Reporter
@@ -129,7 +129,9 @@ class JobRun:
         exclusive = len(self.gang) > 1
         if oom_retry:  # what the failed plan reserved is the retry's to re-plan
             async with device.lock:
-                budgets = [b for b in [await d.budget(exclude=self.job.id) for d in self.gang] if b is not None]
+                readings = await asyncio.to_thread(gpu_memory) if device.gpu is not None else {}
+                budgets = [b for b in [await d.budget(exclude=self.job.id, readings=readings) for d in self.gang]
+                           if b is not None]
                 budget = min(budgets) if budgets else None
                 for each in self.gang:
                     each.hold(self.job.id, None, budget, exclusive=exclusive)

@@ -90,3 +90,27 @@ def test_lanes_and_threads(model_dir: Path) -> None:
     # A model that cannot be sized here has no plan (it only starts on an empty device).
     assert Device(_settings(model_dir), None).plan(SimpleNamespace(**{**vars(_job()), "base_model": "x"}),
                                                    None) is None
+
+
+def test_one_nvidia_smi_reading_gives_every_gpus_budget(model_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """All GPUs from one reading (a claim reads every empty device's budget, for a job on
+    several): free memory per GPU, and what each running job's process uses there."""
+    from service.runner.placement import gpu_memory
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text('#!/bin/sh\ncase "$1" in\n'
+                   '  --query-gpu=*) printf "0, GPU-a, 40000\\n1, GPU-b, 70000\\n" ;;\n'
+                   '  --query-compute-apps=*) printf "4242, GPU-a, 2000\\n77, GPU-b, 100\\n" ;;\nesac\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    readings = gpu_memory()
+    assert readings == {"0": (40000 * MiB, {4242: 2000 * MiB}), "1": (70000 * MiB, {77: 100 * MiB})}
+    gpu0 = Device(_settings(model_dir, runner_memory_reserve_mb=1000), "0")
+    gpu0.hold("a", None, None)
+    gpu0.held["a"].bytes, gpu0.held["a"].pid = 5000 * MiB, 4242
+    # 40,000 free - 1,000 reserve - (5,000 the job's plan takes - 2,000 its process has already)
+    assert asyncio.run(gpu0.budget(readings=readings)) == 36000 * MiB
+    assert asyncio.run(Device(_settings(model_dir), "7").budget(readings=readings)) is None

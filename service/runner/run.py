@@ -163,28 +163,9 @@ class JobRun:
         spec_path = self.work_dir / f"spec-{oom_retry}.json"
         spec_path.write_bytes(msgspec.json.encode(spec))
         log_path = self.work_dir / f"child-{oom_retry}.log"
-        child, self.warm = self.warm, None
-        if spec.ranks > 1:  # a launcher of the ranks, started cold (a warm child is one rank's)
-            if child is not None:
-                self.warm = child
-            child = await Child.start(self.settings, self._gpus(), ["--ranks", str(spec.ranks), str(spec_path)],
-                                      log_path)
-            self.log.info("ranks started", pid=child.proc.pid, ranks=spec.ranks, gpus=self._gpus())
-        elif child is None and self.template is not None and spec.backend == "auto":
-            child = await self.template.fork(self.settings, log_path)  # an OOM retry: imported, fast
-        # A warm child imported for backend "auto"; Unsloth's patches cannot be undone.
-        if spec.ranks > 1:
-            pass
-        elif child is not None and spec.backend == "auto" and await child.hand(spec_path, log_path):
-            self.log.info("job handed to the warm child", pid=child.proc.pid, gpu=self.gpu)
-        else:
-            if child is not None:
-                await child.close()
-            child = await Child.start(self.settings, self.gpu, [str(spec_path)], log_path)
-            self.log.info("child started", pid=child.proc.pid, gpu=self.gpu,
-                          max_micro_batch=spec.max_micro_batch_size)
-        if self.device is not None:
-            self.device.started(self.job.id, child.proc.pid)
+        child = await self._start_child(spec, spec_path, log_path)
+        for each in self.gang:
+            each.started(self.job.id, child.proc.pid)
         attempt = Attempt()
         started = time.monotonic()
         out = await supervise(
@@ -198,6 +179,28 @@ class JobRun:
             await self._abort_open_uploads(spec)
         return attempt
 
+    async def _start_child(self, spec: m.TrainingSpec, spec_path: Path, log_path: Path) -> Child:
+        """The attempt's child: the launcher of its ranks, the slot's warm child (or one forked
+        from the slot's template), or a child started now."""
+        if spec.ranks > 1:  # started now: a warm child is one rank's, and stays the slot's
+            child = await Child.start(self.settings, self._gpus(),
+                                      ["--ranks", str(spec.ranks), str(spec_path)], log_path)
+            self.log.info("ranks started", pid=child.proc.pid, ranks=spec.ranks, gpus=self._gpus())
+            return child
+        child, self.warm = self.warm, None
+        if child is None and self.template is not None and spec.backend == "auto":
+            child = await self.template.fork(self.settings, log_path)  # an OOM retry: imported, fast
+        # A warm child imported for backend "auto"; Unsloth's patches cannot be undone.
+        if child is not None and spec.backend == "auto" and await child.hand(spec_path, log_path):
+            self.log.info("job handed to the warm child", pid=child.proc.pid, gpu=self.gpu)
+            return child
+        if child is not None:
+            await child.close()
+        child = await Child.start(self.settings, self.gpu, [str(spec_path)], log_path)
+        self.log.info("child started", pid=child.proc.pid, gpu=self.gpu,
+                      max_micro_batch=spec.max_micro_batch_size)
+        return child
+
     def _gpus(self) -> str | None:
         """CUDA_VISIBLE_DEVICES for the child: its GPU, or its ranks' GPUs (rank r takes the r-th)."""
         gpus = [d.gpu for d in self.gang if d.gpu is not None]
@@ -205,5 +208,6 @@ class JobRun:
 
     async def _record(self, msg: m.ChildMessage, attempt: Attempt, started: float) -> None:
         await self.report.handle(msg, attempt, started)
-        if isinstance(msg, m.Planned) and self.device is not None:
-            self.device.planned(self.job.id, msg.plan)
+        if isinstance(msg, m.Planned):  # (per rank: each of its devices holds the same)
+            for each in self.gang:
+                each.planned(self.job.id, msg.plan)

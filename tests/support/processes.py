@@ -53,7 +53,11 @@ def descendants(root: int) -> list[int]:
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
-        for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:  # a process that exits meanwhile takes its /proc folder with it
+            tasks = list(Path(f"/proc/{pid}/task").glob("*"))
+        except OSError:
+            continue
+        for task in tasks:
             try:
                 kids = [int(k) for k in (task / "children").read_text().split()]
             except OSError:

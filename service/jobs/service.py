@@ -104,6 +104,11 @@ class JobService:
                 f"divides it (e.g. {max(d for d in range(1, hp.micro_batch_size + 1) if hp.batch_size % d == 0)}) "
                 "or leave it out and the memory plan picks one",
                 param="hyperparameters.micro_batch_size")
+        limit = self.settings.tenant_max_gpus
+        if isinstance(req.gpus, int) and limit is not None and req.gpus > limit:
+            # Its tenant could never hold that many at once: the job would wait for good.
+            raise Unprocessable(f"gpus {req.gpus} is more than the {limit} GPUs a tenant's jobs may "
+                                "hold at once here; ask for fewer, or \"auto\"", param="gpus")
         if isinstance(req.gpus, int) and req.gpus > 1 and hp.batch_size != "auto":
             step = req.gpus * (hp.micro_batch_size or 1)
             if hp.batch_size % step:
@@ -283,9 +288,11 @@ class JobService:
         return train, val
 
     async def estimate(self, base_model: str, hp: s.Hyperparameters, method: s.Method,
-                       summary: s.DatasetSummary) -> tuple[s.Estimate, s.MemoryPlan | None]:
+                       summary: s.DatasetSummary, ranks: int = 1) -> tuple[s.Estimate, s.MemoryPlan | None]:
         """The duration on the device this model shape last trained on, and the memory plan
-        there (None before any job has calibrated it). Raises PlanError if it cannot fit."""
+        there, per rank on `ranks` devices (None before any job has calibrated it). Raises
+        PlanError if it cannot fit. The duration is one device's: no scaling over several
+        devices has been measured to divide it by."""
         entry = self.settings.base_model(base_model)
         shape = local_shape(entry.local_path if entry else None)
         name = shape.label if shape else f"model:{base_model}"
@@ -303,7 +310,7 @@ class JobService:
             plan = make_plan(shape, hp, calibrated.available_bytes, calibrated.backend, device,
                              row_tokens=row_tokens(summary.lengths if not summary.tokens_estimated
                                                    else None, hp.max_seq_length, packing),
-                             packing=packing, method=method.type)
+                             packing=packing, method=method.type, ranks=ranks)
             same_way = calibration_key(name, method.type, device, plan.gradient_checkpointing)
             if same_way != calibrated.shape:
                 rows = await throughput.latest(same_way) or rows
@@ -322,7 +329,8 @@ class JobService:
         summary = summarize(train, val, req.hyperparameters)
         hp = resolve_auto(req.hyperparameters, summary.n_train, req.gpus)
         try:
-            found, plan = await self.estimate(req.base_model, hp, req.method, summary)
+            found, plan = await self.estimate(req.base_model, hp, req.method, summary,
+                                              req.gpus if isinstance(req.gpus, int) else 1)
         except PlanError as exc:
             raise Unprocessable(str(exc), param="hyperparameters", code="does_not_fit") from None
         return s.JobEstimate(base_model=req.base_model, dataset=summary, hyperparameters=hp,

@@ -241,8 +241,6 @@ def _gang(job: s.Job, device: Device, devices: list[Device], budgets: dict[int, 
           gang: list[Device], reason: str | None) -> Choice:
     known = [b for b in (budgets[devices.index(d)] for d in gang) if b is not None]
     budget = min(known) if known else None
-    if len(gang) == 1:
-        return Choice(gang, device.plan(job, budget), budget, reason)
     # Empty devices take any job, as one does alone: a plan that does not fit fails with why.
     return Choice(gang, device.plan(job, budget, ranks=len(gang)), budget, reason)
 
@@ -256,9 +254,12 @@ def _dividing(job: s.Job, free: int) -> int:
 
 def auto_ranks(job: s.Job, free: int, settings: Settings) -> tuple[int, str]:
     """gpus "auto": how many devices, and why. Several only when the job trains enough tokens to
-    gain (runner_auto_gpus_min_tokens) and that many devices are free now; never waits for more."""
+    gain (runner_auto_gpus_min_tokens) and that many devices are free now; never waits for more,
+    and never takes more than a tenant may hold (tenant_max_gpus: it would wait for good)."""
     tokens = job_tokens(job)
     floor = settings.runner_auto_gpus_min_tokens
+    if settings.tenant_max_gpus is not None:
+        free = min(free, settings.tenant_max_gpus)
     if tokens is None or tokens < floor:
         return 1, (f"gpus auto: 1, as the job trains ~{tokens or 0:,} tokens, under the "
                    f"{floor:,} that several devices need to gain (runner_auto_gpus_min_tokens)")

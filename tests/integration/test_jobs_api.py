@@ -229,8 +229,14 @@ async def test_a_dry_run_takes_its_rate_from_jobs_that_checkpointed_as_it_will(
                 "gradient_checkpointing": mode}), headers=api.auth())
             assert r.status_code == 200, r.text
             rates[mode] = (r.json()["plan"]["gradient_checkpointing"], r.json()["estimate"]["tokens_per_second"])
+        # On 2 GPUs the plan is per rank: each takes half of every step's 8 examples.
+        r = await api.client.post("/jobs", json={**job_body(dataset, dry_run=True), "gpus": 2}, headers=api.auth())
+        assert r.status_code == 200, r.text
+        two = r.json()["plan"]
     await db.close()
     assert rates == {"auto": (False, 200.0), "on": (True, 100.0)}
+    assert (two["ranks"], two["strategy"]) == (2, "ddp")
+    assert two["micro_batch_size"] * two["gradient_accumulation_steps"] == 4, two
 
 
 @pytest.mark.parametrize(("batch", "micro"), [(8, 3), (4, 8)])
@@ -308,3 +314,14 @@ async def test_gpus_must_share_the_batch_equally_and_are_kept_on_the_job(api: Ap
     assert r.status_code == 201, r.text
     job = (await api.client.get(f"/jobs/{r.json()['id']}", headers=api.auth())).json()
     assert job["gpus"] == "auto"
+
+
+async def test_more_gpus_than_a_tenant_may_hold_is_refused(make_settings, dataset: str) -> None:  # noqa: ANN001
+    """With TUNEDOCK_TENANT_MAX_GPUS, a job asking for more could never start: 422, not a job
+    that waits for good."""
+    async with api_client(make_settings(tenant_max_gpus=2)) as api:
+        r = await api.client.post("/jobs", headers=api.auth(), json={**job_body(dataset), "gpus": 4})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["param"] == "gpus" and "more than the 2 GPUs" in r.json()["error"]["message"]
+        r = await api.client.post("/jobs", headers=api.auth(), json={**job_body(dataset), "gpus": 2})
+        assert r.status_code == 201, r.text

@@ -111,6 +111,9 @@ def test_auto_takes_several_devices_only_for_a_large_job(model_dir: Path) -> Non
     assert isinstance(large, Choice) and large.ranks == 3 and "3 of 3 free" in large.reason
     # Only counts that share the batch equally: 3 free devices, batch 8 -> 2.
     assert choose(_job("auto", batch=8), devices[0], devices, budgets).ranks == 2
+    # Never more than a tenant may hold: it would wait for good.
+    capped = _devices(model_dir, 3, runner_auto_gpus_min_tokens=100_000, tenant_max_gpus=2)
+    assert choose(_job("auto", n_train=1000), capped[0], capped, budgets).ranks == 2
 
 
 def test_auto_batch_size_is_shared_equally_by_the_gpus_asked() -> None:

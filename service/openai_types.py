@@ -43,13 +43,67 @@ class DpoOpenAI(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
     hyperparameters: OpenAIDpoHyperparameters = OpenAIDpoHyperparameters()
 
 
+class _OpenAIReinforcementHyperparameters(OpenAIHyperparameters, kw_only=True, forbid_unknown_fields=True,
+                                          frozen=True):
+    """OpenAI's FineTuneReinforcementHyperparameters; tunedock's own GRPO knobs (group_size,
+    max_completion_tokens, temperature, beta) may ride beside them (OpenAIReinforcementHyperparameters)."""
+
+    compute_multiplier: Annotated[float, Meta(gt=0, le=10)] | Auto = "auto"  # "auto": 1
+    eval_interval: Annotated[int, Meta(ge=1)] | Auto = "auto"
+    eval_samples: Annotated[int, Meta(ge=1, le=64)] | Auto = "auto"
+    reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
+
+
+_OPENAI_RFT = tuple(f.name for f in msgspec.structs.fields(_OpenAIReinforcementHyperparameters))
+_NATIVE_RFT = typing.get_type_hints(s.ReinforcementHyperparameters, include_extras=True)
+# Declared once, in s.ReinforcementHyperparameters: its knobs OpenAI's block has no field for.
+RFT_OWN = tuple(f.name for f in msgspec.structs.fields(s.ReinforcementHyperparameters)
+                if f.name not in _OPENAI_RFT)
+OpenAIReinforcementHyperparameters = msgspec.defstruct(
+    "OpenAIReinforcementHyperparameters", [(name, _NATIVE_RFT[name] | None, None) for name in RFT_OWN],
+    bases=(_OpenAIReinforcementHyperparameters,), kw_only=True, forbid_unknown_fields=True,
+    frozen=True, module=__name__)
+
+
+class ReinforcementOpenAI(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    grader: s.Grader
+    hyperparameters: OpenAIReinforcementHyperparameters = OpenAIReinforcementHyperparameters()  # type: ignore[valid-type]
+
+
 class FineTuneMethod(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """OpenAI's name for it; a second `Method` beside the native one would make the OpenAPI
     document's component names ambiguous."""
 
-    type: Literal["supervised", "dpo"]  # no "reinforcement"
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: Supervised | None = None
     dpo: DpoOpenAI | None = None
+    reinforcement: ReinforcementOpenAI | None = None
+
+    def blocks_match(self) -> None:
+        """Unprocessable (422) for a method block that is not method.type's."""
+        for block in ("supervised", "dpo", "reinforcement"):
+            if getattr(self, block) is not None and block != self.type:
+                raise Unprocessable(f"method.{block} is given but method.type is {self.type!r}",
+                                    param="method.type")
+        if self.type == "reinforcement" and self.reinforcement is None:
+            raise Unprocessable("a reinforcement job needs method.reinforcement.grader: the grader "
+                                "that scores each sampled completion (its reward)",
+                                param="method.reinforcement")
+
+
+def _reinforcement(block: ReinforcementOpenAI) -> s.Reinforcement:
+    """OpenAI's reinforcement block as tunedock's: "auto" is the native default."""
+    given = block.hyperparameters
+    native: dict[str, Any] = {name: getattr(given, name) for name in RFT_OWN
+                              if getattr(given, name) is not None}
+    if given.compute_multiplier != "auto":
+        native["compute_multiplier"] = given.compute_multiplier
+    for name in ("eval_interval", "eval_samples"):
+        if getattr(given, name) != "auto":
+            native[name] = getattr(given, name)
+    native["reasoning_effort"] = given.reasoning_effort
+    return s.Reinforcement(grader=block.grader,
+                           hyperparameters=msgspec.convert(native, s.ReinforcementHyperparameters))
 
 
 # tunedock's own knobs that ride as extra top-level fields of OpenAI's create body (the OpenAI
@@ -86,20 +140,23 @@ class _FineTuningJobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
         rate above 1): the schema cannot state those, so they are not a 400."""
         oai: OpenAIHyperparameters = self.hyperparameters or OpenAIHyperparameters()
         method = s.Method()
+        if self.method is not None:
+            self.method.blocks_match()
         if self.method is not None and self.method.type == "dpo":
-            if self.method.supervised is not None:
-                raise Unprocessable("method.supervised is given but method.type is 'dpo'",
-                                    param="method.type")
             dpo = (self.method.dpo or DpoOpenAI()).hyperparameters
             oai = dpo
             beta = s.DpoHyperparameters().beta if dpo.beta == "auto" else dpo.beta
             method = s.Method(type="dpo", dpo=s.Dpo(hyperparameters=s.DpoHyperparameters(beta=beta)))
-        elif self.method is not None:
-            if self.method.dpo is not None:
-                raise Unprocessable("method.dpo is given but method.type is 'supervised'",
-                                    param="method.type")
-            if self.method.supervised is not None:
-                oai = self.method.supervised.hyperparameters
+        elif self.method is not None and self.method.type == "reinforcement":
+            assert self.method.reinforcement is not None
+            oai = self.method.reinforcement.hyperparameters
+            try:
+                method = s.Method(type="reinforcement", reinforcement=_reinforcement(self.method.reinforcement))
+            except msgspec.ValidationError as exc:
+                raise Unprocessable(f"method.reinforcement.hyperparameters: {exc}",
+                                    param="method.reinforcement.hyperparameters") from None
+        elif self.method is not None and self.method.supervised is not None:
+            oai = self.method.supervised.hyperparameters
         hp: dict[str, Any] = {
             "n_epochs": oai.n_epochs,  # "auto" is resolved from the data once it is validated
             "batch_size": oai.batch_size,
@@ -152,12 +209,41 @@ class DpoResolved(msgspec.Struct, kw_only=True):
     hyperparameters: DpoResolvedHyperparameters
 
 
+class ReinforcementResolvedHyperparameters(ResolvedHyperparameters, kw_only=True):
+    compute_multiplier: float
+    eval_interval: int | Auto  # "auto": once per epoch
+    eval_samples: int | Auto
+    reasoning_effort: str
+
+
+class ReinforcementResolved(msgspec.Struct, kw_only=True):
+    grader: s.Grader
+    hyperparameters: ReinforcementResolvedHyperparameters
+
+
 class MethodResolved(msgspec.Struct, kw_only=True, omit_defaults=True):
     # Required, so it is always sent (OpenAI's FineTuneMethod requires it); omit_defaults drops
     # the method object that does not apply, which OpenAI's schema has no null for.
-    type: Literal["supervised", "dpo"]
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedResolved | None = None
     dpo: DpoResolved | None = None
+    reinforcement: ReinforcementResolved | None = None
+
+
+def _method_out(method: s.Method, resolved: ResolvedHyperparameters) -> MethodResolved:
+    common = msgspec.structs.asdict(resolved)
+    if method.type == "dpo":
+        return MethodResolved(type="dpo", dpo=DpoResolved(
+            hyperparameters=DpoResolvedHyperparameters(**common, beta=method.beta)))
+    if method.type == "reinforcement" and method.reinforcement is not None:
+        rft = method.reinforcement.hyperparameters
+        return MethodResolved(type="reinforcement", reinforcement=ReinforcementResolved(
+            grader=method.reinforcement.grader,
+            hyperparameters=ReinforcementResolvedHyperparameters(
+                **common, compute_multiplier=rft.compute_multiplier,
+                eval_interval=rft.eval_interval or "auto", eval_samples=rft.eval_samples or "auto",
+                reasoning_effort=rft.reasoning_effort)))
+    return MethodResolved(type="supervised", supervised=SupervisedResolved(hyperparameters=resolved))
 
 
 class JobError(msgspec.Struct, kw_only=True):
@@ -207,10 +293,7 @@ def job_out(job: s.Job, tenant: str) -> FineTuningJob:
         trained_tokens=job.trained_tokens, training_file=job.training_file,
         validation_file=job.validation_file, estimated_finish=job.estimated_finish, integrations=[],
         metadata=job.metadata or None,
-        method=(MethodResolved(type="dpo", dpo=DpoResolved(hyperparameters=DpoResolvedHyperparameters(
-                    **msgspec.structs.asdict(resolved), beta=job.method.beta)))
-                if job.method.type == "dpo"
-                else MethodResolved(type="supervised", supervised=SupervisedResolved(hyperparameters=resolved))),
+        method=_method_out(job.method, resolved),
         user_provided_suffix=job.suffix, tunedock=job)
 
 

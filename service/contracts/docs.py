@@ -1,12 +1,13 @@
-"""The README's hyperparameter table, written from s.Hyperparameters' own declaration (type,
-bounds, default, meaning): `python -m service.contracts.docs` prints it, and
-tests/unit/test_hyperparameter_docs.py checks the README against it."""
+"""The README's hyperparameter tables, written from their own declarations (type, bounds,
+default, meaning): s.Hyperparameters and s.ReinforcementHyperparameters. `python -m
+service.contracts.docs` prints them, and tests/unit/test_hyperparameter_docs.py checks the README
+against them."""
 
 from __future__ import annotations
 
 import msgspec
 
-from service.contracts.schema import Hyperparameters
+from service.contracts.schema import Hyperparameters, ReinforcementHyperparameters
 
 _BOUNDS = (("minimum", "≥ {}"), ("exclusiveMinimum", "> {}"), ("maximum", "≤ {}"),
            ("exclusiveMaximum", "< {}"), ("minItems", "at least {} items"),
@@ -40,12 +41,21 @@ def _default(value: object) -> str:
     return f"`{msgspec.json.encode(value).decode()}`" if not isinstance(value, float) else f"`{value:g}`"
 
 
-def hyperparameters_markdown() -> str:
-    props = msgspec.json.schema(Hyperparameters)["$defs"]["Hyperparameters"]["properties"]
+def table(struct: type, heading: str = "hyperparameter") -> str:
+    props = msgspec.json.schema(struct)["$defs"][struct.__name__]["properties"]
     rows = [f"| `{name}` | {_default(p.get('default'))} | {_values(p)} | {p.get('description', '')} |"
             for name, p in props.items()]
-    return "\n".join(["| hyperparameter | default | takes | meaning |", "|---|---|---|---|", *rows]) + "\n"
+    return "\n".join([f"| {heading} | default | takes | meaning |", "|---|---|---|---|", *rows]) + "\n"
+
+
+def hyperparameters_markdown() -> str:
+    return table(Hyperparameters)
+
+
+def reinforcement_markdown() -> str:
+    return table(ReinforcementHyperparameters, "method.reinforcement.hyperparameters")
 
 
 if __name__ == "__main__":
-    print(hyperparameters_markdown(), end="")
+    print(hyperparameters_markdown())
+    print(reinforcement_markdown(), end="")

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from service.contracts.graders import Grader
+
 LORA_MODULE_PATTERN = r"^[A-Za-z0-9_.]{1,64}$"
 LoraModule = Annotated[str, Meta(pattern=LORA_MODULE_PATTERN)]
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -98,13 +100,58 @@ class Dpo(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True)
     hyperparameters: DpoHyperparameters = DpoHyperparameters()
 
 
-class Method(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    """What the job trains: supervised fine-tuning on examples, or DPO on preference pairs
-    (README: Preference tuning). The other hyperparameters apply to both."""
+class ReinforcementHyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """GRPO's knobs (README: Reinforcement fine-tuning). A step takes batch_size prompts and
+    samples `group_size` completions of each; the grader scores every completion and each one's
+    advantage is its reward against its group's mean."""
 
-    type: Literal["supervised", "dpo"] = "supervised"
+    group_size: Annotated[int, Meta(ge=2, le=64), _about(
+        "completions sampled per prompt; rewards are compared within a prompt's group")] = 4
+    max_completion_tokens: Annotated[int, Meta(ge=1, le=8192), _about(
+        "the longest completion sampled, in tokens (longer ones are cut and count as truncated)")] = 256
+    temperature: Annotated[float, Meta(gt=0, le=2), _about("sampling temperature of the rollouts")] = 1.0
+    beta: Annotated[float, Meta(ge=0, le=10), _about(
+        "KL penalty toward the base model (the adapter switched off, also when continuing a "
+        "fine-tuned model); 0: none, and no reference pass")] = 0.04
+    # OpenAI's: "multiplier on amount of compute used for exploring search space". Here the
+    # exploration is the group: group_size x compute_multiplier completions per prompt.
+    compute_multiplier: Annotated[float, Meta(gt=0, le=10), _about(
+        "scales the completions per prompt: round(group_size x compute_multiplier), at least 2")] = 1.0
+    eval_samples: Annotated[Annotated[int, Meta(ge=1, le=64)] | None, _about(
+        "validation prompts the grader scores before training and after every epoch; null: up to 16")] = None
+    # Accepted and recorded as OpenAI's API takes them; see the README for what they do here.
+    eval_interval: Annotated[Annotated[int, Meta(ge=1)] | None, _about(
+        "recorded; the graded evaluation runs once per epoch (before its checkpoint is recorded)")] = None
+    reasoning_effort: Annotated[Literal["default", "low", "medium", "high"], _about(
+        "recorded; the models trained here do not reason separately from their answer")] = "default"
+
+    @property
+    def completions_per_prompt(self) -> int:
+        return max(2, round(self.group_size * self.compute_multiplier))
+
+
+class Reinforcement(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    grader: Annotated[Grader, Meta(description="scores every sampled completion: the reward "
+                                               "(OpenAI's graders except score_model)")]
+    hyperparameters: ReinforcementHyperparameters = ReinforcementHyperparameters()
+
+
+class Method(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """What the job trains: supervised fine-tuning on examples, DPO on preference pairs, or
+    reinforcement fine-tuning (GRPO) of prompts against a grader (README: Preference tuning,
+    Reinforcement fine-tuning). The other hyperparameters apply to all three."""
+
+    type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
     dpo: Dpo | None = None  # only with type "dpo"; its defaults when left out
+    reinforcement: Reinforcement | None = None  # required with type "reinforcement"
 
     @property
     def beta(self) -> float:
         return (self.dpo or Dpo()).hyperparameters.beta
+
+    @property
+    def rollouts(self) -> int:
+        """Sequences trained per example: a reinforcement job's completions per prompt, else 1."""
+        if self.type != "reinforcement" or self.reinforcement is None:
+            return 1
+        return self.reinforcement.hyperparameters.completions_per_prompt

@@ -124,7 +124,8 @@ class Progress(Message, tag="progress", kw_only=True):
     trained_tokens: int | None = None
     supervised_tokens: int | None = None
     gpu_memory_bytes: int | None = None
-    rewards: dict[str, float] | None = None  # DPO: chosen, rejected, accuracy, margin
+    # DPO: chosen, rejected, accuracy, margin; reinforcement: reward mean and std, kl, ...
+    rewards: dict[str, float] | None = None  # (callbacks.REWARDS)
 
 
 class CheckpointSaved(Message, tag="checkpoint", kw_only=True):

@@ -18,6 +18,8 @@ from service.contracts.hyperparameters import (  # noqa: F401 - part of these wi
     Hyperparameters,
     LoraModule,
     Method,
+    Reinforcement,
+    ReinforcementHyperparameters,
 )
 
 

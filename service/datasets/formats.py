@@ -14,8 +14,14 @@ Preference pairs, for DPO jobs (method.type "dpo"):
   chosen_rejected    {"prompt", "chosen", "rejected"}: strings (raw text, as TRL reads them), or
                      a list of messages for the prompt and one assistant message for each answer
 
+Prompts, for reinforcement jobs (method.type "reinforcement"):
+  chat               {"messages": [... ending with the user's turn], "tools"?, any other fields}
+                     OpenAI's RFT format: the model's answer is sampled in training, and the
+                     whole row is the item its grader reads ({{item.field}})
+
 chat and sharegpt become a Chat; instruction and prompt_completion a Pair; text a Text; the two
-preference shapes a Preference. What each trains on is decided in render.py.
+preference shapes a Preference; a reinforcement row a Prompt. What each trains on is decided in
+render.py (a Prompt: service/training/reinforce.py).
 """
 
 from __future__ import annotations
@@ -69,6 +75,14 @@ class Preference:
     prompt: Chat | str
     chosen: str
     rejected: str
+
+
+@dataclass
+class Prompt:
+    """A reinforcement example: the chat up to the question, and the row as the grader's item."""
+
+    chat: Chat
+    item: dict[str, Any]
 
 
 Example = Chat | Pair | Text | Preference
@@ -205,6 +219,21 @@ def _chat(messages: Any, tools: Any, key: str) -> Chat:
     if not any(m.get("weight", 1) for m in assistants):
         raise ExampleError("every assistant message has weight 0, so nothing would be trained")
     return chat
+
+
+def parse_prompt(obj: Any) -> Prompt:
+    """One reinforcement row (OpenAI's RFT format); ExampleError says what is wrong."""
+    if not isinstance(obj, dict) or "messages" not in obj:
+        raise ExampleError("a reinforcement example is {\"messages\": [the chat up to the question, "
+                           "ending with the user's turn], plus the fields the grader reads}")
+    messages = obj["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ExampleError("'messages' must be a non-empty list")
+    chat = Chat([_message(m, i) for i, m in enumerate(messages)], _tools(obj.get("tools")))
+    if chat.messages[-1]["role"] != "user":
+        raise ExampleError("a reinforcement example's messages end with the user's turn: training "
+                           f"samples the answer, so the last message must not be {chat.messages[-1]['role']!r}")
+    return Prompt(chat, obj)
 
 
 def _sharegpt(turns: Any) -> Chat:

@@ -21,15 +21,18 @@ import msgspec
 from service.contracts.schema import LengthStats
 from service.datasets.digests import Digests, held_rows
 from service.datasets.formats import (
+    CHAT,
     PREFERENCE_FORMATS,
     Chat,
     Example,
     ExampleError,
     Pair,
     Preference,
+    Prompt,
     Text,
     detect_format,
     parse_example,
+    parse_prompt,
     pieces,
 )
 from service.datasets.jsonl import iter_lines
@@ -121,7 +124,10 @@ class Options(msgspec.Struct, kw_only=True, frozen=True):
     max_seq_length: int = 2048
     train_on_inputs: bool = False
     overlong_examples: str = TRUNCATE
-    method: str = "supervised"  # dpo takes preference pairs; supervised everything else
+    method: str = "supervised"  # dpo takes preference pairs; reinforcement prompts; supervised the rest
+    # Reinforcement: the row fields its grader's templates read ({{item.<field>}}); a row without
+    # one could only ever score 0.
+    item_fields: tuple[str, ...] = ()
 
 
 def _estimate(example: Example, train_on_inputs: bool) -> tuple[int, int]:
@@ -141,6 +147,12 @@ def _count(texts: list[str]) -> int:
 
 
 def _check_method(fmt: str, method: str) -> None:
+    if method == "reinforcement":
+        if fmt != CHAT:
+            raise ExampleError(f"this line is {fmt} data, but a reinforcement job trains on prompts: "
+                               "{\"messages\": [... ending with the user's turn], plus the fields the "
+                               "grader reads}")
+        return
     if method == "dpo" and fmt not in PREFERENCE_FORMATS:
         raise ExampleError(f"this line is {fmt} data, but a dpo job trains on preference pairs: "
                            "{\"input\": {\"messages\": [...]}, \"preferred_output\": [...], "
@@ -165,6 +177,21 @@ def _measure_pair(pair: Preference, renderer: Renderer | None, options: Options
                            f"({options.max_seq_length}) leaves no room for an answer")
     kept_c, kept_r = min(c, room), min(r, room)
     return p + max(c, r), 2 * p + c + r, kept_c + kept_r, 2 * p + kept_c + kept_r
+
+
+def _measure_prompt(prompt: Prompt, tokens: TemplateTokens | None, options: Options) -> int:
+    """A reinforcement prompt's tokens, as the chat template renders it for generation."""
+    if tokens is not None:
+        n = len(tokens.encode(tokens.render(prompt.chat.messages, prompt.chat.tools, True)))
+    else:
+        n = _count(pieces(prompt.chat))
+    if n >= options.max_seq_length:
+        raise ExampleError(f"the prompt alone is {n} tokens, so max_seq_length "
+                           f"({options.max_seq_length}) leaves no room for an answer")
+    missing = [f for f in options.item_fields if f not in prompt.item]
+    if missing:
+        raise ExampleError(f"the grader reads item.{missing[0]}, which this line lacks")
+    return n
 
 
 def validate_jsonl(chunks: Iterable[bytes], tokens: TemplateTokens | None, max_line_bytes: int,
@@ -194,8 +221,11 @@ def validate_jsonl(chunks: Iterable[bytes], tokens: TemplateTokens | None, max_l
                 raise ExampleError(f"this line is {fmt} but the file is {report.format}; "
                                    "use one format per file")
             _check_method(fmt, options.method)
-            example = parse_example(obj, fmt)
-            if isinstance(example, Preference):
+            example = parse_prompt(obj) if options.method == "reinforcement" else parse_example(obj, fmt)
+            if isinstance(example, Prompt):  # nothing supervised: the answers are sampled
+                n = total = trained = _measure_prompt(example, tokens, options)
+                n_supervised = 0
+            elif isinstance(example, Preference):
                 n, total, n_supervised, trained = _measure_pair(example, renderer, options)
             else:
                 if renderer is not None:

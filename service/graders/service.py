@@ -18,6 +18,7 @@ from service.contracts import graders as w
 from service.errors import ServiceError, Unprocessable
 from service.graders import formula, metrics, sandbox
 from service.graders.template import TemplateError, render, sample_namespace, variables
+from service.graders.template import item_fields as template_item_fields
 from service.settings import Settings
 
 # A judge answers with one number; constraining its decoding to one in range (vLLM's structured
@@ -205,6 +206,13 @@ def _text(message: w.EvalMessage) -> str:
         return content
     parts = content if isinstance(content, list) else [content]
     return "".join(p.text for p in parts)
+
+
+def item_fields(grader: w.Grader) -> tuple[str, ...]:
+    """The dataset fields a grader's templates read: every row it grades must have them."""
+    if isinstance(grader, w.MultiGrader):
+        return tuple(dict.fromkeys(f for g in grader.graders.values() for f in item_fields(g)))
+    return template_item_fields([text for _, text in _templates(grader)])
 
 
 def _templates(grader: w.Grader) -> list[tuple[str, str]]:

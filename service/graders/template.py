@@ -61,3 +61,15 @@ def render(template: str, scope: dict[str, Any]) -> str:
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
     return _VAR.sub(one, template)
+
+
+def item_fields(templates: list[str]) -> tuple[str, ...]:
+    """The top-level item fields the templates read (`{{item.answer.text}}` reads `answer`)."""
+    found: list[str] = []
+    for template in templates:
+        for path in variables(template):
+            m = _PATH.match(path)
+            step = _STEP.match(m.group(2)) if m and m.group(1) == "item" else None
+            if step and step.group(1) and step.group(1) not in found:
+                found.append(step.group(1))
+    return tuple(found)

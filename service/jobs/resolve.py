@@ -52,9 +52,11 @@ AUTO_TARGET_EPOCHS, AUTO_MIN_EXAMPLES, AUTO_MAX_EXAMPLES = 3, 100, 25_000
 AUTO_MAX_EPOCHS, AUTO_MAX_BATCH = 25, 256
 
 
-def resolve_auto(hp: s.Hyperparameters, n_train: int, gpus: int | str = 1) -> s.Hyperparameters:
+def resolve_auto(hp: s.Hyperparameters, n_train: int, gpus: int | str = 1,
+                 rollouts: int = 1) -> s.Hyperparameters:
     """`hp` with "auto" n_epochs and batch_size replaced by the rule above (a batch that several
-    GPUs share equally, in whole micro-batches, when the job asks for a count of them)."""
+    GPUs share equally, in whole micro-batches, when the job asks for a count of them; for a
+    reinforcement job, its `rollouts` completions per prompt counted)."""
     changes: dict[str, int] = {}
     if hp.n_epochs == "auto":
         epochs = AUTO_TARGET_EPOCHS
@@ -68,6 +70,7 @@ def resolve_auto(hp: s.Hyperparameters, n_train: int, gpus: int | str = 1) -> s.
         batch = min(AUTO_MAX_BATCH, 2 ** round(math.log2(target)))
         # Whole micro-batches per step and per GPU, as check() requires of a set size.
         step = (hp.micro_batch_size or 1) * (gpus if isinstance(gpus, int) else 1)
+        step //= math.gcd(step, rollouts)  # each prompt brings `rollouts` sequences
         batch = -(-batch // step) * step
         changes["batch_size"] = batch
     return msgspec.structs.replace(hp, **changes) if changes else hp

@@ -20,7 +20,7 @@ from service.datasets.template import local_tokens
 from service.datasets.validate import Options, Report, validate_jsonl
 from service.db.tables import JobRow
 from service.errors import InvalidTransition, NotFound, Unprocessable
-from service.graders.service import GraderService
+from service.graders.service import GraderService, item_fields
 from service.ids import model_name, new_id, parse_model_name
 from service.jobs.estimate import Throughput, calibration_key, estimate_duration, training_tokens
 from service.jobs.locate import Locator
@@ -84,24 +84,22 @@ class JobService:
     async def check(self, tenant: str, req: s.JobCreate) -> tuple[s.JobCreate, s.ContinuedFrom | None]:
         """`req` as it will train (a continued job: the root base model, the parent's LoRA
         shape), or the 4xx that says why it cannot."""
-        if req.method.type != "dpo" and req.method.dpo is not None:
-            # 422: well-formed (the schema cannot tie the block to a type), only contradictory.
-            raise Unprocessable("method.dpo is given but method.type is 'supervised'; set "
-                                "method.type to 'dpo' to train on preference pairs",
-                                param="method.type")
-        if req.method.type == "dpo" and req.hyperparameters.packing == "padding_free":
-            raise Unprocessable("packing 'padding_free' is for supervised jobs; a dpo job pads "
-                                "each micro-batch's pairs (use auto, length_grouped or off)",
-                                param="hyperparameters.packing")
+        await _check_method(self.settings, tenant, req)
         hp = req.hyperparameters
-        if hp.micro_batch_size and hp.batch_size != "auto" and hp.batch_size % hp.micro_batch_size:
+        # A reinforcement job trains group_size completions of each prompt: its micro-batches
+        # and each GPU's share are counted in those sequences.
+        rollouts = req.method.rollouts
+        sequences = hp.batch_size * rollouts if hp.batch_size != "auto" else "auto"
+        if hp.micro_batch_size and sequences != "auto" and sequences % hp.micro_batch_size:
             # Accumulation makes up batch_size in whole micro-batches: any other micro-batch
             # would train a different number of examples per step than was asked for. 422: each
             # field is valid alone (the schema cannot say "divides"), only the pair is not.
             raise Unprocessable(
-                f"micro_batch_size {hp.micro_batch_size} does not divide batch_size {hp.batch_size}, "
-                "so a step could not take exactly batch_size examples; pick a micro_batch_size that "
-                f"divides it (e.g. {max(d for d in range(1, hp.micro_batch_size + 1) if hp.batch_size % d == 0)}) "
+                f"micro_batch_size {hp.micro_batch_size} does not divide "
+                + (f"batch_size {hp.batch_size}" if rollouts == 1 else
+                   f"the {sequences} completions per step (batch_size {hp.batch_size} x {rollouts})")
+                + ", so a step could not take exactly batch_size examples; pick a micro_batch_size that "
+                f"divides it (e.g. {max(d for d in range(1, hp.micro_batch_size + 1) if sequences % d == 0)}) "
                 "or leave it out and the memory plan picks one",
                 param="hyperparameters.micro_batch_size")
         limit = self.settings.tenant_max_gpus
@@ -109,12 +107,14 @@ class JobService:
             # Its tenant could never hold that many at once: the job would wait for good.
             raise Unprocessable(f"gpus {req.gpus} is more than the {limit} GPUs a tenant's jobs may "
                                 "hold at once here; ask for fewer, or \"auto\"", param="gpus")
-        if isinstance(req.gpus, int) and req.gpus > 1 and hp.batch_size != "auto":
+        if isinstance(req.gpus, int) and req.gpus > 1 and sequences != "auto":
             step = req.gpus * (hp.micro_batch_size or 1)
-            if hp.batch_size % step:
+            if sequences % step:
                 # Each rank takes an equal share of every step's examples, in whole micro-batches.
                 raise Unprocessable(
-                    f"gpus {req.gpus} does not divide batch_size {hp.batch_size}"
+                    f"gpus {req.gpus} does not divide "
+                    + (f"batch_size {hp.batch_size}" if rollouts == 1 else
+                       f"the {sequences} completions per step (batch_size {hp.batch_size} x {rollouts})")
                     + (f" into whole micro-batches of {hp.micro_batch_size}" if hp.micro_batch_size else "")
                     + f": each GPU takes an equal share of every step's examples; use a batch_size "
                     f"that is a multiple of {step}, or fewer gpus", param="gpus")
@@ -262,7 +262,9 @@ class JobService:
                          hp: s.Hyperparameters, method: s.Method, reuse: bool = False) -> Report:
         entry = self.settings.base_model(base_model)
         options = Options(max_seq_length=hp.max_seq_length, train_on_inputs=hp.train_on_inputs,
-                          overlong_examples=hp.overlong_examples, method=method.type)
+                          overlong_examples=hp.overlong_examples, method=method.type,
+                          item_fields=item_fields(method.reinforcement.grader)
+                          if method.reinforcement is not None else ())
 
         def check() -> Report:
             tokens = local_tokens(entry.local_path if entry else None)
@@ -310,7 +312,7 @@ class JobService:
             plan = make_plan(shape, hp, calibrated.available_bytes, calibrated.backend, device,
                              row_tokens=row_tokens(summary.lengths if not summary.tokens_estimated
                                                    else None, hp.max_seq_length, packing),
-                             packing=packing, method=method.type, ranks=ranks)
+                             packing=packing, method=method, ranks=ranks)
             same_way = calibration_key(name, method.type, device, plan.gradient_checkpointing)
             if same_way != calibrated.shape:
                 rows = await throughput.latest(same_way) or rows
@@ -327,7 +329,7 @@ class JobService:
             raise Unprocessable(f"{name}: {report.failure_message()}", param=name,
                                 code="invalid_training_file")
         summary = summarize(train, val, req.hyperparameters)
-        hp = resolve_auto(req.hyperparameters, summary.n_train, req.gpus)
+        hp = resolve_auto(req.hyperparameters, summary.n_train, req.gpus, req.method.rollouts)
         try:
             found, plan = await self.estimate(req.base_model, hp, req.method, summary,
                                               req.gpus if isinstance(req.gpus, int) else 1)
@@ -360,7 +362,7 @@ class JobService:
         data = msgspec.to_builtins(summary)
         fields: dict[str, Any] = {}
         event_data = data
-        resolved = resolve_auto(job.hyperparameters, summary.n_train, job.gpus)
+        resolved = resolve_auto(job.hyperparameters, summary.n_train, job.gpus, job.method.rollouts)
         if resolved != job.hyperparameters:
             fields["hyperparameters"] = msgspec.to_builtins(resolved)
             event_data = {**data, "resolved": {k: fields["hyperparameters"][k]
@@ -395,6 +397,35 @@ class JobService:
                                         data={"error": error, **data}, error=error)
         except (InvalidTransition, NotFound):  # cancelled meanwhile
             log.info("job changed during validation", job_id=job_id)
+
+
+async def _check_method(settings: Settings, tenant: str, req: s.JobCreate) -> None:
+    """The method block matches method.type, and a reinforcement job's grader can run in the
+    training child. 422s: each field is well-formed alone (the schema cannot tie a block to the
+    type), only the combination is not."""
+    method = req.method
+    for block in ("dpo", "reinforcement"):
+        if getattr(method, block) is not None and method.type != block:
+            raise Unprocessable(f"method.{block} is given but method.type is {method.type!r}; set "
+                                f"method.type to {block!r} or leave method.{block} out",
+                                param="method.type")
+    if method.type == "supervised":
+        return
+    if req.hyperparameters.packing == "padding_free":
+        raise Unprocessable(f"packing 'padding_free' is for supervised jobs; a {method.type} job pads "
+                            "each micro-batch's sequences (use auto, length_grouped or off)",
+                            param="hyperparameters.packing")
+    if method.type != "reinforcement":
+        return
+    if method.reinforcement is None:
+        raise Unprocessable("a reinforcement job needs method.reinforcement.grader: the grader that "
+                            "scores each sampled completion (its reward)", param="method.reinforcement")
+    if _uses_a_judge(method.reinforcement.grader):
+        raise Unprocessable("score_model graders do not run inside training yet (the training child "
+                            "has no model server); use string_check, text_similarity, python or multi",
+                            param="method.reinforcement.grader")
+    await GraderService(settings).validate(tenant, method.reinforcement.grader,
+                                           "method.reinforcement.grader")
 
 
 async def _check_eval(settings: Settings, tenant: str, req: s.JobCreate) -> None:

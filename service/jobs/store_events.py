@@ -55,6 +55,8 @@ class EventsStore(JobsStore):
                     said += (f"; rewards chosen {metrics.get('rewards_chosen', 0):.3f}, rejected "
                              f"{metrics.get('rewards_rejected', 0):.3f}, reward accuracy "
                              f"{metrics['reward_accuracy']:.0%}")
+                if "reward_mean" in metrics:  # reinforcement: the epoch's rollouts, graded
+                    said += f"; mean reward {metrics['reward_mean']:.3f}"
                 if "eval_score" in metrics:  # graded evaluation: this epoch's mean score
                     said += f"; eval score {metrics['eval_score']:.3f}"
                 ses.add(event_row(job_id, "checkpoint", said,

@@ -145,7 +145,7 @@ class Device:
         try:
             return make_plan(shape, hp, budget, backend, "cpu" if self.gpu is None else "cuda",
                              row_tokens=row_tokens(lengths, hp.max_seq_length, packing),
-                             packing=packing, method=job.method.type, ranks=ranks)
+                             packing=packing, method=job.method, ranks=ranks)
         except PlanError:
             return None
 

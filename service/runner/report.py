@@ -124,8 +124,10 @@ class Reporter:
                 time.time() + elapsed / msg.step * max(0, msg.total_steps - msg.step), tz=timezone.utc)
         await self.store.update_job(self.job.id, lease=self.lease, **fields)
         if msg.loss is not None:
-            await self.store.add_event(self.job.id, "metrics",
-                                       f"step {msg.step}/{msg.total_steps}: loss {msg.loss:.4f}",
+            said = f"step {msg.step}/{msg.total_steps}: loss {msg.loss:.4f}"
+            if msg.rewards and "reward_mean" in msg.rewards:  # reinforcement: the step's rollouts
+                said += f", mean reward {msg.rewards['reward_mean']:.3f}"
+            await self.store.add_event(self.job.id, "metrics", said,
                                        data={**_fields(msg), "attempt": self.job.attempt},
                                        lease=self.lease)
 

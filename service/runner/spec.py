@@ -53,5 +53,7 @@ async def build_spec(settings: Settings, store: Store, where: Locator, job: s.Jo
         deterministic=settings.deterministic_training,
         eval=job.eval, epoch_scores={c.epoch: c.metrics["eval_score"] for c in checkpoints
                                      if "eval_score" in c.metrics},
-        score_base=job.eval is not None and job.base_eval_score is None and not points,
+        # A reinforcement job is graded by its grader when it has no eval of its own.
+        score_base=(job.eval is not None or job.method.type == "reinforcement")
+        and job.base_eval_score is None and not points,
     )

@@ -61,7 +61,7 @@ class ProgressCallback(TrainerCallback):
             step=step, total_steps=state.max_steps, epoch=state.epoch, loss=logs["loss"],
             learning_rate=logs.get("learning_rate"), tokens_per_second=rate, step_seconds=step_s,
             trained_tokens=seen, supervised_tokens=self.tally.supervised if self.tally else None,
-            gpu_memory_bytes=_gpu_memory(), rewards=_rewards(logs, "rewards/") or None))
+            gpu_memory_bytes=_gpu_memory(), rewards=_rewards(logs) or None))
 
 
 class CheckpointCallback(TrainerCallback):
@@ -128,17 +128,24 @@ class ResumePointCallback(TrainerCallback):
         return control
 
 
-# DPO's per-log reward metrics (TRL's names), as the service reports them.
-REWARDS = {"chosen": "rewards_chosen", "rejected": "rewards_rejected",
-           "accuracies": "reward_accuracy", "margins": "reward_margin"}
+# The per-log reward metrics (TRL's names), as the service reports them: DPO's, and GRPO's
+# (the grader's mean reward and its spread within the step, the KL to the reference, the sampled
+# completions' mean length and the share cut at max_completion_tokens, and how often the
+# policy ratio was clipped).
+REWARDS = {"rewards/chosen": "rewards_chosen", "rewards/rejected": "rewards_rejected",
+           "rewards/accuracies": "reward_accuracy", "rewards/margins": "reward_margin",
+           "reward": "reward_mean", "reward_std": "reward_std", "kl": "kl",
+           "completions/mean_length": "completion_length",
+           "completions/clipped_ratio": "truncated_ratio", "clip_ratio/region_mean": "clip_ratio",
+           "grader_error_ratio": "grader_error_ratio"}
 
 
-def _rewards(logs: dict, prefix: str) -> dict[str, float]:
+def _rewards(logs: dict, prefix: str = "") -> dict[str, float]:
     return {name: logs[prefix + key] for key, name in REWARDS.items() if prefix + key in logs}
 
 
 def _epoch_metrics(state, epoch: int) -> dict[str, float]:  # noqa: ANN001
-    """Means of the epoch's training logs (loss; DPO's rewards and reward accuracy) and the
+    """Means of the epoch's training logs (loss; DPO's and GRPO's reward metrics) and the
     epoch's evaluation (valid_loss; valid_ rewards)."""
     logs = [h for h in state.log_history if "loss" in h and epoch - 1 < h["epoch"] <= epoch]
     evals = [h for h in state.log_history if "eval_loss" in h and round(h["epoch"]) == epoch]
@@ -146,12 +153,12 @@ def _epoch_metrics(state, epoch: int) -> dict[str, float]:  # noqa: ANN001
     if logs:
         metrics["train_loss"] = sum(h["loss"] for h in logs) / len(logs)
         for name in REWARDS.values():
-            values = [r[name] for r in map(lambda h: _rewards(h, "rewards/"), logs) if name in r]
+            values = [r[name] for r in map(_rewards, logs) if name in r]
             if values:
                 metrics[name] = sum(values) / len(values)
     if evals:
         metrics["valid_loss"] = evals[-1]["eval_loss"]
-        metrics |= {f"valid_{k}": v for k, v in _rewards(evals[-1], "eval_rewards/").items()}
+        metrics |= {f"valid_{k}": v for k, v in _rewards(evals[-1], "eval_").items()}
     return metrics
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from service.contracts.schema import Hyperparameters, LengthStats, MemoryPlan
+from service.contracts.schema import Hyperparameters, LengthStats, MemoryPlan, Method
 from service.shapes import Shape
 
 GiB = 1 << 30
@@ -54,6 +54,12 @@ LOGIT_BYTES = {"unsloth": 0.5, "peft": 6.0}
 # cost in supervised training: on the H100 an Unsloth DPO job peaked at 1.96 GiB where full
 # fp32 logits would have added ~2.8 GiB (bench/results/gpu-run-14-methods.log).
 DPO_ROWS = 2
+# Reinforcement (GRPO): a step samples every completion of its batch_size prompts at once
+# (group_size each), holding their KV cache (16-bit keys and values, every layer) while the
+# model generates; then it trains on the sequences like supervised rows, in micro-batches of
+# sequences. The reference pass (beta > 0, adapter disabled) is freed before the policy's, as
+# DPO's. Not yet checked against a measured peak on a GPU.
+KV_BYTES = 2
 # DDP copies the trainable gradients into communication buckets (torch's default cap: 25 MiB
 # each, the first bucket 1 MiB); two buckets in flight bound what LoRA's gradients need there.
 DDP_BUCKETS = 2 * 25 * (1 << 20)
@@ -89,9 +95,10 @@ def row_tokens(lengths: LengthStats | None, max_seq_length: int, packing: str) -
 
 def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str,
              row_tokens: int | None = None, method: str = "supervised",
-             checkpointing: bool = True, ranks: int = 1) -> dict[str, int]:
+             checkpointing: bool = True, ranks: int = 1, rollout_sequences: int = 0) -> dict[str, int]:
     """Peak bytes by part (per rank) for one micro-batch of `row_tokens` (default
-    max_seq_length) per row."""
+    max_seq_length) per row; `rollout_sequences`: the sequences a reinforcement step generates
+    at once on this rank."""
     dpo = method == "dpo"
     linears = shape.linears()
     lora_params = shape.layers * sum(hp.lora_r * (a + b) for name, (a, b) in linears.items()
@@ -116,12 +123,16 @@ def estimate(shape: Shape, hp: Hyperparameters, micro_batch: int, backend: str,
     }
     if ranks > 1:
         parts["ddp_buckets"] = min(DDP_BUCKETS, lora_params * 4)
+    if rollout_sequences:
+        kv_width = shape.hidden * shape.kv_heads // shape.heads
+        parts["rollouts_kv_cache"] = (rollout_sequences * (row_tokens or hp.max_seq_length)
+                                      * shape.layers * 2 * kv_width * KV_BYTES)
     return {k: int(v) for k, v in parts.items()}
 
 
 def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend: str,
               device: str, max_micro_batch: int | None = None, row_tokens: int | None = None,
-              packing: str | None = None, method: str = "supervised", ranks: int = 1) -> MemoryPlan:
+              packing: str | None = None, method: Method = Method(), ranks: int = 1) -> MemoryPlan:
     """The largest micro-batch dividing batch_size whose estimate fits `available` with a margin,
     and whether it trains with gradient checkpointing.
 
@@ -131,8 +142,19 @@ def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend:
 
     `ranks` > 1: data-parallel (DDP), a whole copy of the model per device, so `available` and
     the estimate are per rank; each rank's micro-batch divides its share of batch_size, and the
-    accumulation makes up the rest: batch_size = micro-batch x accumulation x ranks."""
-    share = hp.batch_size // ranks  # the API only takes a gpus count that divides batch_size
+    accumulation makes up the rest: batch_size = micro-batch x accumulation x ranks.
+
+    A reinforcement job's micro-batches are of sequences (a prompt and one sampled completion,
+    `row_tokens` being the longest prompt plus max_completion_tokens): a step trains batch_size x
+    completions-per-prompt of them."""
+    rollouts = method.rollouts
+    if rollouts > 1:
+        assert method.reinforcement is not None
+        row_tokens = min(hp.max_seq_length, (row_tokens or hp.max_seq_length)
+                         + method.reinforcement.hyperparameters.max_completion_tokens)
+    # the API only takes a gpus count that divides the step's sequences
+    share = hp.batch_size * rollouts // ranks
+    generated = share if rollouts > 1 else 0
     top = min(hp.micro_batch_size or share, share)
     if max_micro_batch is not None:
         top = min(top, max_micro_batch)
@@ -149,13 +171,14 @@ def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend:
 
     best = None
     for mb in candidates:
-        parts = estimate(shape, hp, mb, backend, row_tokens, method, checkpointing, ranks)
+        parts = estimate(shape, hp, mb, backend, row_tokens, method.type, checkpointing, ranks, generated)
         if fits(parts):
             best = (mb, parts)
             break
     if best is None:
         mb = candidates[-1]
-        peak = sum(estimate(shape, hp, mb, backend, row_tokens, method, checkpointing, ranks).values())
+        peak = sum(estimate(shape, hp, mb, backend, row_tokens, method.type, checkpointing, ranks,
+                            generated).values())
         raise PlanError(
             f"the job needs about {peak / GiB:.1f} GiB at micro-batch {mb} "
             f"(seq {hp.max_seq_length}, {'4-bit' if hp.load_in_4bit else '16-bit'} base, "
@@ -168,7 +191,8 @@ def make_plan(shape: Shape, hp: Hyperparameters, available: int | None, backend:
     mb, parts = best
     if checkpointing and hp.gradient_checkpointing == "auto" and max_micro_batch is None \
             and backend == "unsloth":
-        kept = estimate(shape, hp, mb, backend, row_tokens, method, checkpointing=False, ranks=ranks)
+        kept = estimate(shape, hp, mb, backend, row_tokens, method.type, checkpointing=False,
+                        ranks=ranks, rollout_sequences=generated)
         if fits(kept):
             checkpointing, parts = False, kept
     return MemoryPlan(device=device, micro_batch_size=mb,

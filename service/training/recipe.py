@@ -20,7 +20,7 @@ from service.datasets.render import IGNORE, Collator, FlatCollator, Renderer, fi
 from service.datasets.template import HFTokens
 from service.shapes import Shape, read_config
 from service.storage import ObjectStore, download_prefix, upload_dir
-from service.training import backends, ranks, stop
+from service.training import backends, ranks, reinforce, stop
 from service.training.callbacks import (
     CheckpointCallback,
     ProgressCallback,
@@ -42,7 +42,7 @@ def plan_memory(spec: TrainingSpec, shape: Shape, backend: str, device: str, pac
     hp = spec.hyperparameters
     return make_plan(shape, hp, available, backend, device, spec.max_micro_batch_size,
                      row_tokens=row_tokens(spec.example_lengths, hp.max_seq_length, packing),
-                     packing=packing, method=spec.method.type, ranks=spec.ranks)
+                     packing=packing, method=spec.method, ranks=spec.ranks)
 
 
 class Tally:
@@ -58,6 +58,8 @@ class Tally:
         class CountingTrainer(base):  # type: ignore[misc, valid-type]
             # transformers counts every input id, padding included; count what was trained on.
             def _track_num_input_tokens(self, inputs: dict) -> None:
+                if self.args.include_num_input_tokens_seen == "no":
+                    return  # GRPO: it counts the prompts and completions it generates
                 import torch
 
                 mask = inputs.get("attention_mask")
@@ -167,6 +169,13 @@ def build_datasets(spec: TrainingSpec, objects: ObjectStore, tokenizer, work: Pa
         train_rows, val_rows = rows, list(read_jsonl(work / "validation.jsonl"))
     else:
         train_rows, val_rows = split_examples(rows, spec.validation_rows, hp.seed)
+    if spec.method.type == "reinforcement":
+        # Prompts only: the answers are sampled in training. The validation prompts are graded
+        # (the eval), not given a loss.
+        prompts = reinforce.prompt_rows(train_rows)
+        if not prompts:
+            raise ValueError("no training prompt is valid")
+        return Dataset.from_list(prompts), None, val_rows
     renderer = Renderer(HFTokens(tokenizer), hp.train_on_inputs)
 
     def encode(rows: list[dict]) -> list[dict]:
@@ -249,6 +258,8 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     train_ds, val_ds, val_rows = build_datasets(spec, objects, tokenizer, inputs)
+    if spec.method.type == "reinforcement":  # graded like any job: by its eval, or its grader
+        spec = msgspec.structs.replace(spec, eval=reinforce.derived_eval(spec, val_rows))
     prompts = eval_prompts(spec, HFTokens(tokenizer), val_rows)
     sampler = Sampler(prompts, tokenizer, backend, spec.eval) if prompts else None
     if sampler is not None and spec.eval is not None and spec.score_base and ranks.is_main():
@@ -257,7 +268,8 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
         answers = sampler.answer(model)
         emit.emit(m.BaseScored(score=mean_score(answers) or 0.0,
                                samples=[msgspec.convert(a, EvalSample) for a in answers]))
-    checker = CheckRecorder(sampler, [] if prompts else example_sequences(train_ds), backend,
+    examples = [] if prompts else example_sequences(train_ds, HFTokens(tokenizer))
+    checker = CheckRecorder(sampler, examples, backend,
                             quantized=hp.load_in_4bit and device == "cuda")
 
     early = hp.early_stopping_patience is not None and val_ds is not None
@@ -276,7 +288,7 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=hp.early_stopping_patience))
     args = training_arguments(spec, plan, device, packing, work, early, has_eval=val_ds is not None)
     trainer = make_trainer(spec, backend, packing, args, tally, model, tokenizer, train_ds, val_ds,
-                           callbacks)
+                           callbacks, emit)
 
     stop.check("before training started")
     resume_dir = None
@@ -348,7 +360,9 @@ def training_arguments(spec: TrainingSpec, plan: MemoryPlan, device: str, packin
         use_cpu=device == "cpu",
         gradient_checkpointing=False,  # each backend turns on its own (Unsloth's is offloaded)
         remove_unused_columns=False,
-        include_num_input_tokens_seen=True,  # counted by Tally's trainer: real tokens only
+        # Counted by Tally's trainer: real tokens only. GRPO counts its prompts and completions
+        # itself, as it generates them.
+        include_num_input_tokens_seen=spec.method.type != "reinforcement",
         # Several ranks: LoRA's weights are all used every step, so DDP need not search for
         # unused ones (a graph traversal per step).
         ddp_find_unused_parameters=False if spec.ranks > 1 else None,
@@ -360,9 +374,18 @@ def training_arguments(spec: TrainingSpec, plan: MemoryPlan, device: str, packin
 
 
 def make_trainer(spec: TrainingSpec, backend: str, packing: str, args: dict, tally: Tally,  # noqa: PLR0913
-                 model, tokenizer, train_ds, val_ds, callbacks: list):  # noqa: ANN001, ANN201
-    """TRL's SFTTrainer, or its DPOTrainer for method "dpo", counting real tokens (Tally)."""
+                 model, tokenizer, train_ds, val_ds, callbacks: list, emit: Emitter):  # noqa: ANN001, ANN201
+    """TRL's SFTTrainer, its DPOTrainer for method "dpo" or its GRPOTrainer for method
+    "reinforcement" (service/training/reinforce.py), counting real tokens (Tally)."""
     hp = spec.hyperparameters
+    if spec.method.type == "reinforcement":
+        from trl import GRPOConfig, GRPOTrainer
+
+        assert spec.method.reinforcement is not None
+        return tally.trainer_class(resumable(reinforce.grpo_trainer(GRPOTrainer)))(
+            model=model, reward_funcs=[reinforce.Reward(spec.method.reinforcement.grader, tally, emit)],
+            train_dataset=train_ds, processing_class=tokenizer, callbacks=callbacks,
+            args=GRPOConfig(**args, **reinforce.grpo_arguments(spec)))
     if spec.method.type == "dpo":
         if backend == "unsloth":
             # Unsloth patches TRL's trainers when it is imported (backends.load did); this call

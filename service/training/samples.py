@@ -125,12 +125,16 @@ def grade(grader: Any, answer: str, item: dict[str, Any]) -> tuple[float, str | 
     service/graders), and why it is 0 when grading failed."""
     import asyncio
 
+    return asyncio.run(graded(grader, answer, item))
+
+
+async def graded(grader: Any, answer: str, item: dict[str, Any]) -> tuple[float, str | None]:
     from service.contracts.graders import RunGraderRequest
     from service.graders.service import GraderService
     from service.settings import Settings
 
-    found = asyncio.run(GraderService(Settings())._run_checked(
-        RunGraderRequest(grader=grader, model_sample=answer, item=item)))
+    found = await GraderService(Settings())._run_checked(
+        RunGraderRequest(grader=grader, model_sample=answer, item=item))
     failed = {k: v for k, v in msgspec.structs.asdict(found.metadata.errors).items() if v}
     if not failed:
         return found.reward, None
@@ -138,14 +142,17 @@ def grade(grader: Any, answer: str, item: dict[str, Any]) -> tuple[float, str | 
     return 0.0, f"{', '.join(k for k, v in failed.items() if v is True)}: {detail}"[:500]
 
 
-def example_sequences(train_ds: Any, n: int = 2) -> list[tuple[str, list[int]]]:
-    """The first training examples' token ids (a DPO pair's prompt and chosen answer): the check's
-    sequences when a job has no eval prompts. The adapter was trained on them, so they are where
-    it differs most from the base."""
+def example_sequences(train_ds: Any, tokens: HFTokens, n: int = 2) -> list[tuple[str, list[int]]]:
+    """The first training examples' token ids (a DPO pair's prompt and chosen answer; a
+    reinforcement prompt as generation starts from it): the check's sequences when a job has no
+    eval prompts. The adapter was trained on them, so they are where it differs most from the base."""
     out = []
     for i in range(min(n, len(train_ds))):
         row = train_ds[i]
-        ids = row["input_ids"] if "input_ids" in row else row["prompt_ids"] + row["chosen_ids"]
+        if "prompt" in row and "item" in row:
+            ids = tokens.encode(tokens.render(row["prompt"], None, True))
+        else:
+            ids = row["input_ids"] if "input_ids" in row else row["prompt_ids"] + row["chosen_ids"]
         out.append((f"training example {i + 1}", list(ids)))
     return out
 

@@ -41,6 +41,14 @@ def test_files_jobs_and_models_commands(cli, tmp_path) -> None:  # noqa: ANN001
     assert dry.returncode == 0 and "12 training" in dry.stdout and "estimate: none yet" in dry.stdout, dry
     dpo = cli("jobs", "create", "--model", "tiny", "--train", file_id, "--method", "dpo", "--dry-run")
     assert dpo.returncode != 0 and "a dpo job trains on preference pairs" in dpo.stderr, dpo
+    grader = tmp_path / "grader.json"
+    grader.write_text(json.dumps({"type": "string_check", "name": "g", "input": "{{sample.output_text}}",
+                                  "reference": "yes", "operation": "ilike"}))
+    rft = cli("jobs", "create", "--model", "tiny", "--train", file_id, "--method", "reinforcement",
+              "--grader", str(grader), "--group-size", "3", "--dry-run")
+    assert rft.returncode != 0 and "end with the user's turn" in rft.stderr, rft  # chat rows: not prompts
+    no_grader = cli("jobs", "create", "--model", "tiny", "--train", file_id, "--method", "reinforcement")
+    assert no_grader.returncode != 0 and "--grader FILE" in no_grader.stderr, no_grader
     created = cli("--json", "jobs", "create", "--model", "tiny", "--train", str(data), "--epochs", "2",
                   "--suffix", "cli")
     assert created.returncode == 0, created.stderr

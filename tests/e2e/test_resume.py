@@ -4,9 +4,7 @@ point and reproduces, step for step, the losses of the same job run without inte
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 
 from service.settings import BaseModelEntry
 from tests.conftest import ARTIFACTS, DATASETS, Api, api_client
-from tests.e2e.test_training_runner import events, train_to_the_end
+from tests.e2e.test_training_runner import events, kill_runner_after_step, train_to_the_end
 from tests.support.data import jsonl
 from tests.support.processes import start_runner
 
@@ -66,15 +64,7 @@ async def test_killed_at_a_random_step_resumes_with_identical_losses(tiny_api: A
 
     job_id = await submit(api, s3)
     kill_at = random.Random(time.time_ns()).randint(2 * INTERVAL + 1, total - 2 * INTERVAL)
-    first = start_runner(tiny_settings, tmp_path / "killed.log")
-    try:
-        deadline = time.monotonic() + 300
-        while not any(step >= kill_at for _, step, _ in losses(await events(api, job_id))):
-            assert time.monotonic() < deadline, "training did not reach the kill step"
-            await asyncio.sleep(0.05)
-    finally:
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(10)
+    await kill_runner_after_step(api, tiny_settings, job_id, kill_at, tmp_path / "killed.log")
     # What a child killed in the middle of a large upload leaves: an open multipart upload under
     # the job's prefix (planted, as the kill may have missed one). The next attempt aborts it.
     left = s3.create_multipart_upload(Bucket=ARTIFACTS, Key=f"jobs/{job_id}/resume/step-0/optimizer.pt")

@@ -71,6 +71,20 @@ async def wait_for(predicate, timeout: float, what: str):  # noqa: ANN001, ANN20
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def kill_runner_after_step(api: Api, settings, job_id: str, step: int, log) -> None:  # noqa: ANN001
+    """Start a runner and SIGKILL it once the job has reported training step `step` or a later one
+    (a metrics event): a crash mid-training, the child left orphaned to die with it."""
+    runner = start_runner(settings, log)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(e["type"] == "metrics" and e["data"]["step"] >= step for e in await events(api, job_id)):
+            assert time.monotonic() < deadline, "training did not reach the kill step"
+            await asyncio.sleep(0.05)
+    finally:
+        os.kill(runner.pid, signal.SIGKILL)
+        runner.wait(10)
+
+
 async def train_to_the_end(api: Api, settings, job_id: str, log) -> dict:  # noqa: ANN001
     """Start a runner, wait for the job to end, stop the runner; the job, with the log on failure."""
     runner = start_runner(settings, log)
@@ -232,9 +246,13 @@ async def test_sigterm_runner_hands_the_job_back_and_another_finishes_it(
     assert done["attempt"] == 2
 
 
-async def test_out_of_memory_halves_the_micro_batch_and_finishes(e2e_settings, tmp_path, s3) -> None:  # noqa: ANN001
+async def test_out_of_memory_halves_the_micro_batch_and_finishes_beside_a_neighbour(
+        e2e_settings, tmp_path, s3) -> None:  # noqa: ANN001
     """A real allocation failure: the runner caps its children's memory (10 GiB of address space);
-    32 rows of 256 tokens in one micro-batch do not fit, 8 do. The runner retries at 16, then 8."""
+    32 rows of 256 tokens in one micro-batch do not fit, 8 do. The runner retries at 16, then 8.
+    A second job shares the device (two jobs per device) and trains on through its neighbour's
+    failures and retries: one attempt, no retry of its own (issue 32: an OOM of one job never
+    takes another down)."""
     import random
 
     import msgspec
@@ -242,19 +260,37 @@ async def test_out_of_memory_halves_the_micro_batch_and_finishes(e2e_settings, t
 
     from service.app import create_app
 
-    settings = msgspec.structs.replace(e2e_settings, training_memory_limit_bytes=10 * 2**30)
+    settings = msgspec.structs.replace(e2e_settings, training_memory_limit_bytes=10 * 2**30,
+                                       runner_jobs_per_gpu=2, runner_memory_reserve_mb=0)
     rng = random.Random(0)
     words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet".split()
     rows = [{"text": " ".join(rng.choice(words) for _ in range(300))} for _ in range(32)]
     s3.put_object(Bucket=DATASETS, Key="oom/rows.jsonl", Body=jsonl(rows))
+    small = [{"text": " ".join(rng.choice(words) for _ in range(20))} for _ in range(48)]
+    s3.put_object(Bucket=DATASETS, Key="oom/small.jsonl", Body=jsonl(small))
     app = create_app(settings)
     async with AsyncTestClient(app, timeout=30) as client:
         api = Api(client, {"acme": await app.state.store.create_api_key("acme")})
         r = await client.post("/jobs", headers=api.auth(), json={
-            "base_model": "smollm2", "training_file": f"s3://{DATASETS}/oom/rows.jsonl", "deploy": False,
-            "hyperparameters": {"n_epochs": 1, "batch_size": 32, "max_seq_length": 256}})
-        job = r.json()
-        done = await train_to_the_end(api, settings, job["id"], tmp_path / "runner.log")
+            "base_model": "smollm2", "training_file": f"s3://{DATASETS}/oom/small.jsonl", "deploy": False,
+            "hyperparameters": {"n_epochs": 8, "batch_size": 4, "max_seq_length": 32}})
+        neighbour = r.json()
+        runner = start_runner(settings, tmp_path / "runner.log")
+        try:
+            # The failing job comes once its neighbour trains, so the failures happen beside it.
+            await wait_for(lambda: _has_trained(api, neighbour["id"]), 300, "the neighbour's first step")
+            r = await client.post("/jobs", headers=api.auth(), json={
+                "base_model": "smollm2", "training_file": f"s3://{DATASETS}/oom/rows.jsonl", "deploy": False,
+                "hyperparameters": {"n_epochs": 1, "batch_size": 32, "max_seq_length": 256}})
+            job = r.json()
+            done = await api.wait_status(job["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
+            running = (await client.get(f"/jobs/{neighbour['id']}", headers=api.auth())).json()["status"]
+            beside = await api.wait_status(neighbour["id"], {"succeeded", "failed", "cancelled"}, timeout=600)
+        finally:
+            runner.terminate()
+            runner.wait(30)
+        log = (tmp_path / "runner.log").read_text()[-3000:]
+        assert done["status"] == "succeeded", (done, log)
         evs = await events(api, job["id"])
         retries = [e["data"]["micro_batch_size"] for e in evs if e["type"] == "oom_retry"]
         assert retries == [16, 8]
@@ -262,6 +298,23 @@ async def test_out_of_memory_halves_the_micro_batch_and_finishes(e2e_settings, t
         assert all("allocate" in e["message"] for e in evs if e["type"] == "oom_retry"), evs
         assert (done["plan"]["micro_batch_size"], done["plan"]["gradient_accumulation_steps"]) == (8, 4)
         assert done["attempt"] == 1
+        # The neighbour: on the same device at the same time, and untouched by the failures.
+        placed = [e["data"]["neighbours"] for e in evs if e["type"] == "placement"]
+        assert placed and placed[0] == [neighbour["id"]], placed
+        # It was training when the other failed (its first step came before the other was
+        # submitted, its last after the other's first failure).
+        first_oom = min(e["created_at"] for e in evs if e["type"] == "oom_retry")
+        assert (beside["status"], beside["attempt"]) == ("succeeded", 1), (beside, log)
+        near = await events(api, neighbour["id"])
+        assert not [e for e in near if e["type"] == "oom_retry"], near
+        steps = [e["data"]["step"] for e in near if e["type"] == "metrics"]
+        assert steps == list(range(1, 97)), steps  # 48 rows / 4 x 8 epochs, each step once
+        last_step = max(e["created_at"] for e in near if e["type"] == "metrics")
+        assert last_step >= first_oom, (last_step, first_oom, running)
+
+
+async def _has_trained(api: Api, job_id: str) -> bool:
+    return any(e["type"] == "metrics" for e in await events(api, job_id))
 
 
 async def test_early_stopping_says_why_and_which_epoch_it_kept(e2e_api: Api, e2e_settings, s3,

@@ -67,9 +67,13 @@ def test_openai_sdk_files_and_fine_tuning_jobs(make_settings) -> None:  # noqa: 
         with pytest.raises(openai.NotFoundError):
             client.files.retrieve(f.id)
 
-        with pytest.raises(openai.BadRequestError) as unknown_method:
+        with pytest.raises(openai.UnprocessableEntityError) as no_grader:
             client.fine_tuning.jobs.create(model="tiny", training_file="file-x",
                                            method={"type": "reinforcement"})
+        assert no_grader.value.body["param"] == "method.reinforcement"
+        with pytest.raises(openai.BadRequestError) as unknown_method:
+            client.fine_tuning.jobs.create(model="tiny", training_file="file-x",
+                                           method={"type": "distillation"})  # type: ignore[typeddict-item]
         assert unknown_method.value.body["param"] == "method.type"
         assert [m.id for m in client.models.list()] == ["tiny"]
         assert other.fine_tuning.jobs.list().data == []

@@ -13,17 +13,19 @@ import pytest
 
 from service import openai_types as o
 from service.contracts import schema as s
-from service.contracts.docs import hyperparameters_markdown
+from service.contracts.docs import hyperparameters_markdown, reinforcement_markdown
 from service.jobs.routes import HYPERPARAMETERS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 NATIVE = [f.name for f in msgspec.structs.fields(s.Hyperparameters)]
 
 
-def test_the_readme_table_is_written_from_the_declaration() -> None:
-    found = re.search(r"<!-- hyperparameters:begin -->\n(.*?)<!-- hyperparameters:end -->", README, re.S)
-    assert found, "the README has no hyperparameters:begin/end markers"
-    assert found.group(1) == hyperparameters_markdown(), \
+@pytest.mark.parametrize(("marker", "written"), [("hyperparameters", hyperparameters_markdown),
+                                                 ("rft-hyperparameters", reinforcement_markdown)])
+def test_the_readme_tables_are_written_from_the_declaration(marker: str, written) -> None:  # noqa: ANN001
+    found = re.search(rf"<!-- {marker}:begin -->\n(.*?)<!-- {marker}:end -->", README, re.S)
+    assert found, f"the README has no {marker}:begin/end markers"
+    assert found.group(1) == written(), \
         "run `python -m service.contracts.docs` and paste it into the README"
 
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from service.contracts.schema import Hyperparameters
+from service.contracts.schema import Hyperparameters, Method
 from service.runner.placement import Device
 from service.settings import BaseModelEntry, Settings
 from service.training.plan import MARGIN
@@ -34,7 +34,7 @@ def _settings(model_dir: Path, **kw: object) -> Settings:
 def _job(batch: int = 8, micro: int | None = None, seq: int = 512) -> SimpleNamespace:
     hp = Hyperparameters(batch_size=batch, micro_batch_size=micro, max_seq_length=seq)
     return SimpleNamespace(base_model="m", hyperparameters=hp, dataset=None,
-                           method=SimpleNamespace(type="supervised"))
+                           method=Method())
 
 
 def test_a_job_holds_its_plan_and_the_next_one_plans_with_what_is_left(model_dir: Path) -> None:

@@ -108,3 +108,22 @@ def test_checkpointing_off_lowers_the_micro_batch_and_an_oom_retry_turns_it_back
 def test_auto_keeps_checkpointing_on_peft_whose_kept_activations_were_never_measured() -> None:
     plan = make_plan(LLAMA_1B, Hyperparameters(batch_size=8, max_seq_length=2048), 80 * GiB, "peft", "cuda")
     assert plan.gradient_checkpointing
+
+
+def test_a_reinforcement_plan_counts_every_completion_and_the_rollouts_cache() -> None:
+    from service.contracts.graders import StringCheckGrader
+    from service.contracts.schema import Method, Reinforcement, ReinforcementHyperparameters
+
+    grader = StringCheckGrader(name="g", input="{{sample.output_text}}", reference="x", operation="eq")
+    method = Method(type="reinforcement", reinforcement=Reinforcement(
+        grader=grader, hyperparameters=ReinforcementHyperparameters(group_size=6, max_completion_tokens=512)))
+    hp = Hyperparameters(batch_size=4, max_seq_length=2048)
+    plan = make_plan(LLAMA_1B, hp, 80 * GiB, "unsloth", "cuda", row_tokens=100, method=method)
+    # 4 prompts x 6 completions per step, each sequence its prompt and a whole completion.
+    assert plan.micro_batch_size * plan.gradient_accumulation_steps == 24 and plan.row_tokens == 612
+    kv = plan.breakdown["rollouts_kv_cache"]  # all 24 generated at once: every layer's keys and values
+    assert kv == 24 * 612 * LLAMA_1B.layers * 2 * (LLAMA_1B.hidden * LLAMA_1B.kv_heads // LLAMA_1B.heads) * 2
+    supervised = make_plan(LLAMA_1B, hp, 80 * GiB, "unsloth", "cuda", row_tokens=100)
+    assert "rollouts_kv_cache" not in supervised.breakdown and supervised.micro_batch_size <= 4
+    tight = make_plan(LLAMA_1B, hp, int(2.5 * GiB), "unsloth", "cuda", row_tokens=100, method=method)
+    assert 24 % tight.micro_batch_size == 0 and tight.micro_batch_size < 24

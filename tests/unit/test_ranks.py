@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from service.contracts import messages as m
-from service.contracts.schema import Hyperparameters, LengthStats
+from service.contracts.schema import Hyperparameters, LengthStats, Method
 from service.jobs.resolve import resolve_auto
 from service.runner.placement import NEVER, WAIT, Choice, Device, choose
 from service.settings import BaseModelEntry, Settings
@@ -64,7 +64,7 @@ def _job(gpus: object, attempt: int = 0, batch: int = 12, n_train: int = 1000, e
         hyperparameters=Hyperparameters(batch_size=batch, n_epochs=epochs, max_seq_length=64),
         dataset=SimpleNamespace(n_train=n_train, lengths=LengthStats(mean=100, p50=100, p95=120, max=128),
                                 tokens_estimated=False),
-        method=SimpleNamespace(type="supervised"))
+        method=Method())
 
 
 def _devices(model_dir: Path, n: int, **kw: object) -> list[Device]:

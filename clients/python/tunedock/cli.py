@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -55,6 +56,15 @@ JOB_COLUMNS = ["id", "status", "base_model", "created", "step", "loss", "model"]
 
 
 def _method(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.method == "reinforcement":
+        grader = getattr(args, "grader", None)
+        if not grader:
+            raise SystemExit("--method reinforcement needs --grader FILE (a grader as JSON, "
+                             "README: Graders)")
+        block: dict[str, Any] = {"grader": json.loads(Path(grader).read_text())}
+        if getattr(args, "group_size", None):
+            block["hyperparameters"] = {"group_size": args.group_size}
+        return {"type": "reinforcement", "reinforcement": block}
     if args.method != "dpo":
         return None
     return {"type": "dpo", "dpo": {"hyperparameters": {"beta": args.beta}}} if args.beta else {"type": "dpo"}
@@ -316,9 +326,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int)
     c.add_argument("--lora-r", type=int)
     c.add_argument("--max-seq-length", type=int)
-    c.add_argument("--method", choices=["supervised", "dpo"], default="supervised",
-                   help="dpo: preference tuning on pairs (README: Preference tuning)")
+    c.add_argument("--method", choices=["supervised", "dpo", "reinforcement"], default="supervised",
+                   help="dpo: preference tuning on pairs (README: Preference tuning); reinforcement: "
+                        "GRPO on prompts against --grader (README: Reinforcement fine-tuning)")
     c.add_argument("--beta", type=float, help="DPO's beta (default 0.1)")
+    c.add_argument("--grader", help="reinforcement: a JSON file holding the grader (the reward)")
+    c.add_argument("--group-size", type=int, help="reinforcement: completions per prompt (default 4)")
     c.add_argument("--no-deploy", action="store_true", help="do not load the adapter into vLLM")
     c.add_argument("--priority", type=int, default=0,
                    help="higher runs first among your own queued jobs (-100..100; default 0)")

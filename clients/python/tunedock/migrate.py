@@ -89,18 +89,30 @@ def parse_map(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+# OpenAI's reinforcement hyperparameters beyond the three every method has.
+RFT_HYPERPARAMETERS = ("compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort")
+
+
 def method_of(job: Any) -> dict[str, Any]:
     """The source job's method, with the hyperparameters it resolved (numbers, not "auto"), in
     OpenAI's create shape, which tunedock's /v1 takes as it is."""
     method = getattr(job, "method", None)
     kind = getattr(method, "type", None) or "supervised"
-    if kind not in ("supervised", "dpo"):
+    if kind not in ("supervised", "dpo", "reinforcement"):
         raise ValueError(f"tunedock does not train {kind!r} jobs yet")
-    own = getattr(getattr(method, kind, None), "hyperparameters", None) if method else None
-    source = own or job.hyperparameters
-    names = ["n_epochs", "batch_size", "learning_rate_multiplier"] + (["beta"] if kind == "dpo" else [])
+    block = getattr(method, kind, None) if method else None
+    source = getattr(block, "hyperparameters", None) or job.hyperparameters
+    names = ["n_epochs", "batch_size", "learning_rate_multiplier"] + {
+        "dpo": ["beta"], "reinforcement": list(RFT_HYPERPARAMETERS)}.get(kind, [])
     hp = {n: v for n in names if (v := getattr(source, n, None)) is not None}
-    return {"type": kind, kind: {"hyperparameters": hp}}
+    out: dict[str, Any] = {"type": kind, kind: {"hyperparameters": hp}}
+    if kind == "reinforcement":
+        grader = getattr(block, "grader", None)
+        if grader is None:
+            raise ValueError("its reinforcement method has no grader")
+        # The openai SDK's grader objects are pydantic models; tunedock takes OpenAI's shapes.
+        out[kind]["grader"] = grader.model_dump(exclude_none=True) if hasattr(grader, "model_dump") else grader
+    return out
 
 
 def _jsonl(text: str) -> list[dict[str, Any]]:

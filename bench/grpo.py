@@ -70,8 +70,9 @@ def main() -> None:
                                                           "max_completion_tokens": args.completion}}}}
         for i in range(args.repeat):
             job = finished_job(c, c.post("/jobs", json=body).json()["id"], work, f"GRPO run {i + 1}")
-            runs.append({"job": job, "steps": [e["data"] for e in job_events(c, job["id"])
-                                               if e["type"] == "metrics"]})
+            evs = job_events(c, job["id"])
+            runs.append({"job": job, "steps": [e["data"] for e in evs if e["type"] == "metrics"],
+                         "backend": next((e["data"]["backend"] for e in evs if e["type"] == "backend"), "?")})
     finally:
         for p in procs:
             p.terminate()
@@ -81,7 +82,7 @@ def main() -> None:
              f"Machine: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}, torch "
              f"{torch.__version__}; command: `python bench/grpo.py --model <model> --prompts {args.prompts} "
              f"--batch {args.batch} --group {args.group} --completion {args.completion} --repeat {args.repeat}`", "",
-             "| run | device | micro-batch | s/step median (min-max) | steps/s | rollout tokens/s | "
+             "| run | backend, device | micro-batch | s/step median (min-max) | steps/s | rollout tokens/s | "
              "all tokens/s | completion length | peak / plan GiB |", "|---|---|---|---|---|---|---|---|---|"]
     for i, run in enumerate(runs):
         job, steps = run["job"], run["steps"][1:]
@@ -95,7 +96,7 @@ def main() -> None:
         rates = [s["tokens_per_second"] for s in steps if s.get("tokens_per_second")]
         peak = max((s.get("gpu_memory_bytes") or 0 for s in steps), default=0)
         plan = job["plan"] or {}
-        lines.append(f"| {i + 1} | {job['plan'] and plan.get('device')} | {plan.get('micro_batch_size')} | "
+        lines.append(f"| {i + 1} | {run['backend']}, {plan.get('device')} | {plan.get('micro_batch_size')} | "
                      f"{med:.2f} ({min(secs):.2f}-{max(secs):.2f}) | {1 / med:.3f} | {sampled:,.0f} | "
                      f"{statistics.median(rates):,.0f} | {statistics.mean(lengths):.0f} | "
                      f"{peak / 2**30:.1f} / {(plan.get('estimated_peak_bytes') or 0) / 2**30:.1f} |")

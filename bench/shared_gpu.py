@@ -72,7 +72,26 @@ def summary(c: httpx.Client, job_id: str) -> dict:
             "checkpointing": (job["plan"] or {}).get("gradient_checkpointing"),
             "ooms": sum(1 for e in events if e["type"] == "oom_retry"),
             "neighbours": max((len(p["neighbours"]) for p in placed), default=0),
+            # (event time, trained tokens so far) at every step: when the job trained what
+            "trace": [(e["created_at"], e["data"]["trained_tokens"]) for e in events
+                      if e["type"] == "metrics" and e["data"].get("trained_tokens")],
             "started": running[0]["created_at"], "finished": job["finished_at"]}
+
+
+def together(jobs: list[dict]) -> tuple[float, int]:
+    """(tokens/s of all the jobs together, seconds) over the window in which every one of them was
+    training (from the last one's first step to the first one's last step): the steady-state
+    aggregate with no start or finish in it. (nan, 0) when they never all trained at once.
+    Event times have 1 s resolution, so a window of a few seconds says little."""
+    start = max(j["trace"][0][0] for j in jobs)
+    end = min(j["trace"][-1][0] for j in jobs)
+    if end - start < 2:
+        return float("nan"), 0
+
+    def at(trace: list[tuple[int, int]], t: int) -> int:
+        return max((tokens for when, tokens in trace if when <= t), default=0)
+
+    return sum(at(j["trace"], end) - at(j["trace"], start) for j in jobs) / (end - start), end - start
 
 
 def main() -> None:
@@ -160,14 +179,18 @@ def main() -> None:
             + ", ".join(f"{j['peak'] / 2**30:.1f}/{j['plan'] / 2**30:.1f}" for j in jobs) + " | "
             + ", ".join(f"{j['micro_batch']}{'c' if j['checkpointing'] else ''}" for j in jobs) + " | "
             + f"{sum(j['ooms'] for j in jobs)} | {sum(j['status'] != 'succeeded' for j in jobs)} |")
-    # Steady state, without the starts: the jobs' own steady rates summed while they train side by
-    # side, over one job's steady rate alone (the mean of the one-at-a-time jobs').
-    steady = [sum(j["tokens_per_s"] for j in a["jobs"]) / statistics.mean(j["tokens_per_s"] for j in b["jobs"])
-              for a, b in zip(by["side by side"], by["one at a time"])]
+    # Steady state, without the starts: every side-by-side job training at once (the window in
+    # which all of them did), over one job's steady rate alone (the mean of the one-at-a-time
+    # jobs'). Summing each job's own median rate instead counted a job that trained mostly
+    # alone, while its neighbours were still loading, at its solo rate (session 18's run).
+    steady = []
+    for a, b in zip(by["side by side"], by["one at a time"]):
+        rate, seconds = together(a["jobs"])
+        steady.append(f"{rate:,.0f} tokens/s over {seconds} s = "
+                      f"{rate / statistics.mean(j['tokens_per_s'] for j in b['jobs']):.2f}x one job alone")
     lines += ["", "Aggregate ratio, side by side / one at a time, per round: "
               + ", ".join(f"{r:.2f}x" for r in ratios) + " (target >= 2.5x).",
-              "Steady-state ratio (sum of the side-by-side jobs' steady tokens/s over one job's alone), "
-              "per round: " + ", ".join(f"{r:.2f}x" for r in steady) + ".", ""]
+              f"Steady state, all {args.jobs} training at once, per round: " + "; ".join(steady) + ".", ""]
     for name, p in phases:
         for j in p["jobs"]:
             if j["status"] != "succeeded":

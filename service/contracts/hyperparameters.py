@@ -119,9 +119,9 @@ class ReinforcementHyperparameters(msgspec.Struct, kw_only=True, forbid_unknown_
         "scales the completions per prompt: round(group_size x compute_multiplier), at least 2")] = 1.0
     eval_samples: Annotated[Annotated[int, Meta(ge=1, le=64)] | None, _about(
         "validation prompts the grader scores before training and after every epoch; null: up to 16")] = None
-    # Accepted and recorded as OpenAI's API takes them; see the README for what they do here.
     eval_interval: Annotated[Annotated[int, Meta(ge=1)] | None, _about(
-        "recorded; the graded evaluation runs once per epoch (before its checkpoint is recorded)")] = None
+        "the graded evaluation also every N steps (an `eval` event); null: at epoch ends only")] = None
+    # Accepted and recorded as OpenAI's API takes it.
     reasoning_effort: Annotated[Literal["default", "low", "medium", "high"], _about(
         "recorded; the models trained here do not reason separately from their answer")] = "default"
 

@@ -153,6 +153,16 @@ class BaseScored(Message, tag="base_scored", kw_only=True):
     samples: list[EvalSample]
 
 
+class Evaluated(Message, tag="evaluated", kw_only=True):
+    """The graded eval between epochs (a reinforcement job's eval_interval): the adapter as it is
+    after `step`, scored on the eval items."""
+
+    step: int
+    epoch: float
+    score: float
+    samples: list[EvalSample]
+
+
 class Selected(Message, tag="selected", kw_only=True):
     """eval.checkpoint_selection "score": the epoch whose adapter is the job's final one."""
 
@@ -235,7 +245,7 @@ class Failed(Message, tag="error", kw_only=True):
 
 
 ChildMessage = (Ready | Started | Planned | Loaded | Continued | TrainBegin | Progress
-                | CheckpointSaved | BaseScored | Selected | ResumePointSaved | Resumed | Warned | Stopped | Result | Failed
+                | CheckpointSaved | BaseScored | Evaluated | Selected | ResumePointSaved | Resumed | Warned | Stopped | Result | Failed
                 | ExportStage | ExportDone)
 _decoder = msgspec.json.Decoder(ChildMessage)
 

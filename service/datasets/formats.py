@@ -229,7 +229,10 @@ def parse_prompt(obj: Any) -> Prompt:
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
         raise ExampleError("'messages' must be a non-empty list")
-    chat = Chat([_message(m, i) for i, m in enumerate(messages)], _tools(obj.get("tools")))
+    if obj.get("tools"):
+        raise ExampleError("'tools' in a reinforcement example are not supported yet: the completions "
+                           "are sampled and graded as text")
+    chat = Chat([_message(m, i) for i, m in enumerate(messages)])
     if chat.messages[-1]["role"] != "user":
         raise ExampleError("a reinforcement example's messages end with the user's turn: training "
                            f"samples the answer, so the last message must not be {chat.messages[-1]['role']!r}")

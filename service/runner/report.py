@@ -65,6 +65,10 @@ class Reporter:
                     lease=lease, samples=msgspec.to_builtins(msg.samples) if msg.samples else None)
             case m.BaseScored():
                 await store.record_base_score(job_id, msg.score, msgspec.to_builtins(msg.samples), lease=lease)
+            case m.Evaluated():
+                await store.add_event(job_id, "eval", f"step {msg.step}: eval score {msg.score:.3f}",
+                                      data={"step": msg.step, "epoch": msg.epoch, "score": msg.score,
+                                            "samples": msgspec.to_builtins(msg.samples)}, lease=lease)
             case m.Selected():
                 await store.add_event(
                     job_id, "checkpoint_selected",

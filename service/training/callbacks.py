@@ -6,10 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from transformers import TrainerCallback
 
 from service.contracts import messages as m
 from service.contracts.messages import Emitter
+from service.contracts.schema import EvalSample
 from service.storage import ObjectStore, upload_dir
 from service.training import ranks, stop
 from service.training.samples import mean_score
@@ -112,6 +114,28 @@ class CheckpointCallback(TrainerCallback):
         if ranks.agree(stall):
             self.stopped_after = epoch
             control.should_training_stop = True
+        return control
+
+
+class IntervalEval(TrainerCallback):
+    """The graded eval every `interval` optimizer steps as well as at each epoch's end (OpenAI's
+    eval_interval for reinforcement jobs): the adapter as it is, scored on the eval items, as an
+    `eval` event. Epoch ends are left to CheckpointCallback, which scores them with the checkpoint."""
+
+    def __init__(self, emit: Emitter, sampler: Any, interval: int) -> None:
+        self.emit = emit
+        self.sampler = sampler
+        self.interval = interval
+
+    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN201, ARG002
+        at_epoch_end = abs(state.epoch - round(state.epoch)) <= 1e-6
+        if state.global_step % self.interval or at_epoch_end or not ranks.is_main():
+            return control
+        samples = self.sampler.answer(kw["model"])
+        score = mean_score(samples)
+        if score is not None:
+            self.emit.emit(m.Evaluated(step=state.global_step, epoch=state.epoch, score=score,
+                                       samples=[msgspec.convert(a, EvalSample) for a in samples]))
         return control
 
 

@@ -23,6 +23,7 @@ from service.storage import ObjectStore, download_prefix, upload_dir
 from service.training import backends, ranks, reinforce, stop
 from service.training.callbacks import (
     CheckpointCallback,
+    IntervalEval,
     ProgressCallback,
     ResumePointCallback,
     StopOnSignal,
@@ -279,6 +280,9 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
                                      checker, patience=spec.eval.early_stopping_patience if spec.eval else None,
                                      prior_scores=spec.epoch_scores)
     callbacks = [progress, checkpoints]
+    rft = spec.method.reinforcement
+    if rft is not None and rft.hyperparameters.eval_interval and sampler is not None and spec.eval:
+        callbacks.append(IntervalEval(emit, sampler, rft.hyperparameters.eval_interval))
     if hp.checkpoint_interval_steps:
         callbacks.append(ResumePointCallback(hp.checkpoint_interval_steps))
     callbacks.append(StopOnSignal())  # after CheckpointCallback: it stops once the save is uploaded

@@ -42,7 +42,7 @@ def prompt_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             prompt = parse_prompt(row)
         except ExampleError:
             continue  # validation refused such rows; an eval item may still lack fields
-        messages = [{"role": m["role"], "content": m["content"]} for m in prompt.chat.messages]
+        messages = [{"role": msg["role"], "content": msg["content"]} for msg in prompt.chat.messages]
         out.append({"prompt": messages, "item": json.dumps(row, ensure_ascii=False)})
     return out
 

@@ -4,7 +4,8 @@ grader (a python grader, in its sandbox) the reward.
 The task: name a thing in as few words as possible. The test model answers in sentences, so the
 base rarely earns much (a reward of 1 - words/12, 0 for no answer); sampled answers vary in
 length, so GRPO has a signal from the first step. The held-out prompts (the validation file) are
-scored before training and after every epoch by the same grader: the mean must rise by MARGIN.
+scored before training, after every epoch and every 4 steps between by the same grader: the mean
+must rise by MARGIN.
 In a first run outside the service (16 steps, 2 cores, 160 s) it went from 0.17 to 0.92.
 
 And resume: a reinforcement job killed (SIGKILL) mid-epoch goes on from its last resume point
@@ -60,7 +61,8 @@ async def test_reinforcement_raises_the_graded_reward_on_held_out_prompts(
         "validation_file": put(s3, "validation.jsonl", prompts(TOPICS[20:])),
         "hyperparameters": {"n_epochs": 3, "batch_size": 4, "learning_rate": 5e-4, "max_seq_length": 128},
         "method": {"type": "reinforcement", "reinforcement": {
-            "grader": SHORT, "hyperparameters": {"group_size": 4, "max_completion_tokens": 16}}}})
+            "grader": SHORT, "hyperparameters": {"group_size": 4, "max_completion_tokens": 16,
+                                                 "eval_interval": 4}}}})
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
     done = await train_to_the_end(api, e2e_settings, job_id, tmp_path / "runner.log")
@@ -88,6 +90,13 @@ async def test_reinforcement_raises_the_graded_reward_on_held_out_prompts(
     for s in last:
         words = s["answer"].split()
         assert s["score"] == pytest.approx(0.0 if not words else max(0.0, 1 - len(words) / 12))
+    # eval_interval 4: graded between epoch ends too (steps 5, 10 and 15 end epochs, scored with
+    # their checkpoints), each score the mean of its answers' scores.
+    between = [e["data"] for e in evs if e["type"] == "eval"]
+    assert [e["step"] for e in between] == [4, 8, 12], between
+    for e in between:
+        assert len(e["samples"]) == 10 and e["score"] == pytest.approx(
+            sum(s["score"] for s in e["samples"]) / 10)
     assert done["trained_tokens"] > 0
     s3.head_object(Bucket=ARTIFACTS, Key=f"jobs/{job_id}/adapter/adapter_model.safetensors")
 

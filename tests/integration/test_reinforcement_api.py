@@ -62,6 +62,7 @@ async def test_micro_batches_count_completions(api: Api, s3) -> None:  # noqa: A
     (chat_rows(12), "end with the user's turn"),
     ([{"prompt": "p", "completion": "c"}] * 12, "a reinforcement job trains on prompts"),
     ([{k: v for k, v in row.items() if k != "topic"} for row in PROMPTS], "reads item.topic, which this line lacks"),
+    ([{**row, "tools": [{"type": "function", "function": {"name": "f"}}]} for row in PROMPTS], "'tools'"),
 ])
 async def test_data_that_is_not_prompts_for_the_grader_is_refused_by_line(api: Api, s3, rows: list[dict],  # noqa: ANN001
                                                                           words: str) -> None:

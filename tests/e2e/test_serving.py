@@ -324,3 +324,35 @@ def test_fresh_replica_pulls_deployed_adapters_through_the_resolver(stack: Stack
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+
+
+def test_a_reinforcement_job_is_created_on_v1_and_its_adapter_serves(stack: Stack) -> None:
+    """A reinforcement job through the official `openai` SDK, as OpenAI's API takes it (its RFT data
+    and a grader), trains and is deployed like any job: its model passes the serving check and
+    answers through the gateway, and the job reads back as a reinforcement job."""
+    oai = stack.chat
+    prompts = [{"messages": [{"role": "user", "content": f"Name {t}."}], "topic": t}
+               for t in ("a color", "a fruit", "an animal", "a country", "a planet", "a metal",
+                         "a vegetable", "a sport", "a tree", "a flower", "a bird", "a fish")]
+    upload = oai.files.create(file=("rft.jsonl", jsonl(prompts)), purpose="fine-tune")
+    grader = {"type": "text_similarity", "name": "near the topic", "input": "{{sample.output_text}}",
+              "reference": "{{item.topic}}", "evaluation_metric": "fuzzy_match"}
+    job = oai.fine_tuning.jobs.create(
+        model="smollm2", training_file=upload.id, suffix="rft",
+        # group_size and max_completion_tokens: tunedock's own knobs, beside OpenAI's in the block.
+        method={"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {  # type: ignore[typeddict-unknown-key]
+            "n_epochs": 1, "batch_size": 4, "compute_multiplier": 1, "group_size": 2,
+            "max_completion_tokens": 8}}},
+        extra_body={"learning_rate": 1e-4, "max_seq_length": 96})
+    done = wait_until(lambda: (j := oai.fine_tuning.jobs.retrieve(job.id)).status in
+                      {"succeeded", "failed", "cancelled"} and j, 900, "the job to end", 0.5)
+    assert done.status == "succeeded", done.error
+    assert done.method.type == "reinforcement" and done.method.reinforcement.grader.type == "text_similarity"
+    native = stack.client.jobs.get(job.id)
+    deployed = wait_until(lambda: (d := stack.client.jobs.get(job.id).deployment) and d.status == "loaded" and d,
+                          120, "the deployment to load")
+    assert deployed.status == "loaded", deployed
+    answer = stack.ask(native.fine_tuned_model, "Name a fruit.")
+    assert answer.strip(), answer
+    metrics = [e for e in oai.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
+    assert len(metrics) == 3 and all("reward_mean" in e.data["rewards"] for e in metrics)  # 12 prompts / 4

@@ -6,7 +6,6 @@ base rarely earns much (a reward of 1 - words/12, 0 for no answer); sampled answ
 length, so GRPO has a signal from the first step. The held-out prompts (the validation file) are
 scored before training, after every epoch and every 4 steps between by the same grader: the mean
 must rise by MARGIN.
-In a first run outside the service (16 steps, 2 cores, 160 s) it went from 0.17 to 0.92.
 
 And resume: a reinforcement job killed (SIGKILL) mid-epoch goes on from its last resume point
 with the same rewards, step for step, as the same job run without interruption: the same prompts

@@ -21,7 +21,8 @@ _MEANING = {
          "file, fields that contradict each other, a webhook URL it must not call).",
     500: "An internal error; the message carries a request id to quote.",
     502: "The model server answered with an error the gateway could not pass on.",
-    503: "A dependency (database, object store, model server) is unreachable; retry later.",
+    503: "A dependency (database, object store, model server) is unreachable, or (chat) the adapter "
+         "named is still being loaded and checked (`model_loading`); retry later.",
 }
 
 # Every route behind a key can answer these: a bad query or body, a bad key, an internal error.

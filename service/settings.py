@@ -93,6 +93,10 @@ class Settings(msgspec.Struct, kw_only=True):
         API, "vLLM's internal `/v1` URL(s), comma-separated for several replicas (model names are "
              "hashed over them): only the API's gateway uses them")] = None
     serving_api_key: Annotated[str | None, doc(API, "the key vLLM expects (the gateway's and the sidecar's)")] = None
+    gateway_load_wait_seconds: Annotated[float, doc(
+        API, "how long a chat call naming an adapter that is still being loaded and checked waits for "
+             "it (a deployment answers only once `loaded`, after the serving-contract check); then 503 "
+             "`model_loading`")] = 30.0
     internal_api_key: Annotated[str | None, doc(
         API, "the key of the API's `/internal` endpoint, which the serving side asks what to serve "
              "(the API answers `/internal` only with it; `service up` makes one per start)")] = None

@@ -46,11 +46,13 @@ class TunedockResolver(LoRAResolver):
         entry = self.settings.base_model(base)
         if entry is None or base_model_name not in (entry.alias, entry.source):
             return None
-        # Only what the service wants served: an unloaded adapter stays unreachable.
+        # Only what the service serves: an unloaded adapter stays unreachable, and one still being
+        # loaded is not served before it passed the serving-contract check (the deployer loads
+        # that one itself, to check it).
         if self._deployments is None:
             self._deployments = ServiceDeployments(self.settings)
         try:
-            wanted = {r.name for r in await self._deployments.rows("loaded", "loading")}
+            wanted = {r.name for r in await self._deployments.rows("loaded")}
         except httpx.HTTPError:
             return None  # the service cannot say: serve nothing new
         if lora_name not in wanted:

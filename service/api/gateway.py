@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -23,13 +24,14 @@ from litestar.datastructures import State
 from litestar.response import Response, Stream
 
 from service.api.openapi import ChatBody
-from service.deployments.service import Deployments, model_not_found
+from service.deployments.service import ACTIVE, D, Deployments, model_not_found
 from service.errors import InvalidRequest, ServiceError
 from service.http_errors import AUTHED, errors
 from service.settings import Settings
 
 log = structlog.get_logger()
 MAX_BODY = 4 << 20
+LOAD_POLL_S = 0.2
 
 
 class ModelServerUnavailable(ServiceError):
@@ -42,6 +44,13 @@ class ModelServerUnavailable(ServiceError):
 class _ModelField(msgspec.Struct):
     model: str | None = None
     stream: bool = False
+
+
+class ModelLoading(ServiceError):
+    """The adapter is still being loaded and checked; retry in a few seconds."""
+
+    status_code = 503
+    code = "model_loading"
 
 
 class ModelServerError(ServiceError):
@@ -151,11 +160,29 @@ class GatewayController(Controller):
         return await _proxy(request, "completions", tenant, settings, deployments, state.upstreams)
 
 
+async def _until_loaded(settings: Settings, deployments: Deployments, tenant: str, model: str) -> None:
+    """Return once `model` is a base model or this tenant's adapter in `loaded`; 404 for a model it
+    may not use. A deployment still pending or loading has not passed the serving-contract check
+    (serving/check.py), and vLLM may already hold it (the deployer loads it to check it), so the
+    call waits for `loaded` rather than be answered by an adapter that may yet fail; after
+    gateway_load_wait_seconds it is a 503 the client retries (the official SDKs do on their own)."""
+    if model in settings.served_models:
+        return
+    deadline = time.monotonic() + settings.gateway_load_wait_seconds
+    while (status := await deployments.status_for(tenant, model)) != D.loaded.value:
+        if status not in ACTIVE:  # none, another tenant's, failed or unloaded
+            raise model_not_found(model)
+        if time.monotonic() >= deadline:
+            raise ModelLoading(f"{model} is still being loaded and checked against its training run; "
+                               "retry in a few seconds")
+        await asyncio.sleep(LOAD_POLL_S)
+
+
 async def _upstream_url(settings: Settings, deployments: Deployments, upstreams: Upstreams, tenant: str,
                         model: str, route: str) -> str:
-    """The replica to send `model` to, after the tenant check (404 for a model it may not use)."""
-    if not await allowed(settings, deployments, tenant, model):
-        raise model_not_found(model)
+    """The replica to send `model` to, once the tenant may use it and it is served (404 for a model
+    it may not use)."""
+    await _until_loaded(settings, deployments, tenant, model)
     if not upstreams.urls:
         raise ModelServerUnavailable("no model server is configured (TUNEDOCK_SERVING_URL)")
     loaded = (await deployments.loaded_on(model)

@@ -171,11 +171,15 @@ class Deployments:
         return [model_from_row(r) for r in rows]
 
     async def serves(self, tenant: str, name: str) -> bool:
-        """Whether `name` is one of this tenant's adapters that is (or is being) served. On the
-        driver path: the gateway asks on every chat call."""
+        """Whether `name` is one of this tenant's adapters that is (or is being) served."""
+        return await self.status_for(tenant, name) in ACTIVE
+
+    async def status_for(self, tenant: str, name: str) -> str | None:
+        """The status of this tenant's deployment `name`; None for a name that is not the tenant's
+        (or nobody's). On the driver path: the gateway asks on every chat call."""
         found = await self.db.rows(
             "SELECT tenant, status FROM deployments WHERE name = ?", name)
-        return bool(found) and found[0]["tenant"] == tenant and found[0]["status"] in ACTIVE
+        return found[0]["status"] if found and found[0]["tenant"] == tenant else None
 
     async def unload(self, tenant: str, name: str) -> s.ModelInfo:
         async with self.db.write() as ses:

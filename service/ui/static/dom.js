@@ -84,6 +84,7 @@ export function errorBox(err, prefix = "") {
     unreachable: "Check that the service is running, then try again.",
     object_store_unavailable: "Storage is briefly unavailable; try again in a few seconds.",
     model_server_unavailable: "The model server is starting or restarting; try again in a minute.",
+    model_loading: "The model is still being loaded and checked; try again in a few seconds.",
   }[err.code];
   return h("div", { class: "error", role: "alert" },
     h("strong", {}, prefix || "Something went wrong: "), err.message,

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import shlex
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -20,8 +21,49 @@ log = structlog.get_logger()
 MAX_BACKOFF_S = 60.0
 
 
-def command(settings: Settings) -> list[str]:
-    """vLLM's OpenAI server for the configured base model, with runtime LoRA loading."""
+GiB = 1 << 30
+# vLLM's default gpu_memory_utilization, and what it leaves free on the GPU beyond its share when
+# the share is lowered to what is free (CUDA's context, allocator slack).
+VLLM_DEFAULT_FRACTION = 0.9
+START_MARGIN = GiB
+
+
+def gpu_memory() -> tuple[int, int] | None:
+    """(free, total) bytes of the GPU vLLM will start on (the first of CUDA_VISIBLE_DEVICES), from
+    nvidia-smi; None where there is none (the CPU) or it cannot be read."""
+    device = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
+    try:
+        out = subprocess.run(["nvidia-smi", "-i", device, "--query-gpu=memory.free,memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
+        free, total = (int(v) << 20 for v in out.stdout.strip().split(","))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return free, total
+
+
+def memory_fraction(settings: Settings, reading: tuple[int, int] | None) -> float | None:
+    """vLLM's --gpu-memory-utilization for a start: the configured share, or what is free when
+    that is less. vLLM refuses to start unless its share of the whole GPU is free at that moment
+    (even with a fixed KV cache size, which then only sizes the cache); on a GPU shared with
+    training (deploy/README.md), a vLLM that (re)starts while a job holds its part would die and
+    be restarted forever. It starts with what training leaves instead: a smaller KV cache, the
+    same adapters. None: vLLM's own default (no GPU reading, nothing configured)."""
+    configured = settings.vllm_memory_fraction
+    if reading is None:
+        return configured
+    free, total = reading
+    usable = round(max(free - START_MARGIN, 0) / total, 3)
+    wanted = configured or VLLM_DEFAULT_FRACTION
+    if usable >= wanted:
+        return configured
+    log.warning("vllm starts with what the GPU has free", configured=configured or f"{wanted} (vLLM's default)",
+                fraction=usable, free_gib=round(free / GiB, 1), total_gib=round(total / GiB, 1))
+    return usable
+
+
+def command(settings: Settings, reading: tuple[int, int] | None = None) -> list[str]:
+    """vLLM's OpenAI server for the configured base model, with runtime LoRA loading; `reading`:
+    gpu_memory() at this start."""
     entry = settings.base_model(settings.serve_model or "")
     if entry is None:
         raise ValueError(f"TUNEDOCK_SERVE_MODEL={settings.serve_model!r} is not in TUNEDOCK_BASE_MODELS")
@@ -35,8 +77,8 @@ def command(settings: Settings) -> list[str]:
            "--max-lora-rank", str(settings.max_lora_rank), "--disable-uvicorn-access-log"]
     if settings.serving_api_key:
         cmd += ["--api-key", settings.serving_api_key]
-    if settings.vllm_memory_fraction is not None:
-        cmd += ["--gpu-memory-utilization", str(settings.vllm_memory_fraction)]
+    if (fraction := memory_fraction(settings, reading)) is not None:
+        cmd += ["--gpu-memory-utilization", str(fraction)]
     if settings.vllm_kv_cache_gib is not None:
         cmd += ["--kv-cache-memory-bytes", str(int(settings.vllm_kv_cache_gib * 2**30))]
     if settings.vllm_max_model_len is not None:
@@ -134,8 +176,9 @@ class Supervisor:
         backoff = 1.0
         while not self.stopping.is_set():
             self.starts += 1
+            reading = await asyncio.to_thread(gpu_memory)
             self.proc = await asyncio.create_subprocess_exec(
-                *command(self.settings), env=environment(self.settings), start_new_session=True,
+                *command(self.settings, reading), env=environment(self.settings), start_new_session=True,
                 preexec_fn=lambda: die_with_parent(signal.SIGTERM))
             log.info("vllm started", pid=self.proc.pid, start=self.starts)
             if await self._wait_healthy():

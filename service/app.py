@@ -198,13 +198,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if not settings.uses_s3:
             objects.ensure_bucket(settings.artifact_bucket)
         store = Store(db)
-        jobs = JobService(settings, store, objects)
+        deployments, upstreams = Deployments(db), Upstreams(settings)
+        graders = GraderService(settings, GatewayJudges(settings, deployments, upstreams))
+        jobs = JobService(settings, store, objects, graders=graders)
         app.state.update(settings=settings, store=store, objects=objects, jobs=jobs,
-                         files=FileService(settings, store, objects, jobs.checked), deployments=(deployments := Deployments(db)),
+                         files=FileService(settings, store, objects, jobs.checked), deployments=deployments,
                          exports=ExportService(settings, store, ExportStore(db), objects),
-                         metrics=Metrics(), key_cache={}, upstreams=(upstreams := Upstreams(settings)),
-                         webhooks=WebhookService(settings, WebhookStore(db)),
-                         graders=GraderService(settings, GatewayJudges(settings, deployments, upstreams)))
+                         metrics=Metrics(), key_cache={}, upstreams=upstreams,
+                         webhooks=WebhookService(settings, WebhookStore(db)), graders=graders)
         await jobs.resume_pending()
         jobs.sweep_leases_in_background(app.state.exports.exports.requeue_expired_exports)
         dispatch_db = Database(settings.database_url)

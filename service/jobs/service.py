@@ -14,7 +14,6 @@ import msgspec
 import structlog
 
 from service.contracts import schema as s
-from service.contracts.graders import Grader, MultiGrader, ScoreModelGrader
 from service.datasets.checked import CheckedFiles
 from service.datasets.template import local_tokens
 from service.datasets.validate import Options, Report, validate_jsonl
@@ -46,10 +45,15 @@ class JobService:
     _validating: set[str] = field(default_factory=set)
     # Shared with the FileService: a dry run and a preview reuse each other's file checks.
     checked: CheckedFiles = field(default_factory=CheckedFiles)
+    # The app's, with the gateway's judges: a score_model grader's model must be one this tenant
+    # may chat with. Without judges (a service with no gateway) score_model graders are refused.
+    graders: GraderService = None  # type: ignore[assignment]
     where: Locator = field(init=False)
 
     def __post_init__(self) -> None:
         self.where = Locator(self.settings, self.store, self.objects)
+        if self.graders is None:
+            self.graders = GraderService(self.settings)
 
     # -- what the routes read and change: the store's SQL and transitions, named for the routes --
     async def get_job(self, tenant: str, job_id: str) -> s.Job:
@@ -84,7 +88,7 @@ class JobService:
     async def check(self, tenant: str, req: s.JobCreate) -> tuple[s.JobCreate, s.ContinuedFrom | None]:
         """`req` as it will train (a continued job: the root base model, the parent's LoRA
         shape), or the 4xx that says why it cannot."""
-        await _check_method(self.settings, tenant, req)
+        await _check_method(self.graders, tenant, req)
         hp = req.hyperparameters
         # A reinforcement job trains group_size completions of each prompt: its micro-batches
         # and each GPU's share are counted in those sequences.
@@ -119,7 +123,7 @@ class JobService:
                     + f": each GPU takes an equal share of every step's examples; use a batch_size "
                     f"that is a multiple of {step}, or fewer gpus", param="gpus")
         if req.eval is not None:
-            await _check_eval(self.settings, tenant, req)
+            await _check_eval(self.graders, tenant, req)
         continued = None
         if req.base_model.startswith("ft:"):
             continued, hp = await self._parent(tenant, req.base_model, req.hyperparameters)
@@ -399,9 +403,9 @@ class JobService:
             log.info("job changed during validation", job_id=job_id)
 
 
-async def _check_method(settings: Settings, tenant: str, req: s.JobCreate) -> None:
+async def _check_method(graders: GraderService, tenant: str, req: s.JobCreate) -> None:
     """The method block matches method.type, and a reinforcement job's grader can run in the
-    training child. 422s: each field is well-formed alone (the schema cannot tie a block to the
+    training child (a score_model's judge: a model served here to this tenant). 422s: each field is well-formed alone (the schema cannot tie a block to the
     type), only the combination is not."""
     method = req.method
     for block in ("dpo", "reinforcement"):
@@ -420,22 +424,13 @@ async def _check_method(settings: Settings, tenant: str, req: s.JobCreate) -> No
     if method.reinforcement is None:
         raise Unprocessable("a reinforcement job needs method.reinforcement.grader: the grader that "
                             "scores each sampled completion (its reward)", param="method.reinforcement")
-    if _uses_a_judge(method.reinforcement.grader):
-        raise Unprocessable("score_model graders do not run inside training yet (the training child "
-                            "has no model server); use string_check, text_similarity, python or multi",
-                            param="method.reinforcement.grader")
-    await GraderService(settings).validate(tenant, method.reinforcement.grader,
-                                           "method.reinforcement.grader")
+    await graders.validate(tenant, method.reinforcement.grader, "method.reinforcement.grader")
 
 
-async def _check_eval(settings: Settings, tenant: str, req: s.JobCreate) -> None:
-    """A graded evaluation the training child can run: graders that need no served model, items
-    it can prompt, and not beside eval_prompts (one set of answers per epoch)."""
+async def _check_eval(graders: GraderService, tenant: str, req: s.JobCreate) -> None:
+    """A graded evaluation the training child can run: a grader (a score_model's judge served here
+    to this tenant), items it can prompt, and not beside eval_prompts (one set of answers per epoch)."""
     assert req.eval is not None
-    if _uses_a_judge(req.eval.grader):
-        raise Unprocessable("score_model graders do not run inside training yet (the training child "
-                            "has no model server); use string_check, text_similarity, python or multi",
-                            param="eval.grader")
     if req.hyperparameters.eval_prompts:
         raise Unprocessable("give eval.items or hyperparameters.eval_prompts, not both: eval.items are "
                             "prompted and graded every epoch", param="eval")
@@ -444,7 +439,7 @@ async def _check_eval(settings: Settings, tenant: str, req: s.JobCreate) -> None
                             "(eval.early_stopping_patience) or the validation loss "
                             "(hyperparameters.early_stopping_patience), not both",
                             param="eval.early_stopping_patience")
-    await GraderService(settings).validate(tenant, req.eval.grader, "eval.grader")
+    await graders.validate(tenant, req.eval.grader, "eval.grader")
     for i, item in enumerate(req.eval.items):
         prompt, messages = item.get("prompt"), item.get("messages")
         # The child renders these with the chat template: text turns only, ending with the user's.
@@ -457,8 +452,3 @@ async def _check_eval(settings: Settings, tenant: str, req: s.JobCreate) -> None
                                 "assistant turns with text content, ending with the user's)",
                                 param=f"eval.items[{i}]")
 
-
-def _uses_a_judge(grader: Grader) -> bool:
-    if isinstance(grader, MultiGrader):
-        return any(_uses_a_judge(g) for g in grader.graders.values())
-    return isinstance(grader, ScoreModelGrader)

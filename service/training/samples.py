@@ -130,15 +130,22 @@ def grade(grader: Any, answer: str, item: dict[str, Any]) -> tuple[float, str | 
 
 async def graded(grader: Any, answer: str, item: dict[str, Any]) -> tuple[float, str | None]:
     from service.contracts.graders import RunGraderRequest
+    from service.graders.judges import ModelServerJudges
     from service.graders.service import GraderService
-    from service.settings import Settings
+    from service.settings import load_settings
 
-    found = await GraderService(Settings())._run_checked(
+    # The runner's settings (its environment): a score_model grader asks the model server.
+    settings = load_settings()
+    found = await GraderService(settings, ModelServerJudges(settings))._run_checked(
         RunGraderRequest(grader=grader, model_sample=answer, item=item))
+    errors = found.metadata.errors
     failed = {k: v for k, v in msgspec.structs.asdict(found.metadata.errors).items() if v}
     if not failed:
         return found.reward, None
-    detail = found.metadata.errors.python_grader_runtime_error_details or found.metadata.scores.get("error")
+    detail = (errors.python_grader_runtime_error_details or errors.model_grader_server_error_details
+              or found.metadata.scores.get("error")
+              or (f"the judge answered {found.metadata.scores.get('judge_output')!r}"
+                  if errors.model_grader_parse_error else None))
     return 0.0, f"{', '.join(k for k, v in failed.items() if v is True)}: {detail}"[:500]
 
 

@@ -349,14 +349,20 @@ def test_fresh_replica_pulls_deployed_adapters_through_the_resolver(stack: Stack
 def test_a_reinforcement_job_is_created_on_v1_and_its_adapter_serves(stack: Stack) -> None:
     """A reinforcement job through the official `openai` SDK, as OpenAI's API takes it (its RFT data
     and a grader), trains and is deployed like any job: its model passes the serving check and
-    answers through the gateway, and the job reads back as a reinforcement job."""
+    answers through the gateway, and the job reads back as a reinforcement job. Its reward is a
+    multi grader with a score_model judge (the served base model), asked from inside training
+    straight at the model server, for every completion."""
     oai = stack.chat
     prompts = [{"messages": [{"role": "user", "content": f"Name {t}."}], "topic": t}
                for t in ("a color", "a fruit", "an animal", "a country", "a planet", "a metal",
                          "a vegetable", "a sport", "a tree", "a flower", "a bird", "a fish")]
     upload = oai.files.create(file=("rft.jsonl", jsonl(prompts)), purpose="fine-tune")
-    grader = {"type": "text_similarity", "name": "near the topic", "input": "{{sample.output_text}}",
-              "reference": "{{item.topic}}", "evaluation_metric": "fuzzy_match"}
+    near = {"type": "text_similarity", "name": "near the topic", "input": "{{sample.output_text}}",
+            "reference": "{{item.topic}}", "evaluation_metric": "fuzzy_match"}
+    judge = {"type": "score_model", "name": "judge", "model": "smollm2", "range": [0, 1], "input": [
+        {"role": "user", "content": "From 0 to 1, how well does '{{sample.output_text}}' name {{item.topic}}?"}]}
+    grader = {"type": "multi", "name": "reward", "graders": {"near": near, "judge": judge},
+              "calculate_output": "0.5 * near + 0.5 * judge"}
     job = oai.fine_tuning.jobs.create(
         model="smollm2", training_file=upload.id, suffix="rft",
         # group_size and max_completion_tokens: tunedock's own knobs, beside OpenAI's in the block.
@@ -367,7 +373,7 @@ def test_a_reinforcement_job_is_created_on_v1_and_its_adapter_serves(stack: Stac
     done = wait_until(lambda: (j := oai.fine_tuning.jobs.retrieve(job.id)).status in
                       {"succeeded", "failed", "cancelled"} and j, 900, "the job to end", 0.5)
     assert done.status == "succeeded", done.error
-    assert done.method.type == "reinforcement" and done.method.reinforcement.grader.type == "text_similarity"
+    assert done.method.type == "reinforcement" and done.method.reinforcement.grader.type == "multi"
     native = stack.client.jobs.get(job.id)
     deployed = wait_until(lambda: (d := stack.client.jobs.get(job.id).deployment) and d.status == "loaded" and d,
                           120, "the deployment to load")
@@ -376,3 +382,5 @@ def test_a_reinforcement_job_is_created_on_v1_and_its_adapter_serves(stack: Stac
     assert answer.strip(), answer
     metrics = [e for e in oai.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
     assert len(metrics) == 3 and all("reward_mean" in e.data["rewards"] for e in metrics)  # 12 prompts / 4
+    # the judge answered every completion with a number in its range (a failure scores 0 and counts)
+    assert all(e.data["rewards"]["grader_error_ratio"] == 0 for e in metrics), [e.data["rewards"] for e in metrics]

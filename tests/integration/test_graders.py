@@ -205,15 +205,15 @@ def test_the_sdk_and_cli_validate_and_run(live, tmp_path, capsys) -> None:  # no
 
 def test_a_jobs_eval_is_checked_when_the_job_is_created(live) -> None:  # noqa: ANN001
     """What the training child could not grade is refused at POST /jobs (422, naming the field),
-    before any GPU time: a judge model (the child has no model server), a bad template, items it
-    cannot prompt, and eval items beside eval_prompts."""
+    before any GPU time: a judge model this key may not chat with, a bad template, items it cannot
+    prompt, and eval items beside eval_prompts."""
     url, keys = live
     good = {"type": "string_check", "name": "w", "input": "{{sample.output_text}}",
             "reference": "{{item.label}}", "operation": "ilike"}
-    judge = {"type": "score_model", "name": "j", "model": "tiny",
+    judge = {"type": "score_model", "name": "j", "model": "no-such-judge",
              "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
     cases = {
-        "eval.grader": ({"grader": judge, "items": [{"prompt": "q"}]}, {}),
+        "eval.grader.model": ({"grader": judge, "items": [{"prompt": "q"}]}, {}),
         "eval.grader.reference": ({"grader": {**good, "reference": "{{label}}"}, "items": [{"prompt": "q"}]}, {}),
         "eval.items[1]": ({"grader": good, "items": [{"prompt": "q"}, {"label": "no prompt"}]}, {}),
         "eval.items[0]": ({"grader": good, "items": [{"messages": [{"role": "user", "content": 5}]}]}, {}),
@@ -231,7 +231,8 @@ def test_a_jobs_eval_is_checked_when_the_job_is_created(live) -> None:  # noqa: 
     answer = httpx.post(f"{url}/v1/fine_tuning/jobs", headers=auth, json={
         "model": "tiny", "training_file": "file-nothere", "eval": {"grader": judge, "items": [{"prompt": "q"}]}})
     assert answer.status_code == 422, answer.text
-    assert answer.json()["error"]["param"] == "eval.grader" and answer.json()["error"]["type"] == "invalid_request_error"
+    assert answer.json()["error"]["param"] == "eval.grader.model"
+    assert answer.json()["error"]["type"] == "invalid_request_error"
     upload = httpx.post(f"{url}/v1/files", headers=auth, data={"purpose": "fine-tune"},
                         files={"file": ("t.jsonl", b'{"text": "a b c"}\n' * 8)})
     assert upload.status_code == 200, upload.text

@@ -29,8 +29,8 @@ def _body(training_file: str, method: dict, **extra: object) -> dict:
     ({"type": "supervised", "reinforcement": {"grader": GRADER}}, "method.type", "method.type is 'supervised'"),
     ({"type": "reinforcement", "dpo": {}, "reinforcement": {"grader": GRADER}}, "method.type", "method.dpo"),
     ({"type": "reinforcement", "reinforcement": {"grader": {
-        "type": "score_model", "name": "judge", "model": "tiny", "input": [{"role": "user", "content": "x"}]}}},
-     "method.reinforcement.grader", "score_model"),
+        "type": "score_model", "name": "judge", "model": "no-such-judge", "input": [{"role": "user", "content": "x"}]}}},
+     "method.reinforcement.grader.model", "'no-such-judge' is not a model this server serves to this key"),
     ({"type": "reinforcement", "reinforcement": {"grader": {
         "type": "python", "name": "p", "source": "def nope(a, b):\n    return 1"}}},
      "method.reinforcement.grader.source", "grade(sample, item)"),

@@ -76,8 +76,18 @@ def main(argv: list[str] | None = None) -> int:
 
         from service.app import create_app
 
-        uvicorn.run(create_app(settings), host=args.host or settings.host,
-                    port=args.port or settings.port, log_level="warning", access_log=False)
+        host, port = args.host or settings.host, args.port or settings.port
+        if settings.api_workers == 1:
+            uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+        else:
+            from service.db.engine import migrate
+            from service.metrics import share_between_processes
+
+            migrate(settings.database_url)  # once, before the workers (each one's is then a no-op)
+            share_between_processes()
+            # Each worker builds its app from the same environment.
+            uvicorn.run("service.app:create_app", factory=True, workers=settings.api_workers, host=host,
+                        port=port, log_level="warning", access_log=False)
     elif args.command == "runner":
         from service.runner.loop import run_forever
 

@@ -75,6 +75,10 @@ class Settings(msgspec.Struct, kw_only=True):
     # -- api -------------------------------------------------------------------------------------
     host: Annotated[str, doc(API, "where the API listens")] = "127.0.0.1"
     port: Annotated[int, doc(API, "where the API listens")] = 8080
+    api_workers: Annotated[int, doc(
+        API, "processes of `python -m service api` sharing its port: the gateway's per-request work "
+             "(key check, model check, opening the upstream stream) spreads over them; `/metrics` "
+             "adds up all of them")] = 1
     log_json: Annotated[bool, doc(API, "structlog JSON lines (every role)")] = True
     log_level: Annotated[str, doc(API, "log level (every role)")] = "info"
     readable_buckets: Annotated[tuple[str, ...], doc(

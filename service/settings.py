@@ -78,7 +78,7 @@ class Settings(msgspec.Struct, kw_only=True):
     api_workers: Annotated[int, doc(
         API, "processes of `python -m service api` sharing its port: the gateway's per-request work "
              "(key check, model check, opening the upstream stream) spreads over them; `/metrics` "
-             "adds up all of them")] = 1
+             "adds up all of them"), msgspec.Meta(ge=1)] = 1
     log_json: Annotated[bool, doc(API, "structlog JSON lines (every role)")] = True
     log_level: Annotated[str, doc(API, "log level (every role)")] = "info"
     readable_buckets: Annotated[tuple[str, ...], doc(

@@ -405,8 +405,8 @@ class JobService:
 
 async def _check_method(graders: GraderService, tenant: str, req: s.JobCreate) -> None:
     """The method block matches method.type, and a reinforcement job's grader can run in the
-    training child (a score_model's judge: a model served here to this tenant). 422s: each field is well-formed alone (the schema cannot tie a block to the
-    type), only the combination is not."""
+    training child (a score_model's judge: a model served here to this tenant). 422s: each field
+    is well-formed alone (the schema cannot tie a block to the type), only the combination is not."""
     method = req.method
     for block in ("dpo", "reinforcement"):
         if getattr(method, block) is not None and method.type != block:

@@ -21,7 +21,11 @@ RUN npm ci --no-audit --no-fund
 FROM ${PYTHON_IMAGE} AS api
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TUNEDOCK_HOST=0.0.0.0 TUNEDOCK_PORT=8080 TUNEDOCK_DATA_DIR=/data
-RUN groupadd --system --gid 10001 tunedock \
+# wordnet-base: WordNet 3.0 for the METEOR grader's synonyms (TUNEDOCK_WORDNET_DIR).
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends wordnet-base \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 tunedock \
  && useradd --system --uid 10001 --gid tunedock --home-dir /app --shell /usr/sbin/nologin tunedock \
  && mkdir -p /data && chown tunedock:tunedock /data
 WORKDIR /app
@@ -43,7 +47,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential \
-      cmake \
+      cmake wordnet-base \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv \
  && groupadd --system --gid 10001 tunedock \

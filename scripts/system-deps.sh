@@ -5,6 +5,7 @@
 #   chromium           the dashboard's browser tests (Playwright drives it; its own download cannot work here)
 #   cmake g++ make     llama.cpp for the GGUF exports (service/training/native/)
 #   golang-go          renders the Ollama Modelfile's template in its test (Ollama's templates are Go's)
+#   wordnet-base       WordNet 3.0 for METEOR's synonym stage (TUNEDOCK_WORDNET_DIR), nltk's download being unreachable
 set -euo pipefail
 
 missing=()
@@ -14,6 +15,7 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
+[ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing Debian packages: ${missing[*]}"

@@ -136,6 +136,10 @@ class Settings(msgspec.Struct, kw_only=True):
         API, "a python grader's address-space limit, MiB (Python itself takes ~30)")] = 1024
     python_grader_output_kb: Annotated[int, doc(
         API, "the most a python grader may print, KiB")] = 64
+    wordnet_dir: Annotated[str | None, doc(
+        API, "the WordNet 3.0 database folder METEOR's synonym stage reads (Debian/Ubuntu's "
+             "`wordnet-base`, or an nltk_data `corpora/wordnet`); missing: exact words and stems only, "
+             "and the run says `meteor_synonyms: false`")] = "/usr/share/wordnet"
     score_model_timeout_seconds: Annotated[float, doc(
         API, "how long a score_model grader's judge has to answer one sample")] = 60.0
     # -- runner ----------------------------------------------------------------------------------

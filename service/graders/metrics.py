@@ -2,14 +2,19 @@
 define the metrics: rapidfuzz (fuzzy_match), sacrebleu (bleu), nltk (gleu, meteor),
 rouge-score (rouge_1…rouge_5, rouge_l).
 
-METEOR's synonym stage reads WordNet, which nltk does not ship and this air-gapped server cannot
-download: with WordNet data installed (NLTK_DATA) it is used; without it METEOR matches exact
-words and stems only, and the run's `scores` say so (`meteor_synonyms: false`). `cosine` needs an
+METEOR's synonym stage reads WordNet, which nltk does not ship and an air-gapped server cannot
+download. It reads the WordNet 3.0 database folder `TUNEDOCK_WORDNET_DIR` (Debian/Ubuntu's
+`wordnet-base`: /usr/share/wordnet, which `make test` and the images install; an nltk_data
+`corpora/wordnet` folder works too). Without it METEOR matches exact words and stems only, and
+the run's `scores` say so (`meteor_synonyms: false`). `cosine` needs an
 embedding model, which this server does not configure: validating a grader with it is refused."""
 
 from __future__ import annotations
 
 import functools
+import io
+import os
+import warnings
 from typing import Any
 
 from service.contracts.graders import SimilarityMetric, StringOperation
@@ -42,15 +47,46 @@ class _NoWordNet:
         return []
 
 
-@functools.cache
-def _wordnet() -> Any:
-    try:
-        from nltk.corpus import wordnet
+# WordNet 3.0's lexicographer files in their numbered order (WordNet's lexnames(5WN)). nltk's
+# reader opens this table from the database folder; Debian's wordnet-base does not ship it.
+_LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
+    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
+    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
+    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
+    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather "
+    "adj.ppl").split()
+_SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
-        wordnet.ensure_loaded()
-        return wordnet
-    except LookupError:
-        return None
+
+def _folder_wordnet(folder: str) -> Any:
+    """nltk's WordNet reader on a WordNet 3.0 database folder (data.*, index.*, *.exc)."""
+    import nltk
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    class FolderWordNet(WordNetCorpusReader):
+        def open(self, file: str) -> Any:
+            if file == "lexnames":
+                return io.StringIO("".join(f"{i:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}\n"
+                                           for i, name in enumerate(_LEXNAMES)))
+            return super().open(file)
+
+        def map_wn(self, version: str = "wordnet") -> None:
+            return None  # the mapping to nltk's own WordNet is for its multilingual data, unused here
+
+    if folder not in nltk.data.path:
+        nltk.data.path.append(folder)  # nltk reads corpora only under its data paths
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "multilingual functions are not available": not needed
+        return FolderWordNet(folder, None)
+
+
+@functools.cache
+def _wordnet(folder: str | None) -> Any:
+    if folder and os.path.isfile(os.path.join(folder, "data.noun")):
+        return _folder_wordnet(folder)
+    return None
 
 
 @functools.cache
@@ -60,7 +96,8 @@ def _rouge(metric: str) -> Any:
     return rouge_scorer.RougeScorer([metric], use_stemmer=False)
 
 
-def text_similarity(value: str, reference: str, metric: SimilarityMetric) -> tuple[float, dict[str, Any]]:
+def text_similarity(value: str, reference: str, metric: SimilarityMetric,
+                    wordnet_dir: str | None = None) -> tuple[float, dict[str, Any]]:
     """The score and what else the run should report about how it was made."""
     if metric in UNSUPPORTED:
         raise ValueError(UNSUPPORTED[metric])
@@ -79,7 +116,7 @@ def text_similarity(value: str, reference: str, metric: SimilarityMetric) -> tup
     if metric == "meteor":
         from nltk.translate.meteor_score import meteor_score
 
-        wordnet = _wordnet()
+        wordnet = _wordnet(wordnet_dir)
         score = meteor_score([_words(reference)], _words(value), wordnet=wordnet or _NoWordNet())
         return float(score), {"meteor_synonyms": wordnet is not None}
     name = "rougeL" if metric == "rouge_l" else "rouge" + metric.removeprefix("rouge_")

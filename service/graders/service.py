@@ -7,6 +7,7 @@ the judge's token usage. A grader that fails scores 0 with the reason; it never 
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
 import time
 from dataclasses import dataclass, field
@@ -112,8 +113,10 @@ class GraderService:
                 out.score = metrics.string_check(render(grader.input, scope), render(grader.reference, scope),
                                                  grader.operation)
             elif isinstance(grader, w.TextSimilarityGrader):
-                out.score, out.scores = metrics.text_similarity(
-                    render(grader.input, scope), render(grader.reference, scope), grader.evaluation_metric)
+                # In a thread: METEOR's first call reads WordNet (~1 s), which must not stall the loop.
+                out.score, out.scores = await asyncio.to_thread(
+                    metrics.text_similarity, render(grader.input, scope), render(grader.reference, scope),
+                    grader.evaluation_metric, self.settings.wordnet_dir)
             elif isinstance(grader, w.PythonGrader):
                 await self._python(grader, scope, out)
             elif isinstance(grader, w.ScoreModelGrader):

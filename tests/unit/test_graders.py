@@ -34,3 +34,13 @@ def test_templates_resolve_item_and_sample_paths() -> None:
         render("{{item.missing}}", scope)
     with pytest.raises(TemplateError):
         render("{{sample.output_json.city}}", {"sample": sample_namespace("not json")})
+
+
+def test_meteor_without_wordnet_says_it_matched_words_and_stems_only(tmp_path) -> None:  # noqa: ANN001
+    from service.graders import metrics
+
+    sample, label = "the automobile is very quick", "the car is very fast"
+    with_synonyms, said = metrics.text_similarity(sample, label, "meteor", "/usr/share/wordnet")
+    assert said == {"meteor_synonyms": True}
+    without, said = metrics.text_similarity(sample, label, "meteor", str(tmp_path))  # an empty folder
+    assert said == {"meteor_synonyms": False} and without < with_synonyms

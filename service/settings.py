@@ -178,6 +178,12 @@ class Settings(msgspec.Struct, kw_only=True):
     max_oom_retries: Annotated[int, doc(
         RUNNER, "out-of-memory retries, each capped at half the micro-batch that failed; the retry's "
                 "plan takes the largest micro-batch under the cap that fits the memory free then, down to 1")] = 2
+    rollout_url: Annotated[str | None, doc(
+        RUNNER, "a vLLM `/v1` on this runner's host that samples reinforcement jobs' rollouts (e.g. the "
+                "sidecar's): it must serve the job's base under its alias, allow runtime LoRA loading and "
+                "read the runner's work folders; each step's adapter is loaded there as "
+                "`rollout-<job>-r<rank>` (service/training/rollouts.py). Unset, or a vLLM that cannot: "
+                "the training process samples them")] = None
     warm_child: Annotated[bool, doc(
         RUNNER, "keep one training child per slot with torch/Unsloth/TRL already imported, so a "
                 "claimed job skips the imports (a CPU slot forks it from a process that imported them once)")] = True

@@ -21,6 +21,7 @@ import anyio
 import httpx
 import structlog
 
+from service.contracts.messages import ROLLOUT_ADAPTER_PREFIX
 from service.contracts.schema import DeploymentSpec
 from service.settings import Settings
 from service.shapes import Shape
@@ -131,7 +132,8 @@ class Deployer:
 
     async def reconcile(self) -> None:
         rows = [r for r in await self.deployments.rows() if self._ours(r)]
-        present = await self.client.adapters()
+        # A training job's rollout adapter is that job's to load and unload (service/training/rollouts.py).
+        present = {name for name in await self.client.adapters() if not name.startswith(ROLLOUT_ADAPTER_PREFIX)}
         wanted = {r.name for r in rows if r.status in WANTED}
         mine = {r.name: r for r in rows if r.status in WANTED and r.replica_status == "loaded"}
         for name in sorted(mine.keys() - present):

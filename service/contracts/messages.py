@@ -109,6 +109,18 @@ class Continued(Message, tag="continued", kw_only=True):
     prefix: str
 
 
+# A reinforcement job's adapter in vLLM while it samples rollouts (service/training/rollouts.py):
+# the serving sidecar's reconcile leaves adapters of this prefix alone.
+ROLLOUT_ADAPTER_PREFIX = "rollout-"
+
+
+class Rollouts(Message, tag="rollouts", kw_only=True):
+    """A reinforcement job's rollouts come from vLLM (service/training/rollouts.py)."""
+
+    message: str
+    adapter: str  # the name vLLM holds this job's adapter under while it trains
+
+
 class TrainBegin(Message, tag="train_begin", kw_only=True):
     step: int
 
@@ -244,7 +256,7 @@ class Failed(Message, tag="error", kw_only=True):
     message: str
 
 
-ChildMessage = (Ready | Started | Planned | Loaded | Continued | TrainBegin | Progress
+ChildMessage = (Ready | Started | Planned | Loaded | Continued | Rollouts | TrainBegin | Progress
                 | CheckpointSaved | BaseScored | Evaluated | Selected | ResumePointSaved | Resumed | Warned | Stopped | Result | Failed
                 | ExportStage | ExportDone)
 _decoder = msgspec.json.Decoder(ChildMessage)

@@ -89,7 +89,7 @@ class Reporter:
             case m.Stopped():
                 attempt.untrained = not msg.trained
                 await store.add_event(job_id, "stopped", msg.message, data=_fields(msg), lease=lease)
-            case m.Continued():
+            case m.Continued() | m.Rollouts():
                 await store.add_event(job_id, msg.__struct_config__.tag, msg.message,
                                       data=_fields(msg), lease=lease)
             case m.Result():

@@ -18,9 +18,10 @@ from service.datasets.formats import Preference, detect_format, parse_example
 from service.datasets.jsonl import read_jsonl
 from service.datasets.render import IGNORE, Collator, FlatCollator, Renderer, fit, fit_pair, split_examples
 from service.datasets.template import HFTokens
+from service.settings import load_settings
 from service.shapes import Shape, read_config
 from service.storage import ObjectStore, download_prefix, upload_dir
-from service.training import backends, ranks, reinforce, stop
+from service.training import backends, ranks, reinforce, rollouts, stop
 from service.training.callbacks import (
     CheckpointCallback,
     IntervalEval,
@@ -386,10 +387,13 @@ def make_trainer(spec: TrainingSpec, backend: str, packing: str, args: dict, tal
         from trl import GRPOConfig, GRPOTrainer
 
         assert spec.method.reinforcement is not None
+        vllm = rollouts.from_settings(load_settings(), spec, ranks.rank(), emit, ranks.is_main())
         return tally.trainer_class(resumable(reinforce.grpo_trainer(GRPOTrainer)))(
             model=model, reward_funcs=[reinforce.Reward(spec.method.reinforcement.grader, tally, emit)],
-            train_dataset=train_ds, processing_class=tokenizer, callbacks=callbacks,
-            args=GRPOConfig(**args, **reinforce.grpo_arguments(spec)))
+            train_dataset=train_ds, processing_class=tokenizer,
+            callbacks=callbacks + ([rollouts.unload_when_done(vllm)] if vllm else []),
+            args=GRPOConfig(**args, **reinforce.grpo_arguments(spec)),
+            **({"rollout_func": vllm} if vllm else {}))
     if spec.method.type == "dpo":
         if backend == "unsloth":
             # Unsloth patches TRL's trainers when it is imported (backends.load did); this call

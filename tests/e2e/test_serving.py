@@ -370,10 +370,23 @@ def test_a_reinforcement_job_is_created_on_v1_and_its_adapter_serves(stack: Stac
             "n_epochs": 1, "batch_size": 4, "compute_multiplier": 1, "group_size": 2,
             "max_completion_tokens": 8}}},
         extra_body={"learning_rate": 1e-4, "max_seq_length": 96})
-    done = wait_until(lambda: (j := oai.fine_tuning.jobs.retrieve(job.id)).status in
-                      {"succeeded", "failed", "cancelled"} and j, 900, "the job to end", 0.5)
+    vllm = httpx.Client(base_url=stack.settings.serving_url,
+                        headers={"Authorization": f"Bearer {stack.settings.serving_api_key}"})
+    held = set()  # the adapters vLLM held while the job trained
+
+    def ended() -> object:
+        held.update(m["id"] for m in vllm.get("/models").json()["data"])
+        return (j := oai.fine_tuning.jobs.retrieve(job.id)).status in {"succeeded", "failed", "cancelled"} and j
+
+    done = wait_until(ended, 900, "the job to end", 0.5)
     assert done.status == "succeeded", done.error
     assert done.method.type == "reinforcement" and done.method.reinforcement.grader.type == "multi"
+    # The rollouts were sampled by vLLM with the job's adapter of each step, loaded under the
+    # job's rollout name, and taken out of vLLM when training ended.
+    [said] = [e for e in oai.fine_tuning.jobs.list_events(job.id, limit=100).data
+              if (e.data or {}).get("tunedock_type") == "rollouts"]
+    assert said.data["adapter"] in held, (said.data, held)
+    assert said.data["adapter"] not in {m["id"] for m in vllm.get("/models").json()["data"]}
     native = stack.client.jobs.get(job.id)
     deployed = wait_until(lambda: (d := stack.client.jobs.get(job.id).deployment) and d.status == "loaded" and d,
                           120, "the deployment to load")

@@ -101,7 +101,9 @@ def stack(s3_endpoint: str, smollm2_dir: Path, tmp_path_factory: pytest.TempPath
         serving = subprocess.Popen([sys.executable, "-m", "serving"], cwd=ROOT, env=settings_env(settings),
                                    stdout=(tmp / "serving.log").open("wb"), stderr=subprocess.STDOUT,
                                    start_new_session=True, preexec_fn=die_with_sigterm)
-        runner = start_runner(msgspec.structs.replace(settings, database_url=db_url), tmp / "runner.log")
+        # Reinforcement jobs sample their rollouts on the served vLLM (service/training/rollouts.py).
+        runner = start_runner(msgspec.structs.replace(settings, database_url=db_url,
+                                                      rollout_url=settings.serving_url), tmp / "runner.log")
         try:
             health = f"http://127.0.0.1:{vllm_port}/health"
             wait_until(lambda: httpx.get(health, timeout=2).status_code == 200, 600, "vLLM to start", 1)

@@ -60,8 +60,13 @@ class VLLMRollouts:
         prompt_ids, _, _ = trainer._tokenize_prompts(prompts)  # the ids TRL itself would generate from
         # Runs of one prompt: a group of the sampler's, sampled in one request of n completions.
         runs = [(ids, len(list(group))) for ids, group in groupby(map(tuple, prompt_ids))]
+        # Each request seeded by (job seed, step, its place in the step), so a job resumed at a
+        # step asks vLLM for the same samples as the run it continues.
+        step = trainer.state.global_step
+        seeds = [(trainer.args.seed * 1_000_003 + step * 1_009 + i) % 2**31 for i in range(len(runs))]
         with concurrent.futures.ThreadPoolExecutor(min(CONCURRENCY, len(runs))) as pool:
-            sampled = list(pool.map(lambda run: self._sample(list(run[0]), run[1], trainer), runs))
+            sampled = list(pool.map(lambda run, seed: self._sample(list(run[0]), run[1], seed, trainer),
+                                    runs, seeds))
         out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "logprobs": []}
         for (ids, n), choices in zip(runs, sampled, strict=True):
             for completion, logprobs in choices:
@@ -101,10 +106,10 @@ class VLLMRollouts:
         self.http.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def _sample(self, prompt: list[int], n: int, trainer: Any) -> list[tuple[list[int], list[float]]]:
+    def _sample(self, prompt: list[int], n: int, seed: int, trainer: Any) -> list[tuple[list[int], list[float]]]:
         body: dict[str, Any] = {
             "model": self.name, "prompt": prompt, "n": n, "max_tokens": trainer.max_completion_length,
-            "temperature": trainer.temperature, "top_p": trainer.top_p, "logprobs": 0,
+            "temperature": trainer.temperature, "top_p": trainer.top_p, "logprobs": 0, "seed": seed,
             "return_token_ids": True}
         if trainer.top_k:
             body["top_k"] = trainer.top_k

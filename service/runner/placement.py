@@ -203,6 +203,12 @@ def choose(job: s.Job, device: Device, devices: list[Device],
     room now: no job overtakes it) or NEVER (this runner has fewer devices than it asks for:
     the next job in turn may go). `budgets`: each device's budget by index in `devices`, read
     under the runner's lock; an empty device's, at least."""
+    if any(job.id in d.held for d in devices):
+        # Its last attempt here still holds a device: the job went back to the queue as that
+        # attempt failed, before the attempt's processes were gone and its devices let go. Taking
+        # it now would start it on what is free of the rest (a killed rank's gang resumed on one
+        # device) or beside its own dying process; it waits for them.
+        return WAIT
     mine = budgets[devices.index(device)]
     # Empty now and when the budgets were read (a job may have left one since: releases do not
     # wait for the lock, and its budget was not read).

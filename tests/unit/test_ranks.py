@@ -102,6 +102,23 @@ def test_a_resumed_job_goes_on_with_the_devices_that_are_free(model_dir: Path) -
     assert choose(_job(2, attempt=0), alone[0], alone, {0: None}) == NEVER
 
 
+def test_a_job_whose_failed_attempt_still_holds_a_device_waits_for_it(model_dir: Path) -> None:
+    # A killed rank fails the attempt; the job is queued again while rank 0's device is still
+    # held (its process being stopped). Taking it then resumed it on the one free device (CI run
+    # of 1a9dada..eb27208, test_ranks.py): it waits until the attempt has let both go.
+    devices = _devices(model_dir, 2)
+    job = _job(2, attempt=1)
+    devices[0].hold(job.id, None, None, exclusive=True)
+    assert choose(job, devices[1], devices, {1: None}) == WAIT
+    devices[0].release(job.id)
+    got = choose(job, devices[1], devices, {0: None, 1: None})
+    assert isinstance(got, Choice) and got.ranks == 2
+    # A one-device job too: never beside its own attempt that is still ending.
+    single = _job(1, attempt=1)
+    devices[0].hold(single.id, None, None)
+    assert choose(single, devices[0], devices, {0: None}) == WAIT
+
+
 def test_auto_takes_several_devices_only_for_a_large_job(model_dir: Path) -> None:
     devices = _devices(model_dir, 3, runner_auto_gpus_min_tokens=100_000)
     budgets = {i: None for i in range(3)}

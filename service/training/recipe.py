@@ -387,7 +387,8 @@ def make_trainer(spec: TrainingSpec, backend: str, packing: str, args: dict, tal
         from trl import GRPOConfig, GRPOTrainer
 
         assert spec.method.reinforcement is not None
-        vllm = rollouts.from_settings(load_settings(), spec, ranks.rank(), emit, ranks.is_main())
+        vllm = rollouts.connect(load_settings(), spec.job_id, spec.base_model, Path(spec.work_dir),
+                                ranks.rank(), emit, ranks.is_main())
         return tally.trainer_class(resumable(reinforce.grpo_trainer(GRPOTrainer)))(
             model=model, reward_funcs=[reinforce.Reward(spec.method.reinforcement.grader, tally, emit)],
             train_dataset=train_ds, processing_class=tokenizer,

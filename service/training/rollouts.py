@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from service.contracts import messages as m
-from service.contracts.messages import ROLLOUT_ADAPTER_PREFIX, Emitter, TrainingSpec
+from service.contracts.messages import ROLLOUT_ADAPTER_PREFIX, Emitter
 from service.settings import Settings
 
 # Prompts sampled at once: vLLM batches concurrent requests itself.
@@ -53,7 +53,6 @@ class VLLMRollouts:
         self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s,
                                  headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
         self.loaded_step: int | None = None
-        self.loads = 0  # adapters loaded into vLLM, one per generation step
 
     def __call__(self, prompts: list, trainer: Any) -> dict[str, list]:
         self.sync(trainer)
@@ -68,7 +67,7 @@ class VLLMRollouts:
             sampled = list(pool.map(lambda run, seed: self._sample(list(run[0]), run[1], seed, trainer),
                                     runs, seeds))
         out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "logprobs": []}
-        for (ids, n), choices in zip(runs, sampled, strict=True):
+        for (ids, _), choices in zip(runs, sampled, strict=True):
             for completion, logprobs in choices:
                 out["prompt_ids"].append(list(ids))
                 out["completion_ids"].append(completion)
@@ -91,7 +90,6 @@ class VLLMRollouts:
         if self.loaded_step is not None:  # vLLM read it when loading; the old one is not needed
             shutil.rmtree(self.folder / f"step-{self.loaded_step}", ignore_errors=True)
         self.loaded_step = step
-        self.loads += 1
 
     def unload(self) -> None:
         r = self.http.post("/unload_lora_adapter", json={"lora_name": self.name})
@@ -118,11 +116,6 @@ class VLLMRollouts:
             raise RolloutError(f"vLLM at the rollout URL could not sample: {r.status_code} {r.text[:300]}")
         choices = sorted(r.json()["choices"], key=lambda c: c["index"])
         return [(list(c["token_ids"]), [float(x) for x in c["logprobs"]["token_logprobs"]]) for c in choices]
-
-
-def from_settings(settings: Settings, spec: TrainingSpec, rank: int, emit: Emitter,
-                  main: bool) -> VLLMRollouts | None:
-    return connect(settings, spec.job_id, spec.base_model, Path(spec.work_dir), rank, emit, main)
 
 
 def connect(settings: Settings, job_id: str, base_model: str, work_dir: Path, rank: int,  # noqa: PLR0913

@@ -5,7 +5,7 @@ long and the rates compare across runs), with the rollouts sampled by the traini
 beside it, TUNEDOCK_ROLLOUT_URL: service/training/rollouts.py), or both side by side.
 
     python bench/grpo.py --model DIR [--prompts 64] [--batch 8] [--group 8] [--completion 256]
-                         [--rollouts trainer|vllm|both] [--vllm-share 0.3] [--repeat N] [--out f.md]
+                         [--rollouts trainer|vllm|both] [--vllm-share 0.3] [--repeat N] [--vllm-first] [--out f.md]
 
 One API, and with vLLM rollouts one `python -m serving` (vLLM holding --vllm-share of the GPU for
 the whole run, so both kinds of job train next to the same neighbour); each job gets a runner of its
@@ -57,6 +57,7 @@ def main() -> None:  # noqa: PLR0915
     ap.add_argument("--rollouts", choices=["trainer", "vllm", "both"], default="trainer")
     ap.add_argument("--vllm-share", type=float, default=0.3, help="vLLM's fraction of the GPU")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--vllm-first", action="store_true", help="with both: start the alternation with vLLM")
     ap.add_argument("--settle", type=float, default=15)
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -68,6 +69,8 @@ def main() -> None:  # noqa: PLR0915
     api_port, vllm_port = 8313, 8314
     api_url = f"http://127.0.0.1:{api_port}"
     kinds = ["trainer", "vllm"] if args.rollouts == "both" else [args.rollouts]
+    if args.vllm_first:
+        kinds.reverse()
     env = {**os.environ, "TUNEDOCK_DATABASE_URL": f"sqlite+aiosqlite:///{work}/bench.db",
            "TUNEDOCK_DATA_DIR": str(work / "data"), "TUNEDOCK_BASE_MODELS": f"bench={args.model}",
            "TUNEDOCK_LOG_LEVEL": "warning", "TUNEDOCK_POLL_SECONDS": "0.2"}
@@ -124,6 +127,8 @@ def main() -> None:  # noqa: PLR0915
                 runs.append({"job": job, "kind": "vllm" if said else f"trainer{' (' + warned[0] + ')' if warned else ''}",
                              "steps": [e["data"] for e in evs if e["type"] == "metrics"],
                              "backend": next((e["data"]["backend"] for e in evs if e["type"] == "backend"), "?")})
+    except KeyboardInterrupt:  # `timeout -s INT`: report the jobs that finished
+        print(f"interrupted after {len(runs)} job(s)", file=sys.stderr)
     finally:
         for p in procs:
             p.terminate()
@@ -141,7 +146,7 @@ def main() -> None:  # noqa: PLR0915
              f"Machine: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}, torch "
              f"{torch.__version__}; command: `python bench/grpo.py --model <model> --prompts {args.prompts} "
              f"--batch {args.batch} --group {args.group} --completion {args.completion} --rollouts {args.rollouts} "
-             f"--vllm-share {args.vllm_share} --repeat {args.repeat}`", "",
+             f"--vllm-share {args.vllm_share} --repeat {args.repeat}{' --vllm-first' * args.vllm_first}`", "",
              "| run | rollouts | backend, device | micro-batch | s/step median (min-max) | steps/s | rollout tokens/s | "
              "all tokens/s | completion length | peak / plan GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for i, run in enumerate(runs):

@@ -140,8 +140,16 @@ class Settings(msgspec.Struct, kw_only=True):
         API, "the WordNet 3.0 database folder METEOR's synonym stage reads (Debian/Ubuntu's "
              "`wordnet-base`, or an nltk_data `corpora/wordnet`); missing: exact words and stems only, "
              "and the run says `meteor_synonyms: false`")] = "/usr/share/wordnet"
+    embedding_url: Annotated[str | None, doc(
+        API, "an OpenAI-style `/v1` with `/embeddings` for text_similarity's `cosine` (e.g. a vLLM "
+             "started with `--runner pooling`, Hugging Face TEI, llama.cpp's server); runners grading "
+             "evals and rewards need it too. Unset: graders with `cosine` are refused")] = None
+    embedding_model: Annotated[str | None, doc(
+        API, "the model name sent to TUNEDOCK_EMBEDDING_URL", "the first one its `/models` lists")] = None
+    embedding_api_key: Annotated[str | None, doc(API, "the bearer key TUNEDOCK_EMBEDDING_URL expects")] = None
     score_model_timeout_seconds: Annotated[float, doc(
-        API, "how long a score_model grader's judge has to answer one sample")] = 60.0
+        API, "how long a score_model grader's judge (or cosine's embedding model) has to answer one "
+             "sample")] = 60.0
     # -- runner ----------------------------------------------------------------------------------
     runner_gpus: Annotated[str | None, doc(
         RUNNER, "GPU indices for `python -m service runner`", "all visible")] = None

@@ -6,8 +6,8 @@ METEOR's synonym stage reads WordNet, which nltk does not ship and an air-gapped
 download. It reads the WordNet 3.0 database folder `TUNEDOCK_WORDNET_DIR` (Debian/Ubuntu's
 `wordnet-base`: /usr/share/wordnet, which `make test` and the images install; an nltk_data
 `corpora/wordnet` folder works too). Without it METEOR matches exact words and stems only, and
-the run's `scores` say so (`meteor_synonyms: false`). `cosine` needs an
-embedding model, which this server does not configure: validating a grader with it is refused."""
+the run's `scores` say so (`meteor_synonyms: false`). `cosine` is not here: it compares two
+embeddings from an embedding model (embeddings.py)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,6 @@ import warnings
 from typing import Any
 
 from service.contracts.graders import SimilarityMetric, StringOperation
-
-UNSUPPORTED: dict[str, str] = {
-    "cosine": "evaluation_metric 'cosine' needs an embedding model, and this server has none "
-              "configured; use fuzzy_match, bleu, gleu, meteor or rouge_*",
-}
 
 
 def string_check(value: str, reference: str, operation: StringOperation) -> float:
@@ -98,9 +93,9 @@ def _rouge(metric: str) -> Any:
 
 def text_similarity(value: str, reference: str, metric: SimilarityMetric,
                     wordnet_dir: str | None = None) -> tuple[float, dict[str, Any]]:
-    """The score and what else the run should report about how it was made."""
-    if metric in UNSUPPORTED:
-        raise ValueError(UNSUPPORTED[metric])
+    """The score and what else the run should report about how it was made (not `cosine`)."""
+    if metric == "cosine":
+        raise ValueError("cosine needs an embedding model: service/graders/embeddings.py")
     if metric == "fuzzy_match":
         from rapidfuzz import fuzz
 

@@ -17,7 +17,7 @@ import msgspec
 
 from service.contracts import graders as w
 from service.errors import ServiceError, Unprocessable
-from service.graders import formula, metrics, sandbox
+from service.graders import embeddings, formula, metrics, sandbox
 from service.graders.template import TemplateError, render, sample_namespace, variables
 from service.graders.template import item_fields as template_item_fields
 from service.settings import Settings
@@ -68,9 +68,11 @@ class GraderService:
                 variables(text)
             except TemplateError as exc:
                 raise Unprocessable(str(exc), param=f"{param}.{field_name}") from None
-        if isinstance(grader, w.TextSimilarityGrader) and grader.evaluation_metric in metrics.UNSUPPORTED:
-            raise Unprocessable(metrics.UNSUPPORTED[grader.evaluation_metric],
-                                 param=f"{param}.evaluation_metric")
+        if (isinstance(grader, w.TextSimilarityGrader) and grader.evaluation_metric == "cosine"
+                and not embeddings.configured(self.settings)):
+            raise Unprocessable("evaluation_metric 'cosine' needs an embedding model, and this server has none "
+                                 "configured (TUNEDOCK_EMBEDDING_URL); use fuzzy_match, bleu, gleu, meteor or "
+                                 "rouge_*", param=f"{param}.evaluation_metric")
         if isinstance(grader, w.PythonGrader):
             _check_source(grader.source, f"{param}.source")
         if isinstance(grader, w.ScoreModelGrader):
@@ -112,6 +114,8 @@ class GraderService:
             if isinstance(grader, w.StringCheckGrader):
                 out.score = metrics.string_check(render(grader.input, scope), render(grader.reference, scope),
                                                  grader.operation)
+            elif isinstance(grader, w.TextSimilarityGrader) and grader.evaluation_metric == "cosine":
+                await self._cosine(grader, scope, out)
             elif isinstance(grader, w.TextSimilarityGrader):
                 # In a thread: METEOR's first call reads WordNet (~1 s), which must not stall the loop.
                 out.score, out.scores = await asyncio.to_thread(
@@ -127,6 +131,16 @@ class GraderService:
             out.errors.invalid_variable_error = True
             out.scores["error"] = str(exc)
         return out
+
+    async def _cosine(self, grader: w.TextSimilarityGrader, scope: dict[str, Any], out: _Result) -> None:
+        try:
+            out.score, model = await embeddings.Embeddings(self.settings).similarity(
+                render(grader.input, scope), render(grader.reference, scope))
+        except embeddings.EmbeddingsUnavailable as exc:
+            out.errors.other_error = True
+            out.scores["error"] = str(exc)
+            return
+        out.scores["embedding_model"] = model
 
     async def _python(self, grader: w.PythonGrader, scope: dict[str, Any], out: _Result) -> None:
         s = self.settings

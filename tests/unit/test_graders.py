@@ -44,3 +44,30 @@ def test_meteor_without_wordnet_says_it_matched_words_and_stems_only(tmp_path) -
     assert said == {"meteor_synonyms": True}
     without, said = metrics.text_similarity(sample, label, "meteor", str(tmp_path))  # an empty folder
     assert said == {"meteor_synonyms": False} and without < with_synonyms
+
+
+def test_cosine_of_embeddings_against_numpy() -> None:
+    import numpy as np
+
+    from service.graders.embeddings import EmbeddingsUnavailable, cosine
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=64), rng.normal(size=64)
+    assert cosine(list(a), list(b)) == pytest.approx(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    assert cosine([1.0, 2.0], [2.0, 4.0]) == pytest.approx(1.0) and cosine([1.0, 0.0], [-1.0, 0.0]) == -1.0
+    assert cosine([0.0, 0.0], [1.0, 2.0]) == 0.0  # an all-zero vector shares nothing, and is no error
+    with pytest.raises(EmbeddingsUnavailable, match="vectors of 2 and 3 numbers"):
+        cosine([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+async def test_cosine_without_an_embedding_server_scores_zero_with_the_reason(tmp_path) -> None:  # noqa: ANN001
+    from service.contracts import graders as w
+    from service.graders.service import GraderService
+    from service.settings import Settings
+
+    grader = w.TextSimilarityGrader(name="c", input="{{sample.output_text}}", reference="a b",
+                                    evaluation_metric="cosine")
+    found = await GraderService(Settings(data_dir=str(tmp_path)))._run_checked(
+        w.RunGraderRequest(grader=grader, model_sample="a b"))
+    assert found.reward == 0 and found.metadata.errors.other_error
+    assert "TUNEDOCK_EMBEDDING_URL" in found.metadata.scores["error"]

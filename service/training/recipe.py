@@ -263,7 +263,8 @@ def train(spec: TrainingSpec, objects: ObjectStore, emit: Emitter) -> None:
     if spec.method.type == "reinforcement":  # graded like any job: by its eval, or its grader
         spec = msgspec.structs.replace(spec, eval=reinforce.derived_eval(spec, val_rows))
     prompts = eval_prompts(spec, HFTokens(tokenizer), val_rows)
-    sampler = Sampler(prompts, tokenizer, backend, spec.eval) if prompts else None
+    # A reinforcement job's eval answers are as long as its rollouts may be: graded like the reward.
+    sampler = Sampler(prompts, tokenizer, backend, spec.eval, reinforce.eval_tokens(spec)) if prompts else None
     if sampler is not None and spec.eval is not None and spec.score_base and ranks.is_main():
         # Before any step the adapter adds nothing (LoRA's B starts at zero) or is the parent's:
         # these are the answers of the model training starts from.
@@ -387,7 +388,7 @@ def make_trainer(spec: TrainingSpec, backend: str, packing: str, args: dict, tal
         from trl import GRPOConfig, GRPOTrainer
 
         assert spec.method.reinforcement is not None
-        vllm = rollouts.connect(load_settings(), spec.job_id, spec.base_model, Path(spec.work_dir),
+        vllm = rollouts.connect(load_settings(), spec.job_id, spec.base_model, model, Path(spec.work_dir),
                                 ranks.rank(), emit, ranks.is_main())
         return tally.trainer_class(resumable(reinforce.grpo_trainer(GRPOTrainer)))(
             model=model, reward_funcs=[reinforce.Reward(spec.method.reinforcement.grader, tally, emit)],

@@ -15,7 +15,6 @@ own eval), the serving check, and the adapter.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -23,13 +22,11 @@ from service.contracts import messages as m
 from service.contracts.messages import Emitter, TrainingSpec
 from service.contracts.schema import JobEval
 from service.datasets.formats import ExampleError, parse_prompt
-from service.training import ranks
+from service.training import ranks, samples
 
 # The graded evaluation's prompts when the job names no eval_samples: enough for a mean that
 # moves by more than noise, few enough that scoring each epoch stays a small part of it.
 DEFAULT_EVAL_SAMPLES = 16
-# Completions graded at once: python graders run one sandbox process each.
-GRADE_CONCURRENCY = 8
 
 
 def prompt_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -59,29 +56,21 @@ def derived_eval(spec: TrainingSpec, validation_rows: list[dict[str, Any]]) -> J
     return JobEval(grader=spec.method.reinforcement.grader, items=items)
 
 
+def eval_tokens(spec: TrainingSpec) -> int:
+    """How long an eval answer may be: a reinforcement job's rollouts' limit, so the held-out
+    score grades the kind of answer the reward trained; other methods samples.MAX_NEW_TOKENS."""
+    if spec.method.type == "reinforcement":
+        assert spec.method.reinforcement is not None
+        return spec.method.reinforcement.hyperparameters.max_completion_tokens
+    return samples.MAX_NEW_TOKENS
+
+
 def _is_prompt(row: dict[str, Any]) -> bool:
     try:
         parse_prompt(row)
     except ExampleError:
         return False
     return True
-
-
-def grade_all(grader: Any, answers: list[str], items: list[dict[str, Any]]) -> list[tuple[float, str | None]]:
-    """Every answer's score by the grader, as POST /graders/run gives it, graded concurrently
-    (a python grader's sandbox is a process each); 0 with the reason where grading failed."""
-    from service.training.samples import graded
-
-    async def run() -> list[tuple[float, str | None]]:
-        gate = asyncio.Semaphore(GRADE_CONCURRENCY)
-
-        async def one(answer: str, item: dict[str, Any]) -> tuple[float, str | None]:
-            async with gate:
-                return await graded(grader, answer, item)
-
-        return await asyncio.gather(*(one(a, i) for a, i in zip(answers, items, strict=True)))
-
-    return asyncio.run(run())
 
 
 class Reward:
@@ -102,7 +91,7 @@ class Reward:
     def __call__(self, prompts: list, completions: list, completion_ids: list, item: list[str],
                  log_metric: Any = None, **_: Any) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        scored = grade_all(self.grader, texts, [json.loads(i) for i in item])
+        scored = samples.grade_all(self.grader, texts, [json.loads(i) for i in item])
         self.tally.supervised += sum(len(ids) for ids in completion_ids)
         errors = [error for _, error in scored if error]
         if log_metric is not None:

@@ -18,6 +18,8 @@ from service.datasets.formats import Chat, Pair, Preference, detect_format, pars
 from service.datasets.template import HFTokens
 
 MAX_NEW_TOKENS = 64
+# Answers graded at once: python graders run one sandbox process each.
+GRADE_CONCURRENCY = 8
 
 
 def eval_prompts(spec: TrainingSpec, tokens: HFTokens, validation_rows: list[dict]
@@ -86,8 +88,9 @@ def inference(model: Any, backend: str) -> Iterator[None]:
 
 class Sampler:
     def __init__(self, prompts: list[tuple[str, list[int]]], tokenizer: Any, backend: str,
-                 graded: JobEval | None = None) -> None:
+                 graded: JobEval | None = None, max_new_tokens: int = MAX_NEW_TOKENS) -> None:
         self.prompts = prompts
+        self.max_new_tokens = max_new_tokens
         self.tokenizer = tokenizer
         self.backend = backend
         self.graded = graded  # the job's eval: its items are the prompts, in order
@@ -101,15 +104,15 @@ class Sampler:
             for shown, ids in self.prompts:
                 x = torch.tensor([ids], device=model.device)
                 y = model.generate(input_ids=x, attention_mask=torch.ones_like(x),
-                                   max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                   max_new_tokens=self.max_new_tokens, do_sample=False,
                                    pad_token_id=self.tokenizer.pad_token_id)
                 text = self.tokenizer.decode(y[0, len(ids):], skip_special_tokens=True)
                 answers.append({"prompt": shown, "answer": text.strip()})
                 sequences.append((shown, y[0].tolist()))
         self.sequences = sequences
         if self.graded is not None:
-            for answer, item in zip(answers, self.graded.items, strict=True):
-                answer["score"], error = grade(self.graded.grader, answer["answer"], item)
+            scored = grade_all(self.graded.grader, [a["answer"] for a in answers], list(self.graded.items))
+            for answer, (answer["score"], error) in zip(answers, scored, strict=True):
                 if error:
                     answer["error"] = error
         return answers
@@ -120,12 +123,22 @@ def mean_score(answers: list[dict[str, Any]] | None) -> float | None:
     return sum(scores) / len(scores) if scores else None
 
 
-def grade(grader: Any, answer: str, item: dict[str, Any]) -> tuple[float, str | None]:
-    """One answer's score by the job's grader, as POST /graders/run would give it (the same code:
-    service/graders), and why it is 0 when grading failed."""
+def grade_all(grader: Any, answers: list[str], items: list[dict[str, Any]]) -> list[tuple[float, str | None]]:
+    """Every answer's score by the grader, as POST /graders/run gives it (the same code:
+    service/graders), graded concurrently (a python grader's sandbox is a process each, a judge
+    or an embedding model a request each); 0 with the reason where grading failed."""
     import asyncio
 
-    return asyncio.run(graded(grader, answer, item))
+    async def run() -> list[tuple[float, str | None]]:
+        gate = asyncio.Semaphore(GRADE_CONCURRENCY)
+
+        async def one(answer: str, item: dict[str, Any]) -> tuple[float, str | None]:
+            async with gate:
+                return await graded(grader, answer, item)
+
+        return await asyncio.gather(*(one(a, i) for a, i in zip(answers, items, strict=True)))
+
+    return asyncio.run(run())
 
 
 async def graded(grader: Any, answer: str, item: dict[str, Any]) -> tuple[float, str | None]:

@@ -134,7 +134,7 @@ def connect(settings: Settings, job_id: str, base_model: str, model: Any, work_d
                             work_dir / "rollouts" / f"r{rank}")
     try:
         r = rollouts.http.get("/models", timeout=10)
-        served = {model["id"] for model in r.json()["data"]} if r.status_code == 200 else set()
+        served = {entry["id"] for entry in r.json()["data"]} if r.status_code == 200 else set()
         why = None if base_model in served else (
             f"it serves {sorted(served)}, not {base_model!r}" if r.status_code == 200
             else f"it answered {r.status_code}")

@@ -112,7 +112,8 @@ class Sampler:
         self.sequences = sequences
         if self.graded is not None:
             scored = grade_all(self.graded.grader, [a["answer"] for a in answers], list(self.graded.items))
-            for answer, (answer["score"], error) in zip(answers, scored, strict=True):
+            for answer, (score, error) in zip(answers, scored, strict=True):
+                answer["score"] = score
                 if error:
                     answer["error"] = error
         return answers
